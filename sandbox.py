@@ -1,0 +1,1077 @@
+"""Sandboxes as Podman containers: the only module that knows Podman.
+
+Every sandbox is a container started with the exact limits of the product contract and
+labelled so that a restarted server can find it again. What a restart must find lives
+where a restart finds it: lifetimes in Podman labels; commands, their output and exit
+codes, and file links inside the sandbox under ``STATE_DIR``. The server's memory only
+caches what it can read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import mimetypes
+import os
+import posixpath
+import re
+import secrets
+import shlex
+import subprocess
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+logger = logging.getLogger("mcp_sandbox.sandbox")
+
+# The exact limits of the product contract (SPEC section 5).
+LIMIT_FLAGS: tuple[str, ...] = (
+    "--memory=256m",
+    "--cpus=0.5",
+    "--pids-limit=100",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+)
+LIMITS: dict[str, Any] = {
+    "memory": "256m",
+    "cpus": 0.5,
+    "pids": 100,
+    "capabilities": "none (--cap-drop=ALL)",
+    "no_new_privileges": True,
+}
+# Bounded ulimits. Podman's defaults (about a million) cannot be set by a process
+# without CAP_SYS_RESOURCE; nproc counts per user across the host, so it stays high and
+# --pids-limit does the real limiting.
+ULIMIT_FLAGS: tuple[str, ...] = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=32768:32768")
+
+LABEL_MANAGED = "mcp-sandbox.managed"
+LABEL_NAMESPACE = "mcp-sandbox.namespace"
+LABEL_CREATED = "mcp-sandbox.created-at"
+LABEL_EXPIRES = "mcp-sandbox.expires-at"
+NAME_PREFIX = "mcp-sandbox-"
+
+STATE_DIR = "/run/mcp-sandbox"
+DEFAULT_IMAGE = "docker.io/library/alpine:3"
+
+CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+COMMAND_ID_RE = re.compile(r"^cmd_[0-9a-f]{16}$")
+FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+
+# A command longer than this goes to /bin/sh as a script file instead of a -c argument
+# (Linux caps one argument at 128 KiB).
+INLINE_COMMAND_BYTES = 100_000
+COMMAND_PREVIEW_BYTES = 200
+MAX_LISTED_COMMANDS = 100
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a number of at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """How sandboxes are made and kept; read from the environment by ``from_env``."""
+
+    image: str = DEFAULT_IMAGE
+    allowed_images: tuple[str, ...] = ()
+    ttl_seconds: int = 7200
+    sync_wait_seconds: float = 3.0
+    max_containers: int = 20
+    output_limit_bytes: int = 64 * 1024
+    max_command_bytes: int = 1024 * 1024
+    file_max_bytes: int = 1024 * 1024 * 1024
+    namespace: str = "default"
+    podman: str = "podman"
+    runtime: str = ""
+    network: str = ""
+    reap_interval_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
+        env = os.environ if environ is None else environ
+        image = env.get("SANDBOX_IMAGE", "").strip() or DEFAULT_IMAGE
+        allowed = tuple(i.strip() for i in env.get("SANDBOX_ALLOWED_IMAGES", "").split(",") if i.strip())
+        namespace = env.get("SANDBOX_NAMESPACE", "").strip() or "default"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", namespace):
+            raise ValueError(f"SANDBOX_NAMESPACE may hold letters, digits, '.', '_' and '-' only, got {namespace!r}")
+        return cls(
+            image=image,
+            allowed_images=allowed,
+            ttl_seconds=_env_int(env, "SANDBOX_TTL_SECONDS", 7200, minimum=1),
+            sync_wait_seconds=_env_float(env, "SANDBOX_SYNC_WAIT_SECONDS", 3.0),
+            max_containers=_env_int(env, "SANDBOX_MAX_CONTAINERS", 20, minimum=1),
+            output_limit_bytes=_env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024),
+            max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
+            file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
+            namespace=namespace,
+            podman=env.get("PODMAN", "").strip() or "podman",
+            runtime=env.get("SANDBOX_RUNTIME", "").strip(),
+            network=env.get("SANDBOX_NETWORK", "").strip(),
+        )
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Images a client may ask for: the default one first."""
+        return (self.image, *(i for i in self.allowed_images if i != self.image))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SandboxError(Exception):
+    """A failure the client must hear about; the message says what to do next."""
+
+
+class PodmanError(SandboxError):
+    """``podman`` itself failed: carries its argv, exit code and stderr."""
+
+    def __init__(self, argv: Sequence[str], exit_code: int | None, stderr: str, hint: str = "") -> None:
+        self.argv = list(argv)
+        self.exit_code = exit_code
+        self.stderr = stderr.strip()
+        what = f"'podman {argv[1] if len(argv) > 1 else ''}' failed"
+        if exit_code is not None:
+            what += f" with exit code {exit_code}"
+        detail = self.stderr.splitlines()[-1] if self.stderr else "no error output"
+        super().__init__(f"{what}: {detail[:500]}." + (f" {hint}" if hint else ""))
+
+
+class PodmanUnavailable(PodmanError):
+    """The ``podman`` program is missing or does not answer."""
+
+
+class SandboxNotFound(SandboxError):
+    def __init__(self, container_id: str, why: str = "") -> None:
+        shown = container_id if len(container_id) <= 80 else container_id[:77] + "..."
+        super().__init__(
+            f"No sandbox with container_id {shown!r}{why or ''}. Sandboxes are destroyed "
+            "by destroy_container or when their lifetime ends; call create_container for a new one."
+        )
+
+
+class SandboxLimitReached(SandboxError):
+    pass
+
+
+class ImageNotAllowed(SandboxError):
+    pass
+
+
+class InvalidCommand(SandboxError):
+    pass
+
+
+class CommandNotFound(SandboxError):
+    pass
+
+
+class FileNotShareable(SandboxError):
+    pass
+
+
+class FileLinkNotFound(SandboxError):
+    pass
+
+
+# --------------------------------------------------------------------------- records
+
+
+def utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Sandbox:
+    container_id: str
+    image: str
+    created_at: float
+    expires_at: float
+
+    @property
+    def name(self) -> str:
+        return NAME_PREFIX + self.container_id
+
+
+@dataclass(frozen=True)
+class CommandState:
+    """A command as read back from its sandbox (or from the process that ran it)."""
+
+    command_id: str
+    status: str  # running | completed | timed_out | killed
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+    truncated: bool
+    duration_ms: int | None
+    stdout_path: str
+    stderr_path: str
+
+
+@dataclass(frozen=True)
+class CommandSummary:
+    command_id: str
+    command: str
+    status: str
+    exit_code: int | None
+    started_at: float | None
+
+
+@dataclass(frozen=True)
+class FileLink:
+    file_id: str
+    container_id: str
+    path: str
+    size_bytes: int
+    content_type: str
+
+
+@dataclass
+class _RunningCommand:
+    """What the server knows of a command while its ``podman exec`` is still open."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    state: CommandState | None = None
+    error: SandboxError | None = None
+
+
+# --------------------------------------------------------------------------- the in-sandbox library
+# Shell functions that run inside the sandbox under /bin/sh (busybox ash, dash or bash),
+# so POSIX only. They are written to LIB_PATH when the sandbox is created (and again
+# whenever they are found missing); every ``podman exec`` of ours sources them through
+# BOOTSTRAP. User input arrives as
+# positional arguments or on stdin, never inside script text.
+
+LIB_PATH = f"{STATE_DIR}/lib-1.sh"
+
+SANDBOX_LIB = r"""
+report() {  # $1 command dir, $2 output cap: a framed report (see parse_report)
+  d=$1; cap=$2
+  printf 'MCPSB1\n'
+  if [ -f "$d/exit" ]; then printf '%s\n' "$(tr -dc 0-9 < "$d/exit" | head -c 9)"; else echo; fi
+  if [ -e "$d/timed_out" ]; then echo 1; else echo 0; fi
+  if [ -f "$d/exit" ]; then echo 0
+  elif kill -0 "$(tr -dc 0-9 < "$d/pid" 2>/dev/null | head -c 9)" 2>/dev/null; then echo 1
+  else echo 0; fi
+  printf '%s\n' "$(tr -dc 0-9 < "$d/started" 2>/dev/null | head -c 16)"
+  printf '%s\n' "$(tr -dc 0-9 < "$d/finished" 2>/dev/null | head -c 16)"
+  so=$(wc -c < "$d/stdout" 2>/dev/null | tr -dc 0-9); so=${so:-0}
+  se=$(wc -c < "$d/stderr" 2>/dev/null | tr -dc 0-9); se=${se:-0}
+  if [ "$so" -gt "$cap" ]; then no=$cap; else no=$so; fi
+  if [ "$se" -gt "$cap" ]; then ne=$cap; else ne=$se; fi
+  printf '%s\n%s\n%s\n%s\n' "$so" "$se" "$no" "$ne"
+  head -c "$no" "$d/stdout" 2>/dev/null
+  head -c "$ne" "$d/stderr" 2>/dev/null
+}
+
+run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the command
+  d=/run/mcp-sandbox/commands/$1
+  mkdir -p "$d" && cat > "$d/command" && printf '%s\n' "$4" > "$d/started" || exit 121
+  (
+    # Its own process group, so a timeout stops the command's children too.
+    if [ "$(wc -c < "$d/command")" -le 100000 ]; then
+      setsid /bin/sh -c "$(cat "$d/command")" < /dev/null > "$d/stdout" 2> "$d/stderr" &
+    else  # too long for one argument: run it as a script
+      setsid /bin/sh "$d/command" < /dev/null > "$d/stdout" 2> "$d/stderr" &
+    fi
+    p=$!
+    echo "$p" > "$d/pid"
+    (
+      sleep "$2" & s=$!
+      trap 'kill $s 2>/dev/null; exit 0' TERM
+      wait $s
+      : > "$d/timed_out"
+      kill -TERM -"$p" 2>/dev/null; sleep 2; kill -KILL -"$p" 2>/dev/null
+    ) < /dev/null > /dev/null 2>&1 &
+    w=$!
+    wait "$p"; rc=$?
+    kill "$w" 2>/dev/null
+    date +%s > "$d/finished"
+    echo "$rc" > "$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
+  ) < /dev/null > /dev/null 2>&1 &
+  # The subshell records the result even if this exec session (or the server) goes away.
+  wait $!
+  report "$d" "$3"
+}
+
+read_command() {  # $1 command id, $2 output cap
+  if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2"; else echo MCPSB-NONE; fi
+}
+
+list_commands() {  # lines of: id TAB exit TAB timed_out TAB alive TAB started TAB command preview
+  cd /run/mcp-sandbox/commands 2>/dev/null || return 0
+  for d in cmd_*; do
+    [ -d "$d" ] || continue
+    e=; [ -f "$d/exit" ] && e=$(tr -dc 0-9 < "$d/exit" | head -c 9)
+    t=0; [ -e "$d/timed_out" ] && t=1
+    a=0; [ -f "$d/exit" ] || { kill -0 "$(tr -dc 0-9 < "$d/pid" 2>/dev/null | head -c 9)" 2>/dev/null && a=1; }
+    s=$(tr -dc 0-9 < "$d/started" 2>/dev/null | head -c 16)
+    printf '%s\t%s\t%s\t%s\t%s\t' "$d" "$e" "$t" "$a" "$s"
+    head -c 200 "$d/command" | tr '\n\t\r' '   '
+    echo
+  done
+}
+
+link_file() {  # $1 path, $2 size cap, $3 file id: one line, a verdict and for a file its size
+  p=$1
+  if [ ! -e "$p" ]; then
+    if [ -L "$p" ]; then echo broken-link; else echo missing; fi; return 0
+  fi
+  if [ -d "$p" ]; then echo directory; return 0; fi
+  if [ ! -f "$p" ]; then echo special; return 0; fi
+  if [ ! -r "$p" ]; then echo unreadable; return 0; fi
+  s=$(stat -L -c %s "$p" 2>/dev/null | tr -dc 0-9)
+  [ -n "$s" ] || { echo unreadable; return 0; }
+  if [ "$s" -gt "$2" ]; then echo "too-big $s"; return 0; fi
+  mkdir -p /run/mcp-sandbox/links && printf '%s' "$p" > "/run/mcp-sandbox/links/$3" || { echo state-unwritable; return 0; }
+  echo "file $s"
+}
+
+list_links() {  # NUL-separated pairs of file id and path
+  cd /run/mcp-sandbox/links 2>/dev/null || return 0
+  for f in *; do [ -f "$f" ] && printf '%s\0%s\0' "$f" "$(head -c 4096 "$f")"; done
+}
+
+serve_file() {  # $1 path: "ok SIZE" and exactly SIZE bytes, or one line saying why not
+  [ -f "$1" ] || { echo gone; return 0; }
+  exec 3< "$1" || { echo unreadable; return 0; }
+  s=$(stat -L -c %s /proc/self/fd/3 2>/dev/null | tr -dc 0-9)
+  [ -n "$s" ] || { echo unreadable; return 0; }
+  echo "ok $s"
+  exec head -c "$s" <&3
+}
+"""
+
+# Exit code 120: the library is missing (the sandbox was just started, or someone removed it).
+LIB_MISSING = 120
+BOOTSTRAP = f'[ -r {LIB_PATH} ] || exit {LIB_MISSING}; . {LIB_PATH}; "$@"'
+INSTALL_LIB = f"mkdir -p {STATE_DIR} && cat > {LIB_PATH}.$$ && mv {LIB_PATH}.$$ {LIB_PATH}"
+
+
+# --------------------------------------------------------------------------- podman helper
+
+
+@dataclass(frozen=True)
+class PodmanResult:
+    argv: list[str]
+    exit_code: int
+    stdout: bytes
+    stderr: str
+
+
+async def _read_capped(stream: anyio.abc.ByteReceiveStream | None, limit: int) -> tuple[bytes, int]:
+    """Read a stream to its end, keeping at most ``limit`` bytes; returns them and the total seen."""
+    if stream is None:
+        return b"", 0
+    kept = bytearray()
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+    return bytes(kept), total
+
+
+_MISSING_CONTAINER = ("no such container", "no container with name or id", "does not exist in database")
+_NOT_RUNNING = ("is not running", "container state improper", "can only create exec sessions on running containers")
+
+
+class Podman:
+    """Runs the ``podman`` CLI with argv lists, never through a shell."""
+
+    def __init__(self, program: str = "podman", runtime: str = "") -> None:
+        self.program = program
+        self.runtime = runtime
+
+    def argv(self, *args: str) -> list[str]:
+        base = [self.program]
+        if self.runtime:
+            base += ["--runtime", self.runtime]
+        return [*base, *args]
+
+    async def run(
+        self,
+        *args: str,
+        stdin: bytes | None = None,
+        stdout_limit: int = 16 * 1024 * 1024,
+        timeout: float = 120,
+        check: bool = True,
+    ) -> PodmanResult:
+        argv = self.argv(*args)
+        logger.debug("run %s", shlex.join(argv))
+        try:
+            with anyio.fail_after(timeout):
+                async with await anyio.open_process(
+                    argv,
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                ) as process:
+                    if stdin is not None and process.stdin is not None:
+                        try:
+                            await process.stdin.send(stdin)
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            pass
+                        await process.stdin.aclose()
+                    results: dict[str, tuple[bytes, int]] = {}
+
+                    async def collect(key: str, stream: anyio.abc.ByteReceiveStream | None, limit: int) -> None:
+                        results[key] = await _read_capped(stream, limit)
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(collect, "out", process.stdout, stdout_limit)
+                        tg.start_soon(collect, "err", process.stderr, 64 * 1024)
+                    exit_code = await process.wait()
+        except FileNotFoundError:
+            raise PodmanUnavailable(
+                argv, None, f"the program {self.program!r} was not found",
+                "Install Podman (scripts/setup.sh does) or set PODMAN to its path.",
+            ) from None
+        except TimeoutError:
+            raise PodmanError(argv, None, f"no answer within {timeout:g} s", "Podman may be overloaded; try again.") from None
+        stderr = results["err"][0].decode("utf-8", errors="replace")
+        result = PodmanResult(argv, exit_code, results["out"][0], stderr)
+        if check and exit_code != 0:
+            raise PodmanError(argv, exit_code, stderr)
+        return result
+
+
+def _is_missing_container(stderr: str) -> bool:
+    lowered = stderr.lower()
+    return any(marker in lowered for marker in _MISSING_CONTAINER)
+
+
+def _is_not_running(stderr: str) -> bool:
+    lowered = stderr.lower()
+    return any(marker in lowered for marker in _NOT_RUNNING)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _ReportParser:
+    """Parses the framed report of ``report()`` in the scripts above."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def line(self) -> str:
+        end = self.data.find(b"\n", self.pos)
+        if end < 0:
+            raise ValueError("report ended early")
+        text = self.data[self.pos : end].decode("ascii", errors="replace")
+        self.pos = end + 1
+        return text
+
+    def take(self, n: int) -> bytes:
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def parse_report(command_id: str, data: bytes, started_ms_hint: int | None = None) -> CommandState | None:
+    """Turn a report into a CommandState; None when the command is unknown to the sandbox."""
+    if data.startswith(b"MCPSB-NONE"):
+        return None
+    parser = _ReportParser(data)
+    if parser.line() != "MCPSB1":
+        raise ValueError("not a report")
+    exit_code = _int_or_none(parser.line())
+    timed_out = parser.line() == "1"
+    alive = parser.line() == "1"
+    started_ms = _int_or_none(parser.line()) or started_ms_hint
+    finished_s = _int_or_none(parser.line())
+    stdout_bytes = int(parser.line() or 0)
+    stderr_bytes = int(parser.line() or 0)
+    n_out = int(parser.line() or 0)
+    n_err = int(parser.line() or 0)
+    stdout = parser.take(n_out)
+    stderr = parser.take(n_err)
+    if exit_code is not None:
+        status = "timed_out" if timed_out else "completed"
+    elif alive:
+        status = "running"
+    else:
+        status = "killed"
+    duration_ms = None
+    if started_ms is not None:
+        end_ms = finished_s * 1000 if finished_s is not None else time.time() * 1000
+        duration_ms = max(0, int(end_ms - started_ms))
+    directory = f"{STATE_DIR}/commands/{command_id}"
+    return CommandState(
+        command_id=command_id,
+        status=status,
+        exit_code=exit_code,
+        stdout=stdout.decode("utf-8", errors="replace"),
+        stderr=stderr.decode("utf-8", errors="replace"),
+        stdout_bytes=stdout_bytes,
+        stderr_bytes=stderr_bytes,
+        truncated=stdout_bytes > n_out or stderr_bytes > n_err,
+        duration_ms=duration_ms,
+        stdout_path=f"{directory}/stdout",
+        stderr_path=f"{directory}/stderr",
+    )
+
+
+def parse_command_list(data: bytes) -> list[CommandSummary]:
+    summaries = []
+    for raw in data.decode("utf-8", errors="replace").splitlines():
+        parts = raw.split("\t", 5)
+        if len(parts) != 6 or not COMMAND_ID_RE.match(parts[0]):
+            continue
+        command_id, exit_text, timed_out, alive, started, preview = parts
+        exit_code = _int_or_none(exit_text)
+        if exit_code is not None:
+            status = "timed_out" if timed_out == "1" else "completed"
+        else:
+            status = "running" if alive == "1" else "killed"
+        started_ms = _int_or_none(started)
+        summaries.append(
+            CommandSummary(command_id, preview, status, exit_code, started_ms / 1000 if started_ms else None)
+        )
+    summaries.sort(key=lambda s: s.started_at or 0)
+    return summaries[-MAX_LISTED_COMMANDS:]
+
+
+# --------------------------------------------------------------------------- background tasks
+
+
+class BackgroundTasks:
+    """A task group living in a task of its own.
+
+    FastMCP may enter a lifespan in one task and leave it in another, where an anyio task
+    group opened in the lifespan cannot be closed; this one is stopped by ``stop``.
+    """
+
+    def __init__(self) -> None:
+        self._send: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        send, receive = anyio.create_memory_object_stream[tuple[Any, tuple[Any, ...]]](math.inf)
+        self._send = send
+        started = anyio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(receive, started))
+        await started.wait()
+
+    async def _run(self, receive: Any, started: anyio.Event) -> None:
+        async with anyio.create_task_group() as task_group:
+            started.set()
+            async with receive:
+                async for function, args in receive:
+                    task_group.start_soon(function, *args)
+
+    def start_soon(self, function: Any, *args: Any) -> None:
+        if self._send is None:
+            raise SandboxError("The server's background tasks are not running; this is a server bug.")
+        self._send.send_nowait((function, args))
+
+    async def stop(self) -> None:
+        task, self._task, self._send = self._task, None, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+class SandboxManager:
+    """Creates, tracks, reaps and destroys sandboxes; runs commands; serves files."""
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+        self.podman = Podman(settings.podman, settings.runtime)
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._links: dict[str, FileLink] = {}
+        self._running: dict[tuple[str, str], _RunningCommand] = {}
+        self._creating = 0
+        self._lock = anyio.Lock()
+        self._background = BackgroundTasks()
+
+    # ----- lifecycle
+
+    async def start(self) -> None:
+        """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
+        await self._background.start()
+        try:
+            await self.adopt()
+        except SandboxError as exc:
+            logger.warning("could not adopt existing sandboxes: %s", exc)
+        self._background.start_soon(self._reap_forever)
+
+    async def stop(self) -> None:
+        """Stop following commands; sandboxes and their commands go on for the next start."""
+        await self._background.stop()
+
+    async def adopt(self) -> list[str]:
+        result = await self.podman.run(
+            "ps", "-a", "--format", "json",
+            "--filter", f"label={LABEL_MANAGED}=true",
+            "--filter", f"label={LABEL_NAMESPACE}={self.settings.namespace}",
+        )
+        entries = json.loads(result.stdout or b"[]") or []
+        adopted: list[str] = []
+        now = time.time()
+        for entry in entries:
+            names = entry.get("Names") or []
+            name = names[0] if names else ""
+            labels = entry.get("Labels") or {}
+            container_id = name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else ""
+            try:
+                created = float(labels.get(LABEL_CREATED, "nan"))
+                expires = float(labels.get(LABEL_EXPIRES, "nan"))
+            except ValueError:
+                created = expires = float("nan")
+            if not CONTAINER_ID_RE.match(container_id) or not math.isfinite(expires) or expires <= now:
+                logger.info("destroying expired or unreadable sandbox %s", name or entry.get("Id"))
+                await self._remove_container(name or entry.get("Id", ""))
+                continue
+            sandbox = Sandbox(container_id, entry.get("Image", ""), created, expires)
+            if entry.get("State") != "running":
+                try:
+                    await self.podman.run("start", sandbox.name, timeout=60)
+                except PodmanError as exc:
+                    logger.warning("sandbox %s could not be restarted, destroying it: %s", name, exc)
+                    await self._remove_container(sandbox.name)
+                    continue
+            self._sandboxes[container_id] = sandbox
+            adopted.append(container_id)
+        async with anyio.create_task_group() as tg:
+            for container_id in adopted:
+                tg.start_soon(self._adopt_links, self._sandboxes[container_id])
+        if adopted:
+            logger.info("adopted %d sandbox(es)", len(adopted))
+        return adopted
+
+    async def _adopt_links(self, sandbox: Sandbox) -> None:
+        try:
+            result = await self._call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
+        except SandboxError as exc:
+            logger.warning("could not read file links of sandbox %s: %s", sandbox.container_id, exc)
+            return
+        fields = result.stdout.split(b"\0")
+        for file_id_raw, path_raw in zip(fields[0::2], fields[1::2]):
+            file_id = file_id_raw.decode("ascii", errors="replace")
+            path = path_raw.decode("utf-8", errors="replace")
+            if FILE_ID_RE.match(file_id) and path.startswith("/"):
+                self._links[file_id] = FileLink(file_id, sandbox.container_id, path, 0, _content_type(path))
+
+    async def _reap_forever(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            await anyio.sleep(self.settings.reap_interval_seconds)
+            await self.reap_expired()
+            if time.monotonic() - last_sync > 30:
+                last_sync = time.monotonic()
+                await self._forget_vanished()
+
+    async def reap_expired(self) -> list[str]:
+        now = time.time()
+        expired = [s.container_id for s in list(self._sandboxes.values()) if s.expires_at <= now]
+        for container_id in expired:
+            logger.info("sandbox %s reached the end of its lifetime; destroying it", container_id)
+            try:
+                await self.destroy(container_id)
+            except SandboxError as exc:
+                logger.warning("could not destroy expired sandbox %s: %s", container_id, exc)
+        return expired
+
+    async def _forget_vanished(self) -> None:
+        """Drop sandboxes that were removed behind the server's back."""
+        try:
+            result = await self.podman.run(
+                "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={LABEL_NAMESPACE}={self.settings.namespace}"
+            )
+        except PodmanError as exc:
+            logger.warning("could not list sandboxes: %s", exc)
+            return
+        alive = set(result.stdout.decode(errors="replace").split())
+        for container_id, sandbox in list(self._sandboxes.items()):
+            if sandbox.name not in alive and sandbox.created_at < time.time() - 5:
+                self._forget(container_id)
+
+    def _forget(self, container_id: str) -> None:
+        self._sandboxes.pop(container_id, None)
+        for file_id in [f for f, link in self._links.items() if link.container_id == container_id]:
+            del self._links[file_id]
+
+    # ----- sandboxes
+
+    def get(self, container_id: str) -> Sandbox:
+        sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
+        if sandbox is None:
+            raise SandboxNotFound(str(container_id))
+        if sandbox.expires_at <= time.time():
+            raise SandboxNotFound(container_id, " (its lifetime ended; it is being destroyed)")
+        return sandbox
+
+    def list(self) -> list[Sandbox]:
+        return sorted(self._sandboxes.values(), key=lambda s: s.created_at)
+
+    async def create(self, image: str | None = None) -> Sandbox:
+        image = (image or "").strip() or self.settings.image
+        if image not in self.settings.images:
+            allowed = ", ".join(self.settings.images)
+            raise ImageNotAllowed(
+                f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
+                "Omit the image argument to get the default one."
+            )
+        async with self._lock:
+            if len(self._sandboxes) + self._creating >= self.settings.max_containers:
+                raise SandboxLimitReached(
+                    f"The server already runs its maximum of {self.settings.max_containers} sandboxes "
+                    "(SANDBOX_MAX_CONTAINERS). Destroy one you no longer need with destroy_container, "
+                    "or wait until one expires."
+                )
+            self._creating += 1
+        try:
+            container_id = secrets.token_hex(16)
+            created = time.time()
+            sandbox = Sandbox(container_id, image, created, created + self.settings.ttl_seconds)
+            args = [
+                "run", "-d", "--name", sandbox.name, "--hostname", "sandbox", "--init",
+                *LIMIT_FLAGS, *ULIMIT_FLAGS,
+                "--label", f"{LABEL_MANAGED}=true",
+                "--label", f"{LABEL_NAMESPACE}={self.settings.namespace}",
+                "--label", f"{LABEL_CREATED}={created:.3f}",
+                "--label", f"{LABEL_EXPIRES}={sandbox.expires_at:.3f}",
+            ]
+            if self.settings.network:
+                args += ["--network", self.settings.network]
+            args += ["--entrypoint", "sleep", image, "2147483647"]
+            try:
+                await self.podman.run(*args, timeout=300)
+            except PodmanError as exc:
+                await self._remove_container(sandbox.name)
+                if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
+                    raise PodmanError(
+                        exc.argv, exc.exit_code, exc.stderr,
+                        f"The image {image!r} is not available on this host and could not be pulled. "
+                        "An operator can load it (scripts/setup.sh builds an offline image).",
+                    ) from None
+                raise
+            try:
+                await self._install_lib(sandbox)
+            except SandboxError:
+                await self._remove_container(sandbox.name)
+                raise
+            self._sandboxes[container_id] = sandbox
+            logger.info("created sandbox %s from %s", container_id, image)
+            return sandbox
+        finally:
+            self._creating -= 1
+
+    async def destroy(self, container_id: str) -> None:
+        sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
+        if sandbox is None:
+            raise SandboxNotFound(str(container_id))
+        await self._remove_container(sandbox.name, check=True)
+        self._forget(container_id)
+        logger.info("destroyed sandbox %s", container_id)
+
+    async def _remove_container(self, name: str, check: bool = False) -> None:
+        if not name:
+            return
+        result = await self.podman.run("rm", "-f", "-t", "0", "--", name, check=False, timeout=120)
+        if result.exit_code != 0 and not _is_missing_container(result.stderr) and check:
+            raise PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
+
+    async def _call(
+        self, sandbox: Sandbox, function: str, *args: str, stdin: bytes | None = None,
+        stdout_limit: int, timeout: float = 60,
+    ) -> PodmanResult:
+        """Run a function of the in-sandbox library; a vanished sandbox becomes SandboxNotFound."""
+        exec_args = ["exec", *(["-i"] if stdin is not None else []), sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", function, *args]
+        for attempt in range(2):
+            result = await self.podman.run(*exec_args, stdin=stdin, stdout_limit=stdout_limit, check=False, timeout=timeout)
+            if result.exit_code == LIB_MISSING and attempt == 0:
+                await self._install_lib(sandbox)
+                continue
+            if result.exit_code != 0:
+                self._raise_exec_failure(sandbox, result)
+            return result
+        raise SandboxError(f"The sandbox's helper library at {LIB_PATH} could not be installed.")  # pragma: no cover
+
+    async def _install_lib(self, sandbox: Sandbox) -> None:
+        result = await self.podman.run(
+            "exec", "-i", sandbox.name, "/bin/sh", "-c", INSTALL_LIB, stdin=SANDBOX_LIB.encode(), check=False, timeout=60
+        )
+        if result.exit_code != 0:
+            self._raise_exec_failure(sandbox, result)
+
+    def _raise_exec_failure(self, sandbox: Sandbox, result: PodmanResult) -> None:
+        if _is_missing_container(result.stderr):
+            self._forget(sandbox.container_id)
+            raise SandboxNotFound(sandbox.container_id, " (it was removed outside this server)")
+        if _is_not_running(result.stderr):
+            raise SandboxError(
+                f"Sandbox {sandbox.container_id} has stopped (its main process exited), so it cannot run "
+                "commands. Destroy it with destroy_container and create a new one."
+            )
+        raise PodmanError(result.argv, result.exit_code, result.stderr)
+
+    # ----- commands
+
+    def _validate_command(self, command: str) -> bytes:
+        if not isinstance(command, str) or not command.strip():
+            raise InvalidCommand("The command is empty. Pass a shell command line, for example 'ls -la /'.")
+        if "\0" in command:
+            raise InvalidCommand("The command contains a NUL character, which a shell cannot run. Remove it.")
+        encoded = command.encode("utf-8", errors="surrogatepass")
+        if len(encoded) > self.settings.max_command_bytes:
+            raise InvalidCommand(
+                f"The command is {len(encoded):,} bytes; the limit is {self.settings.max_command_bytes:,} "
+                "(SANDBOX_MAX_COMMAND_BYTES). Split the work into smaller commands."
+            )
+        return encoded
+
+    async def execute(self, container_id: str, command: str, timeout_seconds: int) -> CommandState:
+        """Start a command and wait up to the sync wait for it; then it goes on in the background."""
+        sandbox = self.get(container_id)
+        encoded = self._validate_command(command)
+        command_id = "cmd_" + secrets.token_hex(8)
+        running = _RunningCommand()
+        key = (sandbox.container_id, command_id)
+        self._running[key] = running
+        started_ms = int(time.time() * 1000)
+        self._background.start_soon(self._run_command, sandbox, command_id, encoded, timeout_seconds, started_ms, running)
+        with anyio.move_on_after(self.settings.sync_wait_seconds):
+            await running.done.wait()
+        if running.error is not None:
+            raise running.error
+        if running.state is not None:
+            return running.state
+        state = await self.read_command(container_id, command_id)
+        if state.status != "running" and running.state is not None:
+            return running.state
+        return state
+
+    async def _run_command(
+        self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
+        running: _RunningCommand,
+    ) -> None:
+        cap = self.settings.output_limit_bytes
+        try:
+            result = await self._call(
+                sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms),
+                stdin=command, stdout_limit=2 * cap + 4096, timeout=timeout_seconds + 120,
+            )
+            state = parse_report(command_id, result.stdout)
+            if state is None:
+                raise SandboxError(f"Command {command_id} left no record in the sandbox; run it again.")
+            finished_ms = time.time() * 1000
+            running.state = replace(state, duration_ms=int(finished_ms - started_ms))
+        except SandboxError as exc:
+            running.error = exc
+        except ValueError as exc:
+            running.error = SandboxError(f"Could not read the result of command {command_id}: {exc}. Check it with check_container.")
+        finally:
+            running.done.set()
+            self._running.pop((sandbox.container_id, command_id), None)
+
+    async def read_command(self, container_id: str, command_id: str) -> CommandState:
+        sandbox = self.get(container_id)
+        if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
+            raise CommandNotFound(
+                f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
+                "call check_container without command_id to list the sandbox's commands."
+            )
+        running = self._running.get((sandbox.container_id, command_id))
+        cap = self.settings.output_limit_bytes
+        result = await self._call(sandbox, "read_command", command_id, str(cap), stdout_limit=2 * cap + 4096)
+        try:
+            state = parse_report(command_id, result.stdout)
+        except ValueError as exc:
+            raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
+        if state is None:
+            raise CommandNotFound(
+                f"Sandbox {container_id} has no command {command_id}. Call check_container without "
+                "command_id to list its commands."
+            )
+        if state.status == "killed" and running is not None and not running.done.is_set():
+            # Still being launched: the pid file is not written yet.
+            state = replace(state, status="running")
+        return state
+
+    async def list_commands(self, container_id: str) -> list[CommandSummary]:
+        sandbox = self.get(container_id)
+        result = await self._call(sandbox, "list_commands", stdout_limit=4 * 1024 * 1024)
+        return parse_command_list(result.stdout)
+
+    async def container_status(self, container_id: str) -> str:
+        sandbox = self.get(container_id)
+        result = await self.podman.run(
+            "inspect", "--format", "{{.State.Status}}", "--type", "container", sandbox.name, check=False, timeout=30
+        )
+        if result.exit_code != 0:
+            if _is_missing_container(result.stderr):
+                self._forget(container_id)
+                raise SandboxNotFound(container_id, " (it was removed outside this server)")
+            raise PodmanError(result.argv, result.exit_code, result.stderr)
+        return result.stdout.decode(errors="replace").strip() or "unknown"
+
+    # ----- files
+
+    async def create_file_link(self, container_id: str, path: str) -> FileLink:
+        sandbox = self.get(container_id)
+        if not isinstance(path, str) or not path.strip():
+            raise FileNotShareable("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
+        if "\0" in path:
+            raise FileNotShareable("The path contains a NUL character. Pass a plain absolute path.")
+        if not path.startswith("/"):
+            raise FileNotShareable(
+                f"The path {path[:200]!r} is relative. Pass an absolute path inside the sandbox, "
+                f"e.g. {posixpath.join('/root', path)[:200]!r}."
+            )
+        if len(path.encode("utf-8", errors="surrogatepass")) > 4096:
+            raise FileNotShareable("The path is longer than 4096 bytes. Pass a shorter absolute path.")
+        file_id = secrets.token_urlsafe(24)
+        result = await self._call(sandbox, "link_file", path, str(self.settings.file_max_bytes), file_id, stdout_limit=4096)
+        verdict = result.stdout.decode(errors="replace").strip().split(" ")
+        shown = path[:200]
+        reasons = {
+            "missing": f"{shown!r} does not exist in sandbox {container_id}. Check the path with execute_command (ls -la).",
+            "broken-link": f"{shown!r} is a symbolic link whose target does not exist.",
+            "directory": f"{shown!r} is a directory; only regular files can be shared. Archive it first "
+            f"(e.g. tar czf /tmp/dir.tar.gz -C {shlex.quote(shown)} .) and share the archive.",
+            "special": f"{shown!r} is not a regular file (a device, FIFO or socket); only regular files can be shared.",
+            "unreadable": f"{shown!r} cannot be read inside the sandbox. Check its permissions.",
+            "state-unwritable": f"The sandbox's {STATE_DIR} cannot be written, so no link can be recorded.",
+        }
+        if verdict[0] == "file" and len(verdict) == 2 and verdict[1].isdigit():
+            link = FileLink(file_id, sandbox.container_id, path, int(verdict[1]), _content_type(path))
+            self._links[file_id] = link
+            return link
+        if verdict[0] == "too-big":
+            raise FileNotShareable(
+                f"{shown!r} is {int(verdict[1]):,} bytes; files up to {self.settings.file_max_bytes:,} bytes can be "
+                "shared (SANDBOX_FILE_MAX_BYTES). Compress or split it first."
+            )
+        raise FileNotShareable(reasons.get(verdict[0], f"Could not check {shown!r} (answer {verdict[0][:40]!r})."))
+
+    async def open_file(self, file_id: str) -> FileDownload:
+        """Start streaming a linked file out of its sandbox."""
+        link = self._links.get(file_id) if isinstance(file_id, str) else None
+        if link is None:
+            raise FileLinkNotFound("Unknown file link.")
+        sandbox = self._sandboxes.get(link.container_id)
+        if sandbox is None or sandbox.expires_at <= time.time():
+            raise FileLinkNotFound("The sandbox of this file link no longer exists.")
+        argv = self.podman.argv("exec", sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path)
+        download = FileDownload(argv, link)
+        await download.start()
+        return download
+
+    # ----- health
+
+    async def health(self) -> dict[str, Any]:
+        result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
+        await self.podman.run("ps", "-q", "--filter", f"label={LABEL_MANAGED}=true", timeout=10)
+        return {"podman_version": result.stdout.decode(errors="replace").strip(), "sandboxes": len(self._sandboxes)}
+
+
+def _content_type(path: str) -> str:
+    guessed, _ = mimetypes.guess_type(posixpath.basename(path), strict=False)
+    if guessed is None:
+        return "application/octet-stream"
+    if guessed.startswith("text/") or guessed in ("application/json", "application/javascript", "application/xml"):
+        return f"{guessed}; charset=utf-8"
+    return guessed
+
+
+class FileDownload:
+    """One file streaming out of a sandbox through ``podman exec``; memory stays flat."""
+
+    def __init__(self, argv: list[str], link: FileLink) -> None:
+        self.argv = argv
+        self.link = link
+        self.size = 0
+        self._process: anyio.abc.Process | None = None
+        self._stdout: BufferedByteReceiveStream | None = None
+
+    @property
+    def filename(self) -> str:
+        return posixpath.basename(self.link.path.rstrip("/")) or "download"
+
+    async def start(self) -> None:
+        logger.debug("run %s", shlex.join(self.argv))
+        try:
+            self._process = await anyio.open_process(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise PodmanUnavailable(self.argv, None, "podman was not found") from None
+        assert self._process.stdout is not None
+        self._stdout = BufferedByteReceiveStream(self._process.stdout)
+        try:
+            with anyio.fail_after(30):
+                header = (await self._stdout.receive_until(b"\n", 200)).decode(errors="replace")
+        except (anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.EndOfStream, TimeoutError):
+            await self.aclose()
+            raise FileLinkNotFound("The file could not be read from its sandbox (the sandbox may be gone).") from None
+        verdict = header.split(" ")
+        if verdict[0] != "ok" or len(verdict) != 2 or not verdict[1].isdigit():
+            await self.aclose()
+            raise FileLinkNotFound("The file no longer exists in its sandbox or is no longer a regular file.")
+        self.size = int(verdict[1])
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        assert self._stdout is not None
+        remaining = self.size
+        try:
+            while remaining > 0:
+                try:
+                    chunk = await self._stdout.receive(min(remaining, 256 * 1024))
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()

@@ -1,0 +1,426 @@
+"""MCP container sandbox server: five tools and a few HTTP routes over ``sandbox.py``.
+
+Run ``python server.py`` for Streamable HTTP on $HOST:$PORT (MCP at ``/`` and ``/mcp``),
+or ``fastmcp run server.py`` for stdio (file links are then served on $PORT alongside).
+This module validates, translates and formats; it holds no Podman knowledge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import anyio
+import uvicorn
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sandbox import (
+    LIMITS,
+    BackgroundTasks,
+    FILE_ID_RE,
+    CommandState,
+    FileLinkNotFound,
+    SandboxError,
+    SandboxManager,
+    SandboxSettings,
+    utc_iso,
+)
+
+__version__ = "0.1.0"
+SERVER_NAME = "mcp-container-sandbox"
+MCP_PATH = "/mcp"
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+logger = logging.getLogger("mcp_sandbox.server")
+
+HOST = os.environ.get("HOST", "").strip() or "127.0.0.1"
+PORT = int(os.environ.get("PORT", "").strip() or 3000)
+
+
+def base_url() -> str:
+    configured = os.environ.get("BASE_URL", "").strip().rstrip("/")
+    if configured:
+        return configured
+    host = "127.0.0.1" if HOST in ("0.0.0.0", "::", "") else HOST
+    return f"http://{'[' + host + ']' if ':' in host else host}:{PORT}"
+
+
+sandboxes = SandboxManager(SandboxSettings.from_env())
+
+
+def _is_stdio_transport() -> bool:
+    try:
+        from fastmcp.server.context import _current_transport
+    except ImportError:  # pragma: no cover - FastMCP moved it
+        return False
+    return _current_transport.get() == "stdio"
+
+
+@asynccontextmanager
+async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+    await sandboxes.start()
+    side_server = BackgroundTasks()
+    if _is_stdio_transport():
+        await side_server.start()
+        side_server.start_soon(_serve_files_beside_stdio)
+    try:
+        yield {}
+    finally:
+        # Sandboxes and the commands in them keep running for the next start.
+        await side_server.stop()
+        await sandboxes.stop()
+
+
+mcp = FastMCP(
+    SERVER_NAME,
+    version=__version__,
+    instructions=(
+        "Isolated Linux sandboxes. Call create_container, then execute_command with its container_id. "
+        "A command still running after a few seconds returns status 'running' and a command_id: follow it "
+        "with check_container. To give the user a file, write it in the sandbox and call get_file_url. "
+        "Sandboxes are destroyed automatically two hours after creation; destroy_container frees one sooner."
+    ),
+    lifespan=lifespan,
+)
+
+
+@contextmanager
+def _tool_errors() -> Iterator[None]:
+    """Turn infrastructure failures into MCP tool errors whose text the model acts on."""
+    try:
+        yield
+    except SandboxError as exc:
+        raise ToolError(str(exc)) from None
+
+
+ContainerId = Annotated[
+    str, Field(description="The container_id returned by create_container.", max_length=200)
+]
+
+
+def _sandbox_times(container_id: str) -> dict[str, Any]:
+    sandbox = sandboxes.get(container_id)
+    return {
+        "created_at": utc_iso(sandbox.created_at),
+        "expires_at": utc_iso(sandbox.expires_at),
+        "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+    }
+
+
+def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "status": state.status,
+        "command_id": state.command_id,
+        "exit_code": state.exit_code,
+        "stdout": state.stdout,
+        "stderr": state.stderr,
+        "stdout_bytes": state.stdout_bytes,
+        "stderr_bytes": state.stderr_bytes,
+        "truncated": state.truncated,
+        "duration_ms": state.duration_ms,
+    }
+    if state.truncated:
+        result["stdout_path"] = state.stdout_path
+        result["stderr_path"] = state.stderr_path
+        result["message"] = (
+            f"Output was cut to the first {sandboxes.settings.output_limit_bytes:,} bytes of each stream. "
+            f"The whole streams are in the sandbox at {state.stdout_path} and {state.stderr_path}: read parts "
+            "with execute_command (e.g. tail -c 4000 FILE) or share them with get_file_url."
+        )
+    if state.status == "running":
+        result["message"] = (
+            "The command is still running in the background; the output so far is above. Call check_container "
+            f"with container_id={container_id!r} and command_id={state.command_id!r} to get its result."
+        )
+    elif state.status == "timed_out":
+        result["message"] = (
+            "The command reached its timeout and was stopped inside the sandbox (with its child processes). "
+            "Run it again with a larger timeout_seconds, or start it in the background."
+        )
+    elif state.status == "killed":
+        result["message"] = (
+            "The command stopped without an exit status (it was killed, or its sandbox was restarted). "
+            "Run it again if you still need its result."
+        )
+    return result
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Create sandbox", readOnlyHint=False, destructiveHint=False, openWorldHint=False))
+async def create_container(
+    image: Annotated[
+        str | None,
+        Field(description="Container image; only images on the server's allow-list. Omit for the default (Alpine Linux).", max_length=300),
+    ] = None,
+) -> dict[str, Any]:
+    """Create an isolated Linux sandbox (256 MB memory, half a CPU, 100 processes, no capabilities).
+
+    Returns its container_id for execute_command, check_container, get_file_url and destroy_container.
+    It is destroyed automatically at expires_at (two hours after creation by default).
+    """
+    with _tool_errors():
+        sandbox = await sandboxes.create(image)
+    return {
+        "container_id": sandbox.container_id,
+        "image": sandbox.image,
+        "status": "running",
+        "created_at": utc_iso(sandbox.created_at),
+        "expires_at": utc_iso(sandbox.expires_at),
+        "limits": LIMITS,
+    }
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Run a shell command", readOnlyHint=False, destructiveHint=True, openWorldHint=True))
+async def execute_command(
+    container_id: ContainerId,
+    command: Annotated[
+        str,
+        Field(description="Shell command line, run with /bin/sh -c in the sandbox; stdin is empty.", min_length=1),
+    ],
+    timeout_seconds: Annotated[
+        int,
+        Field(description="Stop the command (and its child processes) after this many seconds.", ge=1, le=86400),
+    ] = 600,
+) -> dict[str, Any]:
+    """Run a shell command in a sandbox and return its exit_code, stdout and stderr.
+
+    A non-zero exit_code is a normal result. If the command is still running after a few seconds,
+    the result has status 'running' and a command_id: call check_container with it to follow the command.
+    """
+    with _tool_errors():
+        state = await sandboxes.execute(container_id, command, timeout_seconds)
+    return _command_result(container_id, state)
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Check sandbox or command", readOnlyHint=True, openWorldHint=False))
+async def check_container(
+    container_id: ContainerId,
+    command_id: Annotated[
+        str | None,
+        Field(description="A command_id from execute_command; omit to list the sandbox's commands.", max_length=200),
+    ] = None,
+) -> dict[str, Any]:
+    """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far."""
+    with _tool_errors():
+        times = _sandbox_times(container_id)
+        status = await sandboxes.container_status(container_id)
+        result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
+        if command_id is not None:
+            state = await sandboxes.read_command(container_id, command_id)
+            result["command"] = _command_result(container_id, state)
+        else:
+            result["commands"] = [
+                {
+                    "command_id": summary.command_id,
+                    "command": summary.command,
+                    "status": summary.status,
+                    "exit_code": summary.exit_code,
+                    "started_at": utc_iso(summary.started_at) if summary.started_at else None,
+                }
+                for summary in await sandboxes.list_commands(container_id)
+            ]
+    return result
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Destroy sandbox", readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False))
+async def destroy_container(container_id: ContainerId) -> dict[str, Any]:
+    """Destroy a sandbox now, with everything in it; its file URLs stop working."""
+    with _tool_errors():
+        await sandboxes.destroy(container_id)
+    return {"container_id": container_id, "destroyed": True}
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Share a file as a URL", readOnlyHint=True, openWorldHint=False))
+async def get_file_url(
+    container_id: ContainerId,
+    path: Annotated[str, Field(description="Absolute path of a regular file inside the sandbox, e.g. /tmp/report.txt.", max_length=4096)],
+) -> dict[str, Any]:
+    """Make a download URL for a file in a sandbox, to give to the user.
+
+    The URL serves the file as it is when downloaded, and stops working when the sandbox is destroyed.
+    """
+    with _tool_errors():
+        if _stdio_file_server_error:
+            raise SandboxError(_stdio_file_server_error)
+        link = await sandboxes.create_file_link(container_id, path)
+        expires_at = utc_iso(sandboxes.get(container_id).expires_at)
+    return {
+        "url": f"{base_url()}/files/{link.file_id}",
+        "path": link.path,
+        "size_bytes": link.size_bytes,
+        "content_type": link.content_type,
+        "expires_at": expires_at,
+    }
+
+
+TOOL_NAMES = ["create_container", "execute_command", "check_container", "destroy_container", "get_file_url"]
+
+
+# --------------------------------------------------------------------------- HTTP routes
+
+
+def server_info() -> dict[str, Any]:
+    return {
+        "name": SERVER_NAME,
+        "version": __version__,
+        "mcp_endpoint": "/",
+        "mcp_endpoints": ["/", MCP_PATH],
+        "transport": "streamable-http",
+        "tools": TOOL_NAMES,
+        "health": "/health",
+    }
+
+
+class RootEndpoint:
+    """``/``: server info for a plain GET, otherwise the MCP endpoint (as in the seed)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        if request.method == "GET" and "text/event-stream" not in request.headers.get("accept", ""):
+            await JSONResponse(server_info())(scope, receive, send)
+            return
+        app = scope.get("app")
+        mcp_path = getattr(getattr(app, "state", None), "path", None)
+        if app is None or not mcp_path or mcp_path == "/":
+            await JSONResponse({"error": "The MCP endpoint is not mounted here."}, status_code=404)(scope, receive, send)
+            return
+        await app.router(dict(scope, path=mcp_path, raw_path=mcp_path.encode()), receive, send)
+
+
+mcp.custom_route("/", methods=["GET", "POST", "DELETE"])(RootEndpoint())
+
+
+@mcp.custom_route("/health", methods=["GET"])
+async def health(request: Request) -> Response:
+    try:
+        with anyio.fail_after(15):
+            details = await sandboxes.health()
+    except (SandboxError, TimeoutError) as exc:
+        return JSONResponse({"status": "unavailable", "error": str(exc) or "Podman did not answer in 15 s"}, status_code=503)
+    return JSONResponse({"status": "ok", **details})
+
+
+def _content_disposition(filename: str) -> str:
+    fallback = re.sub(r'[^A-Za-z0-9._-]', "_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@mcp.custom_route("/files/{file_id}", methods=["GET", "HEAD"])
+async def download_file(request: Request) -> Response:
+    file_id = request.path_params["file_id"]
+    if not FILE_ID_RE.match(file_id):
+        return JSONResponse({"error": "Unknown file link. File links come from the get_file_url tool."}, status_code=404)
+    try:
+        download = await sandboxes.open_file(file_id)
+    except FileLinkNotFound as exc:
+        return JSONResponse({"error": f"{exc} File links stop working when their sandbox is destroyed."}, status_code=404)
+    except SandboxError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+    headers = {
+        "Content-Length": str(download.size),
+        "Content-Disposition": _content_disposition(download.filename),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }
+    if request.method == "HEAD":
+        await download.aclose()
+        return Response(status_code=200, headers=headers, media_type=download.link.content_type)
+    return StreamingResponse(download.chunks(), headers=headers, media_type=download.link.content_type)
+
+
+class RequestSizeLimit:
+    """Answer 413 to request bodies over ``limit`` bytes, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse(
+            {"error": f"Request body over {self.limit:,} bytes. Send smaller requests (long commands belong in files)."},
+            status_code=413,
+        )(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def http_app() -> Starlette:
+    from starlette.middleware import Middleware
+
+    return mcp.http_app(path=MCP_PATH, middleware=[Middleware(RequestSizeLimit)])
+
+
+# --------------------------------------------------------------------------- stdio side server
+
+_stdio_file_server_error = ""
+
+
+async def _serve_files_beside_stdio() -> None:
+    """In stdio mode, serve /files and /health on $HOST:$PORT so file URLs still work."""
+    global _stdio_file_server_error
+    app = Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/files/{file_id}", download_file, methods=["GET", "HEAD"]),
+    ])
+    config = uvicorn.Config(app, host=HOST, port=PORT, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    try:
+        await server.serve()
+    except (OSError, SystemExit):  # uvicorn exits when it cannot bind
+        pass
+    if not server.started:
+        _stdio_file_server_error = (
+            f"File URLs are unavailable: this stdio server could not listen on {HOST}:{PORT} for downloads "
+            "(the port is probably taken by another server). Set PORT to a free port in the client's "
+            "server configuration and restart it."
+        )
+        logger.warning(_stdio_file_server_error)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(http_app(), host=HOST, port=PORT, log_level=os.environ.get("LOG_LEVEL", "info").lower(), timeout_graceful_shutdown=3)
+
+
+if __name__ == "__main__":
+    main()
