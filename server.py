@@ -159,7 +159,7 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
     return result
 
 
-@mcp.tool(annotations=ToolAnnotations(title="Create sandbox", readOnlyHint=False, destructiveHint=False, openWorldHint=False))
+@mcp.tool(annotations=ToolAnnotations(title="Create sandbox", read_only_hint=False, destructive_hint=False, open_world_hint=False))
 async def create_container(
     image: Annotated[
         str | None,
@@ -183,12 +183,12 @@ async def create_container(
     }
 
 
-@mcp.tool(annotations=ToolAnnotations(title="Run a shell command", readOnlyHint=False, destructiveHint=True, openWorldHint=True))
+@mcp.tool(annotations=ToolAnnotations(title="Run a shell command", read_only_hint=False, destructive_hint=True, open_world_hint=True))
 async def execute_command(
     container_id: ContainerId,
     command: Annotated[
         str,
-        Field(description="Shell command line, run with /bin/sh -c in the sandbox; stdin is empty.", min_length=1),
+        Field(description="Shell command line, run with /bin/sh -c in the sandbox; stdin is empty."),
     ],
     timeout_seconds: Annotated[
         int,
@@ -205,7 +205,7 @@ async def execute_command(
     return _command_result(container_id, state)
 
 
-@mcp.tool(annotations=ToolAnnotations(title="Check sandbox or command", readOnlyHint=True, openWorldHint=False))
+@mcp.tool(annotations=ToolAnnotations(title="Check sandbox or command", read_only_hint=True, open_world_hint=False))
 async def check_container(
     container_id: ContainerId,
     command_id: Annotated[
@@ -235,7 +235,7 @@ async def check_container(
     return result
 
 
-@mcp.tool(annotations=ToolAnnotations(title="Destroy sandbox", readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False))
+@mcp.tool(annotations=ToolAnnotations(title="Destroy sandbox", read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False))
 async def destroy_container(container_id: ContainerId) -> dict[str, Any]:
     """Destroy a sandbox now, with everything in it; its file URLs stop working."""
     with _tool_errors():
@@ -243,7 +243,7 @@ async def destroy_container(container_id: ContainerId) -> dict[str, Any]:
     return {"container_id": container_id, "destroyed": True}
 
 
-@mcp.tool(annotations=ToolAnnotations(title="Share a file as a URL", readOnlyHint=True, openWorldHint=False))
+@mcp.tool(annotations=ToolAnnotations(title="Share a file as a URL", read_only_hint=True, open_world_hint=False))
 async def get_file_url(
     container_id: ContainerId,
     path: Annotated[str, Field(description="Absolute path of a regular file inside the sandbox, e.g. /tmp/report.txt.", max_length=4096)],

@@ -4,10 +4,6 @@
 # Usage: scripts/make-offline-image.sh [IMAGE_NAME]
 set -eu
 name=${1:-localhost/mcp-sandbox-busybox:latest}
-busybox=$(command -v busybox || true)
-if [ -z "$busybox" ] || ! file_is_static=$(ldd "$busybox" 2>&1 | grep -q -e 'not a dynamic' -e 'statically'); then
-  :
-fi
 [ -x /bin/busybox ] || { echo "make-offline-image: /bin/busybox is missing; install busybox-static" >&2; exit 1; }
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Sets up everything the server needs, idempotently:
+#   - Podman, an OCI runtime, catatonit (for --init) and busybox-static, from apt when missing;
+#   - runc as Podman's runtime when the default one cannot start containers here;
+#   - the sandbox image: $SANDBOX_IMAGE (default Alpine) from its registry, or, when no
+#     registry can provide the default image, a local busybox image built on the spot;
+#   - a Python virtual environment in .venv with the project installed;
+#   - with --test: the test extras and MCP Inspector's CLI (npm) for the end-to-end tests.
+# Progress goes to stderr. With --env, the last line on stdout is an `export SANDBOX_IMAGE=...`
+# for the caller to eval.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEFAULT_IMAGE=docker.io/library/alpine:3
+OFFLINE_IMAGE=localhost/mcp-sandbox-busybox:latest
+WANT_TEST=0
+PRINT_ENV=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WANT_TEST=1 ;;
+    --env) PRINT_ENV=1 ;;
+    *) echo "setup.sh: unknown argument $arg (use --test, --env)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+  else say "need root to run: $*"; return 1
+  fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || { say "missing $*, and this is not a Debian-like system: install them and run again"; exit 1; }
+  say "installing $* with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+# ---- system packages
+missing=()
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+{ command -v catatonit >/dev/null 2>&1 || [ -x /usr/libexec/podman/catatonit ]; } || missing+=(catatonit)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+if [ "$WANT_TEST" -eq 1 ]; then
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+fi
+python_ok() { "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+PYTHON=${PYTHON:-python3}
+python_ok "$PYTHON" || missing+=(python3 python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+python_ok "$PYTHON" || { say "Python 3.11 or newer with venv is required (found: $("$PYTHON" --version 2>&1))"; exit 1; }
+
+# ---- the sandbox image
+IMAGE=${SANDBOX_IMAGE:-$DEFAULT_IMAGE}
+if ! podman image exists "$IMAGE" 2>/dev/null; then
+  say "pulling $IMAGE"
+  if ! podman pull -q "$IMAGE" >/dev/null 2>/tmp/mcp-sandbox-pull.err; then
+    if [ "$IMAGE" = "$DEFAULT_IMAGE" ]; then
+      say "no registry could provide $IMAGE ($(tail -n 1 /tmp/mcp-sandbox-pull.err))"
+      if ! podman image exists "$OFFLINE_IMAGE"; then
+        say "building a local busybox sandbox image instead: $OFFLINE_IMAGE"
+        sh "$ROOT/scripts/make-offline-image.sh" "$OFFLINE_IMAGE" >/dev/null
+      fi
+      IMAGE=$OFFLINE_IMAGE
+      say "NOTE: sandboxes will use $IMAGE (busybox tools, no package manager), not Alpine"
+    else
+      say "could not pull SANDBOX_IMAGE=$IMAGE: $(tail -n 1 /tmp/mcp-sandbox-pull.err)"
+      exit 1
+    fi
+  fi
+fi
+
+# ---- a runtime that works on this host, with the limits the server uses
+probe() {
+  podman run --rm --init --memory=256m --cpus=0.5 --pids-limit=100 --cap-drop=ALL \
+    --security-opt=no-new-privileges --ulimit nofile=1024:1024 --ulimit nproc=32768:32768 \
+    --entrypoint /bin/sh "$IMAGE" -c 'echo ok' 2>&1
+}
+if ! out=$(probe); then
+  if printf '%s' "$out" | grep -qi 'cgroup' && command -v runc >/dev/null 2>&1; then
+    say "the default OCI runtime fails here ($(printf '%s' "$out" | tail -n 1)); configuring runc"
+    as_root mkdir -p /etc/containers/containers.conf.d
+    printf '[engine]\nruntime = "runc"\n' | as_root tee /etc/containers/containers.conf.d/50-mcp-sandbox-runc.conf >/dev/null
+    out=$(probe) || { say "Podman still cannot start a sandbox: $out"; exit 1; }
+  else
+    say "Podman cannot start a sandbox: $out"; exit 1
+  fi
+fi
+say "Podman $(podman version --format '{{.Client.Version}}') starts sandboxes from $IMAGE"
+
+# ---- Python environment
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  say "creating $ROOT/.venv"
+  "$PYTHON" -m venv "$ROOT/.venv"
+fi
+extras=""
+[ "$WANT_TEST" -eq 1 ] && extras="[test]"
+stamp="$ROOT/.venv/.installed$extras"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  say "installing the project into .venv"
+  "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$extras" >&2
+  touch "$stamp"
+fi
+
+# ---- MCP Inspector for the end-to-end tests
+if [ "$WANT_TEST" -eq 1 ] && [ ! -x "$ROOT/tests/e2e/node_modules/.bin/mcp-inspector" ]; then
+  say "installing MCP Inspector's CLI (npm) into tests/e2e"
+  (cd "$ROOT/tests/e2e" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+if [ "$PRINT_ENV" -eq 1 ]; then
+  printf 'export SANDBOX_IMAGE=%q\n' "$IMAGE"
+fi

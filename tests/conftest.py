@@ -1,0 +1,185 @@
+"""Fixtures: real Podman, the server in memory and as real processes, and a sweep of every
+sandbox the tests made (each test run has its own namespace label)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = "docker.io/library/alpine:3"
+OFFLINE_IMAGE = "localhost/mcp-sandbox-busybox:latest"
+RUN_ID = f"test-{os.getpid()}-{secrets.token_hex(3)}"
+NAMESPACES: set[str] = {RUN_ID}
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def _test_image() -> str:
+    if os.environ.get("SANDBOX_IMAGE"):
+        return os.environ["SANDBOX_IMAGE"]
+    if podman("image", "exists", DEFAULT_IMAGE, check=False).returncode == 0:
+        return DEFAULT_IMAGE
+    if podman("image", "exists", OFFLINE_IMAGE, check=False).returncode != 0:
+        subprocess.run(["sh", str(ROOT / "scripts" / "make-offline-image.sh"), OFFLINE_IMAGE], check=True)
+    return OFFLINE_IMAGE
+
+
+if shutil.which("podman") is None:
+    pytest.exit("Podman is not installed: run the tests with scripts/test.sh, which installs it.", returncode=1)
+
+# Settings are read when server.py is imported: the in-memory server uses this run's namespace.
+os.environ["SANDBOX_IMAGE"] = _test_image()
+os.environ["SANDBOX_NAMESPACE"] = RUN_ID
+os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
+sys.path.insert(0, str(ROOT))
+
+import server  # noqa: E402
+from fastmcp import Client  # noqa: E402
+
+
+def sandbox_names(namespace: str = RUN_ID) -> list[str]:
+    out = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=mcp-sandbox.namespace={namespace}").stdout
+    return out.split()
+
+
+def inspect(name: str) -> dict[str, Any]:
+    return json.loads(podman("inspect", "--type", "container", name).stdout)[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_sandboxes() -> Iterator[None]:
+    """Remove every sandbox this test run made, whatever the tests did."""
+    yield
+    for namespace in sorted(NAMESPACES):
+        names = sandbox_names(namespace)
+        if names:
+            podman("rm", "-f", "-t", "0", *names, check=False)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Client]:
+    """FastMCP's client talking to the server in memory."""
+    async with Client(server.mcp) as mcp_client:
+        yield mcp_client
+
+
+@pytest.fixture
+async def sandbox(client: Client) -> AsyncIterator[str]:
+    """A fresh sandbox, destroyed after the test."""
+    result = await client.call_tool("create_container", {})
+    container_id = result.structured_content["container_id"]
+    yield container_id
+    await client.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``python server.py`` (or another command) as a real process on a free port."""
+
+    def __init__(self, env: dict[str, str], argv: list[str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env}
+        NAMESPACES.add(self.env["SANDBOX_NAMESPACE"])
+        self.argv = argv or [sys.executable, str(ROOT / "server.py")]
+        self.log_path = ROOT / ".pytest_cache" / f"server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_for: str = "/") -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_text()[-3000:]}")
+            try:
+                httpx.get(self.url + wait_for, timeout=2)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within 60 s: {self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+            raise AssertionError(f"server did not stop within {timeout} s after signal {sig}")
+        finally:
+            self.log.close()
+        return code
+
+
+@pytest.fixture
+def start_server() -> Iterator[Any]:
+    """Start real server processes; each is stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, **kwargs: Any) -> ServerProcess:
+        env = dict(env or {})
+        env.setdefault("SANDBOX_NAMESPACE", f"{RUN_ID}-{len(NAMESPACES)}")
+        proc = ServerProcess(env, **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def http_server(start_server: Any) -> ServerProcess:
+    return start_server()
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """The structured content of a tool result from FastMCP's client."""
+    return result.structured_content
+
+
+async def wait_for_command(client: Client, container_id: str, command_id: str, seconds: float = 30) -> dict[str, Any]:
+    """Follow an async command with check_container until it is no longer running."""
+    import anyio
+
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await client.call_tool("check_container", {"container_id": container_id, "command_id": command_id})
+        command = structured(result)["command"]
+        if command["status"] != "running" or time.monotonic() > deadline:
+            return command
+        await anyio.sleep(0.5)
