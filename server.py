@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -418,6 +420,9 @@ async def _serve_files_beside_stdio() -> None:
 
 
 def main() -> None:
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; that second
+    # delivery lands here and ends the process with status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(http_app(), host=HOST, port=PORT, log_level=os.environ.get("LOG_LEVEL", "info").lower(), timeout_graceful_shutdown=3)
 

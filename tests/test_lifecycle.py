@@ -1,0 +1,122 @@
+"""Lifetimes across real server processes: TTL reaping, restarts, SIGTERM, quotas, Podman gone."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import anyio
+import httpx
+import pytest
+from conftest import RUN_ID, podman, sandbox_names, structured, wait_for_command
+from fastmcp import Client
+
+pytestmark = pytest.mark.anyio
+
+
+async def create(url: str) -> str:
+    async with Client(url + "/mcp") as client:
+        return structured(await client.call_tool("create_container", {}))["container_id"]
+
+
+@pytest.mark.slow
+async def test_reaper_destroys_a_sandbox_soon_after_its_ttl(start_server) -> None:
+    server = start_server({"SANDBOX_TTL_SECONDS": "4"})
+    async with Client(server.url + "/mcp") as client:
+        created = structured(await client.call_tool("create_container", {}))
+        container_id = created["container_id"]
+        assert sandbox_names(server.env["SANDBOX_NAMESPACE"]) == [f"mcp-sandbox-{container_id}"]
+        started = time.monotonic()
+        while sandbox_names(server.env["SANDBOX_NAMESPACE"]) and time.monotonic() - started < 20:
+            await anyio.sleep(0.25)
+        elapsed = time.monotonic() - started
+        assert sandbox_names(server.env["SANDBOX_NAMESPACE"]) == []
+        assert 3 <= elapsed <= 4 + 5, f"destroyed {elapsed:.1f} s after creation with a 4 s TTL"
+        result = await client.call_tool("execute_command", {"container_id": container_id, "command": "true"}, raise_on_error=False)
+        assert result.is_error and "No sandbox" in result.content[0].text
+
+
+@pytest.mark.slow
+async def test_restart_adopts_sandboxes_commands_and_file_links(start_server) -> None:
+    namespace = f"{RUN_ID}-restart"
+    first = start_server({"SANDBOX_NAMESPACE": namespace})
+    async with Client(first.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("execute_command", {"container_id": container_id, "command": "echo kept > /tmp/kept.txt"})
+        link = structured(await client.call_tool("get_file_url", {"container_id": container_id, "path": "/tmp/kept.txt"}))
+        running = structured(await client.call_tool(
+            "execute_command", {"container_id": container_id, "command": "echo before; sleep 6; echo after-restart"}
+        ))
+        assert running["status"] == "running"
+
+    assert first.stop(signal.SIGTERM) == 0
+    # Stopping the server leaves sandboxes (and the command) running for the next start.
+    assert sandbox_names(namespace) == [f"mcp-sandbox-{container_id}"]
+
+    second = start_server({"SANDBOX_NAMESPACE": namespace}, port=first.port)
+    async with Client(second.url + "/mcp") as client:
+        finished = await wait_for_command(client, container_id, running["command_id"])
+        assert (finished["status"], finished["exit_code"], finished["stdout"]) == ("completed", 0, "before\nafter-restart\n")
+        again = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "cat /tmp/kept.txt"}))
+        assert again["stdout"] == "kept\n"
+        assert httpx.get(link["url"]).content == b"kept\n"
+        info = structured(await client.call_tool("check_container", {"container_id": container_id}))
+        assert running["command_id"] in {c["command_id"] for c in info["commands"]}
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+@pytest.mark.slow
+async def test_sandbox_that_expired_while_the_server_was_down_is_destroyed_at_start(start_server) -> None:
+    namespace = f"{RUN_ID}-expired"
+    first = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_TTL_SECONDS": "3"})
+    container_id = await create(first.url)
+    first.stop(signal.SIGKILL)
+    assert sandbox_names(namespace) == [f"mcp-sandbox-{container_id}"]
+    await anyio.sleep(3.5)
+    start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_TTL_SECONDS": "3"})
+    assert sandbox_names(namespace) == []
+
+
+async def test_sigterm_stops_the_server_cleanly_and_keeps_sandboxes(start_server) -> None:
+    server = start_server()
+    container_id = await create(server.url)
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    name = f"mcp-sandbox-{container_id}"
+    assert podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip() == "running"
+
+
+async def test_max_containers_is_enforced_with_a_clear_error(start_server) -> None:
+    server = start_server({"SANDBOX_MAX_CONTAINERS": "2"})
+    async with Client(server.url + "/mcp") as client:
+        ids = [structured(await client.call_tool("create_container", {}))["container_id"] for _ in range(2)]
+        third = await client.call_tool("create_container", {}, raise_on_error=False)
+        assert third.is_error
+        assert "maximum of 2 sandboxes" in third.content[0].text and "destroy_container" in third.content[0].text
+        await client.call_tool("destroy_container", {"container_id": ids[0]})
+        fourth = await client.call_tool("create_container", {})
+        assert fourth.structured_content["status"] == "running"
+        assert len(sandbox_names(server.env["SANDBOX_NAMESPACE"])) == 2
+
+
+async def test_without_podman_health_is_503_and_tools_say_why(start_server) -> None:
+    server = start_server({"PODMAN": "/nonexistent/podman"})
+    response = httpx.get(server.url + "/health")
+    assert response.status_code == 503
+    assert "not found" in response.json()["error"]
+    async with Client(server.url + "/mcp") as client:
+        result = await client.call_tool("create_container", {}, raise_on_error=False)
+        assert result.is_error and "Install Podman" in result.content[0].text
+    assert httpx.get(server.url + "/").status_code == 200
+
+
+async def test_sandbox_removed_outside_the_server_is_reported(start_server) -> None:
+    server = start_server()
+    async with Client(server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        podman("rm", "-f", "-t", "0", f"mcp-sandbox-{container_id}")
+        result = await client.call_tool("execute_command", {"container_id": container_id, "command": "true"}, raise_on_error=False)
+        assert result.is_error and "removed outside this server" in result.content[0].text
+        healthy = await client.call_tool("create_container", {})
+        assert healthy.structured_content["status"] == "running"
