@@ -219,6 +219,7 @@ class Sandbox:
     image: str
     created_at: float
     expires_at: float
+    destroying: bool = False
 
     @property
     def name(self) -> str:
@@ -741,8 +742,8 @@ class SandboxManager:
         sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
         if sandbox is None:
             raise SandboxNotFound(str(container_id))
-        if sandbox.expires_at <= time.time():
-            raise SandboxNotFound(container_id, " (its lifetime ended; it is being destroyed)")
+        if sandbox.expires_at <= time.time() or sandbox.destroying:
+            raise SandboxNotFound(container_id, " (it is being destroyed)")
         return sandbox
 
     def list(self) -> list[Sandbox]:
@@ -805,7 +806,12 @@ class SandboxManager:
         sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
         if sandbox is None:
             raise SandboxNotFound(str(container_id))
-        await self._remove_container(sandbox.name, check=True)
+        sandbox.destroying = True
+        try:
+            await self._remove_container(sandbox.name, check=True)
+        except SandboxError:
+            sandbox.destroying = False
+            raise
         self._forget(container_id)
         logger.info("destroyed sandbox %s", container_id)
 
@@ -901,10 +907,15 @@ class SandboxManager:
                 raise SandboxError(f"Command {command_id} left no record in the sandbox; run it again.")
             finished_ms = time.time() * 1000
             running.state = replace(state, duration_ms=int(finished_ms - started_ms))
-        except SandboxError as exc:
-            running.error = exc
-        except ValueError as exc:
-            running.error = SandboxError(f"Could not read the result of command {command_id}: {exc}. Check it with check_container.")
+        except (SandboxError, ValueError) as exc:
+            if sandbox.destroying or sandbox.container_id not in self._sandboxes:
+                running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
+            elif isinstance(exc, SandboxError):
+                running.error = exc
+            else:
+                running.error = SandboxError(
+                    f"Could not read the result of command {command_id}: {exc}. Check it with check_container."
+                )
         finally:
             running.done.set()
             self._running.pop((sandbox.container_id, command_id), None)

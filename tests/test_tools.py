@@ -256,3 +256,21 @@ async def test_unknown_and_malformed_command_ids_are_clear_errors(client: Client
     assert "has no command" in text
     text = await error_text(client, "check_container", {"container_id": sandbox, "command_id": "../../etc/passwd"})
     assert "not a command_id" in text
+
+
+async def test_destroying_a_sandbox_under_a_running_command_is_reported(client: Client) -> None:
+    container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+    outcome: dict = {}
+
+    async def run_long() -> None:
+        outcome["result"] = await client.call_tool(
+            "execute_command", {"container_id": container_id, "command": "sleep 2; echo done"}, raise_on_error=False
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_long)
+        await anyio.sleep(0.8)
+        await client.call_tool("destroy_container", {"container_id": container_id})
+    result = outcome["result"]
+    assert result.is_error, result.structured_content
+    assert "destroyed while the command ran" in result.content[0].text
