@@ -908,7 +908,7 @@ class SandboxManager:
             finished_ms = time.time() * 1000
             running.state = replace(state, duration_ms=int(finished_ms - started_ms))
         except (SandboxError, ValueError) as exc:
-            if sandbox.destroying or sandbox.container_id not in self._sandboxes:
+            if sandbox.destroying:
                 running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
             elif isinstance(exc, SandboxError):
                 running.error = exc
