@@ -22,6 +22,7 @@ import anyio
 import uvicorn
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
+from fastmcp.server.dependencies import get_http_request
 from mcp.types import ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
@@ -54,9 +55,16 @@ PORT = int(os.environ.get("PORT", "").strip() or 3000)
 
 
 def base_url() -> str:
+    """BASE_URL; else the address the client reached over HTTP; else http://$HOST:$PORT."""
     configured = os.environ.get("BASE_URL", "").strip().rstrip("/")
     if configured:
         return configured
+    try:
+        request = get_http_request()
+    except RuntimeError:  # stdio: the file routes listen on HOST:PORT
+        request = None
+    if request is not None and request.headers.get("host"):
+        return f"{request.url.scheme}://{request.headers['host']}"
     host = "127.0.0.1" if HOST in ("0.0.0.0", "::", "") else HOST
     return f"http://{'[' + host + ']' if ':' in host else host}:{PORT}"
 

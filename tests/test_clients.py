@@ -88,3 +88,23 @@ def test_mcp_inspector_cli_lists_schemas_and_runs_the_date_example(http_server: 
     assert bad.get("isError") is True and "relative" in bad["content"][0]["text"]
     inspector(url, "--method", "tools/call", "--tool-name", "destroy_container", "--tool-arg", f"container_id={container_id}")
     assert sandbox_names(http_server.env["SANDBOX_NAMESPACE"]) == []
+
+
+def test_fastmcp_run_over_http_gives_file_urls_on_its_own_port(start_server) -> None:
+    port = free_port()
+    fastmcp_cli = str(Path(sys.executable).parent / "fastmcp")
+    # PORT names another port: the URL must follow the address the client actually used.
+    server = start_server(
+        {"PORT": str(free_port())},
+        argv=[fastmcp_cli, "run", str(ROOT / "server.py"), "--transport", "http", "--port", str(port)], port=port,
+    )
+    url = server.url + "/mcp"
+    created = inspector(url, "--method", "tools/call", "--tool-name", "create_container")
+    container_id = created["structuredContent"]["container_id"]
+    inspector(url, "--method", "tools/call", "--tool-name", "execute_command",
+              "--tool-arg", f"container_id={container_id}", "--tool-arg", "command=echo via-fastmcp-run > /tmp/f.txt")
+    link = inspector(url, "--method", "tools/call", "--tool-name", "get_file_url",
+                     "--tool-arg", f"container_id={container_id}", "--tool-arg", "path=/tmp/f.txt")["structuredContent"]
+    assert link["url"].startswith(f"http://127.0.0.1:{port}/files/")
+    assert httpx.get(link["url"]).content == b"via-fastmcp-run\n"
+    inspector(url, "--method", "tools/call", "--tool-name", "destroy_container", "--tool-arg", f"container_id={container_id}")
