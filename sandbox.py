@@ -20,15 +20,20 @@ import re
 import secrets
 import shlex
 import subprocess
+import tarfile
+import io
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
+
+from channel import AGENT_PATH_IN_SANDBOX, AgentChannel, ChannelClosed, ChannelRequestFailed, find_agent_binary
 
 logger = logging.getLogger("mcp_sandbox.sandbox")
 
@@ -118,6 +123,9 @@ class SandboxSettings:
     runtime: str = ""
     network: str = ""
     reap_interval_seconds: float = 1.0
+    agent_path: str = ""
+    max_channels: int = 64
+    channel_idle_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -140,6 +148,9 @@ class SandboxSettings:
             podman=env.get("PODMAN", "").strip() or "podman",
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
+            agent_path=env.get("SANDBOX_AGENT", "").strip(),
+            max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 64, minimum=1),
+            channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
         )
 
     @property
@@ -380,7 +391,21 @@ serve_file() {  # $1 path: "ok SIZE" and exactly SIZE bytes, or one line saying 
 # Exit code 120: the library is missing (the sandbox was just started, or someone removed it).
 LIB_MISSING = 120
 BOOTSTRAP = f'[ -r {LIB_PATH} ] || exit {LIB_MISSING}; . {LIB_PATH}; "$@"'
-INSTALL_LIB = f"mkdir -p {STATE_DIR} && cat > {LIB_PATH}.$$ && mv {LIB_PATH}.$$ {LIB_PATH}"
+INSTALL_HELPERS = f"mkdir -p {STATE_DIR} && tar -x -f - -C {STATE_DIR}"
+
+
+def helpers_tar(agent: Path | None) -> bytes:
+    """A tar stream of what every sandbox gets in STATE_DIR: the shell library and the agent."""
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        files = [(posixpath.basename(LIB_PATH), SANDBOX_LIB.encode(), 0o644)]
+        if agent is not None:
+            files.append((posixpath.basename(AGENT_PATH_IN_SANDBOX), agent.read_bytes(), 0o755))
+        for name, data, mode in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return stream.getvalue()
 
 
 # --------------------------------------------------------------------------- podman helper
@@ -628,6 +653,15 @@ class SandboxManager:
         self._creating = 0
         self._lock = anyio.Lock()
         self._background = BackgroundTasks()
+        self._agent = find_agent_binary(settings.agent_path)
+        if self._agent is None:
+            logger.warning(
+                "no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
+                "every command will cost a podman exec"
+            )
+        self._helpers = helpers_tar(self._agent)
+        self._channels: dict[str, AgentChannel] = {}
+        self._channel_locks: dict[str, anyio.Lock] = {}
 
     # ----- lifecycle
 
@@ -642,6 +676,8 @@ class SandboxManager:
 
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start."""
+        for container_id in list(self._channels):
+            await self._close_channel(container_id)
         await self._background.stop()
 
     async def adopt(self) -> list[str]:
@@ -702,6 +738,7 @@ class SandboxManager:
         while True:
             await anyio.sleep(self.settings.reap_interval_seconds)
             await self.reap_expired()
+            await self._close_idle_channels()
             if time.monotonic() - last_sync > 30:
                 last_sync = time.monotonic()
                 await self._forget_vanished()
@@ -733,6 +770,10 @@ class SandboxManager:
 
     def _forget(self, container_id: str) -> None:
         self._sandboxes.pop(container_id, None)
+        channel = self._channels.pop(container_id, None)
+        if channel is not None:
+            self._background.start_soon(channel.close)
+        self._channel_locks.pop(container_id, None)
         for file_id in [f for f, link in self._links.items() if link.container_id == container_id]:
             del self._links[file_id]
 
@@ -792,7 +833,7 @@ class SandboxManager:
                     ) from None
                 raise
             try:
-                await self._install_lib(sandbox)
+                await self._install_helpers(sandbox)
             except SandboxError:
                 await self._remove_container(sandbox.name)
                 raise
@@ -807,6 +848,7 @@ class SandboxManager:
         if sandbox is None:
             raise SandboxNotFound(str(container_id))
         sandbox.destroying = True
+        await self._close_channel(container_id)
         try:
             await self._remove_container(sandbox.name, check=True)
         except SandboxError:
@@ -831,19 +873,72 @@ class SandboxManager:
         for attempt in range(2):
             result = await self.podman.run(*exec_args, stdin=stdin, stdout_limit=stdout_limit, check=False, timeout=timeout)
             if result.exit_code == LIB_MISSING and attempt == 0:
-                await self._install_lib(sandbox)
+                await self._install_helpers(sandbox)
                 continue
             if result.exit_code != 0:
                 self._raise_exec_failure(sandbox, result)
             return result
         raise SandboxError(f"The sandbox's helper library at {LIB_PATH} could not be installed.")  # pragma: no cover
 
-    async def _install_lib(self, sandbox: Sandbox) -> None:
+    async def _install_helpers(self, sandbox: Sandbox) -> None:
+        """Put the shell library and the agent into the sandbox's STATE_DIR."""
         result = await self.podman.run(
-            "exec", "-i", sandbox.name, "/bin/sh", "-c", INSTALL_LIB, stdin=SANDBOX_LIB.encode(), check=False, timeout=60
+            "exec", "-i", sandbox.name, "/bin/sh", "-c", INSTALL_HELPERS, stdin=self._helpers, check=False, timeout=60
         )
         if result.exit_code != 0:
             self._raise_exec_failure(sandbox, result)
+
+    # ----- channels
+
+    async def _channel_for(self, sandbox: Sandbox) -> AgentChannel | None:
+        """The sandbox's open command channel, opened on demand; None when there is no agent."""
+        if self._agent is None:
+            return None
+        channel = self._channels.get(sandbox.container_id)
+        if channel is not None and not channel.closed:
+            return channel
+        lock = self._channel_locks.setdefault(sandbox.container_id, anyio.Lock())
+        async with lock:
+            channel = self._channels.get(sandbox.container_id)
+            if channel is not None and not channel.closed:
+                return channel
+            for attempt in range(2):
+                channel = AgentChannel(self.podman.argv("exec", "-i", sandbox.name, AGENT_PATH_IN_SANDBOX))
+                try:
+                    await channel.open(self._background.start_soon)
+                    break
+                except ChannelClosed as exc:
+                    reason = str(exc)
+                    result = PodmanResult(channel.argv, 1, b"", reason)
+                    if _is_missing_container(reason) or _is_not_running(reason):
+                        self._raise_exec_failure(sandbox, result)
+                    if attempt == 0 and ("no such file" in reason.lower() or "not found" in reason.lower()):
+                        await self._install_helpers(sandbox)
+                        continue
+                    logger.warning("no command channel to sandbox %s (%s); using podman exec", sandbox.container_id, reason)
+                    return None
+            self._channels[sandbox.container_id] = channel
+        await self._limit_channels()
+        return channel
+
+    async def _limit_channels(self) -> None:
+        """Each channel is a podman process of its own (about 35 MB): keep the most recent few."""
+        excess = len(self._channels) - self.settings.max_channels
+        if excess > 0:
+            oldest = sorted(self._channels.items(), key=lambda item: item[1].last_used)[:excess]
+            for container_id, _ in oldest:
+                await self._close_channel(container_id)
+
+    async def _close_idle_channels(self) -> None:
+        idle_before = time.monotonic() - self.settings.channel_idle_seconds
+        for container_id, channel in list(self._channels.items()):
+            if channel.closed or channel.last_used < idle_before:
+                await self._close_channel(container_id)
+
+    async def _close_channel(self, container_id: str) -> None:
+        channel = self._channels.pop(container_id, None)
+        if channel is not None:
+            await channel.close()
 
     def _raise_exec_failure(self, sandbox: Sandbox, result: PodmanResult) -> None:
         if _is_missing_container(result.stderr):
@@ -876,18 +971,65 @@ class SandboxManager:
         sandbox = self.get(container_id)
         encoded = self._validate_command(command)
         command_id = "cmd_" + secrets.token_hex(8)
-        running = _RunningCommand()
-        key = (sandbox.container_id, command_id)
-        self._running[key] = running
         started_ms = int(time.time() * 1000)
-        self._background.start_soon(self._run_command, sandbox, command_id, encoded, timeout_seconds, started_ms, running)
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                return await self._execute_on_channel(channel, sandbox, command_id, encoded, timeout_seconds, started_ms)
+            except ChannelClosed as exc:
+                if sandbox.destroying:
+                    raise SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)") from None
+                logger.warning("command channel to %s closed (%s); going on without it", sandbox.container_id, exc)
+                # The command may have started before the channel closed: never run it twice.
+                try:
+                    return await self._read_command_by_exec(sandbox, command_id)
+                except CommandNotFound:
+                    pass
+        return await self._execute_by_exec(sandbox, command_id, encoded, timeout_seconds, started_ms)
+
+    async def _execute_on_channel(
+        self, channel: AgentChannel, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int,
+        started_ms: int,
+    ) -> CommandState:
+        cap = self.settings.output_limit_bytes
+        exit_reply = channel.expect_exit(command_id)
+        try:
+            await channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
+        except ChannelRequestFailed as exc:
+            channel.forget_exit(command_id)
+            raise SandboxError(f"The sandbox could not start the command ({exc}). Try again, or check the sandbox.") from None
+        report = None
+        with anyio.move_on_after(self.settings.sync_wait_seconds):
+            report = await exit_reply.wait()
+        if report is not None:
+            state = self._parse(command_id, report)
+            return replace(state, duration_ms=int(time.time() * 1000 - started_ms))
+        channel.forget_exit(command_id)
+        return self._parse(command_id, await channel.report(command_id, cap))
+
+    def _parse(self, command_id: str, report: bytes) -> CommandState:
+        try:
+            state = parse_report(command_id, report)
+        except ValueError as exc:
+            raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
+        if state is None:
+            raise CommandNotFound(f"The sandbox has no command {command_id}. Call check_container without command_id to list its commands.")
+        return state
+
+    async def _execute_by_exec(
+        self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int
+    ) -> CommandState:
+        """The fallback without a channel: one ``podman exec`` runs the command and reports it."""
+        running = _RunningCommand()
+        self._running[(sandbox.container_id, command_id)] = running
+        self._background.start_soon(self._run_command, sandbox, command_id, command, timeout_seconds, started_ms, running)
         with anyio.move_on_after(self.settings.sync_wait_seconds):
             await running.done.wait()
         if running.error is not None:
             raise running.error
         if running.state is not None:
             return running.state
-        state = await self.read_command(container_id, command_id)
+        state = await self._read_command_by_exec(sandbox, command_id)
         if state.status != "running" and running.state is not None:
             return running.state
         return state
@@ -927,6 +1069,28 @@ class SandboxManager:
                 f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
                 "call check_container without command_id to list the sandbox's commands."
             )
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                state = parse_report(command_id, await channel.report(command_id, self.settings.output_limit_bytes))
+            except ChannelClosed:
+                pass
+            except ValueError as exc:
+                raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
+            else:
+                if state is None:
+                    raise self._no_such_command(container_id, command_id)
+                return state
+        return await self._read_command_by_exec(sandbox, command_id)
+
+    @staticmethod
+    def _no_such_command(container_id: str, command_id: str) -> CommandNotFound:
+        return CommandNotFound(
+            f"Sandbox {container_id} has no command {command_id}. Call check_container without "
+            "command_id to list its commands."
+        )
+
+    async def _read_command_by_exec(self, sandbox: Sandbox, command_id: str) -> CommandState:
         running = self._running.get((sandbox.container_id, command_id))
         cap = self.settings.output_limit_bytes
         result = await self._call(sandbox, "read_command", command_id, str(cap), stdout_limit=2 * cap + 4096)
@@ -935,10 +1099,7 @@ class SandboxManager:
         except ValueError as exc:
             raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
         if state is None:
-            raise CommandNotFound(
-                f"Sandbox {container_id} has no command {command_id}. Call check_container without "
-                "command_id to list its commands."
-            )
+            raise self._no_such_command(sandbox.container_id, command_id)
         if state.status == "killed" and running is not None and not running.done.is_set():
             # Still being launched: the pid file is not written yet.
             state = replace(state, status="running")

@@ -45,6 +45,8 @@ command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 { command -v catatonit >/dev/null 2>&1 || [ -x /usr/libexec/podman/catatonit ]; } || missing+=(catatonit)
 [ -x /bin/busybox ] || missing+=(busybox-static)
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 if [ "$WANT_TEST" -eq 1 ]; then
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 fi
@@ -72,6 +74,16 @@ if ! podman image exists "$IMAGE" 2>/dev/null; then
       exit 1
     fi
   fi
+fi
+
+# ---- the sandbox agent (agent/sandbox-agent.c): a small static binary copied into every sandbox
+AGENT="$ROOT/build/sandbox-agent"
+if [ ! -x "$AGENT" ] || [ "$ROOT/agent/sandbox-agent.c" -nt "$AGENT" ]; then
+  say "building $AGENT"
+  mkdir -p "$ROOT/build"
+  musl-gcc -static -O2 -o "$AGENT" "$ROOT/agent/sandbox-agent.c" 2>/dev/null \
+    || gcc -static -O2 -o "$AGENT" "$ROOT/agent/sandbox-agent.c"
+  strip "$AGENT" 2>/dev/null || true
 fi
 
 # ---- a runtime that works on this host, with the limits the server uses

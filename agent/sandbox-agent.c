@@ -1,0 +1,520 @@
+/*
+ * sandbox-agent: the far end of the server's persistent command channel, run inside a
+ * sandbox by one long-lived `podman exec -i`. It starts commands, records them under
+ * /run/mcp-sandbox/commands/<id>/ exactly as the shell library in sandbox.py does (so a
+ * restarted server reads them back the same way), enforces timeouts inside the sandbox,
+ * and reports over stdout. When its channel closes it keeps supervising the commands it
+ * started until they end, so their results are recorded even if the server is gone.
+ *
+ * Requests (stdin), one header line each, then a payload of the given length:
+ *   run <cmd_id> <timeout_s> <started_ms> <cap> <len>\n<command>
+ *   report <req> <cmd_id> <cap>\n
+ *   put <req> <mode_octal> <path_len> <data_len>\n<path><data>
+ *   ping <req>\n
+ * Replies and events (stdout):
+ *   started <cmd_id> <pid>\n          failed <cmd_id> <reason>\n
+ *   exit <cmd_id> <len>\n<report>     report <req> <len>\n<report>
+ *   put <req> ok\n | put <req> error <reason>\n     pong <req>\n
+ * A report is the MCPSB1 frame parsed by sandbox.parse_report.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define COMMANDS_DIR "/run/mcp-sandbox/commands"
+#define MAX_COMMANDS 512
+#define INLINE_COMMAND_MAX 100000
+#define MAX_REQUEST (64L * 1024 * 1024)
+#define KILL_GRACE_MS 2000
+
+struct command {
+    int used;
+    char id[32];
+    pid_t pid;
+    long long deadline_ms; /* monotonic; 0 = none */
+    long long kill_at_ms;  /* monotonic; 0 = none pending */
+    int exited;            /* leader reaped, slot kept only for a pending SIGKILL */
+    long cap;
+};
+
+static struct command commands[MAX_COMMANDS];
+static int wake_pipe[2];
+static int channel_ok = 1;
+
+static long long monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static int write_all(int fd, const char *data, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, data, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        data += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void emit(const char *data, size_t n) {
+    if (channel_ok && write_all(STDOUT_FILENO, data, n) < 0) channel_ok = 0;
+}
+
+static void emitf(const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0) emit(line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
+}
+
+static int mkdirs(const char *path) {
+    char buf[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof buf) return -1;
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+/* Write a file through a temporary name, so readers never see half of it. */
+static int write_file(const char *path, const char *data, size_t n, mode_t mode) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0) return -1;
+    if (write_all(fd, data, n) < 0) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    if (fchmod(fd, mode) < 0) { /* umask must not narrow the mode asked for */ }
+    close(fd);
+    if (rename(tmp, path) < 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_text(const char *dir, const char *name, const char *fmt, ...) {
+    char path[4200], text[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return write_file(path, text, (size_t)n, 0644);
+}
+
+static int valid_command_id(const char *id) {
+    if (strncmp(id, "cmd_", 4) != 0 || strlen(id) != 20) return 0;
+    for (const char *p = id + 4; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) return 0;
+    return 1;
+}
+
+/* Reads a small file of digits; returns its digits (at most max) in out. */
+static void read_digits(const char *dir, const char *name, char *out, size_t max) {
+    char path[4200], buf[64];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    out[0] = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return;
+    size_t k = 0;
+    for (ssize_t i = 0; i < n && k < max; i++)
+        if (buf[i] >= '0' && buf[i] <= '9') out[k++] = buf[i];
+    out[k] = 0;
+}
+
+static int file_exists(const char *dir, const char *name) {
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return lstat(path, &st) == 0;
+}
+
+struct buffer {
+    char *data;
+    size_t len, size;
+};
+
+static void buf_append(struct buffer *b, const char *data, size_t n) {
+    if (b->len + n > b->size) {
+        size_t size = b->size ? b->size : 4096;
+        while (size < b->len + n) size *= 2;
+        char *grown = realloc(b->data, size);
+        if (!grown) return;
+        b->data = grown;
+        b->size = size;
+    }
+    memcpy(b->data + b->len, data, n);
+    b->len += n;
+}
+
+static void buf_printf(struct buffer *b, const char *fmt, ...) {
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0) buf_append(b, line, (size_t)n);
+}
+
+/* Appends up to want bytes of dir/name; returns how many it appended. */
+static long append_head(struct buffer *b, const char *dir, const char *name, long want) {
+    char path[4200], chunk[65536];
+    long got = 0;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return 0;
+    while (got < want) {
+        size_t ask = (size_t)(want - got) < sizeof chunk ? (size_t)(want - got) : sizeof chunk;
+        ssize_t n = read(fd, chunk, ask);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        buf_append(b, chunk, (size_t)n);
+        got += n;
+    }
+    close(fd);
+    return got;
+}
+
+static long file_size(const char *dir, const char *name) {
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode)) return 0;
+    return (long)st.st_size;
+}
+
+/* The MCPSB1 report of a command directory; the same frame as report() in sandbox.py. */
+static void build_report(struct buffer *b, const char *id, long cap) {
+    char dir[256], exit_code[16], pid_text[16], started[24], finished[24];
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
+    int has_exit = file_exists(dir, "exit");
+    read_digits(dir, "exit", exit_code, 9);
+    read_digits(dir, "pid", pid_text, 9);
+    read_digits(dir, "started", started, 16);
+    read_digits(dir, "finished", finished, 16);
+    int alive = 0;
+    if (!has_exit && pid_text[0]) {
+        pid_t pid = (pid_t)atol(pid_text);
+        alive = pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+    }
+    long so = file_size(dir, "stdout"), se = file_size(dir, "stderr");
+    long no = so < cap ? so : cap, ne = se < cap ? se : cap;
+    buf_printf(b, "MCPSB1\n%s\n%d\n%d\n%s\n%s\n%ld\n%ld\n%ld\n%ld\n", has_exit ? exit_code : "",
+               file_exists(dir, "timed_out"), alive, started, finished, so, se, no, ne);
+    /* The files may grow while being read: pad or cut to exactly what the header says. */
+    long got = append_head(b, dir, "stdout", no);
+    for (; got < no; got++) buf_append(b, "", 1);
+    got = append_head(b, dir, "stderr", ne);
+    for (; got < ne; got++) buf_append(b, "", 1);
+}
+
+static struct command *find_command(pid_t pid) {
+    for (int i = 0; i < MAX_COMMANDS; i++)
+        if (commands[i].used && commands[i].pid == pid) return &commands[i];
+    return NULL;
+}
+
+static int active_commands(void) {
+    int n = 0;
+    for (int i = 0; i < MAX_COMMANDS; i++) n += commands[i].used;
+    return n;
+}
+
+static void start_command(const char *id, long timeout_s, const char *started_ms, long cap,
+                          const char *command, size_t len) {
+    char dir[256], path[300];
+    if (!valid_command_id(id)) {
+        emitf("failed %s bad-id\n", "-");
+        return;
+    }
+    struct command *slot = NULL;
+    for (int i = 0; i < MAX_COMMANDS && !slot; i++)
+        if (!commands[i].used) slot = &commands[i];
+    if (!slot) {
+        emitf("failed %s too-many-commands\n", id);
+        return;
+    }
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
+    snprintf(path, sizeof path, "%s/command", dir);
+    if (mkdirs(dir) < 0 || write_file(path, command, len, 0644) < 0 ||
+        write_text(dir, "started", "%s\n", started_ms) < 0) {
+        emitf("failed %s state-unwritable\n", id);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        emitf("failed %s fork-%d\n", id, errno);
+        return;
+    }
+    if (pid == 0) {
+        /* The command: its own session and process group, no stdin, output to files. */
+        setsid();
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        int in = open("/dev/null", O_RDONLY);
+        snprintf(path, sizeof path, "%s/stdout", dir);
+        int out = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        snprintf(path, sizeof path, "%s/stderr", dir);
+        int err = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (in < 0 || out < 0 || err < 0) _exit(126);
+        dup2(in, 0);
+        dup2(out, 1);
+        dup2(err, 2);
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+        if (len <= INLINE_COMMAND_MAX) {
+            execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+        } else {
+            snprintf(path, sizeof path, "%s/command", dir);
+            execl("/bin/sh", "sh", path, (char *)NULL);
+        }
+        _exit(127);
+    }
+    write_text(dir, "pid", "%d\n", (int)pid);
+    memset(slot, 0, sizeof *slot);
+    slot->used = 1;
+    snprintf(slot->id, sizeof slot->id, "%s", id);
+    slot->pid = pid;
+    slot->cap = cap;
+    slot->deadline_ms = timeout_s > 0 ? monotonic_ms() + timeout_s * 1000LL : 0;
+    emitf("started %s %d\n", id, (int)pid);
+}
+
+static void finish_command(struct command *c, int status) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, c->id);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    write_text(dir, "finished", "%lld\n", (long long)time(NULL));
+    write_text(dir, "exit", "%d\n", code);
+    struct buffer report = {0};
+    build_report(&report, c->id, c->cap);
+    emitf("exit %s %zu\n", c->id, report.len);
+    emit(report.data ? report.data : "", report.len);
+    free(report.data);
+    c->exited = 1;
+    c->deadline_ms = 0;
+    if (!c->kill_at_ms) c->used = 0; /* else kept until the group gets its SIGKILL */
+}
+
+static void reap_children(void) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        struct command *c = find_command(pid);
+        if (c && !c->exited) finish_command(c, status);
+    }
+}
+
+static void enforce_deadlines(long long now) {
+    for (int i = 0; i < MAX_COMMANDS; i++) {
+        struct command *c = &commands[i];
+        if (!c->used) continue;
+        if (c->deadline_ms && now >= c->deadline_ms) {
+            char dir[256];
+            snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, c->id);
+            write_text(dir, "timed_out", "1\n");
+            kill(-c->pid, SIGTERM);
+            c->deadline_ms = 0;
+            c->kill_at_ms = now + KILL_GRACE_MS;
+        }
+        if (c->kill_at_ms && now >= c->kill_at_ms) {
+            kill(-c->pid, SIGKILL);
+            c->kill_at_ms = 0;
+            if (c->exited) c->used = 0;
+        }
+    }
+}
+
+static int next_wait_ms(long long now) {
+    long long soonest = -1;
+    for (int i = 0; i < MAX_COMMANDS; i++) {
+        struct command *c = &commands[i];
+        if (!c->used) continue;
+        long long t = c->deadline_ms ? c->deadline_ms : c->kill_at_ms;
+        if (c->deadline_ms && c->kill_at_ms && c->kill_at_ms < t) t = c->kill_at_ms;
+        if (t && (soonest < 0 || t < soonest)) soonest = t;
+    }
+    if (soonest < 0) return -1;
+    return soonest <= now ? 0 : (int)(soonest - now > 60000 ? 60000 : soonest - now);
+}
+
+static void put_file(const char *req, long mode, const char *path, size_t path_len, const char *data,
+                     size_t data_len) {
+    char target[4097], parent[4097];
+    if (path_len == 0 || path_len >= sizeof target || path[0] != '/' || memchr(path, 0, path_len)) {
+        emitf("put %s error bad-path\n", req);
+        return;
+    }
+    memcpy(target, path, path_len);
+    target[path_len] = 0;
+    memcpy(parent, target, path_len + 1);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = 0;
+        if (mkdirs(parent) < 0) {
+            emitf("put %s error %s\n", req, errno == ENOTDIR ? "parent-not-a-directory" : "cannot-create-parent");
+            return;
+        }
+    }
+    struct stat st;
+    if (stat(target, &st) == 0 && S_ISDIR(st.st_mode)) {
+        emitf("put %s error is-a-directory\n", req);
+        return;
+    }
+    if (write_file(target, data, data_len, (mode_t)(mode & 07777)) < 0) {
+        emitf("put %s error write-failed-%d\n", req, errno);
+        return;
+    }
+    emitf("put %s ok\n", req);
+}
+
+/* Handles every complete request in buf; returns how many bytes it consumed. */
+static size_t handle_requests(char *buf, size_t len) {
+    size_t used = 0;
+    for (;;) {
+        char *start = buf + used;
+        char *nl = memchr(start, '\n', len - used);
+        if (!nl) break;
+        size_t header_len = (size_t)(nl - start);
+        char header[512];
+        if (header_len >= sizeof header) header_len = sizeof header - 1;
+        memcpy(header, start, header_len);
+        header[header_len] = 0;
+        char *payload = nl + 1;
+        size_t available = len - (size_t)(payload - buf);
+        char kind[16] = "", a[64] = "", b[64] = "", c[64] = "", d[64] = "", e[64] = "";
+        sscanf(header, "%15s %63s %63s %63s %63s %63s", kind, a, b, c, d, e);
+        if (strcmp(kind, "run") == 0) {
+            size_t n = (size_t)atol(e);
+            if (available < n) break;
+            char *command = malloc(n + 1);
+            if (command) {
+                memcpy(command, payload, n);
+                command[n] = 0;
+                start_command(a, atol(b), c, atol(d), command, n);
+                free(command);
+            }
+            used = (size_t)(payload - buf) + n;
+        } else if (strcmp(kind, "report") == 0) {
+            struct buffer report = {0};
+            if (valid_command_id(b)) {
+                char dir[256];
+                struct stat st;
+                snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, b);
+                if (stat(dir, &st) == 0) build_report(&report, b, atol(c));
+                else buf_append(&report, "MCPSB-NONE\n", 11);
+            } else {
+                buf_append(&report, "MCPSB-NONE\n", 11);
+            }
+            emitf("report %s %zu\n", a, report.len);
+            emit(report.data ? report.data : "", report.len);
+            free(report.data);
+            used = (size_t)(payload - buf);
+        } else if (strcmp(kind, "put") == 0) {
+            size_t path_len = (size_t)atol(c), data_len = (size_t)atol(d);
+            if (available < path_len + data_len) break;
+            put_file(a, strtol(b, NULL, 8), payload, path_len, payload + path_len, data_len);
+            used = (size_t)(payload - buf) + path_len + data_len;
+        } else if (strcmp(kind, "ping") == 0) {
+            emitf("pong %s\n", a);
+            used = (size_t)(payload - buf);
+        } else {
+            emitf("error unknown-request\n");
+            used = (size_t)(payload - buf);
+        }
+    }
+    return used;
+}
+
+static void on_sigchld(int sig) {
+    (void)sig;
+    int saved = errno;
+    if (write(wake_pipe[1], "c", 1) < 0) { /* full pipe: a wake-up is already pending */ }
+    errno = saved;
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) return 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    mkdirs(COMMANDS_DIR);
+
+    size_t size = 1 << 16, len = 0;
+    char *buf = malloc(size);
+    int input_open = 1;
+    emitf("ready %d\n", (int)getpid());
+    while (input_open || active_commands() > 0) {
+        struct pollfd fds[2] = {{wake_pipe[0], POLLIN, 0}, {input_open ? 0 : -1, POLLIN, 0}};
+        int timeout = next_wait_ms(monotonic_ms());
+        int ready = poll(fds, 2, timeout);
+        if (ready < 0 && errno != EINTR) break;
+        if (fds[0].revents & POLLIN) {
+            char drain[64];
+            while (read(wake_pipe[0], drain, sizeof drain) > 0) {}
+        }
+        reap_children();
+        enforce_deadlines(monotonic_ms());
+        if (input_open && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            if (len == size) {
+                if (size >= (size_t)MAX_REQUEST) {
+                    emitf("error request-too-large\n");
+                    len = 0;
+                } else {
+                    size *= 2;
+                    buf = realloc(buf, size);
+                    if (!buf) return 1;
+                }
+            }
+            ssize_t n = read(0, buf + len, size - len);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                input_open = 0; /* the channel closed: finish what runs, then leave */
+                continue;
+            }
+            len += (size_t)n;
+            size_t used = handle_requests(buf, len);
+            memmove(buf, buf + used, len - used);
+            len -= used;
+        }
+    }
+    return 0;
+}

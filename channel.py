@@ -1,0 +1,227 @@
+"""The persistent command channel to one sandbox: a long-lived ``podman exec -i`` running
+``sandbox-agent`` (agent/sandbox-agent.c) inside it, so that a command costs a message
+instead of a ``podman`` process. This module knows the agent's protocol; sandbox.py decides
+when to use a channel and falls back to one ``podman exec`` per call when it cannot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+logger = logging.getLogger("mcp_sandbox.channel")
+
+ROOT = Path(__file__).resolve().parent
+AGENT_SOURCE = ROOT / "agent" / "sandbox-agent.c"
+AGENT_PATH_IN_SANDBOX = "/run/mcp-sandbox/agent"
+
+
+class ChannelClosed(Exception):
+    """The channel's process ended; the sandbox may be gone, or the process was killed."""
+
+
+class ChannelRequestFailed(Exception):
+    """The agent refused a request; the message is its reason."""
+
+
+def find_agent_binary(configured: str = "") -> Path | None:
+    """The agent binary: SANDBOX_AGENT, else build/sandbox-agent, built now if a compiler is at hand."""
+    if configured:
+        path = Path(configured)
+        return path if path.is_file() else None
+    built = ROOT / "build" / "sandbox-agent"
+    if built.is_file() and (not AGENT_SOURCE.exists() or built.stat().st_mtime >= AGENT_SOURCE.stat().st_mtime):
+        return built
+    if AGENT_SOURCE.exists():
+        built.parent.mkdir(exist_ok=True)
+        for compiler in (["musl-gcc", "-static"], ["gcc", "-static"], ["cc", "-static"]):
+            try:
+                result = subprocess.run(
+                    [*compiler, "-O2", "-o", str(built), str(AGENT_SOURCE)], capture_output=True, timeout=120
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if result.returncode == 0:
+                logger.info("built %s with %s", built, compiler[0])
+                return built
+    return None
+
+
+@dataclass
+class _Reply:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    value: Any = None
+    error: Exception | None = None
+
+    def resolve(self, value: Any = None, error: Exception | None = None) -> None:
+        if not self.done.is_set():
+            self.value, self.error = value, error
+            self.done.set()
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        with anyio.fail_after(timeout):
+            await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class AgentChannel:
+    """One ``podman exec -i SANDBOX /run/mcp-sandbox/agent`` and the requests in flight on it."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.closed = False
+        self.last_used = time.monotonic()
+        self.stderr_tail = b""
+        self._process: anyio.abc.Process | None = None
+        self._stdout: BufferedByteReceiveStream | None = None
+        self._send_lock = anyio.Lock()
+        self._requests = itertools.count(1)
+        self._replies: dict[str, _Reply] = {}
+        self._started: dict[str, _Reply] = {}
+        self._exits: dict[str, _Reply] = {}
+
+    async def open(self, spawn: Callable[..., None], timeout: float = 15) -> None:
+        """Start the agent and wait for its ``ready`` line; ``spawn`` runs the reader task."""
+        logger.debug("open %s", shlex.join(self.argv))
+        self._process = await anyio.open_process(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self._process.stdout is not None
+        self._stdout = BufferedByteReceiveStream(self._process.stdout)
+        try:
+            with anyio.fail_after(timeout):
+                line = await self._stdout.receive_until(b"\n", 1024)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, TimeoutError, anyio.BrokenResourceError):
+            line = b""
+        if not line.startswith(b"ready"):
+            with anyio.move_on_after(2):
+                await self._collect_stderr()
+            await self.close()
+            raise ChannelClosed(self.stderr_tail.decode(errors="replace").strip() or "the agent did not start")
+        spawn(self._read_forever)
+        spawn(self._collect_stderr)
+
+    async def _collect_stderr(self) -> None:
+        process = self._process
+        if process is None or process.stderr is None:
+            return
+        try:
+            async for chunk in process.stderr:
+                self.stderr_tail = (self.stderr_tail + chunk)[-4096:]
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    async def _read_forever(self) -> None:
+        assert self._stdout is not None
+        try:
+            while True:
+                header = (await self._stdout.receive_until(b"\n", 4096)).decode(errors="replace").split()
+                if not header:
+                    continue
+                kind = header[0]
+                if kind == "started" and len(header) == 3:
+                    self._pop(self._started, header[1]).resolve(int(header[2]))
+                elif kind == "failed" and len(header) == 3:
+                    self._pop(self._started, header[1]).resolve(error=ChannelRequestFailed(header[2]))
+                elif kind in ("exit", "report") and len(header) == 3:
+                    payload = await self._stdout.receive_exactly(int(header[2]))
+                    table = self._exits if kind == "exit" else self._replies
+                    self._pop(table, header[1]).resolve(payload)
+                elif kind == "put" and len(header) >= 3:
+                    reply = self._pop(self._replies, header[1])
+                    if header[2] == "ok":
+                        reply.resolve(None)
+                    else:
+                        reply.resolve(error=ChannelRequestFailed(" ".join(header[3:]) or "refused"))
+                elif kind == "pong" and len(header) == 2:
+                    self._pop(self._replies, header[1]).resolve(None)
+                else:
+                    logger.warning("unexpected line from the sandbox agent: %r", header[:4])
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError, anyio.BrokenResourceError,
+                anyio.DelimiterNotFound, ValueError):
+            pass
+        finally:
+            self._fail_all()
+
+    @staticmethod
+    def _pop(table: dict[str, _Reply], key: str) -> _Reply:
+        return table.pop(key, None) or _Reply()
+
+    def _fail_all(self) -> None:
+        self.closed = True
+        for table in (self._replies, self._started, self._exits):
+            for reply in table.values():
+                reply.resolve(error=ChannelClosed("the command channel closed"))
+            table.clear()
+
+    async def _send(self, data: bytes) -> None:
+        if self.closed or self._process is None or self._process.stdin is None:
+            raise ChannelClosed("the command channel is closed")
+        self.last_used = time.monotonic()
+        try:
+            async with self._send_lock:
+                await self._process.stdin.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._fail_all()
+            raise ChannelClosed(f"the command channel broke: {exc}") from None
+
+    async def _request(self, header: str, payload: bytes = b"", timeout: float = 30) -> Any:
+        request_id = f"r{next(self._requests)}"
+        reply = self._replies[request_id] = _Reply()
+        await self._send(header.format(id=request_id).encode() + b"\n" + payload)
+        try:
+            return await reply.wait(timeout)
+        except TimeoutError:
+            self._replies.pop(request_id, None)
+            raise ChannelClosed(f"the sandbox agent did not answer within {timeout:g} s") from None
+
+    def expect_exit(self, command_id: str) -> _Reply:
+        """Register interest in a command's exit before it is started (no race)."""
+        reply = self._exits[command_id] = _Reply()
+        return reply
+
+    def forget_exit(self, command_id: str) -> None:
+        self._exits.pop(command_id, None)
+
+    async def run(self, command_id: str, timeout_seconds: int, started_ms: int, cap: int, command: bytes) -> int:
+        """Start a command; returns its pid in the sandbox once it runs."""
+        started = self._started[command_id] = _Reply()
+        await self._send(f"run {command_id} {timeout_seconds} {started_ms} {cap} {len(command)}\n".encode() + command)
+        try:
+            return await started.wait(30)
+        except TimeoutError:
+            raise ChannelClosed("the sandbox agent did not start the command within 30 s") from None
+
+    async def report(self, command_id: str, cap: int) -> bytes:
+        return await self._request(f"report {{id}} {command_id} {cap}")
+
+    async def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        encoded = path.encode("utf-8", errors="surrogatepass")
+        await self._request(f"put {{id}} {mode:o} {len(encoded)} {len(data)}", encoded + data, timeout=120)
+
+    async def ping(self) -> None:
+        await self._request("ping {id}", timeout=10)
+
+    async def close(self) -> None:
+        """Close the channel; the agent finishes the commands it started and records them."""
+        self._fail_all()
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
