@@ -61,9 +61,11 @@ LABEL_MANAGED = "mcp-sandbox.managed"
 LABEL_NAMESPACE = "mcp-sandbox.namespace"
 LABEL_CREATED = "mcp-sandbox.created-at"
 LABEL_EXPIRES = "mcp-sandbox.expires-at"
+LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is in CLAIM_PATH once handed out
 NAME_PREFIX = "mcp-sandbox-"
 
 STATE_DIR = "/run/mcp-sandbox"
+CLAIM_PATH = f"{STATE_DIR}/claim"
 DEFAULT_IMAGE = "docker.io/library/alpine:3"
 
 CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -126,6 +128,7 @@ class SandboxSettings:
     agent_path: str = ""
     max_channels: int = 64
     channel_idle_seconds: float = 120.0
+    pool_size: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -151,6 +154,7 @@ class SandboxSettings:
             agent_path=env.get("SANDBOX_AGENT", "").strip(),
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 64, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
+            pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
         )
 
     @property
@@ -662,17 +666,24 @@ class SandboxManager:
         self._helpers = helpers_tar(self._agent)
         self._channels: dict[str, AgentChannel] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
+        self._pool: list[Sandbox] = []
+        self._pool_filling = 0
+        self._pool_wanted = anyio.Event()
 
     # ----- lifecycle
 
     async def start(self) -> None:
         """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
         await self._background.start()
+        self._pool = []  # rebuilt from Podman by adopt()
         try:
             await self.adopt()
         except SandboxError as exc:
             logger.warning("could not adopt existing sandboxes: %s", exc)
         self._background.start_soon(self._reap_forever)
+        if self.settings.pool_size > 0:
+            self._pool_wanted = anyio.Event()
+            self._background.start_soon(self._fill_pool_forever)
 
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start."""
@@ -704,6 +715,7 @@ class SandboxManager:
                 await self._remove_container(name or entry.get("Id", ""))
                 continue
             sandbox = Sandbox(container_id, entry.get("Image", ""), created, expires)
+            pooled = labels.get(LABEL_POOLED) == "true"
             if entry.get("State") != "running":
                 try:
                     await self.podman.run("start", sandbox.name, timeout=60)
@@ -711,6 +723,8 @@ class SandboxManager:
                     logger.warning("sandbox %s could not be restarted, destroying it: %s", name, exc)
                     await self._remove_container(sandbox.name)
                     continue
+            if pooled and not await self._adopt_pooled(sandbox):
+                continue
             self._sandboxes[container_id] = sandbox
             adopted.append(container_id)
         async with anyio.create_task_group() as tg:
@@ -719,6 +733,30 @@ class SandboxManager:
         if adopted:
             logger.info("adopted %d sandbox(es)", len(adopted))
         return adopted
+
+    async def _adopt_pooled(self, sandbox: Sandbox) -> bool:
+        """A pooled sandbox was handed out if it holds a claim: then it is adopted with the
+        claim's lifetime (True). Unclaimed, it rejoins the pool or is destroyed (False)."""
+        result = await self.podman.run(
+            "exec", sandbox.name, "cat", CLAIM_PATH, check=False, timeout=30, stdout_limit=1024
+        )
+        fields = result.stdout.decode(errors="replace").split()
+        if result.exit_code == 0 and len(fields) == 2:
+            try:
+                sandbox.created_at, sandbox.expires_at = float(fields[0]), float(fields[1])
+            except ValueError:
+                pass
+            else:
+                if sandbox.expires_at > time.time():
+                    return True
+        if (
+            result.exit_code != 0 and not _is_missing_container(result.stderr)
+            and sandbox.image == self.settings.image and len(self._pool) < self.settings.pool_size
+        ):
+            self._pool.append(sandbox)
+        else:
+            await self._remove_container(sandbox.name)
+        return False
 
     async def _adopt_links(self, sandbox: Sandbox) -> None:
         try:
@@ -745,6 +783,10 @@ class SandboxManager:
 
     async def reap_expired(self) -> list[str]:
         now = time.time()
+        for member in [m for m in self._pool if m.expires_at <= now]:
+            self._pool.remove(member)
+            await self._remove_container(member.name)
+            self._pool_wanted.set()
         expired = [s.container_id for s in list(self._sandboxes.values()) if s.expires_at <= now]
         for container_id in expired:
             logger.info("sandbox %s reached the end of its lifetime; destroying it", container_id)
@@ -807,41 +849,90 @@ class SandboxManager:
                 )
             self._creating += 1
         try:
-            container_id = secrets.token_hex(16)
-            created = time.time()
-            sandbox = Sandbox(container_id, image, created, created + self.settings.ttl_seconds)
-            args = [
-                "run", "-d", "--name", sandbox.name, "--hostname", "sandbox", "--init",
-                *LIMIT_FLAGS, *ULIMIT_FLAGS,
-                "--label", f"{LABEL_MANAGED}=true",
-                "--label", f"{LABEL_NAMESPACE}={self.settings.namespace}",
-                "--label", f"{LABEL_CREATED}={created:.3f}",
-                "--label", f"{LABEL_EXPIRES}={sandbox.expires_at:.3f}",
-            ]
-            if self.settings.network:
-                args += ["--network", self.settings.network]
-            args += ["--entrypoint", "sleep", image, "2147483647"]
-            try:
-                await self.podman.run(*args, timeout=300)
-            except PodmanError as exc:
-                await self._remove_container(sandbox.name)
-                if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
-                    raise PodmanError(
-                        exc.argv, exc.exit_code, exc.stderr,
-                        f"The image {image!r} is not available on this host and could not be pulled. "
-                        "An operator can load it (scripts/setup.sh builds an offline image).",
-                    ) from None
-                raise
-            try:
-                await self._install_helpers(sandbox)
-            except SandboxError:
-                await self._remove_container(sandbox.name)
-                raise
-            self._sandboxes[container_id] = sandbox
-            logger.info("created sandbox %s from %s", container_id, image)
+            sandbox = await self._take_from_pool() if image == self.settings.image else None
+            if sandbox is None:
+                sandbox = await self._start_container(image, pooled=False)
+            self._sandboxes[sandbox.container_id] = sandbox
+            logger.info("created sandbox %s from %s", sandbox.container_id, image)
             return sandbox
         finally:
             self._creating -= 1
+
+    async def _take_from_pool(self) -> Sandbox | None:
+        """Hand out a pre-started sandbox, once only; its lifetime starts now."""
+        while self._pool:
+            sandbox = self._pool.pop(0)
+            self._pool_wanted.set()
+            sandbox.created_at = time.time()
+            sandbox.expires_at = sandbox.created_at + self.settings.ttl_seconds
+            claim = f"{sandbox.created_at:.3f} {sandbox.expires_at:.3f}\n".encode()
+            try:
+                channel = await self._channel_for(sandbox)
+                if channel is not None:
+                    await channel.put(CLAIM_PATH, claim)
+                else:
+                    await self.podman.run(
+                        "exec", "-i", sandbox.name, "/bin/sh", "-c", f"cat > {CLAIM_PATH}", stdin=claim, timeout=30
+                    )
+                return sandbox
+            except (SandboxError, ChannelClosed, ChannelRequestFailed) as exc:
+                logger.warning("pooled sandbox %s unusable (%s); destroying it", sandbox.container_id, exc)
+                await self._close_channel(sandbox.container_id)
+                await self._remove_container(sandbox.name)
+        return None
+
+    async def _fill_pool_forever(self) -> None:
+        while True:
+            missing = self.settings.pool_size - len(self._pool) - self._pool_filling
+            if missing <= 0:
+                await self._pool_wanted.wait()
+                self._pool_wanted = anyio.Event()
+                continue
+            self._pool_filling += 1
+            try:
+                sandbox = await self._start_container(self.settings.image, pooled=True)
+                await self._channel_for(sandbox)  # a pooled sandbox answers its first command at once
+                self._pool.append(sandbox)
+            except SandboxError as exc:
+                logger.warning("could not add a sandbox to the pool: %s", exc)
+                await anyio.sleep(10)
+            finally:
+                self._pool_filling -= 1
+
+    async def _start_container(self, image: str, pooled: bool) -> Sandbox:
+        container_id = secrets.token_hex(16)
+        created = time.time()
+        sandbox = Sandbox(container_id, image, created, created + self.settings.ttl_seconds)
+        args = [
+            "run", "-d", "--name", sandbox.name, "--hostname", "sandbox", "--init",
+            *LIMIT_FLAGS, *ULIMIT_FLAGS,
+            "--label", f"{LABEL_MANAGED}=true",
+            "--label", f"{LABEL_NAMESPACE}={self.settings.namespace}",
+            "--label", f"{LABEL_CREATED}={created:.3f}",
+            "--label", f"{LABEL_EXPIRES}={sandbox.expires_at:.3f}",
+        ]
+        if pooled:
+            args += ["--label", f"{LABEL_POOLED}=true"]
+        if self.settings.network:
+            args += ["--network", self.settings.network]
+        args += ["--entrypoint", "sleep", image, "2147483647"]
+        try:
+            await self.podman.run(*args, timeout=300)
+        except PodmanError as exc:
+            await self._remove_container(sandbox.name)
+            if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
+                raise PodmanError(
+                    exc.argv, exc.exit_code, exc.stderr,
+                    f"The image {image!r} is not available on this host and could not be pulled. "
+                    "An operator can load it (scripts/setup.sh builds an offline image).",
+                ) from None
+            raise
+        try:
+            await self._install_helpers(sandbox)
+        except SandboxError:
+            await self._remove_container(sandbox.name)
+            raise
+        return sandbox
 
     async def destroy(self, container_id: str) -> None:
         sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None

@@ -152,6 +152,8 @@ def start_server() -> Iterator[Any]:
     def start(env: dict[str, str] | None = None, **kwargs: Any) -> ServerProcess:
         env = dict(env or {})
         env.setdefault("SANDBOX_NAMESPACE", f"{RUN_ID}-{len(NAMESPACES)}")
+        # Pooled sandboxes would blur the counts that prove nothing leaks; pool tests ask for one.
+        env.setdefault("SANDBOX_POOL_SIZE", "0")
         proc = ServerProcess(env, **kwargs)
         started.append(proc)
         return proc.start()

@@ -25,7 +25,7 @@ async def test_stdio_transport_runs_commands_and_serves_file_urls() -> None:
     port = free_port()
     namespace = f"{RUN_ID}-stdio"
     NAMESPACES.add(namespace)
-    env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace}
+    env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "0"}
     fastmcp_cli = str(Path(sys.executable).parent / "fastmcp")
     transport = StdioTransport(command=fastmcp_cli, args=["run", str(ROOT / "server.py")], env=env, cwd=str(ROOT))
     async with Client(transport) as client:
@@ -46,7 +46,7 @@ async def test_stdio_transport_runs_commands_and_serves_file_urls() -> None:
 async def test_stdio_server_explains_when_its_file_port_is_taken(http_server: ServerProcess) -> None:
     namespace = f"{RUN_ID}-stdio-busy"
     NAMESPACES.add(namespace)
-    env = {**os.environ, "PORT": str(http_server.port), "SANDBOX_NAMESPACE": namespace}
+    env = {**os.environ, "PORT": str(http_server.port), "SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "0"}
     fastmcp_cli = str(Path(sys.executable).parent / "fastmcp")
     transport = StdioTransport(command=fastmcp_cli, args=["run", str(ROOT / "server.py")], env=env, cwd=str(ROOT))
     async with Client(transport) as client:
