@@ -1,0 +1,112 @@
+"""The fast paths behave like the slow ones: the warm pool and the persistent command channel,
+including what happens when the channel dies or the server restarts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import anyio
+import pytest
+from conftest import RUN_ID, podman, sandbox_names, structured, wait_for_command
+from fastmcp import Client
+
+pytestmark = pytest.mark.anyio
+
+
+def pooled_names(namespace: str) -> set[str]:
+    out = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=mcp-sandbox.namespace={namespace}",
+                 "--filter", "label=mcp-sandbox.pooled=true").stdout
+    return set(out.split())
+
+
+async def wait_until(predicate, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await anyio.sleep(0.2)
+
+
+def channel_processes(container_id: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"exec -i mcp-sandbox-{container_id} /run/mcp-sandbox/agent"],
+                         capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+@pytest.mark.slow
+async def test_pool_hands_out_each_sandbox_once_with_lifetime_from_hand_out(start_server) -> None:
+    namespace = f"{RUN_ID}-pool"
+    server = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "2", "SANDBOX_TTL_SECONDS": "60"})
+    await wait_until(lambda: len(pooled_names(namespace)) == 2)
+    ready = pooled_names(namespace)
+    await anyio.sleep(5)  # the pool members age; a handed-out sandbox's lifetime must not
+    async with Client(server.url + "/mcp") as client:
+        first = structured(await client.call_tool("create_container", {}))
+        second = structured(await client.call_tool("create_container", {}))
+        assert first["container_id"] != second["container_id"]
+        assert {f"mcp-sandbox-{first['container_id']}", f"mcp-sandbox-{second['container_id']}"} == ready
+        info = structured(await client.call_tool("check_container", {"container_id": first["container_id"]}))
+        assert info["seconds_remaining"] >= 58
+        ran = structured(await client.call_tool("execute_command", {"container_id": first["container_id"], "command": "echo pooled"}))
+        assert ran["stdout"] == "pooled\n"
+        # The pool refills with new sandboxes, never the ones handed out.
+        await wait_until(lambda: len(pooled_names(namespace) - ready) == 2)
+        handed_out = {first["container_id"], second["container_id"]}
+
+    # After a restart the handed-out sandboxes keep their lifetime, and the unclaimed
+    # pool members go back to the pool: nothing is handed out twice, nothing leaks.
+    server.stop(signal.SIGTERM)
+    restarted = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "2", "SANDBOX_TTL_SECONDS": "60"},
+                             port=server.port)
+    async with Client(restarted.url + "/mcp") as client:
+        info = structured(await client.call_tool("check_container", {"container_id": first["container_id"]}))
+        assert 40 <= info["seconds_remaining"] <= 60
+        third = structured(await client.call_tool("create_container", {}))
+        assert third["container_id"] not in handed_out
+        for container_id in [*handed_out, third["container_id"]]:
+            await client.call_tool("destroy_container", {"container_id": container_id})
+    await wait_until(lambda: len(sandbox_names(namespace)) == 2)  # just the refilled pool
+    assert set(sandbox_names(namespace)) == pooled_names(namespace)
+
+
+async def test_killed_channel_is_reopened_and_running_command_keeps_its_result(start_server) -> None:
+    server = start_server({"SANDBOX_SYNC_WAIT_SECONDS": "1"})
+    async with Client(server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        running = structured(await client.call_tool(
+            "execute_command", {"container_id": container_id, "command": "sleep 3; echo survived"}
+        ))
+        assert running["status"] == "running"
+        pids = channel_processes(container_id)
+        assert len(pids) == 1
+        subprocess.run(["kill", "-9", str(pids[0])], check=True)
+        await anyio.sleep(0.5)
+        after = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo reopened"}))
+        assert after["stdout"] == "reopened\n"
+        assert channel_processes(container_id) not in ([], pids)
+        finished = await wait_for_command(client, container_id, running["command_id"])
+        assert (finished["status"], finished["exit_code"], finished["stdout"]) == ("completed", 0, "survived\n")
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_agent_killed_inside_the_sandbox_is_recovered(start_server) -> None:
+    server = start_server()
+    async with Client(server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        assert structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "true"}))["exit_code"] == 0
+        podman("exec", f"mcp-sandbox-{container_id}", "sh", "-c", "kill -9 $(pidof agent)")
+        await anyio.sleep(0.5)
+        result = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo back"}))
+        assert (result["exit_code"], result["stdout"]) == (0, "back\n")
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_without_the_agent_commands_still_run_through_podman_exec(start_server) -> None:
+    server = start_server({"SANDBOX_AGENT": "/nonexistent/sandbox-agent"})
+    async with Client(server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        result = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo slow-path; exit 4"}))
+        assert (result["exit_code"], result["stdout"]) == (4, "slow-path\n")
+        assert channel_processes(container_id) == []
+        await client.call_tool("destroy_container", {"container_id": container_id})
