@@ -1,9 +1,15 @@
-"""Latency of the server's tools over MCP HTTP next to the raw ``podman`` CLI, in one run.
+"""The server against the raw ``podman`` CLI, measured in one run (run it with scripts/bench.sh).
 
-Usage: .venv/bin/python bench/bench.py [--creates N] [--execs N]
-(scripts/setup.sh first; SANDBOX_IMAGE as it prints). Starts ``python server.py`` on a free
-port in a namespace of its own, measures, prints a table of medians, p99s and ratios, and
-removes every container it made.
+Starts ``python server.py`` on a free port in a namespace of its own, measures each figure
+below for the server (over MCP Streamable HTTP, FastMCP's client) and for raw podman with the
+same flags and image, prints one table, and removes every container it made.
+
+  create     create_container, one every 0.5 s          vs  podman run -d
+  exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
+  parallel   16 clients, each on its own sandbox, 10 s   vs  16 loops of podman exec
+  live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
+  output     a command printing 300 MB: server RSS growth
+  download   a 100 MB file by its URL                    vs  podman exec NAME cat FILE > /dev/null
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -27,14 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS  # noqa: E402
 
+ROWS = ["create", "exec", "parallel", "live300", "output", "download"]
+
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def podman(*args: str) -> str:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def free_port() -> int:
@@ -43,90 +49,282 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def raw_run_argv(image: str, name: str, namespace: str) -> list[str]:
-    return [
-        "podman", "run", "-d", "--name", name, "--init", *LIMIT_FLAGS, *ULIMIT_FLAGS,
-        "--label", f"mcp-sandbox.namespace={namespace}", "--entrypoint", "sleep", image, "2147483647",
-    ]
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-async def timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
-    started = time.perf_counter()
-    await fn(*args)
-    return (time.perf_counter() - started) * 1000
+class Bench:
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.namespace = f"bench-{secrets.token_hex(3)}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.raw_names: list[str] = []
+        self.lines: list[str] = []
+        self.server: subprocess.Popen[bytes] | None = None
 
+    # ----- plumbing
 
-async def bench(creates: int, execs: int, image: str) -> list[tuple[str, list[float], list[float]]]:
-    namespace = f"bench-{secrets.token_hex(3)}"
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "SANDBOX_IMAGE": image,
-           "SANDBOX_MAX_CONTAINERS": str(creates + 10), "LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    def start_server(self) -> None:
+        env = {**os.environ, "PORT": str(self.port), "SANDBOX_NAMESPACE": self.namespace, "SANDBOX_IMAGE": self.image,
+               "SANDBOX_MAX_CONTAINERS": "400", "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4"),
+               "LOG_LEVEL": "warning"}
+        self.server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(300):
             try:
-                httpx.get(url + "/health", timeout=2)
-                break
+                httpx.get(self.url + "/health", timeout=2)
+                return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raw_names: list[str] = []
+        raise RuntimeError("server did not start")
 
-        async def raw_create() -> None:
-            name = f"bench-raw-{secrets.token_hex(6)}"
-            raw_names.append(name)
-            await anyio.run_process(raw_run_argv(image, name, namespace))
+    def cleanup(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=60)
+        names = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={self.namespace}"],
+                               capture_output=True, text=True).stdout.split()
+        for start in range(0, len(names), 50):
+            subprocess.run(["podman", "rm", "-f", "-t", "0", *names[start:start + 50]], capture_output=True)
 
-        async def raw_exec() -> None:
-            await anyio.run_process(["podman", "exec", raw_names[0], "echo", "hi"])
+    async def raw_create(self) -> str:
+        name = f"bench-raw-{secrets.token_hex(6)}"
+        self.raw_names.append(name)
+        await anyio.run_process([
+            "podman", "run", "-d", "--name", name, "--init", *LIMIT_FLAGS, *ULIMIT_FLAGS,
+            "--label", f"mcp-sandbox.namespace={self.namespace}", "--entrypoint", "sleep", self.image, "2147483647",
+        ])
+        return name
 
-        raw_create_ms, ours_create_ms, raw_exec_ms, ours_exec_ms = [], [], [], []
-        async with Client(url + "/mcp") as client:
-            container_ids: list[str] = []
+    def row(self, label: str, ours: list[float] | float, raw: list[float] | float | None, unit: str = "ms",
+            note: str = "") -> None:
+        def cells(values: list[float] | float | None) -> tuple[str, str]:
+            if values is None:
+                return "-", "-"
+            if isinstance(values, list):
+                return f"{statistics.median(values):.1f}", f"{percentile(values, 0.99):.1f}"
+            return f"{values:.1f}", "-"
 
-            async def our_create() -> None:
-                result = await client.call_tool("create_container", {})
-                container_ids.append(result.structured_content["container_id"])
+        ours_p50, ours_p99 = cells(ours)
+        raw_p50, raw_p99 = cells(raw)
+        ratio = "-"
+        if raw is not None:
+            ours_mid = statistics.median(ours) if isinstance(ours, list) else ours
+            raw_mid = statistics.median(raw) if isinstance(raw, list) else raw
+            ratio = f"{ours_mid / raw_mid:.3f}"
+        line = f"{label:44} {unit:6} {ours_p50:>9} {ours_p99:>9} {raw_p50:>9} {raw_p99:>9} {ratio:>8}  {note}"
+        self.lines.append(line)
+        print(line, flush=True)
 
-            async def our_exec() -> None:
-                result = await client.call_tool("execute_command", {"container_id": container_ids[0], "command": "echo hi"})
-                assert result.structured_content["stdout"] == "hi\n"
+    @staticmethod
+    async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+        started = time.perf_counter()
+        await fn()
+        return (time.perf_counter() - started) * 1000
 
-            for _ in range(creates):  # one create every 0.5 s, alternating raw and ours
-                raw_create_ms.append(await timed(raw_create))
-                await anyio.sleep(0.5)
-                ours_create_ms.append(await timed(our_create))
-                await anyio.sleep(0.5)
-            for _ in range(execs):
-                raw_exec_ms.append(await timed(raw_exec))
-                ours_exec_ms.append(await timed(our_exec))
-            for container_id in container_ids:
+    # ----- figures
+
+    async def create(self, client: Client, count: int) -> None:
+        await anyio.sleep(5)  # let the pool fill
+        ours, raw, ids = [], [], []
+
+        async def create_one() -> None:
+            ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
+
+        for _ in range(count):
+            raw.append(await self.timed(self.raw_create))
+            await anyio.sleep(0.5)
+            ours.append(await self.timed(create_one))
+            await anyio.sleep(0.5)
+        self.row("create_container / podman run -d", ours, raw)
+        for container_id in ids:
+            await client.call_tool("destroy_container", {"container_id": container_id})
+
+    async def exec_sequential(self, client: Client, container_id: str, raw_name: str, count: int) -> list[float]:
+        ours, raw = [], []
+
+        async def ours_one() -> None:
+            result = await client.call_tool("execute_command", {"container_id": container_id, "command": "echo hi"})
+            assert structured(result)["stdout"] == "hi\n"
+
+        async def raw_one() -> None:
+            await anyio.run_process(["podman", "exec", raw_name, "echo", "hi"])
+
+        await ours_one()  # the channel opens on the first call
+        for _ in range(count):
+            raw.append(await self.timed(raw_one))
+            ours.append(await self.timed(ours_one))
+        self.row("execute_command echo / podman exec echo", ours, raw)
+        return ours
+
+    async def parallel(self, seconds: float = 10, clients: int = 16) -> None:
+        raw_names = [await self.raw_create() for _ in range(clients)]
+        ours_calls, ours_errors, raw_calls = [0], [0], [0]
+        ours_latency: list[float] = []
+
+        async def ours_worker(container_id: str, deadline: float) -> None:
+            async with Client(self.url + "/mcp") as client:
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    result = await client.call_tool("execute_command", {"container_id": container_id, "command": "echo hi"},
+                                                    raise_on_error=False)
+                    ours_latency.append((time.perf_counter() - started) * 1000)
+                    if result.is_error or structured(result)["stdout"] != "hi\n":
+                        ours_errors[0] += 1
+                    ours_calls[0] += 1
+
+        async def raw_worker(name: str, deadline: float) -> None:
+            while time.monotonic() < deadline:
+                await anyio.run_process(["podman", "exec", name, "echo", "hi"])
+                raw_calls[0] += 1
+
+        async with Client(self.url + "/mcp") as client:
+            ids = [structured(await client.call_tool("create_container", {}))["container_id"] for _ in range(clients)]
+            for container_id in ids:  # open every channel first
+                await client.call_tool("execute_command", {"container_id": container_id, "command": "true"})
+            deadline = time.monotonic() + seconds
+            async with anyio.create_task_group() as tg:
+                for container_id in ids:
+                    tg.start_soon(ours_worker, container_id, deadline)
+            deadline = time.monotonic() + seconds
+            async with anyio.create_task_group() as tg:
+                for name in raw_names:
+                    tg.start_soon(raw_worker, name, deadline)
+            for container_id in ids:
                 await client.call_tool("destroy_container", {"container_id": container_id})
-        return [
-            ("create_container vs podman run -d", ours_create_ms, raw_create_ms),
-            ("execute_command echo vs podman exec", ours_exec_ms, raw_exec_ms),
-        ]
+        self.row(f"{clients} clients, calls/s (higher is better)", ours_calls[0] / seconds, raw_calls[0] / seconds,
+                 unit="call/s", note=f"errors {ours_errors[0]}; ours latency p50 {statistics.median(ours_latency):.1f} ms "
+                                     f"p99 {percentile(ours_latency, 0.99):.1f} ms")
+
+    async def live300(self, client: Client, count: int = 300) -> None:
+        assert self.server is not None
+        first = structured(await client.call_tool("create_container", {}))["container_id"]
+
+        async def exec_samples(n: int = 100) -> list[float]:
+            samples = []
+            for _ in range(n):
+                samples.append(await self.timed(lambda: client.call_tool(
+                    "execute_command", {"container_id": first, "command": "echo hi"})))
+            return samples
+
+        await exec_samples(5)
+        with_one = await exec_samples()
+        ids = [first]
+        semaphore = anyio.Semaphore(4)
+
+        async def create_one() -> None:
+            async with semaphore:
+                ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for _ in range(count - 1):
+                tg.start_soon(create_one)
+        made_in = time.monotonic() - started
+        with_many = await exec_samples()
+        self.row(f"exec echo with {count} live / with 1", with_many, with_one,
+                 note=f"{count} sandboxes made in {made_in:.0f} s")
+        self.row(f"server RSS with {count} live sandboxes", rss_mb(self.server.pid), None, unit="MB",
+                 note=f"peak {rss_mb(self.server.pid, 'VmHWM'):.0f} MB")
+        async with anyio.create_task_group() as tg:
+            for container_id in ids:
+                tg.start_soon(client.call_tool, "destroy_container", {"container_id": container_id})
+
+    async def output(self, client: Client, container_id: str) -> None:
+        assert self.server is not None
+        before = rss_mb(self.server.pid)
+        peak_before = rss_mb(self.server.pid, "VmHWM")
+        result = structured(await client.call_tool("execute_command", {
+            "container_id": container_id, "command": "yes 0123456789abcdef | head -c 300000000; echo end", "timeout_seconds": 600,
+        }))
+        while result["status"] == "running":
+            await anyio.sleep(1)
+            result = structured(await client.call_tool(
+                "check_container", {"container_id": container_id, "command_id": result["command_id"]}))["command"]
+        after = rss_mb(self.server.pid)
+        peak = rss_mb(self.server.pid, "VmHWM")
+        assert result["stdout_bytes"] >= 300_000_000, result
+        self.row("300 MB of output: server RSS growth", after - before, None, unit="MB",
+                 note=f"peak grew {peak - peak_before:.0f} MB; {result['stdout_bytes']:,} bytes printed")
+        await client.call_tool("execute_command", {"container_id": container_id, "command": f"rm -f {result['stdout_path']}"})
+
+    async def download(self, client: Client, container_id: str, raw_name: str, size_mb: int = 100) -> None:
+        assert self.server is not None
+        make = f"head -c {size_mb * 1024 * 1024} /dev/urandom > /tmp/big.bin"
+        await client.call_tool("execute_command", {"container_id": container_id, "command": make, "timeout_seconds": 300})
+        await anyio.run_process(["podman", "exec", raw_name, "sh", "-c", make])
+        link = structured(await client.call_tool("get_file_url", {"container_id": container_id, "path": "/tmp/big.bin"}))
+        ours, raw = [], []
+        peak_growth = 0.0
+        for _ in range(5):
+            before = rss_mb(self.server.pid)
+            started = time.perf_counter()
+            got = 0
+            async with httpx.AsyncClient(timeout=120) as http, http.stream("GET", link["url"]) as response:
+                async for chunk in response.aiter_raw():
+                    got += len(chunk)
+            elapsed = time.perf_counter() - started
+            peak_growth = max(peak_growth, rss_mb(self.server.pid) - before)
+            assert got == size_mb * 1024 * 1024
+            ours.append(got / elapsed / 1e6)
+            started = time.perf_counter()
+            with open(os.devnull, "wb") as devnull:
+                subprocess.run(["podman", "exec", raw_name, "cat", "/tmp/big.bin"], stdout=devnull, check=True)
+            raw.append(got / (time.perf_counter() - started) / 1e6)
+        self.row(f"download {size_mb} MB, MB/s (higher is better)", ours, raw, unit="MB/s",
+                 note=f"server RSS change during a download {peak_growth:+.0f} MB")
+
+
+def structured(result: Any) -> dict[str, Any]:
+    return result.structured_content
+
+
+async def run(rows: list[str], creates: int, execs: int, live: int, image: str) -> Bench:
+    bench = Bench(image)
+    bench.start_server()
+    print(f"image {image}; namespace {bench.namespace}; times in ms unless marked")
+    print(f"{'figure':44} {'unit':6} {'ours p50':>9} {'ours p99':>9} {'raw p50':>9} {'raw p99':>9} {'ratio':>8}")
+    try:
+        async with Client(bench.url + "/mcp") as client:
+            container_id = None
+            raw_name = None
+            if {"exec", "output", "download"} & set(rows):
+                container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+                raw_name = await bench.raw_create()
+            if "create" in rows:
+                await bench.create(client, creates)
+            if "exec" in rows:
+                await bench.exec_sequential(client, container_id, raw_name, execs)
+            if "parallel" in rows:
+                await bench.parallel()
+            if "live300" in rows:
+                await bench.live300(client, live)
+            if "output" in rows:
+                await bench.output(client, container_id)
+            if "download" in rows:
+                await bench.download(client, container_id, raw_name)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        leftovers = podman("ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={namespace}").split()
-        if leftovers:
-            podman("rm", "-f", "-t", "0", *leftovers)
+        bench.cleanup()
+    return bench
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--creates", type=int, default=15)
-    parser.add_argument("--execs", type=int, default=50)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--creates", type=int, default=20)
+    parser.add_argument("--execs", type=int, default=200)
+    parser.add_argument("--live", type=int, default=300)
     args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
     image = os.environ.get("SANDBOX_IMAGE") or "docker.io/library/alpine:3"
-    rows = anyio.run(bench, args.creates, args.execs, image)
-    print(f"image {image}; {args.creates} creates, {args.execs} execs; milliseconds")
-    print(f"{'figure':40} {'ours p50':>9} {'ours p99':>9} {'raw p50':>9} {'raw p99':>9} {'ratio p50':>10}")
-    for label, ours, raw in rows:
-        print(f"{label:40} {statistics.median(ours):9.1f} {percentile(ours, 0.99):9.1f} "
-              f"{statistics.median(raw):9.1f} {percentile(raw, 0.99):9.1f} {statistics.median(ours) / statistics.median(raw):10.2f}")
+    anyio.run(run, rows, args.creates, args.execs, args.live, image)
 
 
 if __name__ == "__main__":
