@@ -396,7 +396,7 @@ serve_file() {  # $1 path: "ok SIZE" and exactly SIZE bytes, or one line saying 
   s=$(stat -L -c %s /proc/self/fd/3 2>/dev/null | tr -dc 0-9)
   [ -n "$s" ] || { echo unreadable; return 0; }
   echo "ok $s"
-  exec head -c "$s" <&3
+  exec cat <&3  # the server reads exactly SIZE bytes
 }
 """
 
@@ -1290,6 +1290,21 @@ def _content_type(path: str) -> str:
     return guessed
 
 
+DOWNLOAD_CHUNK_BYTES = 512 * 1024
+
+
+def _widen_pipe(process: anyio.abc.Process) -> None:
+    """Give a download's pipe 1 MiB instead of 64 KiB: fewer wake-ups per megabyte."""
+    try:
+        import fcntl
+
+        transport = process._process._transport  # type: ignore[attr-defined]
+        pipe = transport.get_pipe_transport(1).get_extra_info("pipe")
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    except (AttributeError, OSError, ImportError):  # another event loop, or the limit is lower
+        pass
+
+
 class FileDownload:
     """One file streaming out of a sandbox through ``podman exec``; memory stays flat."""
 
@@ -1311,6 +1326,7 @@ class FileDownload:
         except FileNotFoundError:
             raise PodmanUnavailable(self.argv, None, "podman was not found") from None
         assert self._process.stdout is not None
+        _widen_pipe(self._process)
         self._stdout = BufferedByteReceiveStream(self._process.stdout)
         try:
             with anyio.fail_after(30):
@@ -1329,12 +1345,20 @@ class FileDownload:
         remaining = self.size
         try:
             while remaining > 0:
+                # Pipes hand over 64 KiB at a time; a few of them per HTTP write halves the
+                # per-chunk overhead of the ASGI server.
+                parts: list[bytes] = []
+                gathered = 0
                 try:
-                    chunk = await self._stdout.receive(min(remaining, 256 * 1024))
+                    while gathered < DOWNLOAD_CHUNK_BYTES and gathered < remaining:
+                        part = await self._stdout.receive(remaining - gathered)
+                        parts.append(part)
+                        gathered += len(part)
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                remaining -= len(chunk)
-                yield chunk
+                    remaining = 0
+                if parts:
+                    remaining -= gathered
+                    yield b"".join(parts)
         finally:
             await self.aclose()
 
