@@ -133,7 +133,7 @@ class SandboxSettings:
     network: str = ""
     reap_interval_seconds: float = 1.0
     agent_path: str = ""
-    max_channels: int = 64
+    max_channels: int = 32
     channel_idle_seconds: float = 120.0
     pool_size: int = 2
 
@@ -159,7 +159,7 @@ class SandboxSettings:
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
             agent_path=env.get("SANDBOX_AGENT", "").strip(),
-            max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 64, minimum=1),
+            max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
             pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
         )
