@@ -106,6 +106,9 @@ class AgentChannel:
                 line = await self._stdout.receive_until(b"\n", 1024)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, TimeoutError, anyio.BrokenResourceError):
             line = b""
+        except BaseException:  # cancelled while opening: leave no process behind
+            await self.close()
+            raise
         if not line.startswith(b"ready"):
             with anyio.move_on_after(2):
                 await self._collect_stderr()

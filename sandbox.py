@@ -1334,6 +1334,9 @@ class FileDownload:
         except (anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.EndOfStream, TimeoutError):
             await self.aclose()
             raise FileLinkNotFound("The file could not be read from its sandbox (the sandbox may be gone).") from None
+        except BaseException:
+            await self.aclose()
+            raise
         verdict = header.split(" ")
         if verdict[0] != "ok" or len(verdict) != 2 or not verdict[1].isdigit():
             await self.aclose()
