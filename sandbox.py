@@ -56,13 +56,19 @@ LIMITS: dict[str, Any] = {
 # without CAP_SYS_RESOURCE; nproc counts per user across the host, so it stays high and
 # --pids-limit does the real limiting.
 ULIMIT_FLAGS: tuple[str, ...] = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=32768:32768")
+# Beyond the exact flags: swap may not double the memory limit, and the main process (which
+# prints nothing) keeps no log that could grow on the host.
+HARDENING_FLAGS: tuple[str, ...] = ("--memory-swap=256m", "--log-driver=none")
 
 LABEL_MANAGED = "mcp-sandbox.managed"
 LABEL_NAMESPACE = "mcp-sandbox.namespace"
 LABEL_CREATED = "mcp-sandbox.created-at"
 LABEL_EXPIRES = "mcp-sandbox.expires-at"
+LABEL_TENANT = "mcp-sandbox.tenant"
 LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is in CLAIM_PATH once handed out
 NAME_PREFIX = "mcp-sandbox-"
+LOCAL_TENANT = "local"  # everyone, when the server has no tokens
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # Inside every sandbox: STATE_DIR is a small tmpfs (fast to write; creating a file on the
 # overlay costs ~0.4 ms of the sandbox's half CPU) holding our helpers and the commands'
@@ -124,6 +130,7 @@ class SandboxSettings:
     ttl_seconds: int = 7200
     sync_wait_seconds: float = 3.0
     max_containers: int = 20
+    max_per_tenant: int = 0  # 0: the same as max_containers
     output_limit_bytes: int = 64 * 1024
     max_command_bytes: int = 1024 * 1024
     file_max_bytes: int = 1024 * 1024 * 1024
@@ -151,6 +158,7 @@ class SandboxSettings:
             ttl_seconds=_env_int(env, "SANDBOX_TTL_SECONDS", 7200, minimum=1),
             sync_wait_seconds=_env_float(env, "SANDBOX_SYNC_WAIT_SECONDS", 3.0),
             max_containers=_env_int(env, "SANDBOX_MAX_CONTAINERS", 20, minimum=1),
+            max_per_tenant=_env_int(env, "SANDBOX_MAX_PER_TENANT", 0, minimum=0),
             output_limit_bytes=_env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024),
             max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
             file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
@@ -242,6 +250,7 @@ class Sandbox:
     created_at: float
     expires_at: float
     destroying: bool = False
+    tenant: str = LOCAL_TENANT
 
     @property
     def name(self) -> str:
@@ -662,6 +671,7 @@ class SandboxManager:
         self._links: dict[str, FileLink] = {}
         self._running: dict[tuple[str, str], _RunningCommand] = {}
         self._creating = 0
+        self._creating_by_tenant: dict[str, int] = {}
         self._lock = anyio.Lock()
         self._background = BackgroundTasks()
         self._agent = find_agent_binary(settings.agent_path)
@@ -721,7 +731,9 @@ class SandboxManager:
                 logger.info("destroying expired or unreadable sandbox %s", name or entry.get("Id"))
                 await self._remove_container(name or entry.get("Id", ""))
                 continue
-            sandbox = Sandbox(container_id, entry.get("Image", ""), created, expires)
+            tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
+            sandbox = Sandbox(container_id, entry.get("Image", ""), created, expires,
+                              tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT)
             pooled = labels.get(LABEL_POOLED) == "true"
             if entry.get("State") != "running":
                 try:
@@ -748,14 +760,18 @@ class SandboxManager:
             "exec", sandbox.name, "cat", CLAIM_PATH, check=False, timeout=30, stdout_limit=1024
         )
         fields = result.stdout.decode(errors="replace").split()
-        if result.exit_code == 0 and len(fields) == 2:
+        if result.exit_code == 0 and len(fields) in (2, 3):
             try:
                 sandbox.created_at, sandbox.expires_at = float(fields[0]), float(fields[1])
             except ValueError:
                 pass
             else:
+                sandbox.tenant = fields[2] if len(fields) == 3 and TENANT_RE.match(fields[2]) else LOCAL_TENANT
                 if sandbox.expires_at > time.time():
                     return True
+            # A claim that cannot be read was still a claim: never hand the sandbox out again.
+            await self._remove_container(sandbox.name)
+            return False
         if (
             result.exit_code != 0 and not _is_missing_container(result.stderr)
             and sandbox.image == self.settings.image and len(self._pool) < self.settings.pool_size
@@ -794,14 +810,15 @@ class SandboxManager:
             self._pool.remove(member)
             await self._remove_container(member.name)
             self._pool_wanted.set()
-        expired = [s.container_id for s in list(self._sandboxes.values()) if s.expires_at <= now]
-        for container_id in expired:
+        expired = [s for s in list(self._sandboxes.values()) if s.expires_at <= now]
+        for sandbox in expired:
+            container_id = sandbox.container_id
             logger.info("sandbox %s reached the end of its lifetime; destroying it", container_id)
             try:
-                await self.destroy(container_id)
+                await self.destroy(container_id, sandbox.tenant)
             except SandboxError as exc:
                 logger.warning("could not destroy expired sandbox %s: %s", container_id, exc)
-        return expired
+        return [s.container_id for s in expired]
 
     async def _forget_vanished(self) -> None:
         """Drop sandboxes that were removed behind the server's back."""
@@ -828,18 +845,19 @@ class SandboxManager:
 
     # ----- sandboxes
 
-    def get(self, container_id: str) -> Sandbox:
+    def get(self, container_id: str, tenant: str = LOCAL_TENANT) -> Sandbox:
+        """The tenant's sandbox; another tenant's is answered exactly as one that does not exist."""
         sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
-        if sandbox is None:
+        if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id))
         if sandbox.expires_at <= time.time() or sandbox.destroying:
             raise SandboxNotFound(container_id, " (it is being destroyed)")
         return sandbox
 
-    def list(self) -> list[Sandbox]:
-        return sorted(self._sandboxes.values(), key=lambda s: s.created_at)
+    def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
+        return sorted((s for s in self._sandboxes.values() if s.tenant == tenant), key=lambda s: s.created_at)
 
-    async def create(self, image: str | None = None) -> Sandbox:
+    async def create(self, image: str | None = None, tenant: str = LOCAL_TENANT) -> Sandbox:
         image = (image or "").strip() or self.settings.image
         if image not in self.settings.images:
             allowed = ", ".join(self.settings.images)
@@ -854,25 +872,36 @@ class SandboxManager:
                     "(SANDBOX_MAX_CONTAINERS). Destroy one you no longer need with destroy_container, "
                     "or wait until one expires."
                 )
+            per_tenant = self.settings.max_per_tenant or self.settings.max_containers
+            creating = self._creating_by_tenant.get(tenant, 0)
+            if len(self.list(tenant)) + creating >= per_tenant:
+                raise SandboxLimitReached(
+                    f"You already have {per_tenant} sandboxes, the most one client may hold "
+                    "(SANDBOX_MAX_PER_TENANT). Destroy one you no longer need with destroy_container, "
+                    "or wait until one expires."
+                )
             self._creating += 1
+            self._creating_by_tenant[tenant] = creating + 1
         try:
-            sandbox = await self._take_from_pool() if image == self.settings.image else None
+            sandbox = await self._take_from_pool(tenant) if image == self.settings.image else None
             if sandbox is None:
-                sandbox = await self._start_container(image, pooled=False)
+                sandbox = await self._start_container(image, pooled=False, tenant=tenant)
             self._sandboxes[sandbox.container_id] = sandbox
-            logger.info("created sandbox %s from %s", sandbox.container_id, image)
+            logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
             return sandbox
         finally:
             self._creating -= 1
+            self._creating_by_tenant[tenant] -= 1
 
-    async def _take_from_pool(self) -> Sandbox | None:
+    async def _take_from_pool(self, tenant: str) -> Sandbox | None:
         """Hand out a pre-started sandbox, once only; its lifetime starts now."""
         while self._pool:
             sandbox = self._pool.pop(0)
             self._pool_wanted.set()
             sandbox.created_at = time.time()
             sandbox.expires_at = sandbox.created_at + self.settings.ttl_seconds
-            claim = f"{sandbox.created_at:.3f} {sandbox.expires_at:.3f}\n".encode()
+            sandbox.tenant = tenant
+            claim = f"{sandbox.created_at:.3f} {sandbox.expires_at:.3f} {tenant}\n".encode()
             try:
                 channel = await self._channel_for(sandbox)
                 if channel is not None:
@@ -907,13 +936,13 @@ class SandboxManager:
             finally:
                 self._pool_filling -= 1
 
-    async def _start_container(self, image: str, pooled: bool) -> Sandbox:
+    async def _start_container(self, image: str, pooled: bool, tenant: str = LOCAL_TENANT) -> Sandbox:
         container_id = secrets.token_hex(16)
         created = time.time()
-        sandbox = Sandbox(container_id, image, created, created + self.settings.ttl_seconds)
+        sandbox = Sandbox(container_id, image, created, created + self.settings.ttl_seconds, tenant=tenant)
         args = [
             "run", "-d", "--name", sandbox.name, "--hostname", "sandbox", "--init",
-            *LIMIT_FLAGS, *ULIMIT_FLAGS, "--tmpfs", STATE_TMPFS,
+            *LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, "--tmpfs", STATE_TMPFS,
             "--label", f"{LABEL_MANAGED}=true",
             "--label", f"{LABEL_NAMESPACE}={self.settings.namespace}",
             "--label", f"{LABEL_CREATED}={created:.3f}",
@@ -921,6 +950,8 @@ class SandboxManager:
         ]
         if pooled:
             args += ["--label", f"{LABEL_POOLED}=true"]
+        else:
+            args += ["--label", f"{LABEL_TENANT}={tenant}"]
         if self.settings.network:
             args += ["--network", self.settings.network]
         args += ["--entrypoint", "sleep", image, "2147483647"]
@@ -942,9 +973,9 @@ class SandboxManager:
             raise
         return sandbox
 
-    async def destroy(self, container_id: str) -> None:
+    async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT) -> None:
         sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
-        if sandbox is None:
+        if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id))
         sandbox.destroying = True
         await self._close_channel(container_id)
@@ -1065,9 +1096,11 @@ class SandboxManager:
             )
         return encoded
 
-    async def execute(self, container_id: str, command: str, timeout_seconds: int) -> CommandState:
+    async def execute(
+        self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT
+    ) -> CommandState:
         """Start a command and wait up to the sync wait for it; then it goes on in the background."""
-        sandbox = self.get(container_id)
+        sandbox = self.get(container_id, tenant)
         encoded = self._validate_command(command)
         command_id = "cmd_" + secrets.token_hex(8)
         started_ms = int(time.time() * 1000)
@@ -1161,8 +1194,8 @@ class SandboxManager:
             running.done.set()
             self._running.pop((sandbox.container_id, command_id), None)
 
-    async def read_command(self, container_id: str, command_id: str) -> CommandState:
-        sandbox = self.get(container_id)
+    async def read_command(self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT) -> CommandState:
+        sandbox = self.get(container_id, tenant)
         if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
             raise CommandNotFound(
                 f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
@@ -1204,13 +1237,13 @@ class SandboxManager:
             state = replace(state, status="running")
         return state
 
-    async def list_commands(self, container_id: str) -> list[CommandSummary]:
-        sandbox = self.get(container_id)
+    async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
+        sandbox = self.get(container_id, tenant)
         result = await self._call(sandbox, "list_commands", stdout_limit=4 * 1024 * 1024)
         return parse_command_list(result.stdout)
 
-    async def container_status(self, container_id: str) -> str:
-        sandbox = self.get(container_id)
+    async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
+        sandbox = self.get(container_id, tenant)
         result = await self.podman.run(
             "inspect", "--format", "{{.State.Status}}", "--type", "container", sandbox.name, check=False, timeout=30
         )
@@ -1223,8 +1256,8 @@ class SandboxManager:
 
     # ----- files
 
-    async def create_file_link(self, container_id: str, path: str) -> FileLink:
-        sandbox = self.get(container_id)
+    async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
+        sandbox = self.get(container_id, tenant)
         if not isinstance(path, str) or not path.strip():
             raise FileNotShareable("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
         if "\0" in path:

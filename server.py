@@ -7,6 +7,8 @@ This module validates, translates and formats; it holds no Podman knowledge.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -16,13 +18,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
 import uvicorn
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
-from fastmcp.server.dependencies import get_http_request
+from fastmcp.server.auth import AccessToken, TokenVerifier
+from fastmcp.server.dependencies import get_access_token, get_http_request
+from fastmcp.server.http import HostOriginGuardMiddleware
 from mcp.types import ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
@@ -33,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import (
     LIMITS,
+    LOCAL_TENANT,
     BackgroundTasks,
     FILE_ID_RE,
     CommandState,
@@ -72,6 +77,48 @@ def base_url() -> str:
 sandboxes = SandboxManager(SandboxSettings.from_env())
 
 
+# --------------------------------------------------------------------------- who is calling
+
+def _split_env(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+AUTH_TOKENS = _split_env("AUTH_TOKENS")
+
+
+def tenant_of_token(token: str) -> str:
+    """A tenant id that names a token without revealing it (it lands in Podman labels)."""
+    return "t-" + hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+class BearerTokens(TokenVerifier):
+    """AUTH_TOKENS as bearer tokens: each token is a tenant. Compared in constant time."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        super().__init__()
+        self._tokens = [(token.encode(), tenant_of_token(token)) for token in tokens]
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        offered = token.encode()
+        tenant = None
+        for known, known_tenant in self._tokens:  # no early exit: timing says nothing
+            if hmac.compare_digest(offered, known):
+                tenant = known_tenant
+        if tenant is None:
+            return None
+        return AccessToken(token=token, client_id=tenant, scopes=[])
+
+
+def current_tenant() -> str:
+    """The calling client's tenant; everyone is the one local tenant when there are no tokens."""
+    if not AUTH_TOKENS:
+        return LOCAL_TENANT
+    access = get_access_token()
+    if access is None:  # cannot happen behind the auth middleware; refuse rather than guess
+        raise ToolError("This server requires a bearer token (Authorization: Bearer <token>).")
+    return access.client_id
+
+
 def _is_stdio_transport() -> bool:
     try:
         from fastmcp.server.context import _current_transport
@@ -105,6 +152,7 @@ mcp = FastMCP(
         "Sandboxes are destroyed automatically two hours after creation; destroy_container frees one sooner."
     ),
     lifespan=lifespan,
+    auth=BearerTokens(AUTH_TOKENS) if AUTH_TOKENS else None,
 )
 
 
@@ -122,8 +170,8 @@ ContainerId = Annotated[
 ]
 
 
-def _sandbox_times(container_id: str) -> dict[str, Any]:
-    sandbox = sandboxes.get(container_id)
+def _sandbox_times(container_id: str, tenant: str) -> dict[str, Any]:
+    sandbox = sandboxes.get(container_id, tenant)
     return {
         "created_at": utc_iso(sandbox.created_at),
         "expires_at": utc_iso(sandbox.expires_at),
@@ -182,7 +230,7 @@ async def create_container(
     It is destroyed automatically at expires_at (two hours after creation by default).
     """
     with _tool_errors():
-        sandbox = await sandboxes.create(image)
+        sandbox = await sandboxes.create(image, current_tenant())
     return {
         "container_id": sandbox.container_id,
         "image": sandbox.image,
@@ -211,7 +259,7 @@ async def execute_command(
     the result has status 'running' and a command_id: call check_container with it to follow the command.
     """
     with _tool_errors():
-        state = await sandboxes.execute(container_id, command, timeout_seconds)
+        state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant())
     return _command_result(container_id, state)
 
 
@@ -225,11 +273,12 @@ async def check_container(
 ) -> dict[str, Any]:
     """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far."""
     with _tool_errors():
-        times = _sandbox_times(container_id)
-        status = await sandboxes.container_status(container_id)
+        tenant = current_tenant()
+        times = _sandbox_times(container_id, tenant)
+        status = await sandboxes.container_status(container_id, tenant)
         result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
         if command_id is not None:
-            state = await sandboxes.read_command(container_id, command_id)
+            state = await sandboxes.read_command(container_id, command_id, tenant)
             result["command"] = _command_result(container_id, state)
         else:
             result["commands"] = [
@@ -240,7 +289,7 @@ async def check_container(
                     "exit_code": summary.exit_code,
                     "started_at": utc_iso(summary.started_at) if summary.started_at else None,
                 }
-                for summary in await sandboxes.list_commands(container_id)
+                for summary in await sandboxes.list_commands(container_id, tenant)
             ]
     return result
 
@@ -249,7 +298,7 @@ async def check_container(
 async def destroy_container(container_id: ContainerId) -> dict[str, Any]:
     """Destroy a sandbox now, with everything in it; its file URLs stop working."""
     with _tool_errors():
-        await sandboxes.destroy(container_id)
+        await sandboxes.destroy(container_id, current_tenant())
     return {"container_id": container_id, "destroyed": True}
 
 
@@ -265,8 +314,9 @@ async def get_file_url(
     with _tool_errors():
         if _stdio_file_server_error:
             raise SandboxError(_stdio_file_server_error)
-        link = await sandboxes.create_file_link(container_id, path)
-        expires_at = utc_iso(sandboxes.get(container_id).expires_at)
+        tenant = current_tenant()
+        link = await sandboxes.create_file_link(container_id, path, tenant)
+        expires_at = utc_iso(sandboxes.get(container_id, tenant).expires_at)
     return {
         "url": f"{base_url()}/files/{link.file_id}",
         "path": link.path,
@@ -393,10 +443,69 @@ class _TooLarge(Exception):
     pass
 
 
+class McpOriginGuard:
+    """DNS-rebinding protection on the MCP endpoint (``/`` and ``/mcp``), as the MCP spec asks:
+    a foreign ``Origin`` gets 403 and an unknown ``Host`` 421. /health and /files stay open to
+    any Host, for platform health checks and shared links."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.guarded = HostOriginGuardMiddleware(app, allowed_hosts=allowed_hosts(), allowed_origins=allowed_origins(),
+                                                 mode="strict")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_mcp_request(scope):
+            await self.guarded(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _is_mcp_request(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    if path.rstrip("/") == MCP_PATH:
+        return True
+    if path != "/":
+        return False
+    if scope.get("method") != "GET":
+        return True
+    accept = dict(scope.get("headers") or []).get(b"accept", b"")
+    return b"text/event-stream" in accept
+
+
+def allowed_hosts() -> list[str]:
+    """Host headers the MCP endpoint accepts: loopback names, BASE_URL's host, ALLOWED_HOSTS."""
+    hosts = ["127.0.0.1", "localhost", "::1", *_split_env("ALLOWED_HOSTS")]
+    configured = os.environ.get("BASE_URL", "").strip()
+    if configured:
+        hosts.append(urlsplit(configured).hostname or "")
+    if HOST not in ("0.0.0.0", "::", ""):
+        hosts.append(HOST)
+    return [h for h in hosts if h]
+
+
+def allowed_origins() -> list[str]:
+    origins = _split_env("ALLOWED_ORIGINS")
+    configured = os.environ.get("BASE_URL", "").strip().rstrip("/")
+    if configured:
+        origins.append(configured)
+    return origins
+
+
 def http_app() -> Starlette:
     from starlette.middleware import Middleware
 
-    return mcp.http_app(path=MCP_PATH, middleware=[Middleware(RequestSizeLimit)])
+    return mcp.http_app(path=MCP_PATH, middleware=[Middleware(McpOriginGuard), Middleware(RequestSizeLimit)])
+
+
+def warn_if_exposed() -> None:
+    loopback = HOST in ("127.0.0.1", "localhost", "::1") or HOST.startswith("127.")
+    if not loopback and not AUTH_TOKENS:
+        banner = "!" * 78
+        logger.warning(
+            "\n%s\nWARNING: listening on %s without AUTH_TOKENS: anyone who can reach this port can run\n"
+            "code in sandboxes on this machine. Set AUTH_TOKENS (comma-separated bearer tokens).\n%s",
+            banner, HOST, banner,
+        )
 
 
 # --------------------------------------------------------------------------- stdio side server
@@ -432,6 +541,7 @@ def main() -> None:
     # delivery lands here and ends the process with status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_if_exposed()
     uvicorn.run(http_app(), host=HOST, port=PORT, log_level=os.environ.get("LOG_LEVEL", "info").lower(), timeout_graceful_shutdown=3)
 
 
