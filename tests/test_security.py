@@ -1,0 +1,220 @@
+"""Attacks on the server, each contained: authentication, tenants, DNS rebinding, quotas,
+resource bombs inside sandboxes, escapes through file links, and faults of the server itself."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from conftest import RUN_ID, ServerProcess, podman, sandbox_names, structured, wait_for_command
+from fastmcp import Client
+
+pytestmark = pytest.mark.anyio
+
+TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef"}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INITIALIZE = (b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+              b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}')
+
+
+@pytest.fixture
+def secured(start_server) -> ServerProcess:  # type: ignore[no-untyped-def]
+    return start_server({"AUTH_TOKENS": ",".join(TOKENS.values()), "SANDBOX_MAX_PER_TENANT": "2"})
+
+
+def client_for(server: ServerProcess, who: str) -> Client:
+    return Client(server.url + "/mcp", auth=TOKENS[who])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Bearer", "Basic YWxpY2U6eA==", "alice-token-0123456789abcdef"])
+@pytest.mark.parametrize("endpoint", ["/", "/mcp"])
+def test_mcp_without_a_valid_token_is_401(secured: ServerProcess, authorization: str | None, endpoint: str) -> None:
+    headers = dict(MCP_HEADERS)
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    response = httpx.post(secured.url + endpoint, content=INITIALIZE, headers=headers)
+    assert response.status_code == 401
+
+
+def test_health_and_file_links_stay_public_with_tokens(secured: ServerProcess) -> None:
+    assert httpx.get(secured.url + "/health").status_code == 200
+    assert httpx.get(secured.url + "/files/" + "A" * 32).status_code == 404
+
+
+async def test_each_token_is_a_tenant_that_cannot_see_the_others_sandboxes(secured: ServerProcess) -> None:
+    async with client_for(secured, "alice") as alice, client_for(secured, "bob") as bob:
+        mine = structured(await alice.call_tool("create_container", {}))["container_id"]
+        await alice.call_tool("execute_command", {"container_id": mine, "command": "echo secret > /tmp/s.txt"})
+        missing = "f" * 32
+        for tool, extra in [
+            ("execute_command", {"command": "cat /tmp/s.txt"}),
+            ("check_container", {}),
+            ("get_file_url", {"path": "/tmp/s.txt"}),
+            ("destroy_container", {}),
+        ]:
+            theirs = await bob.call_tool(tool, {"container_id": mine, **extra}, raise_on_error=False)
+            nobody = await bob.call_tool(tool, {"container_id": missing, **extra}, raise_on_error=False)
+            assert theirs.is_error and nobody.is_error
+            # Exactly the answer for a sandbox that does not exist.
+            assert theirs.content[0].text.replace(mine, "ID") == nobody.content[0].text.replace(missing, "ID")
+        still = structured(await alice.call_tool("execute_command", {"container_id": mine, "command": "cat /tmp/s.txt"}))
+        assert still["stdout"] == "secret\n"
+        await alice.call_tool("destroy_container", {"container_id": mine})
+
+
+async def test_per_tenant_quota_and_a_destroyed_sandbox_frees_its_place(secured: ServerProcess) -> None:
+    async with client_for(secured, "alice") as alice, client_for(secured, "bob") as bob:
+        ids = [structured(await alice.call_tool("create_container", {}))["container_id"] for _ in range(2)]
+        third = await alice.call_tool("create_container", {}, raise_on_error=False)
+        assert third.is_error and "SANDBOX_MAX_PER_TENANT" in third.content[0].text
+        bobs = structured(await bob.call_tool("create_container", {}))["container_id"]  # bob has his own places
+        await alice.call_tool("destroy_container", {"container_id": ids[0]})
+        ids[0] = structured(await alice.call_tool("create_container", {}))["container_id"]
+        for container_id in ids:
+            await alice.call_tool("destroy_container", {"container_id": container_id})
+        await bob.call_tool("destroy_container", {"container_id": bobs})
+
+
+# --------------------------------------------------------------------------- DNS rebinding
+
+
+def test_foreign_origin_is_403_and_foreign_host_421_on_the_mcp_endpoint(http_server: ServerProcess) -> None:
+    for endpoint in ["/", "/mcp"]:
+        evil_origin = httpx.post(http_server.url + endpoint, content=INITIALIZE,
+                                 headers={**MCP_HEADERS, "Origin": "http://evil.example"})
+        assert evil_origin.status_code == 403
+        evil_host = httpx.post(http_server.url + endpoint, content=INITIALIZE,
+                               headers={**MCP_HEADERS, "Host": "evil.example"})
+        assert evil_host.status_code == 421
+    same_origin = httpx.post(http_server.url + "/mcp", content=INITIALIZE,
+                             headers={**MCP_HEADERS, "Origin": http_server.url})
+    assert same_origin.status_code == 200
+    # Health checks and shared links answer whatever Host a platform uses.
+    assert httpx.get(http_server.url + "/health", headers={"Host": "healthcheck.example"}).status_code == 200
+
+
+def test_allowed_origins_and_hosts_are_configurable(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server({"ALLOWED_ORIGINS": "https://app.example", "ALLOWED_HOSTS": "sandbox.example"})
+    ok = httpx.post(server.url + "/mcp", content=INITIALIZE,
+                    headers={**MCP_HEADERS, "Origin": "https://app.example", "Host": "sandbox.example"})
+    assert ok.status_code == 200
+
+
+def test_binding_beyond_loopback_without_tokens_warns_loudly(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server({"HOST": "0.0.0.0"})
+    assert "without AUTH_TOKENS" in server.log_text()
+
+
+# --------------------------------------------------------------------------- inside the sandbox
+
+
+async def test_fork_bomb_is_contained(client: Client, sandbox: str) -> None:
+    result = structured(await client.call_tool(
+        "execute_command", {"container_id": sandbox, "command": "bomb() { bomb | bomb & }; bomb", "timeout_seconds": 5}
+    ))
+    assert result["status"] in ("completed", "timed_out")
+    name = f"mcp-sandbox-{sandbox}"
+    pids = podman("inspect", "--format", "{{.HostConfig.PidsLimit}}", name).stdout.strip()
+    assert pids == "100"
+    await anyio.sleep(3)
+    after = structured(await client.call_tool("execute_command", {"container_id": sandbox, "command": "echo alive"}))
+    assert after["stdout"] == "alive\n"
+
+
+async def test_memory_bomb_is_killed_inside_the_sandbox(client: Client, sandbox: str) -> None:
+    result = structured(await client.call_tool(
+        "execute_command", {"container_id": sandbox, "command": "head -c 600000000 /dev/zero | tail > /dev/null", "timeout_seconds": 60}
+    ))
+    while result["status"] == "running":
+        await anyio.sleep(0.5)
+        result = await wait_for_command(client, sandbox, result["command_id"])
+    assert result["exit_code"] != 0  # tail was OOM-killed at 256 MB
+    after = structured(await client.call_tool("execute_command", {"container_id": sandbox, "command": "echo alive"}))
+    assert after["stdout"] == "alive\n"
+
+
+async def test_orphans_are_reaped_no_zombies(client: Client, sandbox: str) -> None:
+    await client.call_tool("execute_command", {"container_id": sandbox,
+                                                "command": "for i in 1 2 3 4 5; do (sleep 0.2 &); done"})
+    await anyio.sleep(1)
+    ps = structured(await client.call_tool("execute_command", {"container_id": sandbox, "command": "ps -o stat,args"}))
+    assert not [line for line in ps["stdout"].splitlines()[1:] if line.strip().startswith("Z")], ps["stdout"]
+
+
+@pytest.mark.parametrize("path", ["/tmp/../etc/passwd", "/tmp/link-to-passwd", "/proc/1/root/etc/passwd", "/proc/self/root/etc/passwd"])
+async def test_file_links_never_read_the_host(http_server: ServerProcess, path: str) -> None:
+    async with Client(http_server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("execute_command", {"container_id": container_id,
+                                                    "command": "echo 'sandbox-only:x:1:1::/:/bin/sh' >> /etc/passwd; "
+                                                               "ln -sf /etc/passwd /tmp/link-to-passwd"})
+        result = await client.call_tool("get_file_url", {"container_id": container_id, "path": path}, raise_on_error=False)
+        if result.is_error:  # e.g. /proc/1/root is not readable without capabilities
+            assert "cannot be read" in result.content[0].text or "not" in result.content[0].text
+        else:
+            body = httpx.get(structured(result)["url"]).text
+            assert "sandbox-only" in body
+            assert body != Path("/etc/passwd").read_text()
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_megabyte_command_line_runs(client: Client, sandbox: str) -> None:
+    command = ": '" + "x" * (1_000_000 - 40) + "'\necho megabyte-ok"
+    result = structured(await client.call_tool("execute_command", {"container_id": sandbox, "command": command}))
+    assert result["stdout"] == "megabyte-ok\n"
+
+
+@pytest.mark.slow
+async def test_hundreds_of_megabytes_of_output_leave_server_memory_flat(http_server: ServerProcess) -> None:
+    assert http_server.process is not None
+    async with Client(http_server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("execute_command", {"container_id": container_id, "command": "echo warm"})
+        before = rss_mb(http_server.process.pid)
+        result = structured(await client.call_tool("execute_command", {
+            "container_id": container_id, "command": "yes 0123456789 | head -c 200000000", "timeout_seconds": 300}))
+        if result["status"] == "running":
+            result = await wait_for_command(client, container_id, result["command_id"], seconds=120)
+        assert result["stdout_bytes"] == 200_000_000 and result["truncated"] is True
+        assert rss_mb(http_server.process.pid) - before < 30
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.slow
+async def test_server_killed_mid_command_restarts_with_nothing_lost(start_server) -> None:  # type: ignore[no-untyped-def]
+    namespace = f"{RUN_ID}-sigkill"
+    first = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_SYNC_WAIT_SECONDS": "1"})
+    async with Client(first.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        done = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo finished-before"}))
+        running = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "sleep 3; echo after-kill"}))
+        assert running["status"] == "running"
+    first.stop(signal.SIGKILL)
+    assert sandbox_names(namespace) == [f"mcp-sandbox-{container_id}"]
+    second = start_server({"SANDBOX_NAMESPACE": namespace}, port=first.port)
+    async with Client(second.url + "/mcp") as client:
+        finished = await wait_for_command(client, container_id, running["command_id"])
+        assert (finished["status"], finished["stdout"]) == ("completed", "after-kill\n")
+        earlier = structured(await client.call_tool("check_container", {"container_id": container_id, "command_id": done["command_id"]}))
+        assert earlier["command"]["stdout"] == "finished-before\n"
+        await client.call_tool("destroy_container", {"container_id": container_id})
+    assert sandbox_names(namespace) == []
+    started = time.monotonic()
+    assert second.stop(signal.SIGTERM) == 0 and time.monotonic() - started < 10
