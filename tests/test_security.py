@@ -218,3 +218,32 @@ async def test_server_killed_mid_command_restarts_with_nothing_lost(start_server
     assert sandbox_names(namespace) == []
     started = time.monotonic()
     assert second.stop(signal.SIGTERM) == 0 and time.monotonic() - started < 10
+
+
+# --------------------------------------------------------------------------- stronger isolation
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="gVisor's sentry runs inside the sandbox's pids cgroup, so --pids-limit=100 counts its own "
+    "threads: under load runsc panics with 'error initializing first thread: resource temporarily "
+    "unavailable' (seen in runsc's debug log) and the sandbox dies. Known, not yet solved.",
+    strict=False,
+)
+async def test_gvisor_runtime_runs_sandboxes_under_its_own_kernel(start_server) -> None:  # type: ignore[no-untyped-def]
+    if not Path("/usr/bin/runsc").exists():
+        pytest.fail("gVisor (runsc) is not installed: run the tests with scripts/test.sh, which installs it.")
+    runtime = str(Path(__file__).resolve().parent.parent / "scripts" / "runsc-no-network")
+    server = start_server({"SANDBOX_RUNTIME": runtime, "SANDBOX_NETWORK": "none"})
+    async with Client(server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        kernel = structured(await client.call_tool("execute_command", {
+            "container_id": container_id, "command": "uname -r; echo 'under gvisor' > /tmp/g.txt"}))
+        assert kernel["exit_code"] == 0 and "4.4.0" in kernel["stdout"]  # gVisor reports its own kernel
+        link = structured(await client.call_tool("get_file_url", {"container_id": container_id, "path": "/tmp/g.txt"}))
+        assert httpx.get(link["url"]).content == b"under gvisor\n"
+        info = podman("--runtime", runtime, "inspect", "--format", "{{.OCIRuntime}}", f"mcp-sandbox-{container_id}")
+        assert info.stdout.strip().endswith("runsc-no-network")
+        slow = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "sleep 60", "timeout_seconds": 1}))
+        assert slow["status"] == "timed_out"
+        await client.call_tool("destroy_container", {"container_id": container_id})
