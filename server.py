@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sandbox import (
     LIMITS,
     LOCAL_TENANT,
+    TENANT_RE,
     BackgroundTasks,
     FILE_ID_RE,
     CommandState,
@@ -86,8 +87,8 @@ def _split_env(name: str) -> list[str]:
 AUTH_TOKENS = _split_env("AUTH_TOKENS")
 
 
-def tenant_of_token(token: str) -> str:
-    """A tenant id that names a token without revealing it (it lands in Podman labels)."""
+def tenant_id_for(token: str) -> str:
+    """A label-safe tenant id for a token or client id, which it does not reveal (it lands in Podman labels)."""
     return "t-" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
@@ -96,7 +97,7 @@ class BearerTokens(TokenVerifier):
 
     def __init__(self, tokens: list[str]) -> None:
         super().__init__()
-        self._tokens = [(token.encode(), tenant_of_token(token)) for token in tokens]
+        self._tokens = [(token.encode(), tenant_id_for(token)) for token in tokens]
 
     async def verify_token(self, token: str) -> AccessToken | None:
         offered = token.encode()
@@ -110,13 +111,19 @@ class BearerTokens(TokenVerifier):
 
 
 def current_tenant() -> str:
-    """The calling client's tenant; everyone is the one local tenant when there are no tokens."""
-    if not AUTH_TOKENS:
+    """The calling client's tenant: its token's, over authenticated HTTP; otherwise (no auth
+    configured, or stdio, where whoever started the process is the only client) the local one."""
+    if mcp.auth is None:
+        return LOCAL_TENANT
+    try:
+        get_http_request()
+    except RuntimeError:
         return LOCAL_TENANT
     access = get_access_token()
     if access is None:  # cannot happen behind the auth middleware; refuse rather than guess
         raise ToolError("This server requires a bearer token (Authorization: Bearer <token>).")
-    return access.client_id
+    client_id = access.client_id or ""
+    return client_id if TENANT_RE.match(client_id) else tenant_id_for(client_id)
 
 
 def _is_stdio_transport() -> bool:
