@@ -139,10 +139,13 @@ class AgentChannel:
                     self._pop(self._started, header[1]).resolve(int(header[2]))
                 elif kind == "failed" and len(header) == 3:
                     self._pop(self._started, header[1]).resolve(error=ChannelRequestFailed(header[2]))
-                elif kind in ("exit", "report") and len(header) == 3:
-                    payload = await self._stdout.receive_exactly(int(header[2]))
+                elif kind in ("exit", "report", "list") and len(header) == 3:
+                    size = int(header[2])
+                    payload = await self._stdout.receive_exactly(size) if size else b""
                     table = self._exits if kind == "exit" else self._replies
                     self._pop(table, header[1]).resolve(payload)
+                elif kind == "link" and len(header) >= 3:
+                    self._pop(self._replies, header[1]).resolve(" ".join(header[2:]))
                 elif kind == "put" and len(header) >= 3:
                     reply = self._pop(self._replies, header[1])
                     if header[2] == "ok":
@@ -214,6 +217,14 @@ class AgentChannel:
     async def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         encoded = path.encode("utf-8", errors="surrogatepass")
         await self._request(f"put {{id}} {mode:o} {len(encoded)} {len(data)}", encoded + data, timeout=120)
+
+    async def list_commands(self) -> bytes:
+        return await self._request("list {id}")
+
+    async def link(self, path: str, max_size: int, file_id: str) -> str:
+        """The agent's verdict on sharing a path, as link_file in the shell library prints it."""
+        encoded = path.encode("utf-8", errors="surrogatepass")
+        return await self._request(f"link {{id}} {max_size} {file_id} {len(encoded)}", encoded)
 
     async def ping(self) -> None:
         await self._request("ping {id}", timeout=10)

@@ -1239,11 +1239,24 @@ class SandboxManager:
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
         sandbox = self.get(container_id, tenant)
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                return parse_command_list(await channel.list_commands())
+            except ChannelClosed:
+                pass
         result = await self._call(sandbox, "list_commands", stdout_limit=4 * 1024 * 1024)
         return parse_command_list(result.stdout)
 
     async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
         sandbox = self.get(container_id, tenant)
+        channel = self._channels.get(sandbox.container_id)
+        if channel is not None and not channel.closed:
+            try:
+                await channel.ping()  # the agent answers: the sandbox runs
+                return "running"
+            except ChannelClosed:
+                pass
         result = await self.podman.run(
             "inspect", "--format", "{{.State.Status}}", "--type", "container", sandbox.name, check=False, timeout=30
         )
@@ -1270,8 +1283,19 @@ class SandboxManager:
         if len(path.encode("utf-8", errors="surrogatepass")) > 4096:
             raise FileNotShareable("The path is longer than 4096 bytes. Pass a shorter absolute path.")
         file_id = secrets.token_urlsafe(24)
-        result = await self._call(sandbox, "link_file", path, str(self.settings.file_max_bytes), file_id, stdout_limit=4096)
-        verdict = result.stdout.decode(errors="replace").strip().split(" ")
+        verdict_text = None
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                verdict_text = await channel.link(path, self.settings.file_max_bytes, file_id)
+            except ChannelClosed:
+                pass
+        if verdict_text is None:
+            result = await self._call(
+                sandbox, "link_file", path, str(self.settings.file_max_bytes), file_id, stdout_limit=4096
+            )
+            verdict_text = result.stdout.decode(errors="replace")
+        verdict = verdict_text.strip().split(" ")
         shown = path[:200]
         reasons = {
             "missing": f"{shown!r} does not exist in sandbox {container_id}. Check the path with execute_command (ls -la).",

@@ -11,11 +11,14 @@
  *   run <cmd_id> <timeout_s> <started_ms> <cap> <len>\n<command>
  *   report <req> <cmd_id> <cap>\n
  *   put <req> <mode_octal> <path_len> <data_len>\n<path><data>
+ *   list <req>\n                      (the sandbox's commands, as list_commands in sandbox.py)
+ *   link <req> <max_size> <file_id> <path_len>\n<path>   (as link_file in sandbox.py)
  *   ping <req>\n
  * Replies and events (stdout):
  *   started <cmd_id> <pid>\n          failed <cmd_id> <reason>\n
  *   exit <cmd_id> <len>\n<report>     report <req> <len>\n<report>
  *   put <req> ok\n | put <req> error <reason>\n     pong <req>\n
+ *   list <req> <len>\n<lines>         link <req> <verdict>\n
  * A report is the MCPSB1 frame parsed by sandbox.parse_report.
  */
 #define _GNU_SOURCE
@@ -27,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -35,6 +39,7 @@
 
 #define COMMANDS_DIR "/run/mcp-sandbox/commands"     /* tmpfs: records */
 #define OUTPUT_DIR "/var/lib/mcp-sandbox/output"     /* disk: <id>.stdout, <id>.stderr */
+#define LINKS_DIR "/var/lib/mcp-sandbox/links"       /* disk: <file_id> holding a path */
 #define MAX_COMMANDS 512
 #define INLINE_COMMAND_MAX 100000
 #define MAX_REQUEST (64L * 1024 * 1024)
@@ -463,6 +468,65 @@ static void put_file(const char *req, long mode, const char *path, size_t path_l
     emitf("put %s ok\n", req);
 }
 
+/* Lines of: id TAB exit TAB timed_out TAB alive TAB started TAB command preview. */
+static void list_commands(struct buffer *b) {
+    DIR *d = opendir(COMMANDS_DIR);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!valid_command_id(e->d_name)) continue;
+        char dir[320], exit_code[16], pid_text[16], started[24], preview[201];
+        snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, e->d_name);
+        int has_exit = file_exists(dir, "exit");
+        read_digits(dir, "exit", exit_code, 9);
+        read_digits(dir, "pid", pid_text, 9);
+        read_digits(dir, "started", started, 16);
+        int alive = 0;
+        if (!has_exit && pid_text[0]) {
+            pid_t pid = (pid_t)atol(pid_text);
+            alive = pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+        }
+        struct buffer text = {0};
+        long got = append_head(&text, dir, "command", 200);
+        for (long i = 0; i < got; i++) {
+            char c = text.data[i];
+            preview[i] = (c == '\n' || c == '\t' || c == '\r' || c == 0) ? ' ' : c;
+        }
+        preview[got] = 0;
+        free(text.data);
+        buf_printf(b, "%s\t%s\t%d\t%d\t%s\t", e->d_name, has_exit ? exit_code : "", file_exists(dir, "timed_out"),
+                   alive, started);
+        buf_append(b, preview, (size_t)got);
+        buf_append(b, "\n", 1);
+    }
+    closedir(d);
+}
+
+/* The verdict of link_file() in sandbox.py: may this path be shared, and how big is it? */
+static void link_file(const char *req, long max_size, const char *file_id, const char *path) {
+    struct stat st, lst;
+    if (stat(path, &st) < 0) {
+        emitf("link %s %s\n", req, lstat(path, &lst) == 0 ? "broken-link" : "missing");
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) { emitf("link %s directory\n", req); return; }
+    if (!S_ISREG(st.st_mode)) { emitf("link %s special\n", req); return; }
+    if (access(path, R_OK) < 0) { emitf("link %s unreadable\n", req); return; }
+    if ((long)st.st_size > max_size) { emitf("link %s too-big %ld\n", req, (long)st.st_size); return; }
+    for (const char *p = file_id; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-')) {
+            emitf("link %s state-unwritable\n", req);
+            return;
+        }
+    char record[300];
+    snprintf(record, sizeof record, "%s/%s", LINKS_DIR, file_id);
+    if (mkdirs(LINKS_DIR) < 0 || write_file(record, path, strlen(path), 0644) < 0) {
+        emitf("link %s state-unwritable\n", req);
+        return;
+    }
+    emitf("link %s file %ld\n", req, (long)st.st_size);
+}
+
 /* Handles every complete request in buf; returns how many bytes it consumed. */
 static size_t handle_requests(char *buf, size_t len) {
     size_t used = 0;
@@ -510,6 +574,25 @@ static size_t handle_requests(char *buf, size_t len) {
             if (available < path_len + data_len) break;
             put_file(a, strtol(b, NULL, 8), payload, path_len, payload + path_len, data_len);
             used = (size_t)(payload - buf) + path_len + data_len;
+        } else if (strcmp(kind, "list") == 0) {
+            struct buffer lines = {0};
+            list_commands(&lines);
+            emitf("list %s %zu\n", a, lines.len);
+            emit(lines.data ? lines.data : "", lines.len);
+            free(lines.data);
+            used = (size_t)(payload - buf);
+        } else if (strcmp(kind, "link") == 0) {
+            size_t path_len = (size_t)atol(d);
+            if (available < path_len) break;
+            char *path = malloc(path_len + 1);
+            if (path) {
+                memcpy(path, payload, path_len);
+                path[path_len] = 0;
+                if (path_len == 0 || path[0] != '/' || strlen(path) != path_len) emitf("link %s missing\n", a);
+                else link_file(a, atol(b), c, path);
+                free(path);
+            }
+            used = (size_t)(payload - buf) + path_len;
         } else if (strcmp(kind, "ping") == 0) {
             emitf("pong %s\n", a);
             used = (size_t)(payload - buf);
