@@ -233,9 +233,15 @@ class AgentChannel:
         """Close the channel; the agent finishes the commands it started and records them."""
         self._fail_all()
         process, self._process = self._process, None
-        if process is None:
-            return
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
+        await kill_process(process)
+
+
+async def kill_process(process: anyio.abc.Process | None) -> None:
+    """Kill a host-side ``podman`` client and reap it, even when the caller is being cancelled.
+    (What it started inside a sandbox goes on: that is the sandbox's to stop.)"""
+    if process is None:
+        return
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()

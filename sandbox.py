@@ -33,7 +33,14 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from channel import AGENT_PATH_IN_SANDBOX, AgentChannel, ChannelClosed, ChannelRequestFailed, find_agent_binary
+from channel import (
+    AGENT_PATH_IN_SANDBOX,
+    AgentChannel,
+    ChannelClosed,
+    ChannelRequestFailed,
+    find_agent_binary,
+    kill_process,
+)
 
 logger = logging.getLogger("mcp_sandbox.sandbox")
 
@@ -1424,9 +1431,4 @@ class FileDownload:
 
     async def aclose(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
+        await kill_process(process)

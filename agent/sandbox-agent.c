@@ -259,6 +259,12 @@ static long file_size(const char *dir, const char *name) {
     return (long)st.st_size;
 }
 
+/* Whether the process whose pid a command recorded still runs. */
+static int process_alive(const char *pid_text) {
+    pid_t pid = pid_text[0] ? (pid_t)atol(pid_text) : 0;
+    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
 /* The MCPSB1 report of a command directory; the same frame as report() in sandbox.py. */
 static void build_report(struct buffer *b, const char *id, long cap) {
     char dir[256], exit_code[16], pid_text[16], started[24], finished[24];
@@ -268,11 +274,7 @@ static void build_report(struct buffer *b, const char *id, long cap) {
     read_digits(dir, "pid", pid_text, 9);
     read_digits(dir, "started", started, 16);
     read_digits(dir, "finished", finished, 16);
-    int alive = 0;
-    if (!has_exit && pid_text[0]) {
-        pid_t pid = (pid_t)atol(pid_text);
-        alive = pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
-    }
+    int alive = !has_exit && process_alive(pid_text);
     char out_name[64], err_name[64];
     snprintf(out_name, sizeof out_name, "%s.stdout", id);
     snprintf(err_name, sizeof err_name, "%s.stderr", id);
@@ -481,11 +483,7 @@ static void list_commands(struct buffer *b) {
         read_digits(dir, "exit", exit_code, 9);
         read_digits(dir, "pid", pid_text, 9);
         read_digits(dir, "started", started, 16);
-        int alive = 0;
-        if (!has_exit && pid_text[0]) {
-            pid_t pid = (pid_t)atol(pid_text);
-            alive = pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
-        }
+        int alive = !has_exit && process_alive(pid_text);
         struct buffer text = {0};
         long got = append_head(&text, dir, "command", 200);
         for (long i = 0; i < got; i++) {
