@@ -1,0 +1,94 @@
+"""The Railway deployment for real: the Containerfile built from a local Debian 12 base
+(debootstrap, no registry), run with Podman nested inside, used through a real MCP client,
+stopped with SIGTERM, and started again on the same volume."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+
+import httpx
+import pytest
+from conftest import ROOT, free_port, podman, structured
+from fastmcp import Client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+SANDBOX_IMAGE = "localhost/mcp-sandbox-busybox:latest"
+# What the outer container needs here: see README, "Deploy". The ulimits stay under what this
+# host lets a process without CAP_SYS_RESOURCE set.
+RUN_FLAGS = ["--privileged", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+
+
+@pytest.fixture(scope="module")
+def server_image() -> str:
+    base = subprocess.run(["bash", str(ROOT / "scripts" / "make-base-image.sh")], capture_output=True, text=True,
+                          check=True, timeout=900).stdout.strip()
+    tag = f"localhost/mcp-sandbox-server:test-{secrets.token_hex(3)}"
+    started = time.monotonic()
+    build = subprocess.run([
+        "podman", "build", "--format", "docker", "--build-arg", f"BASE_IMAGE={base}",
+        # This machine reaches PyPI through a TLS-intercepting proxy: hand the build its CAs.
+        "--volume", "/etc/ssl/certs:/host-certs:ro", "--build-arg", "PIP_CERT=/host-certs/ca-certificates.crt",
+        "-t", tag, "-f", str(ROOT / "Containerfile"), str(ROOT),
+    ], capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
+    print(f"\nserver image {tag}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f} s")
+    yield tag
+    podman("rmi", "-f", tag, check=False)
+
+
+def wait_healthy(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=3).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the deployed server never became healthy")
+
+
+async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(server_image: str) -> None:
+    name = f"mcp-deploy-{secrets.token_hex(3)}"
+    volume = f"{name}-storage"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    run = ["podman", "run", "-d", "--name", name, *RUN_FLAGS, "-p", f"127.0.0.1:{port}:3000",
+           "-v", f"{volume}:/var/lib/containers", "-e", f"BASE_URL={url}", "-e", f"SANDBOX_IMAGE={SANDBOX_IMAGE}",
+           "-e", "SANDBOX_POOL_SIZE=0", "-e", "AUTH_TOKENS=deploy-test-token", server_image]
+    try:
+        subprocess.run(run, check=True, capture_output=True, timeout=120)
+        wait_healthy(url)
+        # No registry here: load the sandbox image into the nested storage, as an operator would.
+        save = subprocess.Popen(["podman", "save", SANDBOX_IMAGE], stdout=subprocess.PIPE)
+        subprocess.run(["podman", "exec", "-i", name, "podman", "load"], stdin=save.stdout, check=True,
+                       capture_output=True, timeout=300)
+        save.wait()
+
+        async with Client(url + "/mcp", auth="deploy-test-token") as client:
+            container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+            ran = structured(await client.call_tool("execute_command", {
+                "container_id": container_id, "command": "echo 'Hello from a nested sandbox' > /tmp/hello.txt; date -u +%Y"}))
+            assert ran["exit_code"] == 0 and ran["stdout"].strip().isdigit()
+            link = structured(await client.call_tool("get_file_url", {"container_id": container_id, "path": "/tmp/hello.txt"}))
+            assert link["url"].startswith(url + "/files/")
+            assert httpx.get(link["url"]).content == b"Hello from a nested sandbox\n"
+            assert structured(await client.call_tool("destroy_container", {"container_id": container_id}))["destroyed"]
+        assert httpx.get(link["url"]).status_code == 404
+
+        started = time.monotonic()
+        subprocess.run(["podman", "stop", "-t", "10", name], check=True, capture_output=True, timeout=60)
+        assert time.monotonic() - started < 10
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+
+        subprocess.run(["podman", "start", name], check=True, capture_output=True, timeout=120)
+        wait_healthy(url)
+        kept = podman("exec", name, "podman", "image", "exists", SANDBOX_IMAGE, check=False)
+        assert kept.returncode == 0, "the sandbox image did not survive the restart on the volume"
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+        podman("volume", "rm", "-f", volume, check=False)
