@@ -50,6 +50,7 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 if [ "$WANT_TEST" -eq 1 ]; then
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   command -v runsc >/dev/null 2>&1 || missing+=(runsc)  # gVisor, tested as SANDBOX_RUNTIME
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)  # the deployment test's base image
 fi
 python_ok() { "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 PYTHON=${PYTHON:-python3}
