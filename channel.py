@@ -195,8 +195,11 @@ class AgentChannel:
             raise ChannelClosed(f"the sandbox agent did not answer within {timeout:g} s") from None
 
     def expect_exit(self, command_id: str) -> _Reply:
-        """Register interest in a command's exit before it is started (no race)."""
-        reply = self._exits[command_id] = _Reply()
+        """The event of a command's exit, shared by everyone waiting for it. Register before
+        starting the command (or before asking for its report), so no exit slips between."""
+        reply = self._exits.get(command_id)
+        if reply is None:
+            reply = self._exits[command_id] = _Reply()
         return reply
 
     def forget_exit(self, command_id: str) -> None:

@@ -23,7 +23,7 @@ import subprocess
 import tarfile
 import io
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from datetime import UTC, datetime
@@ -141,6 +141,7 @@ class SandboxSettings:
     output_limit_bytes: int = 64 * 1024
     max_command_bytes: int = 1024 * 1024
     file_max_bytes: int = 1024 * 1024 * 1024
+    write_max_bytes: int = 4 * 1024 * 1024
     namespace: str = "default"
     podman: str = "podman"
     runtime: str = ""
@@ -169,6 +170,7 @@ class SandboxSettings:
             output_limit_bytes=_env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024),
             max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
             file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
+            write_max_bytes=_env_int(env, "SANDBOX_WRITE_MAX_BYTES", 4 * 1024 * 1024, minimum=1),
             namespace=namespace,
             podman=env.get("PODMAN", "").strip() or "podman",
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
@@ -1104,7 +1106,8 @@ class SandboxManager:
         return encoded
 
     async def execute(
-        self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT
+        self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
+        on_progress: ProgressCallback | None = None,
     ) -> CommandState:
         """Start a command and wait up to the sync wait for it; then it goes on in the background."""
         sandbox = self.get(container_id, tenant)
@@ -1114,7 +1117,9 @@ class SandboxManager:
         channel = await self._channel_for(sandbox)
         if channel is not None:
             try:
-                return await self._execute_on_channel(channel, sandbox, command_id, encoded, timeout_seconds, started_ms)
+                return await self._execute_on_channel(
+                    channel, sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress
+                )
             except ChannelClosed as exc:
                 if sandbox.destroying:
                     raise SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)") from None
@@ -1128,7 +1133,7 @@ class SandboxManager:
 
     async def _execute_on_channel(
         self, channel: AgentChannel, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int,
-        started_ms: int,
+        started_ms: int, on_progress: ProgressCallback | None,
     ) -> CommandState:
         cap = self.settings.output_limit_bytes
         exit_reply = channel.expect_exit(command_id)
@@ -1137,14 +1142,66 @@ class SandboxManager:
         except ChannelRequestFailed as exc:
             channel.forget_exit(command_id)
             raise SandboxError(f"The sandbox could not start the command ({exc}). Try again, or check the sandbox.") from None
-        report = None
-        with anyio.move_on_after(self.settings.sync_wait_seconds):
-            report = await exit_reply.wait()
-        if report is not None:
-            state = self._parse(command_id, report)
-            return replace(state, duration_ms=int(time.time() * 1000 - started_ms))
-        channel.forget_exit(command_id)
-        return self._parse(command_id, await channel.report(command_id, cap))
+        state = await self._follow_on_channel(
+            channel, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
+        )
+        if state.status != "running":
+            state = replace(state, duration_ms=int(time.time() * 1000 - started_ms))
+        return state
+
+    async def _follow_on_channel(
+        self, channel: AgentChannel, command_id: str, exit_reply: Any, wait_seconds: float,
+        on_progress: ProgressCallback | None,
+    ) -> CommandState:
+        """Wait up to wait_seconds for a command to end; report progress about once a second."""
+        cap = self.settings.output_limit_bytes
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            report = None
+            with anyio.move_on_after(max(0.0, min(remaining, 1.0 if on_progress else remaining))):
+                report = await exit_reply.wait()
+            if report is not None:
+                return self._parse(command_id, report)
+            if time.monotonic() >= deadline:
+                return self._parse(command_id, await channel.report(command_id, cap))
+            if on_progress is not None:
+                state = self._parse(command_id, await channel.report(command_id, cap))
+                if state.status != "running":
+                    return state
+                await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, _last_line(state))
+
+    async def wait_for_command(
+        self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
+        on_progress: ProgressCallback | None = None,
+    ) -> CommandState:
+        """check_container's long-poll: the command's state as soon as it ends, or after wait_seconds."""
+        state = await self.read_command(container_id, command_id, tenant)
+        if state.status != "running" or wait_seconds <= 0:
+            return state
+        sandbox = self.get(container_id, tenant)
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                # Registered before the fresh report: an exit in between is not missed. A command
+                # started before a restart has no one to announce its exit: the loop polls too.
+                exit_reply = channel.expect_exit(command_id)
+                deadline = time.monotonic() + wait_seconds
+                while True:
+                    state = await self._follow_on_channel(
+                        channel, command_id, exit_reply, min(2.0, max(0.0, deadline - time.monotonic())), on_progress
+                    )
+                    if state.status != "running" or time.monotonic() >= deadline:
+                        return state
+            except ChannelClosed:
+                pass
+        deadline = time.monotonic() + wait_seconds
+        while state.status == "running" and time.monotonic() < deadline:
+            await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            state = await self._read_command_by_exec(sandbox, command_id)
+            if on_progress is not None and state.status == "running":
+                await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, _last_line(state))
+        return state
 
     def _parse(self, command_id: str, report: bytes) -> CommandState:
         try:
@@ -1276,19 +1333,41 @@ class SandboxManager:
 
     # ----- files
 
+    async def write_file(
+        self, container_id: str, path: str, data: bytes, mode: int | None = None, tenant: str = LOCAL_TENANT
+    ) -> int:
+        """Write a file in the sandbox, parents created, no shell quoting; returns its size."""
+        sandbox = self.get(container_id, tenant)
+        _check_absolute_path(path)
+        if len(data) > self.settings.write_max_bytes:
+            raise FileNotShareable(
+                f"The content is {len(data):,} bytes; write_file takes up to {self.settings.write_max_bytes:,} "
+                "(SANDBOX_WRITE_MAX_BYTES). Write it in parts and join them with execute_command (cat a b > c)."
+            )
+        file_mode = 0o644 if mode is None else mode
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                await channel.put(path, data, file_mode)
+                return len(data)
+            except ChannelRequestFailed as exc:
+                raise FileNotShareable(_write_refusal(path, str(exc))) from None
+            except ChannelClosed:
+                pass
+        result = await self.podman.run(
+            "exec", "-i", sandbox.name, "/bin/sh", "-c",
+            'mkdir -p "$(dirname "$1")" && [ ! -d "$1" ] && cat > "$1" && chmod "$2" "$1"', "mcp-sandbox",
+            path, f"{file_mode:o}", stdin=data, check=False, timeout=120,
+        )
+        if result.exit_code != 0:
+            if _is_missing_container(result.stderr) or _is_not_running(result.stderr):
+                self._raise_exec_failure(sandbox, result)
+            raise FileNotShareable(_write_refusal(path, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"))
+        return len(data)
+
     async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
         sandbox = self.get(container_id, tenant)
-        if not isinstance(path, str) or not path.strip():
-            raise FileNotShareable("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
-        if "\0" in path:
-            raise FileNotShareable("The path contains a NUL character. Pass a plain absolute path.")
-        if not path.startswith("/"):
-            raise FileNotShareable(
-                f"The path {path[:200]!r} is relative. Pass an absolute path inside the sandbox, "
-                f"e.g. {posixpath.join('/root', path)[:200]!r}."
-            )
-        if len(path.encode("utf-8", errors="surrogatepass")) > 4096:
-            raise FileNotShareable("The path is longer than 4096 bytes. Pass a shorter absolute path.")
+        _check_absolute_path(path)
         file_id = secrets.token_urlsafe(24)
         verdict_text = None
         channel = await self._channel_for(sandbox)
@@ -1343,6 +1422,39 @@ class SandboxManager:
         result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
         await self.podman.run("ps", "-q", "--filter", f"label={LABEL_MANAGED}=true", timeout=10)
         return {"podman_version": result.stdout.decode(errors="replace").strip(), "sandboxes": len(self._sandboxes)}
+
+
+ProgressCallback = Callable[[float, float, str], Awaitable[None]]
+
+
+def _last_line(state: CommandState) -> str:
+    """The latest line a running command printed, for a progress message."""
+    text = state.stdout.rstrip("\n") or state.stderr.rstrip("\n")
+    return text.rsplit("\n", 1)[-1][-200:] if text else "running"
+
+
+def _check_absolute_path(path: str) -> None:
+    if not isinstance(path, str) or not path.strip():
+        raise FileNotShareable("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
+    if "\0" in path:
+        raise FileNotShareable("The path contains a NUL character. Pass a plain absolute path.")
+    if not path.startswith("/"):
+        raise FileNotShareable(
+            f"The path {path[:200]!r} is relative. Pass an absolute path inside the sandbox, "
+            f"e.g. {posixpath.join('/root', path)[:200]!r}."
+        )
+    if len(path.encode("utf-8", errors="surrogatepass")) > 4096:
+        raise FileNotShareable("The path is longer than 4096 bytes. Pass a shorter absolute path.")
+
+
+def _write_refusal(path: str, reason: str) -> str:
+    explained = {
+        "is-a-directory": "it is a directory",
+        "parent-not-a-directory": "a parent of it is a file, not a directory",
+        "cannot-create-parent": "its parent directory cannot be created",
+        "bad-path": "the path is not a plain absolute path",
+    }.get(reason.split()[0] if reason else "", reason[:200])
+    return f"Could not write {path[:200]!r}: {explained}. Pick another path, or check it with execute_command (ls -la)."
 
 
 def _content_type(path: str) -> str:

@@ -21,8 +21,10 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 import anyio
+import base64
+import binascii
 import uvicorn
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_access_token, get_http_request
@@ -172,6 +174,23 @@ def _tool_errors() -> Iterator[None]:
         raise ToolError(str(exc)) from None
 
 
+def _progress(ctx: Context | None) -> Any:
+    """A progress callback when the client asked for progress (sent a progress token), else None."""
+    if ctx is None:
+        return None
+    try:
+        meta = ctx.request_context._srctx.meta  # type: ignore[union-attr]
+        if not meta or meta.get("progress_token") is None:
+            return None
+    except (AttributeError, RuntimeError, LookupError):
+        return None
+
+    async def report(done: float, total: float, message: str) -> None:
+        await ctx.report_progress(progress=round(done, 1), total=total, message=message)
+
+    return report
+
+
 ContainerId = Annotated[
     str, Field(description="The container_id returned by create_container.", max_length=200)
 ]
@@ -259,6 +278,7 @@ async def execute_command(
         int,
         Field(description="Stop the command (and its child processes) after this many seconds.", ge=1, le=86400),
     ] = 600,
+    ctx: Context | None = None,
 ) -> dict[str, Any]:
     """Run a shell command in a sandbox and return its exit_code, stdout and stderr.
 
@@ -266,7 +286,7 @@ async def execute_command(
     the result has status 'running' and a command_id: call check_container with it to follow the command.
     """
     with _tool_errors():
-        state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant())
+        state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant(), _progress(ctx))
     return _command_result(container_id, state)
 
 
@@ -277,15 +297,25 @@ async def check_container(
         str | None,
         Field(description="A command_id from execute_command; omit to list the sandbox's commands.", max_length=200),
     ] = None,
+    wait_seconds: Annotated[
+        float,
+        Field(description="With command_id: wait up to this many seconds for the command to finish, "
+                          "returning as soon as it does (instead of polling in a loop).", ge=0, le=60),
+    ] = 0,
+    ctx: Context | None = None,
 ) -> dict[str, Any]:
-    """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far."""
+    """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far.
+
+    To follow a command that went on in the background, call this with its command_id and
+    wait_seconds (up to 60): it returns as soon as the command ends.
+    """
     with _tool_errors():
         tenant = current_tenant()
         times = _sandbox_times(container_id, tenant)
         status = await sandboxes.container_status(container_id, tenant)
         result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
         if command_id is not None:
-            state = await sandboxes.read_command(container_id, command_id, tenant)
+            state = await sandboxes.wait_for_command(container_id, command_id, wait_seconds, tenant, _progress(ctx))
             result["command"] = _command_result(container_id, state)
         else:
             result["commands"] = [
@@ -333,7 +363,60 @@ async def get_file_url(
     }
 
 
-TOOL_NAMES = ["create_container", "execute_command", "check_container", "destroy_container", "get_file_url"]
+@mcp.tool(annotations=ToolAnnotations(title="List my sandboxes", read_only_hint=True, open_world_hint=False))
+async def list_containers() -> dict[str, Any]:
+    """List your sandboxes: image, status, creation and expiry times, and their running commands."""
+    with _tool_errors():
+        tenant = current_tenant()
+        listed = []
+        for sandbox in sandboxes.list(tenant):
+            try:
+                running = [c.command_id for c in await sandboxes.list_commands(sandbox.container_id, tenant)
+                           if c.status == "running"]
+                status = "running"
+            except SandboxError:
+                running, status = [], "unavailable"
+            listed.append({
+                "container_id": sandbox.container_id,
+                "image": sandbox.image,
+                "status": status,
+                "created_at": utc_iso(sandbox.created_at),
+                "expires_at": utc_iso(sandbox.expires_at),
+                "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+                "running_commands": running,
+            })
+    return {"containers": listed}
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Write a file", read_only_hint=False, destructive_hint=True, open_world_hint=False))
+async def write_file(
+    container_id: ContainerId,
+    path: Annotated[str, Field(description="Absolute path in the sandbox; missing parent folders are created.", max_length=4096)],
+    content: Annotated[str, Field(description="The file's content: text, or base64 when encoding is 'base64'.")],
+    encoding: Annotated[
+        str, Field(description="'text' (UTF-8) or 'base64' (for binary content).", pattern="^(text|base64)$")
+    ] = "text",
+    mode: Annotated[
+        str | None, Field(description="Permission bits in octal, e.g. '755' for a script; default '644'.", pattern="^[0-7]{3,4}$")
+    ] = None,
+) -> dict[str, Any]:
+    """Write a file into a sandbox without shell quoting (source code, data, scripts); replaces an existing file."""
+    if encoding == "base64":
+        try:
+            data = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise ToolError("content is not valid base64. Encode the bytes with standard base64, or use encoding='text'.") from None
+    else:
+        data = content.encode("utf-8", errors="surrogatepass")
+    with _tool_errors():
+        size = await sandboxes.write_file(container_id, path, data, int(mode, 8) if mode else None, current_tenant())
+    return {"container_id": container_id, "path": path, "size_bytes": size, "mode": mode or "644"}
+
+
+TOOL_NAMES = [
+    "create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
+    "list_containers", "write_file",
+]
 
 
 # --------------------------------------------------------------------------- HTTP routes

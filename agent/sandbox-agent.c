@@ -97,6 +97,16 @@ static void emitf(const char *fmt, ...) {
     if (n > 0) emit(line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
 }
 
+/* mkdir, or fine if a directory is already there (errno ENOTDIR when a file is). */
+static int ensure_dir(const char *path) {
+    struct stat st;
+    if (mkdir(path, 0755) == 0) return 0;
+    if (errno != EEXIST) return -1;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;
+    errno = ENOTDIR;
+    return -1;
+}
+
 static int mkdirs(const char *path) {
     char buf[4096];
     size_t len = strlen(path);
@@ -105,12 +115,11 @@ static int mkdirs(const char *path) {
     for (char *p = buf + 1; *p; p++) {
         if (*p == '/') {
             *p = 0;
-            if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
+            if (ensure_dir(buf) < 0) return -1;
             *p = '/';
         }
     }
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
-    return 0;
+    return ensure_dir(buf);
 }
 
 /* Write a file through a temporary name, so readers never see half of it. */

@@ -8,6 +8,7 @@ name=${1:-localhost/mcp-sandbox-busybox:latest}
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin" "$root/etc" "$root/tmp" "$root/run" "$root/root" "$root/home" "$root/var/tmp" "$root/proc" "$root/sys" "$root/dev"
+chmod 755 "$root"  # mktemp made it 0700: the sandbox's root directory must be writable by its root
 chmod 1777 "$root/tmp" "$root/var/tmp"
 cp /bin/busybox "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do

@@ -22,7 +22,8 @@ async def run(client: Client, container_id: str, command: str, **extra: object) 
 
 async def test_lists_the_five_tools_with_annotations(client: Client) -> None:
     tools = {tool.name: tool for tool in await client.list_tools()}
-    assert set(tools) == {"create_container", "execute_command", "check_container", "destroy_container", "get_file_url"}
+    assert set(tools) == {"create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
+                          "list_containers", "write_file"}
     assert tools["destroy_container"].annotations.destructive_hint is True
     assert tools["check_container"].annotations.read_only_hint is True
     assert tools["get_file_url"].annotations.read_only_hint is True

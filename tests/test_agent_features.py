@@ -1,0 +1,126 @@
+"""What agents need beyond the seed: long-poll, progress, list_containers, write_file."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+
+import pytest
+from conftest import ServerProcess, structured
+from fastmcp import Client
+
+import server
+
+pytestmark = pytest.mark.anyio
+
+
+async def run(client: Client, container_id: str, command: str, **extra: object) -> dict:
+    return structured(await client.call_tool("execute_command", {"container_id": container_id, "command": command, **extra}))
+
+
+async def test_check_container_long_polls_until_the_command_ends(client: Client, sandbox: str) -> None:
+    first = await run(client, sandbox, "sleep 5; echo finished")
+    assert first["status"] == "running"
+    started = time.monotonic()
+    result = structured(await client.call_tool("check_container", {
+        "container_id": sandbox, "command_id": first["command_id"], "wait_seconds": 30}))
+    waited = time.monotonic() - started
+    assert result["command"]["status"] == "completed" and result["command"]["stdout"] == "finished\n"
+    assert waited < 4, f"returned {waited:.1f} s later: it should return as soon as the command ends"
+
+
+async def test_long_poll_returns_at_wait_seconds_for_a_command_still_running(client: Client, sandbox: str) -> None:
+    first = await run(client, sandbox, "sleep 30")
+    started = time.monotonic()
+    result = structured(await client.call_tool("check_container", {
+        "container_id": sandbox, "command_id": first["command_id"], "wait_seconds": 2}))
+    assert result["command"]["status"] == "running"
+    assert 1.5 < time.monotonic() - started < 4
+
+
+async def test_wait_seconds_is_bounded(client: Client, sandbox: str) -> None:
+    result = await client.call_tool("check_container", {"container_id": sandbox, "command_id": "cmd_" + "0" * 16,
+                                                        "wait_seconds": 61}, raise_on_error=False)
+    assert result.is_error and "wait_seconds" in result.content[0].text
+
+
+async def test_progress_notifications_carry_the_latest_output_line(client: Client, sandbox: str) -> None:
+    messages: list[str | None] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message)
+
+    await client.call_tool("execute_command", {
+        "container_id": sandbox, "command": "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.5; done"},
+        progress_handler=on_progress)
+    assert messages, "no progress notification arrived"
+    assert any(m and m.startswith("line") for m in messages), messages
+
+
+async def test_list_containers_shows_my_sandboxes_and_running_commands(client: Client, sandbox: str) -> None:
+    running = await run(client, sandbox, "sleep 20")
+    listed = structured(await client.call_tool("list_containers", {}))["containers"]
+    mine = {c["container_id"]: c for c in listed}
+    assert sandbox in mine
+    entry = mine[sandbox]
+    assert entry["status"] == "running" and entry["image"] == server.sandboxes.settings.image
+    assert running["command_id"] in entry["running_commands"]
+    assert 7000 < entry["seconds_remaining"] <= 7200 and entry["expires_at"].endswith("Z")
+
+
+async def test_write_file_text_without_shell_quoting(client: Client, sandbox: str) -> None:
+    content = "quotes ' \" `backticks` $HOME \\ and\nnewlines\n\ttabs ünïcödé\n"
+    written = structured(await client.call_tool("write_file", {
+        "container_id": sandbox, "path": "/tmp/deep/dir/notes.txt", "content": content}))
+    assert written["size_bytes"] == len(content.encode())
+    assert (await run(client, sandbox, "cat /tmp/deep/dir/notes.txt"))["stdout"] == content
+
+
+async def test_write_file_binary_and_executable(client: Client, sandbox: str) -> None:
+    blob = os.urandom(200_000)
+    await client.call_tool("write_file", {"container_id": sandbox, "path": "/tmp/blob.bin",
+                                          "content": base64.b64encode(blob).decode(), "encoding": "base64"})
+    digest = (await run(client, sandbox, "sha256sum /tmp/blob.bin"))["stdout"].split()[0]
+    assert digest == hashlib.sha256(blob).hexdigest()
+    await client.call_tool("write_file", {"container_id": sandbox, "path": "/usr/local/bin/hello",
+                                          "content": "#!/bin/sh\necho hello from a script\n", "mode": "755"})
+    assert (await run(client, sandbox, "hello"))["stdout"] == "hello from a script\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"path": "relative.txt", "content": "x"}, "relative"),
+        ({"path": "/tmp", "content": "x"}, "directory"),
+        ({"path": "/etc/hostname/below", "content": "x"}, "not a directory"),
+        ({"path": "/tmp/x", "content": "%%%", "encoding": "base64"}, "base64"),
+        ({"path": "/tmp/x", "content": "x", "encoding": "hex"}, "encoding"),
+        ({"path": "/tmp/x", "content": "x", "mode": "999"}, "mode"),
+    ],
+)
+async def test_write_file_bad_input_is_a_clear_error(client: Client, sandbox: str, arguments: dict, expected: str) -> None:
+    result = await client.call_tool("write_file", {"container_id": sandbox, **arguments}, raise_on_error=False)
+    assert result.is_error and expected in result.content[0].text, result.content[0].text
+
+
+async def test_write_file_size_cap(client: Client, sandbox: str) -> None:
+    limit = server.sandboxes.settings.write_max_bytes
+    result = await client.call_tool("write_file", {"container_id": sandbox, "path": "/tmp/big",
+                                                   "content": "x" * (limit + 1)}, raise_on_error=False)
+    assert result.is_error and "SANDBOX_WRITE_MAX_BYTES" in result.content[0].text
+
+
+async def test_tenants_see_only_their_own_containers(start_server) -> None:  # type: ignore[no-untyped-def]
+    secured: ServerProcess = start_server({"AUTH_TOKENS": "token-a-0123456789,token-b-0123456789"})
+    async with Client(secured.url + "/mcp", auth="token-a-0123456789") as a, \
+            Client(secured.url + "/mcp", auth="token-b-0123456789") as b:
+        mine = structured(await a.call_tool("create_container", {}))["container_id"]
+        theirs = structured(await b.call_tool("create_container", {}))["container_id"]
+        assert [c["container_id"] for c in structured(await a.call_tool("list_containers", {}))["containers"]] == [mine]
+        assert [c["container_id"] for c in structured(await b.call_tool("list_containers", {}))["containers"]] == [theirs]
+        refused = await b.call_tool("write_file", {"container_id": mine, "path": "/tmp/x", "content": "x"}, raise_on_error=False)
+        assert refused.is_error and "No sandbox" in refused.content[0].text
+        await a.call_tool("destroy_container", {"container_id": mine})
+        await b.call_tool("destroy_container", {"container_id": theirs})
