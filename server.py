@@ -1,4 +1,4 @@
-"""MCP container sandbox server: five tools and a few HTTP routes over ``sandbox.py``.
+"""MCP container sandbox server: the tools and a few HTTP routes over ``sandbox.py``.
 
 Run ``python server.py`` for Streamable HTTP on $HOST:$PORT (MCP at ``/`` and ``/mcp``),
 or ``fastmcp run server.py`` for stdio (file links are then served on $PORT alongside).
@@ -157,7 +157,9 @@ mcp = FastMCP(
     instructions=(
         "Isolated Linux sandboxes. Call create_container, then execute_command with its container_id. "
         "A command still running after a few seconds returns status 'running' and a command_id: follow it "
-        "with check_container. To give the user a file, write it in the sandbox and call get_file_url. "
+        "with check_container(container_id, command_id, wait_seconds=30), which returns as soon as it ends. "
+        "Use write_file for file contents (no shell quoting). To give the user a file, write it in the "
+        "sandbox and call get_file_url. "
         "Sandboxes are destroyed automatically two hours after creation; destroy_container frees one sooner."
     ),
     lifespan=lifespan,
