@@ -214,8 +214,8 @@ class AgentChannel:
         except TimeoutError:
             raise ChannelClosed("the sandbox agent did not start the command within 30 s") from None
 
-    async def report(self, command_id: str, cap: int) -> bytes:
-        return await self._request(f"report {{id}} {command_id} {cap}")
+    async def report(self, command_id: str, cap: int, stdout_offset: int = 0, stderr_offset: int = 0) -> bytes:
+        return await self._request(f"report {{id}} {command_id} {cap} {stdout_offset} {stderr_offset}")
 
     async def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         encoded = path.encode("utf-8", errors="surrogatepass")

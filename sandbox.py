@@ -281,6 +281,8 @@ class CommandState:
     duration_ms: int | None
     stdout_path: str
     stderr_path: str
+    stdout_offset: int = 0
+    stderr_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,8 +322,8 @@ class _RunningCommand:
 LIB_PATH = f"{STATE_DIR}/lib-1.sh"
 
 SANDBOX_LIB = r"""
-report() {  # $1 command dir, $2 output cap: a framed report (see parse_report)
-  d=$1; cap=$2
+report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
+  d=$1; cap=$2; oo=${3:-0}; eo=${4:-0}
   printf 'MCPSB1\n'
   if [ -f "$d/exit" ]; then printf '%s\n' "$(tr -dc 0-9 < "$d/exit" | head -c 9)"; else echo; fi
   if [ -e "$d/timed_out" ]; then echo 1; else echo 0; fi
@@ -333,11 +335,13 @@ report() {  # $1 command dir, $2 output cap: a framed report (see parse_report)
   o=/var/lib/mcp-sandbox/output/${d##*/}
   so=$(wc -c < "$o.stdout" 2>/dev/null | tr -dc 0-9); so=${so:-0}
   se=$(wc -c < "$o.stderr" 2>/dev/null | tr -dc 0-9); se=${se:-0}
-  if [ "$so" -gt "$cap" ]; then no=$cap; else no=$so; fi
-  if [ "$se" -gt "$cap" ]; then ne=$cap; else ne=$se; fi
+  lo=$((so - oo)); [ "$lo" -gt 0 ] || lo=0
+  le=$((se - eo)); [ "$le" -gt 0 ] || le=0
+  if [ "$lo" -gt "$cap" ]; then no=$cap; else no=$lo; fi
+  if [ "$le" -gt "$cap" ]; then ne=$cap; else ne=$le; fi
   printf '%s\n%s\n%s\n%s\n' "$so" "$se" "$no" "$ne"
-  head -c "$no" "$o.stdout" 2>/dev/null
-  head -c "$ne" "$o.stderr" 2>/dev/null
+  tail -c +$((oo + 1)) "$o.stdout" 2>/dev/null | head -c "$no"
+  tail -c +$((eo + 1)) "$o.stderr" 2>/dev/null | head -c "$ne"
 }
 
 run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the command
@@ -370,8 +374,8 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the
   report "$d" "$3"
 }
 
-read_command() {  # $1 command id, $2 output cap
-  if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2"; else echo MCPSB-NONE; fi
+read_command() {  # $1 command id, $2 output cap, $3 $4 stdout/stderr offsets
+  if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2" "$3" "$4"; else echo MCPSB-NONE; fi
 }
 
 list_commands() {  # lines of: id TAB exit TAB timed_out TAB alive TAB started TAB command preview
@@ -564,7 +568,9 @@ def _int_or_none(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def parse_report(command_id: str, data: bytes, started_ms_hint: int | None = None) -> CommandState | None:
+def parse_report(
+    command_id: str, data: bytes, started_ms_hint: int | None = None, stdout_offset: int = 0, stderr_offset: int = 0
+) -> CommandState | None:
     """Turn a report into a CommandState; None when the command is unknown to the sandbox."""
     if data.startswith(b"MCPSB-NONE"):
         return None
@@ -600,10 +606,12 @@ def parse_report(command_id: str, data: bytes, started_ms_hint: int | None = Non
         stderr=stderr.decode("utf-8", errors="replace"),
         stdout_bytes=stdout_bytes,
         stderr_bytes=stderr_bytes,
-        truncated=stdout_bytes > n_out or stderr_bytes > n_err,
+        truncated=stdout_bytes - stdout_offset > n_out or stderr_bytes - stderr_offset > n_err,
         duration_ms=duration_ms,
         stdout_path=f"{OUTPUT_DIR}/{command_id}.stdout",
         stderr_path=f"{OUTPUT_DIR}/{command_id}.stderr",
+        stdout_offset=stdout_offset,
+        stderr_offset=stderr_offset,
     )
 
 
@@ -1173,35 +1181,42 @@ class SandboxManager:
 
     async def wait_for_command(
         self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
-        on_progress: ProgressCallback | None = None,
+        on_progress: ProgressCallback | None = None, stdout_offset: int = 0, stderr_offset: int = 0,
     ) -> CommandState:
-        """check_container's long-poll: the command's state as soon as it ends, or after wait_seconds."""
-        state = await self.read_command(container_id, command_id, tenant)
+        """check_container's long-poll: the command's state as soon as it ends, or after
+        wait_seconds, with output from the client's byte offsets."""
+        state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
         if state.status != "running" or wait_seconds <= 0:
             return state
-        sandbox = self.get(container_id, tenant)
+        await self._wait_until_done(self.get(container_id, tenant), command_id, wait_seconds, on_progress)
+        return await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
+
+    async def _wait_until_done(
+        self, sandbox: Sandbox, command_id: str, wait_seconds: float, on_progress: ProgressCallback | None
+    ) -> None:
+        """Return when the command ends or wait_seconds pass; progress about once a second."""
+        deadline = time.monotonic() + wait_seconds
         channel = await self._channel_for(sandbox)
         if channel is not None:
             try:
-                # Registered before the fresh report: an exit in between is not missed. A command
-                # started before a restart has no one to announce its exit: the loop polls too.
                 exit_reply = channel.expect_exit(command_id)
-                deadline = time.monotonic() + wait_seconds
-                while True:
+                # Asked after registering, so an exit just before cannot be missed; a command
+                # started before a restart has nobody to announce its exit, so the loop asks again.
+                state = self._parse(command_id, await channel.report(command_id, self.settings.output_limit_bytes))
+                while state.status == "running" and time.monotonic() < deadline:
                     state = await self._follow_on_channel(
                         channel, command_id, exit_reply, min(2.0, max(0.0, deadline - time.monotonic())), on_progress
                     )
-                    if state.status != "running" or time.monotonic() >= deadline:
-                        return state
+                return
             except ChannelClosed:
                 pass
-        deadline = time.monotonic() + wait_seconds
-        while state.status == "running" and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
             state = await self._read_command_by_exec(sandbox, command_id)
-            if on_progress is not None and state.status == "running":
+            if state.status != "running":
+                return
+            if on_progress is not None:
                 await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, _last_line(state))
-        return state
 
     def _parse(self, command_id: str, report: bytes) -> CommandState:
         try:
@@ -1258,7 +1273,11 @@ class SandboxManager:
             running.done.set()
             self._running.pop((sandbox.container_id, command_id), None)
 
-    async def read_command(self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT) -> CommandState:
+    async def read_command(
+        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
+        stdout_offset: int = 0, stderr_offset: int = 0,
+    ) -> CommandState:
+        """A command's state, with its output from the given byte offsets (a client's cursors)."""
         sandbox = self.get(container_id, tenant)
         if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
             raise CommandNotFound(
@@ -1268,7 +1287,8 @@ class SandboxManager:
         channel = await self._channel_for(sandbox)
         if channel is not None:
             try:
-                state = parse_report(command_id, await channel.report(command_id, self.settings.output_limit_bytes))
+                report = await channel.report(command_id, self.settings.output_limit_bytes, stdout_offset, stderr_offset)
+                state = parse_report(command_id, report, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
             except ChannelClosed:
                 pass
             except ValueError as exc:
@@ -1277,7 +1297,7 @@ class SandboxManager:
                 if state is None:
                     raise self._no_such_command(container_id, command_id)
                 return state
-        return await self._read_command_by_exec(sandbox, command_id)
+        return await self._read_command_by_exec(sandbox, command_id, stdout_offset, stderr_offset)
 
     @staticmethod
     def _no_such_command(container_id: str, command_id: str) -> CommandNotFound:
@@ -1286,12 +1306,17 @@ class SandboxManager:
             "command_id to list its commands."
         )
 
-    async def _read_command_by_exec(self, sandbox: Sandbox, command_id: str) -> CommandState:
+    async def _read_command_by_exec(
+        self, sandbox: Sandbox, command_id: str, stdout_offset: int = 0, stderr_offset: int = 0
+    ) -> CommandState:
         running = self._running.get((sandbox.container_id, command_id))
         cap = self.settings.output_limit_bytes
-        result = await self._call(sandbox, "read_command", command_id, str(cap), stdout_limit=2 * cap + 4096)
+        result = await self._call(
+            sandbox, "read_command", command_id, str(cap), str(stdout_offset), str(stderr_offset),
+            stdout_limit=2 * cap + 4096,
+        )
         try:
-            state = parse_report(command_id, result.stdout)
+            state = parse_report(command_id, result.stdout, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
         except ValueError as exc:
             raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
         if state is None:

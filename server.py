@@ -219,6 +219,9 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
         "truncated": state.truncated,
         "duration_ms": state.duration_ms,
     }
+    if state.stdout_offset or state.stderr_offset:
+        result["stdout_offset"] = state.stdout_offset
+        result["stderr_offset"] = state.stderr_offset
     if state.truncated:
         result["stdout_path"] = state.stdout_path
         result["stderr_path"] = state.stderr_path
@@ -304,6 +307,13 @@ async def check_container(
         Field(description="With command_id: wait up to this many seconds for the command to finish, "
                           "returning as soon as it does (instead of polling in a loop).", ge=0, le=60),
     ] = 0,
+    stdout_offset: Annotated[
+        int, Field(description="With command_id: stdout bytes already seen; only what follows is returned "
+                               "(pass the last result's stdout_bytes to follow a long build).", ge=0)
+    ] = 0,
+    stderr_offset: Annotated[
+        int, Field(description="With command_id: stderr bytes already seen, as stdout_offset.", ge=0)
+    ] = 0,
     ctx: Context | None = None,
 ) -> dict[str, Any]:
     """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far.
@@ -317,7 +327,9 @@ async def check_container(
         status = await sandboxes.container_status(container_id, tenant)
         result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
         if command_id is not None:
-            state = await sandboxes.wait_for_command(container_id, command_id, wait_seconds, tenant, _progress(ctx))
+            state = await sandboxes.wait_for_command(
+                container_id, command_id, wait_seconds, tenant, _progress(ctx), stdout_offset, stderr_offset
+            )
             result["command"] = _command_result(container_id, state)
         else:
             result["commands"] = [

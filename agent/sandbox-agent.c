@@ -9,7 +9,7 @@
  *
  * Requests (stdin), one header line each, then a payload of the given length:
  *   run <cmd_id> <timeout_s> <started_ms> <cap> <len>\n<command>
- *   report <req> <cmd_id> <cap>\n
+ *   report <req> <cmd_id> <cap> [<stdout_offset> <stderr_offset>]\n
  *   put <req> <mode_octal> <path_len> <data_len>\n<path><data>
  *   list <req>\n                      (the sandbox's commands, as list_commands in sandbox.py)
  *   link <req> <max_size> <file_id> <path_len>\n<path>   (as link_file in sandbox.py)
@@ -242,12 +242,16 @@ static void buf_printf(struct buffer *b, const char *fmt, ...) {
 }
 
 /* Appends up to want bytes of dir/name; returns how many it appended. */
-static long append_head(struct buffer *b, const char *dir, const char *name, long want) {
+static long append_head(struct buffer *b, const char *dir, const char *name, long offset, long want) {
     char path[4200], chunk[65536];
     long got = 0;
     snprintf(path, sizeof path, "%s/%s", dir, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) return 0;
+    if (offset > 0 && lseek(fd, offset, SEEK_SET) < 0) {
+        close(fd);
+        return 0;
+    }
     while (got < want) {
         size_t ask = (size_t)(want - got) < sizeof chunk ? (size_t)(want - got) : sizeof chunk;
         ssize_t n = read(fd, chunk, ask);
@@ -275,7 +279,8 @@ static int process_alive(const char *pid_text) {
 }
 
 /* The MCPSB1 report of a command directory; the same frame as report() in sandbox.py. */
-static void build_report(struct buffer *b, const char *id, long cap) {
+/* From byte offset out_off of stdout and err_off of stderr (a client's cursors). */
+static void build_report(struct buffer *b, const char *id, long cap, long out_off, long err_off) {
     char dir[256], exit_code[16], pid_text[16], started[24], finished[24];
     snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
     int has_exit = file_exists(dir, "exit");
@@ -288,13 +293,14 @@ static void build_report(struct buffer *b, const char *id, long cap) {
     snprintf(out_name, sizeof out_name, "%s.stdout", id);
     snprintf(err_name, sizeof err_name, "%s.stderr", id);
     long so = file_size(OUTPUT_DIR, out_name), se = file_size(OUTPUT_DIR, err_name);
-    long no = so < cap ? so : cap, ne = se < cap ? se : cap;
+    long out_left = so > out_off ? so - out_off : 0, err_left = se > err_off ? se - err_off : 0;
+    long no = out_left < cap ? out_left : cap, ne = err_left < cap ? err_left : cap;
     buf_printf(b, "MCPSB1\n%s\n%d\n%d\n%s\n%s\n%ld\n%ld\n%ld\n%ld\n", has_exit ? exit_code : "",
                file_exists(dir, "timed_out"), alive, started, finished, so, se, no, ne);
     /* The files may grow while being read: pad or cut to exactly what the header says. */
-    long got = append_head(b, OUTPUT_DIR, out_name, no);
+    long got = append_head(b, OUTPUT_DIR, out_name, out_off, no);
     for (; got < no; got++) buf_append(b, "", 1);
-    got = append_head(b, OUTPUT_DIR, err_name, ne);
+    got = append_head(b, OUTPUT_DIR, err_name, err_off, ne);
     for (; got < ne; got++) buf_append(b, "", 1);
 }
 
@@ -398,7 +404,7 @@ static void finish_command(struct command *c, int status) {
     snprintf(line, sizeof line, "%d\n", code);
     publish_text(dir, "exit", line);
     struct buffer report = {0};
-    build_report(&report, c->id, c->cap);
+    build_report(&report, c->id, c->cap, 0, 0);
     emitf("exit %s %zu\n", c->id, report.len);
     emit(report.data ? report.data : "", report.len);
     free(report.data);
@@ -494,7 +500,7 @@ static void list_commands(struct buffer *b) {
         read_digits(dir, "started", started, 16);
         int alive = !has_exit && process_alive(pid_text);
         struct buffer text = {0};
-        long got = append_head(&text, dir, "command", 200);
+        long got = append_head(&text, dir, "command", 0, 200);
         for (long i = 0; i < got; i++) {
             char c = text.data[i];
             preview[i] = (c == '\n' || c == '\t' || c == '\r' || c == 0) ? ' ' : c;
@@ -567,7 +573,7 @@ static size_t handle_requests(char *buf, size_t len) {
                 char dir[256];
                 struct stat st;
                 snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, b);
-                if (stat(dir, &st) == 0) build_report(&report, b, atol(c));
+                if (stat(dir, &st) == 0) build_report(&report, b, atol(c), atol(d), atol(e));
                 else buf_append(&report, "MCPSB-NONE\n", 11);
             } else {
                 buf_append(&report, "MCPSB-NONE\n", 11);

@@ -124,3 +124,33 @@ async def test_tenants_see_only_their_own_containers(start_server) -> None:  # t
         assert refused.is_error and "No sandbox" in refused.content[0].text
         await a.call_tool("destroy_container", {"container_id": mine})
         await b.call_tool("destroy_container", {"container_id": theirs})
+
+
+async def test_output_cursors_return_only_what_follows(client: Client, sandbox: str) -> None:
+    first = await run(client, sandbox, "echo one; sleep 4; echo two; echo err-two >&2")
+    assert first["status"] == "running" and first["stdout"] == "one\n"
+    seen = first["stdout_bytes"]
+    done = structured(await client.call_tool("check_container", {
+        "container_id": sandbox, "command_id": first["command_id"], "wait_seconds": 20,
+        "stdout_offset": seen, "stderr_offset": 0}))["command"]
+    assert done["status"] == "completed"
+    assert done["stdout"] == "two\n" and done["stderr"] == "err-two\n"
+    assert (done["stdout_bytes"], done["stdout_offset"]) == (8, 4)
+    past_the_end = structured(await client.call_tool("check_container", {
+        "container_id": sandbox, "command_id": first["command_id"], "stdout_offset": 100, "stderr_offset": 100}))["command"]
+    assert (past_the_end["stdout"], past_the_end["stderr"], past_the_end["truncated"]) == ("", "", False)
+
+
+async def test_output_cursors_page_through_a_long_output(client: Client, sandbox: str) -> None:
+    cap = server.sandboxes.settings.output_limit_bytes
+    made = await run(client, sandbox, f"seq 1 100000")
+    assert made["truncated"] is True
+    expected = "".join(f"{i}\n" for i in range(1, 100001))
+    pages, offset = [], 0
+    while offset < made["stdout_bytes"]:
+        page = structured(await client.call_tool("check_container", {
+            "container_id": sandbox, "command_id": made["command_id"], "stdout_offset": offset}))["command"]
+        assert len(page["stdout"].encode()) <= cap
+        pages.append(page["stdout"])
+        offset += len(page["stdout"].encode())
+    assert "".join(pages) == expected

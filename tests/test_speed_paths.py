@@ -109,4 +109,11 @@ async def test_without_the_agent_commands_still_run_through_podman_exec(start_se
         result = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo slow-path; exit 4"}))
         assert (result["exit_code"], result["stdout"]) == (4, "slow-path\n")
         assert channel_processes(container_id) == []
+        tail = structured(await client.call_tool("check_container", {
+            "container_id": container_id, "command_id": result["command_id"], "stdout_offset": 5}))["command"]
+        assert tail["stdout"] == "path\n"
+        written = await client.call_tool("write_file", {"container_id": container_id, "path": "/tmp/a/b.txt", "content": "x y"})
+        assert written.structured_content["size_bytes"] == 3
+        listed = structured(await client.call_tool("check_container", {"container_id": container_id}))["commands"]
+        assert [c["command_id"] for c in listed] == [result["command_id"]]
         await client.call_tool("destroy_container", {"container_id": container_id})
