@@ -874,7 +874,16 @@ class SandboxManager:
     def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
         return sorted((s for s in self._sandboxes.values() if s.tenant == tenant), key=lambda s: s.created_at)
 
-    async def create(self, image: str | None = None, tenant: str = LOCAL_TENANT) -> Sandbox:
+    async def create(
+        self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None
+    ) -> Sandbox:
+        """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime."""
+        if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
+            raise SandboxError(
+                f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
+                "maximum). Omit it for the maximum."
+            )
+        ttl = ttl_seconds or self.settings.ttl_seconds
         image = (image or "").strip() or self.settings.image
         if image not in self.settings.images:
             allowed = ", ".join(self.settings.images)
@@ -900,9 +909,9 @@ class SandboxManager:
             self._creating += 1
             self._creating_by_tenant[tenant] = creating + 1
         try:
-            sandbox = await self._take_from_pool(tenant) if image == self.settings.image else None
+            sandbox = await self._take_from_pool(tenant, ttl) if image == self.settings.image else None
             if sandbox is None:
-                sandbox = await self._start_container(image, pooled=False, tenant=tenant)
+                sandbox = await self._start_container(image, pooled=False, tenant=tenant, ttl=ttl)
             self._sandboxes[sandbox.container_id] = sandbox
             logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
             return sandbox
@@ -910,13 +919,13 @@ class SandboxManager:
             self._creating -= 1
             self._creating_by_tenant[tenant] -= 1
 
-    async def _take_from_pool(self, tenant: str) -> Sandbox | None:
+    async def _take_from_pool(self, tenant: str, ttl: int) -> Sandbox | None:
         """Hand out a pre-started sandbox, once only; its lifetime starts now."""
         while self._pool:
             sandbox = self._pool.pop(0)
             self._pool_wanted.set()
             sandbox.created_at = time.time()
-            sandbox.expires_at = sandbox.created_at + self.settings.ttl_seconds
+            sandbox.expires_at = sandbox.created_at + ttl
             sandbox.tenant = tenant
             claim = f"{sandbox.created_at:.3f} {sandbox.expires_at:.3f} {tenant}\n".encode()
             try:
@@ -953,10 +962,12 @@ class SandboxManager:
             finally:
                 self._pool_filling -= 1
 
-    async def _start_container(self, image: str, pooled: bool, tenant: str = LOCAL_TENANT) -> Sandbox:
+    async def _start_container(
+        self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None
+    ) -> Sandbox:
         container_id = secrets.token_hex(16)
         created = time.time()
-        sandbox = Sandbox(container_id, image, created, created + self.settings.ttl_seconds, tenant=tenant)
+        sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant)
         args = [
             "run", "-d", "--name", sandbox.name, "--hostname", "sandbox", "--init",
             *LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, "--tmpfs", STATE_TMPFS,

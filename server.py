@@ -254,6 +254,10 @@ async def create_container(
         str | None,
         Field(description="Container image; only images on the server's allow-list. Omit for the default (Alpine Linux).", max_length=300),
     ] = None,
+    ttl_seconds: Annotated[
+        int | None,
+        Field(description="Lifetime in seconds, up to the server's maximum (2 hours by default); omit for the maximum.", ge=1),
+    ] = None,
 ) -> dict[str, Any]:
     """Create an isolated Linux sandbox (256 MB memory, half a CPU, 100 processes, no capabilities).
 
@@ -261,7 +265,7 @@ async def create_container(
     It is destroyed automatically at expires_at (two hours after creation by default).
     """
     with _tool_errors():
-        sandbox = await sandboxes.create(image, current_tenant())
+        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds)
     return {
         "container_id": sandbox.container_id,
         "image": sandbox.image,

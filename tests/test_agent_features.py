@@ -154,3 +154,14 @@ async def test_output_cursors_page_through_a_long_output(client: Client, sandbox
         pages.append(page["stdout"])
         offset += len(page["stdout"].encode())
     assert "".join(pages) == expected
+
+
+async def test_create_container_with_a_shorter_lifetime(client: Client) -> None:
+    created = structured(await client.call_tool("create_container", {"ttl_seconds": 600}))
+    try:
+        info = structured(await client.call_tool("check_container", {"container_id": created["container_id"]}))
+        assert 590 <= info["seconds_remaining"] <= 600
+    finally:
+        await client.call_tool("destroy_container", {"container_id": created["container_id"]})
+    too_long = await client.call_tool("create_container", {"ttl_seconds": 10**6}, raise_on_error=False)
+    assert too_long.is_error and "SANDBOX_TTL_SECONDS" in too_long.content[0].text
