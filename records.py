@@ -1,0 +1,291 @@
+"""What a sandbox records about its commands, and how the server reads it back.
+
+Commands leave their records inside the sandbox, so that a restarted server finds them: the
+shell library below (and agent/sandbox-agent.c, which writes the same files) records them; the
+framed report it prints is parsed here. sandbox.py decides when to run what.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from channel import AGENT_PATH_IN_SANDBOX
+
+# Inside every sandbox: STATE_DIR is a small tmpfs (fast to write; creating a file on the
+# overlay costs ~0.4 ms of the sandbox's half CPU) holding our helpers and the commands'
+# records; DATA_DIR is on the sandbox's disk, for what is large or must outlive a restart
+# of the container itself: command output, file links, a pooled sandbox's claim.
+STATE_DIR = "/run/mcp-sandbox"
+DATA_DIR = "/var/lib/mcp-sandbox"
+OUTPUT_DIR = f"{DATA_DIR}/output"
+CLAIM_PATH = f"{DATA_DIR}/claim"
+STATE_TMPFS = f"{STATE_DIR}:rw,exec,nosuid,nodev,size=64m,mode=0755"
+
+COMMAND_ID_RE = re.compile(r"^cmd_[0-9a-f]{16}$")
+
+MAX_LISTED_COMMANDS = 100
+
+
+@dataclass(frozen=True)
+class CommandState:
+    """A command as read back from its sandbox (or from the process that ran it)."""
+
+    command_id: str
+    status: str  # running | completed | timed_out | killed
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+    truncated: bool
+    duration_ms: int | None
+    stdout_path: str
+    stderr_path: str
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+
+
+@dataclass(frozen=True)
+class CommandSummary:
+    command_id: str
+    command: str
+    status: str
+    exit_code: int | None
+    started_at: float | None
+
+
+# --------------------------------------------------------------------------- the in-sandbox library
+# Shell functions that run inside the sandbox under /bin/sh (busybox ash, dash or bash),
+# so POSIX only. They are written to LIB_PATH when the sandbox is created (and again
+# whenever they are found missing); every ``podman exec`` of ours sources them through
+# BOOTSTRAP. User input arrives as
+# positional arguments or on stdin, never inside script text.
+
+LIB_PATH = f"{STATE_DIR}/lib-1.sh"
+
+SANDBOX_LIB = r"""
+report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
+  d=$1; cap=$2; oo=${3:-0}; eo=${4:-0}
+  printf 'MCPSB1\n'
+  if [ -f "$d/exit" ]; then printf '%s\n' "$(tr -dc 0-9 < "$d/exit" | head -c 9)"; else echo; fi
+  if [ -e "$d/timed_out" ]; then echo 1; else echo 0; fi
+  if [ -f "$d/exit" ]; then echo 0
+  elif kill -0 "$(tr -dc 0-9 < "$d/pid" 2>/dev/null | head -c 9)" 2>/dev/null; then echo 1
+  else echo 0; fi
+  printf '%s\n' "$(tr -dc 0-9 < "$d/started" 2>/dev/null | head -c 16)"
+  printf '%s\n' "$(tr -dc 0-9 < "$d/finished" 2>/dev/null | head -c 16)"
+  o=/var/lib/mcp-sandbox/output/${d##*/}
+  so=$(wc -c < "$o.stdout" 2>/dev/null | tr -dc 0-9); so=${so:-0}
+  se=$(wc -c < "$o.stderr" 2>/dev/null | tr -dc 0-9); se=${se:-0}
+  lo=$((so - oo)); [ "$lo" -gt 0 ] || lo=0
+  le=$((se - eo)); [ "$le" -gt 0 ] || le=0
+  if [ "$lo" -gt "$cap" ]; then no=$cap; else no=$lo; fi
+  if [ "$le" -gt "$cap" ]; then ne=$cap; else ne=$le; fi
+  printf '%s\n%s\n%s\n%s\n' "$so" "$se" "$no" "$ne"
+  tail -c +$((oo + 1)) "$o.stdout" 2>/dev/null | head -c "$no"
+  tail -c +$((eo + 1)) "$o.stderr" 2>/dev/null | head -c "$ne"
+}
+
+run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the command
+  d=/run/mcp-sandbox/commands/$1; o=/var/lib/mcp-sandbox/output/$1
+  mkdir -p "$d" /var/lib/mcp-sandbox/output && cat > "$d/command" && printf '%s\n' "$4" > "$d/started" || exit 121
+  (
+    # Its own process group, so a timeout stops the command's children too.
+    if [ "$(wc -c < "$d/command")" -le 100000 ]; then
+      setsid /bin/sh -c "$(cat "$d/command")" < /dev/null > "$o.stdout" 2> "$o.stderr" &
+    else  # too long for one argument: run it as a script
+      setsid /bin/sh "$d/command" < /dev/null > "$o.stdout" 2> "$o.stderr" &
+    fi
+    p=$!
+    echo "$p" > "$d/pid"
+    (
+      sleep "$2" & s=$!
+      trap 'kill $s 2>/dev/null; exit 0' TERM
+      wait $s
+      : > "$d/timed_out"
+      kill -TERM -"$p" 2>/dev/null; sleep 2; kill -KILL -"$p" 2>/dev/null
+    ) < /dev/null > /dev/null 2>&1 &
+    w=$!
+    wait "$p"; rc=$?
+    kill "$w" 2>/dev/null
+    date +%s > "$d/finished"
+    echo "$rc" > "$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
+  ) < /dev/null > /dev/null 2>&1 &
+  # The subshell records the result even if this exec session (or the server) goes away.
+  wait $!
+  report "$d" "$3"
+}
+
+read_command() {  # $1 command id, $2 output cap, $3 $4 stdout/stderr offsets
+  if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2" "$3" "$4"; else echo MCPSB-NONE; fi
+}
+
+list_commands() {  # lines of: id TAB exit TAB timed_out TAB alive TAB started TAB command preview
+  cd /run/mcp-sandbox/commands 2>/dev/null || return 0
+  for d in cmd_*; do
+    [ -d "$d" ] || continue
+    e=; [ -f "$d/exit" ] && e=$(tr -dc 0-9 < "$d/exit" | head -c 9)
+    t=0; [ -e "$d/timed_out" ] && t=1
+    a=0; [ -f "$d/exit" ] || { kill -0 "$(tr -dc 0-9 < "$d/pid" 2>/dev/null | head -c 9)" 2>/dev/null && a=1; }
+    s=$(tr -dc 0-9 < "$d/started" 2>/dev/null | head -c 16)
+    printf '%s\t%s\t%s\t%s\t%s\t' "$d" "$e" "$t" "$a" "$s"
+    head -c 200 "$d/command" | tr '\n\t\r' '   '
+    echo
+  done
+}
+
+link_file() {  # $1 path, $2 size cap, $3 file id: one line, a verdict and for a file its size
+  p=$1
+  if [ ! -e "$p" ]; then
+    if [ -L "$p" ]; then echo broken-link; else echo missing; fi; return 0
+  fi
+  if [ -d "$p" ]; then echo directory; return 0; fi
+  if [ ! -f "$p" ]; then echo special; return 0; fi
+  if [ ! -r "$p" ]; then echo unreadable; return 0; fi
+  s=$(stat -L -c %s "$p" 2>/dev/null | tr -dc 0-9)
+  [ -n "$s" ] || { echo unreadable; return 0; }
+  if [ "$s" -gt "$2" ]; then echo "too-big $s"; return 0; fi
+  mkdir -p /var/lib/mcp-sandbox/links && printf '%s' "$p" > "/var/lib/mcp-sandbox/links/$3" || { echo state-unwritable; return 0; }
+  echo "file $s"
+}
+
+list_links() {  # NUL-separated pairs of file id and path
+  cd /var/lib/mcp-sandbox/links 2>/dev/null || return 0
+  for f in *; do [ -f "$f" ] && printf '%s\0%s\0' "$f" "$(head -c 4096 "$f")"; done
+}
+
+serve_file() {  # $1 path: "ok SIZE" and exactly SIZE bytes, or one line saying why not
+  [ -f "$1" ] || { echo gone; return 0; }
+  exec 3< "$1" || { echo unreadable; return 0; }
+  s=$(stat -L -c %s /proc/self/fd/3 2>/dev/null | tr -dc 0-9)
+  [ -n "$s" ] || { echo unreadable; return 0; }
+  echo "ok $s"
+  exec cat <&3  # the server reads exactly SIZE bytes
+}
+"""
+
+# Exit code 120: the library is missing (the sandbox was just started, or someone removed it).
+LIB_MISSING = 120
+BOOTSTRAP = f'[ -r {LIB_PATH} ] || exit {LIB_MISSING}; . {LIB_PATH}; "$@"'
+INSTALL_HELPERS = f"mkdir -p {STATE_DIR} && tar -x -f - -C {STATE_DIR}"
+
+
+def helpers_tar(agent: Path | None) -> bytes:
+    """A tar stream of what every sandbox gets in STATE_DIR: the shell library and the agent."""
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        files = [(posixpath.basename(LIB_PATH), SANDBOX_LIB.encode(), 0o644)]
+        if agent is not None:
+            files.append((posixpath.basename(AGENT_PATH_IN_SANDBOX), agent.read_bytes(), 0o755))
+        for name, data, mode in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return stream.getvalue()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _ReportParser:
+    """Parses the framed report of ``report()`` in the scripts above."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def line(self) -> str:
+        end = self.data.find(b"\n", self.pos)
+        if end < 0:
+            raise ValueError("report ended early")
+        text = self.data[self.pos : end].decode("ascii", errors="replace")
+        self.pos = end + 1
+        return text
+
+    def take(self, n: int) -> bytes:
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def parse_report(
+    command_id: str, data: bytes, started_ms_hint: int | None = None, stdout_offset: int = 0, stderr_offset: int = 0
+) -> CommandState | None:
+    """Turn a report into a CommandState; None when the command is unknown to the sandbox."""
+    if data.startswith(b"MCPSB-NONE"):
+        return None
+    parser = _ReportParser(data)
+    if parser.line() != "MCPSB1":
+        raise ValueError("not a report")
+    exit_code = _int_or_none(parser.line())
+    timed_out = parser.line() == "1"
+    alive = parser.line() == "1"
+    started_ms = _int_or_none(parser.line()) or started_ms_hint
+    finished_s = _int_or_none(parser.line())
+    stdout_bytes = int(parser.line() or 0)
+    stderr_bytes = int(parser.line() or 0)
+    n_out = int(parser.line() or 0)
+    n_err = int(parser.line() or 0)
+    stdout = parser.take(n_out)
+    stderr = parser.take(n_err)
+    if exit_code is not None:
+        status = "timed_out" if timed_out else "completed"
+    elif alive:
+        status = "running"
+    else:
+        status = "killed"
+    duration_ms = None
+    if started_ms is not None:
+        end_ms = finished_s * 1000 if finished_s is not None else time.time() * 1000
+        duration_ms = max(0, int(end_ms - started_ms))
+    return CommandState(
+        command_id=command_id,
+        status=status,
+        exit_code=exit_code,
+        stdout=stdout.decode("utf-8", errors="replace"),
+        stderr=stderr.decode("utf-8", errors="replace"),
+        stdout_bytes=stdout_bytes,
+        stderr_bytes=stderr_bytes,
+        truncated=stdout_bytes - stdout_offset > n_out or stderr_bytes - stderr_offset > n_err,
+        duration_ms=duration_ms,
+        stdout_path=f"{OUTPUT_DIR}/{command_id}.stdout",
+        stderr_path=f"{OUTPUT_DIR}/{command_id}.stderr",
+        stdout_offset=stdout_offset,
+        stderr_offset=stderr_offset,
+    )
+
+
+def parse_command_list(data: bytes) -> list[CommandSummary]:
+    summaries = []
+    for raw in data.decode("utf-8", errors="replace").splitlines():
+        parts = raw.split("\t", 5)
+        if len(parts) != 6 or not COMMAND_ID_RE.match(parts[0]):
+            continue
+        command_id, exit_text, timed_out, alive, started, preview = parts
+        exit_code = _int_or_none(exit_text)
+        if exit_code is not None:
+            status = "timed_out" if timed_out == "1" else "completed"
+        else:
+            status = "running" if alive == "1" else "killed"
+        started_ms = _int_or_none(started)
+        summaries.append(
+            CommandSummary(command_id, preview, status, exit_code, started_ms / 1000 if started_ms else None)
+        )
+    summaries.sort(key=lambda s: s.started_at or 0)
+    return summaries[-MAX_LISTED_COMMANDS:]
+
+
+def last_line(state: CommandState) -> str:
+    """The latest line a running command printed, for a progress message."""
+    text = state.stdout.rstrip("\n") or state.stderr.rstrip("\n")
+    return text.rsplit("\n", 1)[-1][-200:] if text else "running"
