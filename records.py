@@ -49,6 +49,7 @@ class CommandState:
     stderr_path: str
     stdout_offset: int = 0
     stderr_offset: int = 0
+    reason: str | None = None  # oom_killed | timed_out | killed, when it did not simply exit
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,14 @@ class CommandSummary:
 # BOOTSTRAP. User input arrives as
 # positional arguments or on stdin, never inside script text.
 
-LIB_PATH = f"{STATE_DIR}/lib-1.sh"
+LIB_PATH = f"{STATE_DIR}/lib-2.sh"
 
 SANDBOX_LIB = r"""
 report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
   d=$1; cap=$2; oo=${3:-0}; eo=${4:-0}
   printf 'MCPSB1\n'
   if [ -f "$d/exit" ]; then printf '%s\n' "$(tr -dc 0-9 < "$d/exit" | head -c 9)"; else echo; fi
-  if [ -e "$d/timed_out" ]; then echo 1; else echo 0; fi
+  if [ -e "$d/timed_out" ]; then echo 1; elif [ -e "$d/oom_killed" ]; then echo oom; else echo 0; fi
   if [ -f "$d/exit" ]; then echo 0
   elif kill -0 "$(tr -dc 0-9 < "$d/pid" 2>/dev/null | head -c 9)" 2>/dev/null; then echo 1
   else echo 0; fi
@@ -92,6 +93,11 @@ report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a fr
   tail -c +$((eo + 1)) "$o.stderr" 2>/dev/null | head -c "$ne"
 }
 
+oom_kills() {  # the sandbox's count of OOM kills (cgroup v1 or v2), empty if unknown
+  sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null \
+    || sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory.events 2>/dev/null
+}
+
 run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the command
   d=/run/mcp-sandbox/commands/$1; o=/var/lib/mcp-sandbox/output/$1
   mkdir -p "$d" /var/lib/mcp-sandbox/output && cat > "$d/command" && printf '%s\n' "$4" > "$d/started" || exit 121
@@ -104,6 +110,7 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the
     fi
     p=$!
     echo "$p" > "$d/pid"
+    ob=$(oom_kills)
     (
       sleep "$2" & s=$!
       trap 'kill $s 2>/dev/null; exit 0' TERM
@@ -114,6 +121,8 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the
     w=$!
     wait "$p"; rc=$?
     kill "$w" 2>/dev/null
+    oa=$(oom_kills)
+    if [ "$rc" -ne 0 ] && [ -n "$ob" ] && [ -n "$oa" ] && [ "$oa" -gt "$ob" ]; then echo $((oa - ob)) > "$d/oom_killed"; fi
     date +%s > "$d/finished"
     echo "$rc" > "$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
   ) < /dev/null > /dev/null 2>&1 &
@@ -228,7 +237,8 @@ def parse_report(
     if parser.line() != "MCPSB1":
         raise ValueError("not a report")
     exit_code = _int_or_none(parser.line())
-    timed_out = parser.line() == "1"
+    flag = parser.line()
+    timed_out = flag == "1"
     alive = parser.line() == "1"
     started_ms = _int_or_none(parser.line()) or started_ms_hint
     finished_s = _int_or_none(parser.line())
@@ -262,7 +272,22 @@ def parse_report(
         stderr_path=f"{OUTPUT_DIR}/{command_id}.stderr",
         stdout_offset=stdout_offset,
         stderr_offset=stderr_offset,
+        reason=_reason(status, exit_code, flag),
     )
+
+
+def _reason(status: str, exit_code: int | None, flag: str) -> str | None:
+    """Why a command ended other than by simply exiting, from what the sandbox recorded:
+    its timeout, the sandbox's OOM-kill counter rising while it ran, a signal, or no exit."""
+    if status == "timed_out":
+        return "timed_out"
+    if status == "killed":
+        return "killed"
+    if flag == "oom":
+        return "oom_killed"
+    if exit_code is not None and exit_code > 128 and exit_code - 128 in (1, 2, 9, 15):  # HUP INT KILL TERM
+        return "killed"
+    return None
 
 
 def parse_command_list(data: bytes) -> list[CommandSummary]:

@@ -245,6 +245,18 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
             "The command stopped without an exit status (it was killed, or its sandbox was restarted). "
             "Run it again if you still need its result."
         )
+    elif state.reason == "oom_killed":
+        result["message"] = (
+            "Part of the command was killed because the sandbox reached its 256 MB memory limit. Use less "
+            "memory: smaller inputs, streaming instead of loading everything, fewer parallel jobs (make -j1)."
+        )
+    elif state.reason == "killed":
+        result["message"] = (
+            f"The command was ended by a signal (exit code {state.exit_code}), not by its own exit. "
+            "If nothing in it sent that signal, run it again."
+        )
+    if state.reason:
+        result["reason"] = state.reason
     return result
 
 

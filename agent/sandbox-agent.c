@@ -59,6 +59,7 @@ struct command {
     long long kill_at_ms;  /* monotonic; 0 = none pending */
     int exited;            /* leader reaped, slot kept only for a pending SIGKILL */
     long cap;
+    long oom_kills_before; /* the sandbox's OOM-kill counter when the command started */
 };
 
 static struct command commands[MAX_COMMANDS];
@@ -272,6 +273,25 @@ static long file_size(const char *dir, const char *name) {
     return (long)st.st_size;
 }
 
+/* The sandbox's count of OOM kills: cgroup v1 memory.oom_control, or v2 memory.events. */
+static long oom_kill_count(void) {
+    static const char *files[] = {"/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"};
+    for (size_t i = 0; i < 2; i++) {
+        FILE *f = fopen(files[i], "re");
+        if (!f) continue;
+        char key[64];
+        long value;
+        while (fscanf(f, "%63s %ld", key, &value) == 2) {
+            if (strcmp(key, "oom_kill") == 0) {
+                fclose(f);
+                return value;
+            }
+        }
+        fclose(f);
+    }
+    return -1;
+}
+
 /* Whether the process whose pid a command recorded still runs. */
 static int process_alive(const char *pid_text) {
     pid_t pid = pid_text[0] ? (pid_t)atol(pid_text) : 0;
@@ -295,8 +315,10 @@ static void build_report(struct buffer *b, const char *id, long cap, long out_of
     long so = file_size(OUTPUT_DIR, out_name), se = file_size(OUTPUT_DIR, err_name);
     long out_left = so > out_off ? so - out_off : 0, err_left = se > err_off ? se - err_off : 0;
     long no = out_left < cap ? out_left : cap, ne = err_left < cap ? err_left : cap;
-    buf_printf(b, "MCPSB1\n%s\n%d\n%d\n%s\n%s\n%ld\n%ld\n%ld\n%ld\n", has_exit ? exit_code : "",
-               file_exists(dir, "timed_out"), alive, started, finished, so, se, no, ne);
+    /* The second line: 1 timed out, oom the sandbox's memory limit killed part of it, else 0. */
+    const char *flag = file_exists(dir, "timed_out") ? "1" : file_exists(dir, "oom_killed") ? "oom" : "0";
+    buf_printf(b, "MCPSB1\n%s\n%s\n%d\n%s\n%s\n%ld\n%ld\n%ld\n%ld\n", has_exit ? exit_code : "",
+               flag, alive, started, finished, so, se, no, ne);
     /* The files may grow while being read: pad or cut to exactly what the header says. */
     long got = append_head(b, OUTPUT_DIR, out_name, out_off, no);
     for (; got < no; got++) buf_append(b, "", 1);
@@ -390,6 +412,7 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
     snprintf(slot->id, sizeof slot->id, "%s", id);
     slot->pid = pid;
     slot->cap = cap;
+    slot->oom_kills_before = oom_kill_count();
     slot->deadline_ms = timeout_s > 0 ? monotonic_ms() + timeout_s * 1000LL : 0;
     emitf("started %s %d\n", id, (int)pid);
 }
@@ -401,6 +424,9 @@ static void finish_command(struct command *c, int status) {
     char line[32];
     snprintf(line, sizeof line, "%lld\n", (long long)time(NULL));
     publish_text(dir, "finished", line);
+    long oom_kills = oom_kill_count();
+    if (code != 0 && c->oom_kills_before >= 0 && oom_kills > c->oom_kills_before)
+        write_text(dir, "oom_killed", "%ld\n", oom_kills - c->oom_kills_before);
     snprintf(line, sizeof line, "%d\n", code);
     publish_text(dir, "exit", line);
     struct buffer report = {0};

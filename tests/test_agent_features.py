@@ -165,3 +165,21 @@ async def test_create_container_with_a_shorter_lifetime(client: Client) -> None:
         await client.call_tool("destroy_container", {"container_id": created["container_id"]})
     too_long = await client.call_tool("create_container", {"ttl_seconds": 10**6}, raise_on_error=False)
     assert too_long.is_error and "SANDBOX_TTL_SECONDS" in too_long.content[0].text
+
+
+@pytest.mark.parametrize(
+    ("command", "timeout", "reason"),
+    [
+        ("exit 3", 60, None),
+        ("kill -9 $$", 60, "killed"),
+        ("sleep 30", 1, "timed_out"),
+        ("head -c 400000000 /dev/zero | tail > /dev/null", 60, "oom_killed"),
+    ],
+)
+async def test_failure_reasons_come_from_real_evidence(client: Client, sandbox: str, command: str, timeout: int,
+                                                       reason: str | None) -> None:
+    result = await run(client, sandbox, command, timeout_seconds=timeout)
+    if result["status"] == "running":
+        result = structured(await client.call_tool("check_container", {
+            "container_id": sandbox, "command_id": result["command_id"], "wait_seconds": 30}))["command"]
+    assert result.get("reason") == reason, result

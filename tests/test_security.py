@@ -143,6 +143,7 @@ async def test_memory_bomb_is_killed_inside_the_sandbox(client: Client, sandbox:
         await anyio.sleep(0.5)
         result = await wait_for_command(client, sandbox, result["command_id"])
     assert result["exit_code"] != 0  # tail was OOM-killed at 256 MB
+    assert result["reason"] == "oom_killed" and "memory" in result["message"]
     after = structured(await client.call_tool("execute_command", {"container_id": sandbox, "command": "echo alive"}))
     assert after["stdout"] == "alive\n"
 
