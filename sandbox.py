@@ -620,9 +620,11 @@ class SandboxManager:
         return sorted((s for s in self._sandboxes.values() if s.tenant == tenant), key=lambda s: s.created_at)
 
     async def create(
-        self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None
+        self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
+        network: bool | None = None,
     ) -> Sandbox:
-        """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime."""
+        """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
+        network=False cuts it off from every network (None: the server's SANDBOX_NETWORK)."""
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
@@ -654,9 +656,14 @@ class SandboxManager:
             self._creating += 1
             self._creating_by_tenant[tenant] = creating + 1
         try:
-            sandbox = await self._take_from_pool(tenant, ttl) if image == self.settings.image else None
+            # The pool holds sandboxes of the default image on the server's network only.
+            offline = network is False and self.settings.network != "none"
+            pooled = image == self.settings.image and not offline
+            sandbox = await self._take_from_pool(tenant, ttl) if pooled else None
             if sandbox is None:
-                sandbox = await self._start_container(image, pooled=False, tenant=tenant, ttl=ttl)
+                sandbox = await self._start_container(
+                    image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None
+                )
             self._sandboxes[sandbox.container_id] = sandbox
             logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
             return sandbox
@@ -708,7 +715,7 @@ class SandboxManager:
                 self._pool_filling -= 1
 
     async def _start_container(
-        self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None
+        self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None, network: str | None = None
     ) -> Sandbox:
         container_id = secrets.token_hex(16)
         created = time.time()
@@ -725,8 +732,8 @@ class SandboxManager:
             args += ["--label", f"{LABEL_POOLED}=true"]
         else:
             args += ["--label", f"{LABEL_TENANT}={tenant}"]
-        if self.settings.network:
-            args += ["--network", self.settings.network]
+        if network or self.settings.network:
+            args += ["--network", network or self.settings.network]
         args += ["--entrypoint", "sleep", image, "2147483647"]
         try:
             await self.podman.run(*args, timeout=300)

@@ -270,6 +270,10 @@ async def create_container(
         int | None,
         Field(description="Lifetime in seconds, up to the server's maximum (2 hours by default); omit for the maximum.", ge=1),
     ] = None,
+    network: Annotated[
+        bool | None,
+        Field(description="false: no network at all inside the sandbox. Omit for the server's default."),
+    ] = None,
 ) -> dict[str, Any]:
     """Create an isolated Linux sandbox (256 MB memory, half a CPU, 100 processes, no capabilities).
 
@@ -277,7 +281,7 @@ async def create_container(
     It is destroyed automatically at expires_at (two hours after creation by default).
     """
     with _tool_errors():
-        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds)
+        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds, network)
     return {
         "container_id": sandbox.container_id,
         "image": sandbox.image,

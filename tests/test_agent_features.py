@@ -183,3 +183,16 @@ async def test_failure_reasons_come_from_real_evidence(client: Client, sandbox: 
         result = structured(await client.call_tool("check_container", {
             "container_id": sandbox, "command_id": result["command_id"], "wait_seconds": 30}))["command"]
     assert result.get("reason") == reason, result
+
+
+async def test_create_container_without_network(client: Client) -> None:
+    offline = structured(await client.call_tool("create_container", {"network": False}))["container_id"]
+    online = structured(await client.call_tool("create_container", {}))["container_id"]
+    try:
+        cut_off = await run(client, offline, "ip -o link 2>/dev/null | grep -v ' lo' | wc -l; cat /proc/net/route | wc -l")
+        assert cut_off["stdout"].split() == ["0", "1"]  # no interface but loopback, no route
+        connected = await run(client, online, "cat /proc/net/route | wc -l")
+        assert int(connected["stdout"]) > 1
+    finally:
+        for container_id in (offline, online):
+            await client.call_tool("destroy_container", {"container_id": container_id})
