@@ -885,6 +885,14 @@ class SandboxManager:
         encoded = self._validate_command(command)
         command_id = "cmd_" + secrets.token_hex(8)
         started_ms = int(time.time() * 1000)
+        return await self._head_and_tail(
+            sandbox, await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress)
+        )
+
+    async def _start_and_wait(
+        self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
+        on_progress: ProgressCallback | None,
+    ) -> CommandState:
         channel = await self._channel_for(sandbox)
         if channel is not None:
             try:
@@ -944,7 +952,8 @@ class SandboxManager:
 
     async def wait_for_command(
         self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
-        on_progress: ProgressCallback | None = None, stdout_offset: int = 0, stderr_offset: int = 0,
+        on_progress: ProgressCallback | None = None, stdout_offset: int | None = None,
+        stderr_offset: int | None = None,
     ) -> CommandState:
         """check_container's long-poll: the command's state as soon as it ends, or after
         wait_seconds, with output from the client's byte offsets."""
@@ -1038,19 +1047,30 @@ class SandboxManager:
 
     async def read_command(
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
-        stdout_offset: int = 0, stderr_offset: int = 0,
+        stdout_offset: int | None = None, stderr_offset: int | None = None,
     ) -> CommandState:
-        """A command's state, with its output from the given byte offsets (a client's cursors)."""
+        """A command's state: with byte offsets (a client's cursors), exactly the output after
+        them; without, the output with its head and tail kept when it is too long."""
         sandbox = self.get(container_id, tenant)
         if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
             raise CommandNotFound(
                 f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
                 "call check_container without command_id to list the sandbox's commands."
             )
+        cursors = stdout_offset is not None or stderr_offset is not None
+        state = await self._slice(
+            sandbox, command_id, self.settings.output_limit_bytes, stdout_offset or 0, stderr_offset or 0
+        )
+        return state if cursors else await self._head_and_tail(sandbox, state)
+
+    async def _slice(
+        self, sandbox: Sandbox, command_id: str, cap: int, stdout_offset: int, stderr_offset: int
+    ) -> CommandState:
+        """A command's state with at most cap bytes of each stream, from the given offsets."""
         channel = await self._channel_for(sandbox)
         if channel is not None:
             try:
-                report = await channel.report(command_id, self.settings.output_limit_bytes, stdout_offset, stderr_offset)
+                report = await channel.report(command_id, cap, stdout_offset, stderr_offset)
                 state = parse_report(command_id, report, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
             except ChannelClosed:
                 pass
@@ -1058,9 +1078,33 @@ class SandboxManager:
                 raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
             else:
                 if state is None:
-                    raise self._no_such_command(container_id, command_id)
+                    raise self._no_such_command(sandbox.container_id, command_id)
                 return state
-        return await self._read_command_by_exec(sandbox, command_id, stdout_offset, stderr_offset)
+        return await self._read_command_by_exec(sandbox, command_id, stdout_offset, stderr_offset, cap)
+
+    async def _head_and_tail(self, sandbox: Sandbox, state: CommandState) -> CommandState:
+        """A stream cut at the cap keeps its head and its tail (the end is where errors are)."""
+        cap = self.settings.output_limit_bytes
+        if not state.truncated:
+            return state
+        half = cap // 2
+        heads = await self._slice(sandbox, state.command_id, half, 0, 0)
+        tails = await self._slice(
+            sandbox, state.command_id, half, max(0, heads.stdout_bytes - half), max(0, heads.stderr_bytes - half)
+        )
+
+        def joined(total: int, whole: str, head: str, tail: str, name: str, path: str) -> str:
+            if total <= cap:
+                return whole
+            omitted = total - 2 * half
+            return (f"{head}\n[... {omitted:,} bytes of {name} omitted: read them with check_container "
+                    f"{name}_offset={half}, or from {path} ...]\n{tail}")
+
+        return replace(
+            state,
+            stdout=joined(heads.stdout_bytes, state.stdout, heads.stdout, tails.stdout, "stdout", state.stdout_path),
+            stderr=joined(heads.stderr_bytes, state.stderr, heads.stderr, tails.stderr, "stderr", state.stderr_path),
+        )
 
     @staticmethod
     def _no_such_command(container_id: str, command_id: str) -> CommandNotFound:
@@ -1070,10 +1114,10 @@ class SandboxManager:
         )
 
     async def _read_command_by_exec(
-        self, sandbox: Sandbox, command_id: str, stdout_offset: int = 0, stderr_offset: int = 0
+        self, sandbox: Sandbox, command_id: str, stdout_offset: int = 0, stderr_offset: int = 0, cap: int | None = None
     ) -> CommandState:
         running = self._running.get((sandbox.container_id, command_id))
-        cap = self.settings.output_limit_bytes
+        cap = cap or self.settings.output_limit_bytes
         result = await self._call(
             sandbox, "read_command", command_id, str(cap), str(stdout_offset), str(stderr_offset),
             stdout_limit=2 * cap + 4096,

@@ -226,9 +226,10 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
         result["stdout_path"] = state.stdout_path
         result["stderr_path"] = state.stderr_path
         result["message"] = (
-            f"Output was cut to the first {sandboxes.settings.output_limit_bytes:,} bytes of each stream. "
-            f"The whole streams are in the sandbox at {state.stdout_path} and {state.stderr_path}: read parts "
-            "with execute_command (e.g. tail -c 4000 FILE) or share them with get_file_url."
+            f"Output was longer than {sandboxes.settings.output_limit_bytes:,} bytes per stream: its beginning "
+            "and its end are shown, with a marker where bytes were left out. The whole streams are in the "
+            f"sandbox at {state.stdout_path} and {state.stderr_path}: page through them with check_container "
+            "(stdout_offset, stderr_offset), read them with execute_command, or share them with get_file_url."
         )
     if state.status == "running":
         result["message"] = (
@@ -328,12 +329,12 @@ async def check_container(
                           "returning as soon as it does (instead of polling in a loop).", ge=0, le=60),
     ] = 0,
     stdout_offset: Annotated[
-        int, Field(description="With command_id: stdout bytes already seen; only what follows is returned "
-                               "(pass the last result's stdout_bytes to follow a long build).", ge=0)
-    ] = 0,
+        int | None, Field(description="With command_id: stdout bytes already seen; exactly what follows is "
+                                      "returned (pass the last result's stdout_bytes to follow a long build).", ge=0)
+    ] = None,
     stderr_offset: Annotated[
-        int, Field(description="With command_id: stderr bytes already seen, as stdout_offset.", ge=0)
-    ] = 0,
+        int | None, Field(description="With command_id: stderr bytes already seen, as stdout_offset.", ge=0)
+    ] = None,
     ctx: Context | None = None,
 ) -> dict[str, Any]:
     """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far.

@@ -134,7 +134,11 @@ async def test_output_is_capped_and_the_whole_stream_stays_in_the_sandbox(client
     cap = server.sandboxes.settings.output_limit_bytes
     result = await run(client, sandbox, "yes 0123456789 | head -c 1000000; echo tail-marker")
     assert result["truncated"] is True
-    assert len(result["stdout"].encode()) == cap
+    head, marker, tail = result["stdout"].partition("\n[... ")
+    assert len(head.encode()) == cap // 2 and head.startswith("0123456789\n")
+    assert tail.endswith("tail-marker\n")  # the end, where errors are, is kept
+    assert len(tail.split("...]\n", 1)[1].encode()) == cap // 2
+    assert "stdout_offset=" in tail
     assert result["stdout_bytes"] == 1_000_000 + len("tail-marker\n")
     tail = await run(client, sandbox, f"tail -c 12 {result['stdout_path']}")
     assert tail["stdout"] == "tail-marker\n"
