@@ -309,7 +309,8 @@ async def execute_command(
     """Run a shell command in a sandbox and return its exit_code, stdout and stderr.
 
     A non-zero exit_code is a normal result. If the command is still running after a few seconds,
-    the result has status 'running' and a command_id: call check_container with it to follow the command.
+    the result has status 'running' and a command_id: call check_container(container_id, command_id,
+    wait_seconds=30) to get its result as soon as it ends. Use write_file to create files.
     """
     with _tool_errors():
         state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant(), _progress(ctx))
@@ -379,7 +380,7 @@ async def get_file_url(
     container_id: ContainerId,
     path: Annotated[str, Field(description="Absolute path of a regular file inside the sandbox, e.g. /tmp/report.txt.", max_length=4096)],
 ) -> dict[str, Any]:
-    """Make a download URL for a file in a sandbox, to give to the user.
+    """Make a download URL for a file in a sandbox, to give to the user (reports, archives, images, any output file).
 
     The URL serves the file as it is when downloaded, and stops working when the sandbox is destroyed.
     """

@@ -78,6 +78,15 @@ def test_mcp_inspector_cli_lists_schemas_and_runs_the_date_example(http_server: 
     timeout = tools["execute_command"]["inputSchema"]["properties"]["timeout_seconds"]
     assert (timeout["minimum"], timeout["default"]) == (1, 600)
     assert tools["destroy_container"]["annotations"]["destructiveHint"] is True
+    # Every parameter of every tool is typed and described, with bounds where they apply.
+    for tool in tools.values():
+        assert tool["description"], tool["name"]
+        for name, schema in tool["inputSchema"].get("properties", {}).items():
+            assert schema.get("description"), f"{tool['name']}.{name} has no description"
+    wait = tools["check_container"]["inputSchema"]["properties"]["wait_seconds"]
+    assert (wait["minimum"], wait["maximum"]) == (0, 60)
+    assert tools["write_file"]["inputSchema"]["properties"]["encoding"]["pattern"] == "^(text|base64)$"
+    assert "wait_seconds" in tools["execute_command"]["description"]  # the description teaches the flow
 
     created = inspector(url, "--method", "tools/call", "--tool-name", "create_container")
     container_id = created["structuredContent"]["container_id"]
