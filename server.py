@@ -207,6 +207,17 @@ def _sandbox_times(container_id: str, tenant: str) -> dict[str, Any]:
     }
 
 
+# What to do about a command that did not simply exit, by its reason (records.py finds it).
+_REASON_ADVICE = {
+    "timed_out": "The command reached its timeout and was stopped inside the sandbox (with its child "
+                 "processes). Run it again with a larger timeout_seconds, or start it in the background.",
+    "oom_killed": "Part of the command was killed because the sandbox reached its 256 MB memory limit. Use "
+                  "less memory: smaller inputs, streaming instead of loading everything, fewer parallel jobs (make -j1).",
+    "killed": "The command was ended by a signal or left no exit status (exit code {exit_code}): it was killed, "
+              "or its sandbox was restarted. If nothing in it sent that signal, run it again.",
+}
+
+
 def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
     result: dict[str, Any] = {
         "status": state.status,
@@ -222,42 +233,27 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
     if state.stdout_offset or state.stderr_offset:
         result["stdout_offset"] = state.stdout_offset
         result["stderr_offset"] = state.stderr_offset
+    notes = []
     if state.truncated:
         result["stdout_path"] = state.stdout_path
         result["stderr_path"] = state.stderr_path
-        result["message"] = (
+        notes.append(
             f"Output was longer than {sandboxes.settings.output_limit_bytes:,} bytes per stream: its beginning "
             "and its end are shown, with a marker where bytes were left out. The whole streams are in the "
             f"sandbox at {state.stdout_path} and {state.stderr_path}: page through them with check_container "
             "(stdout_offset, stderr_offset), read them with execute_command, or share them with get_file_url."
         )
     if state.status == "running":
-        result["message"] = (
+        notes.append(
             "The command is still running in the background; the output so far is above. Call check_container "
-            f"with container_id={container_id!r} and command_id={state.command_id!r} to get its result."
+            f"with container_id={container_id!r}, command_id={state.command_id!r} and wait_seconds=30 to get "
+            "its result as soon as it ends."
         )
-    elif state.status == "timed_out":
-        result["message"] = (
-            "The command reached its timeout and was stopped inside the sandbox (with its child processes). "
-            "Run it again with a larger timeout_seconds, or start it in the background."
-        )
-    elif state.status == "killed":
-        result["message"] = (
-            "The command stopped without an exit status (it was killed, or its sandbox was restarted). "
-            "Run it again if you still need its result."
-        )
-    elif state.reason == "oom_killed":
-        result["message"] = (
-            "Part of the command was killed because the sandbox reached its 256 MB memory limit. Use less "
-            "memory: smaller inputs, streaming instead of loading everything, fewer parallel jobs (make -j1)."
-        )
-    elif state.reason == "killed":
-        result["message"] = (
-            f"The command was ended by a signal (exit code {state.exit_code}), not by its own exit. "
-            "If nothing in it sent that signal, run it again."
-        )
-    if state.reason:
+    elif state.reason:
+        notes.append(_REASON_ADVICE[state.reason].format(exit_code="none" if state.exit_code is None else state.exit_code))
         result["reason"] = state.reason
+    if notes:
+        result["message"] = " ".join(notes)
     return result
 
 

@@ -143,7 +143,7 @@ async def test_output_cursors_return_only_what_follows(client: Client, sandbox: 
 
 async def test_output_cursors_page_through_a_long_output(client: Client, sandbox: str) -> None:
     cap = server.sandboxes.settings.output_limit_bytes
-    made = await run(client, sandbox, f"seq 1 100000")
+    made = await run(client, sandbox, "seq 1 100000")
     assert made["truncated"] is True
     expected = "".join(f"{i}\n" for i in range(1, 100001))
     pages, offset = [], 0
