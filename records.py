@@ -49,7 +49,11 @@ class CommandState:
     stderr_path: str
     stdout_offset: int = 0
     stderr_offset: int = 0
-    reason: str | None = None  # oom_killed | timed_out | killed, when it did not simply exit
+    reason: str | None = None  # oom_killed | timed_out | killed | sandbox_gone, when it did not simply exit
+    # Byte ranges [from, to) cut out of the stream files to bound them (SANDBOX_OUTPUT_FILE_MAX_BYTES).
+    stdout_dropped: tuple[int, int] | None = None
+    stderr_dropped: tuple[int, int] | None = None
+    detail: str = ""  # for sandbox_gone: what became of the sandbox
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,12 @@ class CommandSummary:
 # BOOTSTRAP. User input arrives as
 # positional arguments or on stdin, never inside script text.
 
-LIB_PATH = f"{STATE_DIR}/lib-2.sh"
+LIB_PATH = f"{STATE_DIR}/lib-3.sh"
 
 SANDBOX_LIB = r"""
 report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
   d=$1; cap=$2; oo=${3:-0}; eo=${4:-0}
-  printf 'MCPSB1\n'
+  printf 'MCPSB2\n'
   if [ -f "$d/exit" ]; then printf '%s\n' "$(tr -dc 0-9 < "$d/exit" | head -c 9)"; else echo; fi
   if [ -e "$d/timed_out" ]; then echo 1; elif [ -e "$d/oom_killed" ]; then echo oom; else echo 0; fi
   if [ -f "$d/exit" ]; then echo 0
@@ -84,11 +88,22 @@ report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a fr
   o=/var/lib/mcp-sandbox/output/${d##*/}
   so=$(wc -c < "$o.stdout" 2>/dev/null | tr -dc 0-9); so=${so:-0}
   se=$(wc -c < "$o.stderr" 2>/dev/null | tr -dc 0-9); se=${se:-0}
+  # Ranges the agent punched out to bound the files: a cursor inside one moves to its end,
+  # and a slice stops where one begins.
+  { read -r dso deo < "$d/stdout_dropped"; } 2>/dev/null || { dso=0; deo=0; }
+  { read -r dse dee < "$d/stderr_dropped"; } 2>/dev/null || { dse=0; dee=0; }
+  case "$dso$deo$dse$dee" in *[!0-9]*) dso=0; deo=0; dse=0; dee=0;; esac
+  dso=${dso:-0}; deo=${deo:-0}; dse=${dse:-0}; dee=${dee:-0}
+  if [ "$oo" -ge "$dso" ] && [ "$oo" -lt "$deo" ]; then oo=$deo; fi
+  if [ "$eo" -ge "$dse" ] && [ "$eo" -lt "$dee" ]; then eo=$dee; fi
   lo=$((so - oo)); [ "$lo" -gt 0 ] || lo=0
   le=$((se - eo)); [ "$le" -gt 0 ] || le=0
   if [ "$lo" -gt "$cap" ]; then no=$cap; else no=$lo; fi
   if [ "$le" -gt "$cap" ]; then ne=$cap; else ne=$le; fi
+  if [ "$oo" -lt "$dso" ] && [ $((oo + no)) -gt "$dso" ]; then no=$((dso - oo)); fi
+  if [ "$eo" -lt "$dse" ] && [ $((eo + ne)) -gt "$dse" ]; then ne=$((dse - eo)); fi
   printf '%s\n%s\n%s\n%s\n' "$so" "$se" "$no" "$ne"
+  printf '%s %s %s %s %s %s\n' "$oo" "$eo" "$dso" "$deo" "$dse" "$dee"
   tail -c +$((oo + 1)) "$o.stdout" 2>/dev/null | head -c "$no"
   tail -c +$((eo + 1)) "$o.stderr" 2>/dev/null | head -c "$ne"
 }
@@ -234,7 +249,8 @@ def parse_report(
     if data.startswith(b"MCPSB-NONE"):
         return None
     parser = _ReportParser(data)
-    if parser.line() != "MCPSB1":
+    version = parser.line()
+    if version not in ("MCPSB1", "MCPSB2"):  # MCPSB1: an agent or library from before bounded output files
         raise ValueError("not a report")
     exit_code = _int_or_none(parser.line())
     flag = parser.line()
@@ -246,6 +262,15 @@ def parse_report(
     stderr_bytes = int(parser.line() or 0)
     n_out = int(parser.line() or 0)
     n_err = int(parser.line() or 0)
+    dropped: list[tuple[int, int] | None] = [None, None]
+    if version == "MCPSB2":
+        # Where the returned bytes begin (a cursor in a dropped range moves to its end), and the
+        # dropped ranges of stdout and stderr.
+        fields = [int(field) for field in parser.line().split()]
+        if len(fields) != 6:
+            raise ValueError("bad offsets line")
+        stdout_offset, stderr_offset = fields[0], fields[1]
+        dropped = [(a, b) if b > a else None for a, b in (fields[2:4], fields[4:6])]
     stdout = parser.take(n_out)
     stderr = parser.take(n_err)
     if exit_code is not None:
@@ -273,6 +298,8 @@ def parse_report(
         stdout_offset=stdout_offset,
         stderr_offset=stderr_offset,
         reason=_reason(status, exit_code, flag),
+        stdout_dropped=dropped[0],
+        stderr_dropped=dropped[1],
     )
 
 

@@ -21,6 +21,7 @@ import secrets
 import shlex
 import subprocess
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from records import (
     INSTALL_HELPERS,
     LIB_MISSING,
     LIB_PATH,
+    OUTPUT_DIR,
     BOOTSTRAP,
     STATE_TMPFS,
     CommandState,
@@ -137,6 +139,7 @@ class SandboxSettings:
     max_containers: int = 20
     max_per_tenant: int = 0  # 0: the same as max_containers
     output_limit_bytes: int = 64 * 1024
+    output_file_max_bytes: int = 64 * 1024 * 1024
     max_command_bytes: int = 1024 * 1024
     file_max_bytes: int = 1024 * 1024 * 1024
     write_max_bytes: int = 4 * 1024 * 1024
@@ -158,6 +161,7 @@ class SandboxSettings:
         namespace = env.get("SANDBOX_NAMESPACE", "").strip() or "default"
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", namespace):
             raise ValueError(f"SANDBOX_NAMESPACE may hold letters, digits, '.', '_' and '-' only, got {namespace!r}")
+        output_limit = _env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024)
         return cls(
             image=image,
             allowed_images=allowed,
@@ -165,7 +169,11 @@ class SandboxSettings:
             sync_wait_seconds=_env_float(env, "SANDBOX_SYNC_WAIT_SECONDS", 3.0),
             max_containers=_env_int(env, "SANDBOX_MAX_CONTAINERS", 20, minimum=1),
             max_per_tenant=_env_int(env, "SANDBOX_MAX_PER_TENANT", 0, minimum=0),
-            output_limit_bytes=_env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024),
+            output_limit_bytes=output_limit,
+            # A stream file keeps its first and last half of this; never less than one result's worth.
+            output_file_max_bytes=max(
+                output_limit, _env_int(env, "SANDBOX_OUTPUT_FILE_MAX_BYTES", 64 * 1024 * 1024, minimum=65536)
+            ),
             max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
             file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
             write_max_bytes=_env_int(env, "SANDBOX_WRITE_MAX_BYTES", 4 * 1024 * 1024, minimum=1),
@@ -219,6 +227,10 @@ class SandboxNotFound(SandboxError):
         )
 
 
+class SandboxStopped(SandboxError):
+    """The sandbox's container exists but has stopped: nothing runs in it any more."""
+
+
 class SandboxLimitReached(SandboxError):
     pass
 
@@ -258,6 +270,8 @@ class Sandbox:
     expires_at: float
     destroying: bool = False
     tenant: str = LOCAL_TENANT
+    # Set when the server starts destroying it: what a command that was running is told.
+    gone_why: str = ""
 
     @property
     def name(self) -> str:
@@ -271,6 +285,26 @@ class FileLink:
     path: str
     size_bytes: int
     content_type: str
+
+
+# How long, and for how many sandboxes, the server remembers the commands that were running
+# when a sandbox went away, to answer check_container about them with reason sandbox_gone.
+TOMBSTONE_SECONDS = 3600
+MAX_TOMBSTONES = 1000
+GONE_DESTROYED = "was destroyed by destroy_container"
+GONE_EXPIRED = "reached the end of its lifetime and was destroyed"
+GONE_REMOVED = "was removed outside this server (Podman no longer has its container)"
+GONE_STOPPED = "stopped (Podman reports its container as exited: it was stopped or killed outside this server)"
+
+
+@dataclass
+class _Tombstone:
+    """A sandbox that went away, and the commands the server last saw running in it."""
+
+    tenant: str
+    why: str
+    at: float
+    running: dict[str, CommandState]
 
 
 @dataclass
@@ -432,6 +466,10 @@ class SandboxManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._links: dict[str, FileLink] = {}
         self._running: dict[tuple[str, str], _RunningCommand] = {}
+        # Per sandbox, the commands last seen running (with their output so far); kept in a
+        # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
+        self._seen_running: dict[str, dict[str, CommandState]] = {}
+        self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
         self._creating = 0
         self._creating_by_tenant: dict[str, int] = {}
         self._lock = anyio.Lock()
@@ -577,7 +615,7 @@ class SandboxManager:
             container_id = sandbox.container_id
             logger.info("sandbox %s reached the end of its lifetime; destroying it", container_id)
             try:
-                await self.destroy(container_id, sandbox.tenant)
+                await self.destroy(container_id, sandbox.tenant, GONE_EXPIRED)
             except SandboxError as exc:
                 logger.warning("could not destroy expired sandbox %s: %s", container_id, exc)
         return [s.container_id for s in expired]
@@ -594,10 +632,17 @@ class SandboxManager:
         alive = set(result.stdout.decode(errors="replace").split())
         for container_id, sandbox in list(self._sandboxes.items()):
             if sandbox.name not in alive and sandbox.created_at < time.time() - 5:
-                self._forget(container_id)
+                self._forget(container_id, GONE_REMOVED)
 
-    def _forget(self, container_id: str) -> None:
-        self._sandboxes.pop(container_id, None)
+    def _forget(self, container_id: str, why: str) -> None:
+        sandbox = self._sandboxes.pop(container_id, None)
+        running = self._seen_running.pop(container_id, {})
+        if sandbox is not None:
+            self._tombstones[container_id] = _Tombstone(sandbox.tenant, why, time.time(), running)
+            while len(self._tombstones) > MAX_TOMBSTONES or (
+                self._tombstones and next(iter(self._tombstones.values())).at < time.time() - TOMBSTONE_SECONDS
+            ):
+                self._tombstones.popitem(last=False)
         channel = self._channels.pop(container_id, None)
         if channel is not None:
             self._background.start_soon(channel.close)
@@ -753,18 +798,18 @@ class SandboxManager:
             raise
         return sandbox
 
-    async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT) -> None:
+    async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
         if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id))
-        sandbox.destroying = True
+        sandbox.destroying, sandbox.gone_why = True, why
         await self._close_channel(container_id)
         try:
             await self._remove_container(sandbox.name, check=True)
         except SandboxError:
             sandbox.destroying = False
             raise
-        self._forget(container_id)
+        self._forget(container_id, why)
         logger.info("destroyed sandbox %s", container_id)
 
     async def _remove_container(self, name: str, check: bool = False) -> None:
@@ -813,7 +858,9 @@ class SandboxManager:
             if channel is not None and not channel.closed:
                 return channel
             for attempt in range(2):
-                channel = AgentChannel(self.podman.argv("exec", "-i", sandbox.name, AGENT_PATH_IN_SANDBOX))
+                channel = AgentChannel(self.podman.argv(
+                    "exec", "-i", sandbox.name, AGENT_PATH_IN_SANDBOX, str(self.settings.output_file_max_bytes)
+                ))
                 try:
                     await channel.open(self._background.start_soon)
                     break
@@ -852,10 +899,10 @@ class SandboxManager:
 
     def _raise_exec_failure(self, sandbox: Sandbox, result: PodmanResult) -> None:
         if _is_missing_container(result.stderr):
-            self._forget(sandbox.container_id)
+            self._forget(sandbox.container_id, GONE_REMOVED)
             raise SandboxNotFound(sandbox.container_id, " (it was removed outside this server)")
         if _is_not_running(result.stderr):
-            raise SandboxError(
+            raise SandboxStopped(
                 f"Sandbox {sandbox.container_id} has stopped (its main process exited), so it cannot run "
                 "commands. Destroy it with destroy_container and create a new one."
             )
@@ -885,9 +932,55 @@ class SandboxManager:
         encoded = self._validate_command(command)
         command_id = "cmd_" + secrets.token_hex(8)
         started_ms = int(time.time() * 1000)
-        return await self._head_and_tail(
-            sandbox, await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress)
-        )
+        try:
+            state = await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress)
+            return self._seen(container_id, await self._head_and_tail(sandbox, state))
+        except (SandboxNotFound, SandboxStopped) as exc:
+            gone = self.gone_command(container_id, command_id, tenant, isinstance(exc, SandboxStopped))
+            if gone is None:
+                raise
+            return gone
+
+    def _started(self, container_id: str, command_id: str) -> None:
+        """A command began (or may have): if its sandbox goes, it ends with reason sandbox_gone."""
+        self._seen(container_id, CommandState(
+            command_id, "running", None, "", "", 0, 0, False, None,
+            f"{OUTPUT_DIR}/{command_id}.stdout", f"{OUTPUT_DIR}/{command_id}.stderr",
+        ))
+
+    def _never_started(self, container_id: str, command_id: str) -> None:
+        self._seen_running.get(container_id, {}).pop(command_id, None)
+        tombstone = self._tombstones.get(container_id)
+        if tombstone is not None:
+            tombstone.running.pop(command_id, None)
+
+    def _seen(self, container_id: str, state: CommandState) -> CommandState:
+        """Remember which commands were last seen running, with their output so far."""
+        if state.status == "running":
+            if container_id in self._sandboxes:
+                self._seen_running.setdefault(container_id, {})[state.command_id] = state
+        else:
+            self._seen_running.get(container_id, {}).pop(state.command_id, None)
+        return state
+
+    def gone_command(
+        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
+    ) -> CommandState | None:
+        """A command that was running when its sandbox went away (destroyed, expired, removed or
+        stopped, as Podman or this server saw it): its last seen state, ended with reason sandbox_gone.
+        None when this tenant had no such command running there."""
+        tombstone = self._tombstones.get(container_id) if isinstance(container_id, str) else None
+        sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
+        if tombstone is not None and tombstone.tenant == tenant:
+            last, why = tombstone.running.get(command_id), tombstone.why
+        elif sandbox is not None and sandbox.tenant == tenant and (stopped or sandbox.destroying):
+            last = self._seen_running.get(container_id, {}).get(command_id)
+            why = GONE_STOPPED if stopped else sandbox.gone_why
+        else:
+            return None
+        if last is None:
+            return None
+        return replace(last, status="killed", exit_code=None, reason="sandbox_gone", detail=why)
 
     async def _start_and_wait(
         self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
@@ -918,6 +1011,7 @@ class SandboxManager:
         exit_reply = channel.expect_exit(command_id)
         try:
             await channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
+            self._started(sandbox.container_id, command_id)
         except ChannelRequestFailed as exc:
             channel.forget_exit(command_id)
             raise SandboxError(f"The sandbox could not start the command ({exc}). Try again, or check the sandbox.") from None
@@ -957,11 +1051,17 @@ class SandboxManager:
     ) -> CommandState:
         """check_container's long-poll: the command's state as soon as it ends, or after
         wait_seconds, with output from the client's byte offsets."""
-        state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
-        if state.status != "running" or wait_seconds <= 0:
-            return state
-        await self._wait_until_done(self.get(container_id, tenant), command_id, wait_seconds, on_progress)
-        return await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
+        try:
+            state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
+            if state.status == "running" and wait_seconds > 0:
+                await self._wait_until_done(self.get(container_id, tenant), command_id, wait_seconds, on_progress)
+                state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
+        except (SandboxNotFound, SandboxStopped) as exc:
+            gone = self.gone_command(container_id, command_id, tenant, isinstance(exc, SandboxStopped))
+            if gone is None:
+                raise
+            return gone
+        return self._seen(container_id, state)
 
     async def _wait_until_done(
         self, sandbox: Sandbox, command_id: str, wait_seconds: float, on_progress: ProgressCallback | None
@@ -1005,6 +1105,7 @@ class SandboxManager:
         """The fallback without a channel: one ``podman exec`` runs the command and reports it."""
         running = _RunningCommand()
         self._running[(sandbox.container_id, command_id)] = running
+        self._started(sandbox.container_id, command_id)
         self._background.start_soon(self._run_command, sandbox, command_id, command, timeout_seconds, started_ms, running)
         with anyio.move_on_after(self.settings.sync_wait_seconds):
             await running.done.wait()
@@ -1035,7 +1136,10 @@ class SandboxManager:
         except (SandboxError, ValueError) as exc:
             if sandbox.destroying:
                 running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
-            elif isinstance(exc, SandboxError):
+                return
+            # podman exec itself failed: the command may never have started, so claim nothing of it.
+            self._never_started(sandbox.container_id, command_id)
+            if isinstance(exc, SandboxError):
                 running.error = exc
             else:
                 running.error = SandboxError(
@@ -1093,17 +1197,24 @@ class SandboxManager:
             sandbox, state.command_id, half, max(0, heads.stdout_bytes - half), max(0, heads.stderr_bytes - half)
         )
 
-        def joined(total: int, whole: str, head: str, tail: str, name: str, path: str) -> str:
+        def joined(total: int, whole: str, head: str, tail: str, name: str, path: str,
+                   dropped: tuple[int, int] | None) -> str:
             if total <= cap:
                 return whole
             omitted = total - 2 * half
-            return (f"{head}\n[... {omitted:,} bytes of {name} omitted: read them with check_container "
-                    f"{name}_offset={half}, or from {path} ...]\n{tail}")
+            where = f"read them with check_container {name}_offset={half}, or from {path}"
+            if dropped:
+                where += f" (bytes {dropped[0]:,} to {dropped[1]:,} were not kept)"
+            return f"{head}\n[... {omitted:,} bytes of {name} omitted: {where} ...]\n{tail}"
 
         return replace(
             state,
-            stdout=joined(heads.stdout_bytes, state.stdout, heads.stdout, tails.stdout, "stdout", state.stdout_path),
-            stderr=joined(heads.stderr_bytes, state.stderr, heads.stderr, tails.stderr, "stderr", state.stderr_path),
+            stdout=joined(heads.stdout_bytes, state.stdout, heads.stdout, tails.stdout, "stdout", state.stdout_path,
+                          tails.stdout_dropped),
+            stderr=joined(heads.stderr_bytes, state.stderr, heads.stderr, tails.stderr, "stderr", state.stderr_path,
+                          tails.stderr_dropped),
+            stdout_dropped=tails.stdout_dropped,
+            stderr_dropped=tails.stderr_dropped,
         )
 
     @staticmethod
@@ -1158,7 +1269,7 @@ class SandboxManager:
         )
         if result.exit_code != 0:
             if _is_missing_container(result.stderr):
-                self._forget(container_id)
+                self._forget(container_id, GONE_REMOVED)
                 raise SandboxNotFound(container_id, " (it was removed outside this server)")
             raise PodmanError(result.argv, result.exit_code, result.stderr)
         return result.stdout.decode(errors="replace").strip() or "unknown"

@@ -215,6 +215,9 @@ _REASON_ADVICE = {
                   "less memory: smaller inputs, streaming instead of loading everything, fewer parallel jobs (make -j1).",
     "killed": "The command was ended by a signal or left no exit status (exit code {exit_code}): it was killed, "
               "or its sandbox was restarted. If nothing in it sent that signal, run it again.",
+    "sandbox_gone": "The command's sandbox {detail} while the command ran, so the command ended with it; the "
+                    "output shown is what was last seen of it. Create a new sandbox with create_container and "
+                    "run the command again there.",
 }
 
 
@@ -243,6 +246,17 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
             f"sandbox at {state.stdout_path} and {state.stderr_path}: page through them with check_container "
             "(stdout_offset, stderr_offset), read them with execute_command, or share them with get_file_url."
         )
+    dropped = {name: span for name, span in (("stdout", state.stdout_dropped), ("stderr", state.stderr_dropped)) if span}
+    for name, (start, end) in dropped.items():
+        result[f"{name}_dropped"] = [start, end]
+    if dropped:
+        keep = sandboxes.settings.output_file_max_bytes // 2
+        spans = " and ".join(f"bytes {start:,} to {end:,} of {name}" for name, (start, end) in dropped.items())
+        notes.append(
+            f"So that output cannot fill the sandbox's disk, each stream's file keeps its first and last {keep:,} "
+            f"bytes: {spans} were not kept (SANDBOX_OUTPUT_FILE_MAX_BYTES). Redirect large output to a file of "
+            "your own (command > /tmp/out.log) to keep all of it."
+        )
     if state.status == "running":
         notes.append(
             "The command is still running in the background; the output so far is above. Call check_container "
@@ -250,7 +264,9 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
             "its result as soon as it ends."
         )
     elif state.reason:
-        notes.append(_REASON_ADVICE[state.reason].format(exit_code="none" if state.exit_code is None else state.exit_code))
+        notes.append(_REASON_ADVICE[state.reason].format(
+            exit_code="none" if state.exit_code is None else state.exit_code, detail=state.detail
+        ))
         result["reason"] = state.reason
     if notes:
         result["message"] = " ".join(notes)
@@ -341,13 +357,16 @@ async def check_container(
     """
     with _tool_errors():
         tenant = current_tenant()
-        times = _sandbox_times(container_id, tenant)
-        status = await sandboxes.container_status(container_id, tenant)
-        result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
         if command_id is not None:
             state = await sandboxes.wait_for_command(
                 container_id, command_id, wait_seconds, tenant, _progress(ctx), stdout_offset, stderr_offset
             )
+            if state.reason == "sandbox_gone" and container_id not in {s.container_id for s in sandboxes.list(tenant)}:
+                return {"container_id": container_id, "status": "gone", "command": _command_result(container_id, state)}
+        times = _sandbox_times(container_id, tenant)
+        status = await sandboxes.container_status(container_id, tenant)
+        result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
+        if command_id is not None:
             result["command"] = _command_result(container_id, state)
         else:
             result["commands"] = [

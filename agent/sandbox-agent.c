@@ -19,7 +19,13 @@
  *   exit <cmd_id> <len>\n<report>     report <req> <len>\n<report>
  *   put <req> ok\n | put <req> error <reason>\n     pong <req>\n
  *   list <req> <len>\n<lines>         link <req> <verdict>\n
- * A report is the MCPSB1 frame parsed by sandbox.parse_report.
+ * A report is the MCPSB2 frame parsed by records.parse_report.
+ *
+ * Output files are bounded: `agent [<output_file_max>]`. While a command runs (and for a
+ * while after, for background processes still writing), a stream file longer than that keeps
+ * its first and its last half; the middle is punched out (a sparse hole, so byte offsets stay
+ * true) and the dropped range is recorded as <dir>/stdout_dropped ("<from> <to>"). Reports
+ * never return bytes from a dropped range: a cursor inside one moves to its end.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,6 +42,11 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifndef FALLOC_FL_PUNCH_HOLE /* musl and glibc define them in fcntl.h under _GNU_SOURCE */
+#define FALLOC_FL_KEEP_SIZE 0x01
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
 
 #define COMMANDS_DIR "/run/mcp-sandbox/commands"     /* tmpfs: records */
 #define OUTPUT_DIR "/var/lib/mcp-sandbox/output"     /* disk: <id>.stdout, <id>.stderr */
@@ -63,6 +74,22 @@ struct command {
 };
 
 static struct command commands[MAX_COMMANDS];
+
+/* Output files watched for their bound: a command's, until it has ended and they have not
+ * grown for WATCH_QUIET_MS (a background process of the command may still be writing). */
+#define WATCH_INTERVAL_MS 100
+#define WATCH_QUIET_MS 30000
+#define PUNCH_STEP (1L << 20)
+struct watch {
+    int used;
+    char id[32];
+    long long quiet_since_ms; /* monotonic: last growth after the command ended; 0 while it runs */
+    long last_size[2];
+    long punched_to[2];
+};
+static struct watch watches[MAX_COMMANDS];
+static long output_file_max = 64L * 1024 * 1024;
+static const char *STREAMS[2] = {"stdout", "stderr"};
 static int wake_pipe[2];
 static int channel_ok = 1;
 
@@ -298,8 +325,88 @@ static int process_alive(const char *pid_text) {
     return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
-/* The MCPSB1 report of a command directory; the same frame as report() in sandbox.py. */
-/* From byte offset out_off of stdout and err_off of stderr (a client's cursors). */
+/* The range of a stream punched out to bound its file ("<from> <to>" in <dir>/<stream>_dropped). */
+static void read_dropped(const char *dir, const char *stream, long *from, long *to) {
+    char path[320], text[64];
+    *from = *to = 0;
+    snprintf(path, sizeof path, "%s/%s_dropped", dir, stream);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return;
+    text[n] = 0;
+    if (sscanf(text, "%ld %ld", from, to) != 2 || *from < 0 || *to < *from) *from = *to = 0;
+}
+
+/* Keeps a stream file within output_file_max: its first and last half stay, the middle becomes
+ * a hole. Punches in steps of PUNCH_STEP while the file grows, exactly once it is final. */
+static long bound_output(struct watch *w, int stream, int final) {
+    char path[300], dir[256], text[64];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s.%s", OUTPUT_DIR, w->id, STREAMS[stream]);
+    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode)) return -1;
+    long size = (long)st.st_size, half = output_file_max / 2;
+    if (size <= output_file_max) return size;
+    long from = (half + 4095) / 4096 * 4096, to = (size - half) / 4096 * 4096;
+    if (to <= from || to <= w->punched_to[stream] || (!final && to - w->punched_to[stream] < PUNCH_STEP)) return size;
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return size;
+    long start = w->punched_to[stream] > from ? w->punched_to[stream] : from;
+    int ok = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, to - start) == 0;
+    close(fd);
+    if (!ok) return size; /* not supported here (some filesystems, gVisor): the file stays whole */
+    w->punched_to[stream] = to;
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, w->id);
+    snprintf(text, sizeof text, "%s_dropped", STREAMS[stream]);
+    write_text(dir, text, "%ld %ld\n", from, to);
+    return size;
+}
+
+static void watch_output(const char *id) {
+    for (int i = 0; i < MAX_COMMANDS; i++) {
+        if (watches[i].used) continue;
+        memset(&watches[i], 0, sizeof watches[i]);
+        watches[i].used = 1;
+        snprintf(watches[i].id, sizeof watches[i].id, "%s", id);
+        return;
+    }
+}
+
+static struct watch *find_watch(const char *id) {
+    for (int i = 0; i < MAX_COMMANDS; i++)
+        if (watches[i].used && strcmp(watches[i].id, id) == 0) return &watches[i];
+    return NULL;
+}
+
+static long long next_watch_ms = 0;
+
+static void check_watches(long long now) {
+    if (now < next_watch_ms) return;
+    next_watch_ms = now + WATCH_INTERVAL_MS;
+    for (int i = 0; i < MAX_COMMANDS; i++) {
+        struct watch *w = &watches[i];
+        if (!w->used) continue;
+        int grew = 0;
+        for (int s = 0; s < 2; s++) {
+            long size = bound_output(w, s, w->quiet_since_ms != 0);
+            if (size != w->last_size[s]) grew = 1;
+            w->last_size[s] = size;
+        }
+        if (w->quiet_since_ms && grew) w->quiet_since_ms = now;
+        if (w->quiet_since_ms && now - w->quiet_since_ms > WATCH_QUIET_MS) w->used = 0;
+    }
+}
+
+static int watching(void) {
+    for (int i = 0; i < MAX_COMMANDS; i++)
+        if (watches[i].used) return 1;
+    return 0;
+}
+
+/* The MCPSB2 report of a command directory; the same frame as report() in records.py. */
+/* From byte offset out_off of stdout and err_off of stderr (a client's cursors); a cursor in a
+ * dropped range moves to its end, and a slice stops where a dropped range begins. */
 static void build_report(struct buffer *b, const char *id, long cap, long out_off, long err_off) {
     char dir[256], exit_code[16], pid_text[16], started[24], finished[24];
     snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
@@ -309,21 +416,27 @@ static void build_report(struct buffer *b, const char *id, long cap, long out_of
     read_digits(dir, "started", started, 16);
     read_digits(dir, "finished", finished, 16);
     int alive = !has_exit && process_alive(pid_text);
-    char out_name[64], err_name[64];
-    snprintf(out_name, sizeof out_name, "%s.stdout", id);
-    snprintf(err_name, sizeof err_name, "%s.stderr", id);
-    long so = file_size(OUTPUT_DIR, out_name), se = file_size(OUTPUT_DIR, err_name);
-    long out_left = so > out_off ? so - out_off : 0, err_left = se > err_off ? se - err_off : 0;
-    long no = out_left < cap ? out_left : cap, ne = err_left < cap ? err_left : cap;
+    char names[2][64];
+    long size[2], off[2] = {out_off, err_off}, n[2], dropped[2][2];
+    for (int s = 0; s < 2; s++) {
+        snprintf(names[s], sizeof names[s], "%s.%s", id, STREAMS[s]);
+        size[s] = file_size(OUTPUT_DIR, names[s]);
+        read_dropped(dir, STREAMS[s], &dropped[s][0], &dropped[s][1]);
+        if (off[s] >= dropped[s][0] && off[s] < dropped[s][1]) off[s] = dropped[s][1];
+        long left = size[s] > off[s] ? size[s] - off[s] : 0;
+        n[s] = left < cap ? left : cap;
+        if (off[s] < dropped[s][0] && off[s] + n[s] > dropped[s][0]) n[s] = dropped[s][0] - off[s];
+    }
     /* The second line: 1 timed out, oom the sandbox's memory limit killed part of it, else 0. */
     const char *flag = file_exists(dir, "timed_out") ? "1" : file_exists(dir, "oom_killed") ? "oom" : "0";
-    buf_printf(b, "MCPSB1\n%s\n%s\n%d\n%s\n%s\n%ld\n%ld\n%ld\n%ld\n", has_exit ? exit_code : "",
-               flag, alive, started, finished, so, se, no, ne);
+    buf_printf(b, "MCPSB2\n%s\n%s\n%d\n%s\n%s\n%ld\n%ld\n%ld\n%ld\n%ld %ld %ld %ld %ld %ld\n",
+               has_exit ? exit_code : "", flag, alive, started, finished, size[0], size[1], n[0], n[1],
+               off[0], off[1], dropped[0][0], dropped[0][1], dropped[1][0], dropped[1][1]);
     /* The files may grow while being read: pad or cut to exactly what the header says. */
-    long got = append_head(b, OUTPUT_DIR, out_name, out_off, no);
-    for (; got < no; got++) buf_append(b, "", 1);
-    got = append_head(b, OUTPUT_DIR, err_name, err_off, ne);
-    for (; got < ne; got++) buf_append(b, "", 1);
+    for (int s = 0; s < 2; s++) {
+        long got = append_head(b, OUTPUT_DIR, names[s], off[s], n[s]);
+        for (; got < n[s]; got++) buf_append(b, "", 1);
+    }
 }
 
 static struct command *find_command(pid_t pid) {
@@ -414,6 +527,7 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
     slot->cap = cap;
     slot->oom_kills_before = oom_kill_count();
     slot->deadline_ms = timeout_s > 0 ? monotonic_ms() + timeout_s * 1000LL : 0;
+    watch_output(id);
     emitf("started %s %d\n", id, (int)pid);
 }
 
@@ -427,6 +541,11 @@ static void finish_command(struct command *c, int status) {
     long oom_kills = oom_kill_count();
     if (code != 0 && c->oom_kills_before >= 0 && oom_kills > c->oom_kills_before)
         write_text(dir, "oom_killed", "%ld\n", oom_kills - c->oom_kills_before);
+    struct watch *w = find_watch(c->id);
+    if (w) {
+        for (int s = 0; s < 2; s++) w->last_size[s] = bound_output(w, s, 1);
+        w->quiet_since_ms = monotonic_ms();
+    }
     snprintf(line, sizeof line, "%d\n", code);
     publish_text(dir, "exit", line);
     struct buffer report = {0};
@@ -477,6 +596,7 @@ static int next_wait_ms(long long now) {
         if (c->deadline_ms && c->kill_at_ms && c->kill_at_ms < t) t = c->kill_at_ms;
         if (t && (soonest < 0 || t < soonest)) soonest = t;
     }
+    if (watching() && (soonest < 0 || next_watch_ms < soonest)) soonest = next_watch_ms;
     if (soonest < 0) return -1;
     return soonest <= now ? 0 : (int)(soonest - now > 60000 ? 60000 : soonest - now);
 }
@@ -650,7 +770,8 @@ static void on_sigchld(int sig) {
     errno = saved;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && atol(argv[1]) >= 65536) output_file_max = atol(argv[1]);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) return 1;
@@ -666,7 +787,7 @@ int main(void) {
     int input_open = 1;
     prepare_spare();
     emitf("ready %d\n", (int)getpid());
-    while (input_open || active_commands() > 0) {
+    while (input_open || active_commands() > 0 || watching()) {
         struct pollfd fds[2] = {{wake_pipe[0], POLLIN, 0}, {input_open ? 0 : -1, POLLIN, 0}};
         int timeout = next_wait_ms(monotonic_ms());
         int ready = poll(fds, 2, timeout);
@@ -677,6 +798,7 @@ int main(void) {
         }
         reap_children();
         enforce_deadlines(monotonic_ms());
+        check_watches(monotonic_ms());
         if (input_open && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
             if (len == size) {
                 if (size >= (size_t)MAX_REQUEST) {

@@ -8,7 +8,7 @@ import os
 import time
 
 import pytest
-from conftest import ServerProcess, structured
+from conftest import ServerProcess, podman, structured
 from fastmcp import Client
 
 import server
@@ -122,7 +122,15 @@ async def test_tenants_see_only_their_own_containers(start_server) -> None:  # t
         assert [c["container_id"] for c in structured(await b.call_tool("list_containers", {}))["containers"]] == [theirs]
         refused = await b.call_tool("write_file", {"container_id": mine, "path": "/tmp/x", "content": "x"}, raise_on_error=False)
         assert refused.is_error and "No sandbox" in refused.content[0].text
+        # A command ended by its sandbox's end is told only to the sandbox's own tenant.
+        running = structured(await a.call_tool("execute_command", {"container_id": mine, "command": "sleep 30"}))
         await a.call_tool("destroy_container", {"container_id": mine})
+        asked = {"container_id": mine, "command_id": running["command_id"]}
+        told = structured(await a.call_tool("check_container", asked))["command"]
+        assert told["reason"] == "sandbox_gone"
+        other = await b.call_tool("check_container", asked, raise_on_error=False)
+        never = await b.call_tool("check_container", {**asked, "container_id": "0" * 12}, raise_on_error=False)
+        assert other.is_error and other.content[0].text == never.content[0].text.replace("0" * 12, mine)
         await b.call_tool("destroy_container", {"container_id": theirs})
 
 
@@ -196,3 +204,69 @@ async def test_create_container_without_network(client: Client) -> None:
     finally:
         for container_id in (offline, online):
             await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("destroy_container", "was destroyed by destroy_container"),
+        ("podman rm", "was removed outside this server"),
+        ("podman kill", "stopped"),
+    ],
+)
+async def test_a_command_whose_sandbox_goes_away_ends_with_reason_sandbox_gone(client: Client, how: str, why: str) -> None:
+    container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+    try:
+        first = await run(client, container_id, "echo started; sleep 60")
+        assert first["status"] == "running"
+        if how == "destroy_container":
+            await client.call_tool("destroy_container", {"container_id": container_id})
+        elif how == "podman rm":
+            podman("rm", "-f", "-t", "0", f"mcp-sandbox-{container_id}")
+        else:
+            podman("kill", f"mcp-sandbox-{container_id}")
+        result = structured(await client.call_tool("check_container", {
+            "container_id": container_id, "command_id": first["command_id"], "wait_seconds": 5}))
+        command = result["command"]
+        assert (command["status"], command["exit_code"], command["reason"]) == ("killed", None, "sandbox_gone"), command
+        assert command["stdout"] == "started\n"  # what was last seen of it
+        assert why in command["message"] and "create_container" in command["message"]
+        if how != "podman kill":
+            assert result["status"] == "gone"
+            listed = await client.call_tool("check_container", {"container_id": container_id}, raise_on_error=False)
+            assert listed.is_error and "No sandbox" in listed.content[0].text
+    finally:
+        await client.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+
+
+async def test_output_files_are_bounded_keeping_head_and_tail(start_server) -> None:  # type: ignore[no-untyped-def]
+    file_max = 1024 * 1024
+    served: ServerProcess = start_server({"SANDBOX_OUTPUT_FILE_MAX_BYTES": str(file_max)})
+    expected = "".join(f"{i}\n" for i in range(1, 800001)).encode()
+    async with Client(served.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        result = await run(client, container_id, "seq 1 800000", timeout_seconds=120)
+        if result["status"] == "running":
+            result = structured(await client.call_tool("check_container", {
+                "container_id": container_id, "command_id": result["command_id"], "wait_seconds": 60}))["command"]
+        assert result["status"] == "completed" and result["stdout_bytes"] == len(expected)
+        start, end = result["stdout_dropped"]
+        assert start == file_max // 2 and len(expected) - file_max // 2 - 4096 < end <= len(expected) - file_max // 2
+        assert "SANDBOX_OUTPUT_FILE_MAX_BYTES" in result["message"]
+        shown = result["stdout"].encode()
+        assert shown.startswith(expected[:20000]) and shown.endswith(expected[-20000:])
+        # On disk the file holds about file_max bytes; its size (and every offset) stays true.
+        usage = await run(client, container_id, f"du -k {result['stdout_path']}; wc -c < {result['stdout_path']}")
+        kilobytes, size = int(usage["stdout"].split()[0]), int(usage["stdout"].split()[2])
+        assert size == len(expected) and kilobytes <= file_max // 1024 + 64, usage["stdout"]
+        # Paging with cursors never returns the hole: a cursor inside it moves to its end.
+        pages, offset = [], 0
+        while offset < result["stdout_bytes"]:
+            page = structured(await client.call_tool("check_container", {
+                "container_id": container_id, "command_id": result["command_id"], "stdout_offset": offset}))["command"]
+            offset = page.get("stdout_offset", 0)
+            pages.append((offset, page["stdout"].encode()))
+            offset += len(page["stdout"].encode())
+        assert b"".join(data for _, data in pages) == expected[:start] + expected[end:]
+        assert end in [at for at, _ in pages]
+        await client.call_tool("destroy_container", {"container_id": container_id})

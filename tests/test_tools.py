@@ -277,5 +277,7 @@ async def test_destroying_a_sandbox_under_a_running_command_is_reported(client: 
         await anyio.sleep(0.8)
         await client.call_tool("destroy_container", {"container_id": container_id})
     result = outcome["result"]
-    assert result.is_error, result.structured_content
-    assert "destroyed while the command ran" in result.content[0].text
+    assert not result.is_error, result.content[0].text
+    ended = structured(result)
+    assert (ended["status"], ended["exit_code"], ended["reason"]) == ("killed", None, "sandbox_gone")
+    assert "was destroyed by destroy_container" in ended["message"] and "create_container" in ended["message"]
