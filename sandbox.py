@@ -48,6 +48,7 @@ from records import (
     parse_command_list,
     parse_report,
 )
+from disks import DiskUnavailable, SandboxDisks
 from channel import (
     AGENT_PATH_IN_SANDBOX,
     AgentChannel,
@@ -87,6 +88,7 @@ LABEL_NAMESPACE = "mcp-sandbox.namespace"
 LABEL_CREATED = "mcp-sandbox.created-at"
 LABEL_EXPIRES = "mcp-sandbox.expires-at"
 LABEL_TENANT = "mcp-sandbox.tenant"
+LABEL_IMAGE = "mcp-sandbox.image"  # a sandbox on its own disk runs from a rootfs: Podman knows no image
 LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is in CLAIM_PATH once handed out
 NAME_PREFIX = "mcp-sandbox-"
 LOCAL_TENANT = "local"  # everyone, when the server has no tokens
@@ -152,6 +154,8 @@ class SandboxSettings:
     max_channels: int = 32
     channel_idle_seconds: float = 120.0
     pool_size: int = 2
+    disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
+    disk_dir: str = "/var/lib/mcp-sandbox/disks"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -185,6 +189,8 @@ class SandboxSettings:
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
             pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
+            disk_limit_bytes=_env_int(env, "SANDBOX_DISK_LIMIT_BYTES", 2 * 1024 * 1024 * 1024, minimum=0),
+            disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
         )
 
     @property
@@ -463,6 +469,7 @@ class SandboxManager:
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
         self.podman = Podman(settings.podman, settings.runtime)
+        self.disks = SandboxDisks(settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.podman.run)
         self._sandboxes: dict[str, Sandbox] = {}
         self._links: dict[str, FileLink] = {}
         self._running: dict[tuple[str, str], _RunningCommand] = {}
@@ -493,6 +500,12 @@ class SandboxManager:
         """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
         await self._background.start()
         self._pool = []  # rebuilt from Podman by adopt()
+        await self.disks.probe()
+        if self.disks.enabled:
+            logger.info("each sandbox gets a disk of its own: %d bytes", self.disks.limit_bytes)
+        else:
+            logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
+                           "storage", self.disks.why_not)
         try:
             await self.adopt()
         except SandboxError as exc:
@@ -532,13 +545,15 @@ class SandboxManager:
                 await self._remove_container(name or entry.get("Id", ""))
                 continue
             tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
-            sandbox = Sandbox(container_id, entry.get("Image", ""), created, expires,
+            sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.get("Image", ""), created, expires,
                               tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT)
             pooled = labels.get(LABEL_POOLED) == "true"
             if entry.get("State") != "running":
                 try:
+                    if self.disks.exists(sandbox.name):  # mounts do not survive a reboot of the host
+                        await self.disks.remount(sandbox.name, sandbox.image)
                     await self.podman.run("start", sandbox.name, timeout=60)
-                except PodmanError as exc:
+                except (PodmanError, DiskUnavailable) as exc:
                     logger.warning("sandbox %s could not be restarted, destroying it: %s", name, exc)
                     await self._remove_container(sandbox.name)
                     continue
@@ -546,6 +561,10 @@ class SandboxManager:
                 continue
             self._sandboxes[container_id] = sandbox
             adopted.append(container_id)
+        listed = {name for entry in entries for name in (entry.get("Names") or [])[:1]}
+        for name in self.disks.names() - listed:
+            logger.info("removing the disk of sandbox %s, whose container is gone", name)
+            await self.disks.release(name)
         async with anyio.create_task_group() as tg:
             for container_id in adopted:
                 tg.start_soon(self._adopt_links, self._sandboxes[container_id])
@@ -638,6 +657,8 @@ class SandboxManager:
         sandbox = self._sandboxes.pop(container_id, None)
         running = self._seen_running.pop(container_id, {})
         if sandbox is not None:
+            if why == GONE_REMOVED:  # its container is gone: so may its disk be
+                self._background.start_soon(self.disks.release, sandbox.name)
             self._tombstones[container_id] = _Tombstone(sandbox.tenant, why, time.time(), running)
             while len(self._tombstones) > MAX_TOMBSTONES or (
                 self._tombstones and next(iter(self._tombstones.values())).at < time.time() - TOMBSTONE_SECONDS
@@ -772,6 +793,7 @@ class SandboxManager:
             "--label", f"{LABEL_NAMESPACE}={self.settings.namespace}",
             "--label", f"{LABEL_CREATED}={created:.3f}",
             "--label", f"{LABEL_EXPIRES}={sandbox.expires_at:.3f}",
+            "--label", f"{LABEL_IMAGE}={image}",
         ]
         if pooled:
             args += ["--label", f"{LABEL_POOLED}=true"]
@@ -779,9 +801,15 @@ class SandboxManager:
             args += ["--label", f"{LABEL_TENANT}={tenant}"]
         if network or self.settings.network:
             args += ["--network", network or self.settings.network]
-        args += ["--entrypoint", "sleep", image, "2147483647"]
         try:
+            if self.disks.enabled:
+                args += [*await self.disks.create(sandbox.name, image), "sleep", "2147483647"]
+            else:
+                args += ["--entrypoint", "sleep", image, "2147483647"]
             await self.podman.run(*args, timeout=300)
+        except DiskUnavailable as exc:
+            raise SandboxError(f"Could not prepare the sandbox's disk: {exc}. Try again; if it persists, an "
+                               "operator can set SANDBOX_DISK_LIMIT_BYTES=0 to run sandboxes without one.") from None
         except PodmanError as exc:
             await self._remove_container(sandbox.name)
             if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
@@ -816,8 +844,11 @@ class SandboxManager:
         if not name:
             return
         result = await self.podman.run("rm", "-f", "-t", "0", "--", name, check=False, timeout=120)
-        if result.exit_code != 0 and not _is_missing_container(result.stderr) and check:
-            raise PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
+        if result.exit_code != 0 and not _is_missing_container(result.stderr):
+            if check:
+                raise PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
+            return
+        await self.disks.release(name)
 
     async def _call(
         self, sandbox: Sandbox, function: str, *args: str, stdin: bytes | None = None,
@@ -1364,7 +1395,9 @@ class SandboxManager:
     async def health(self) -> dict[str, Any]:
         result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
         await self.podman.run("ps", "-q", "--filter", f"label={LABEL_MANAGED}=true", timeout=10)
-        return {"podman_version": result.stdout.decode(errors="replace").strip(), "sandboxes": len(self._sandboxes)}
+        disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
+        return {"podman_version": result.stdout.decode(errors="replace").strip(), "sandboxes": len(self._sandboxes),
+                "sandbox_disk_bytes": disk}
 
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]

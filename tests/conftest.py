@@ -70,6 +70,25 @@ def sweep_sandboxes() -> Iterator[None]:
         names = sandbox_names(namespace)
         if names:
             podman("rm", "-f", "-t", "0", *names, check=False)
+        release_disks(namespace)
+
+
+def disk_dir(namespace: str) -> Path:
+    """Where a namespace's sandbox disks live (disks.py)."""
+    return Path(server.sandboxes.settings.disk_dir) / namespace
+
+
+def release_disks(namespace: str) -> None:
+    """Unmount and delete the sandbox disks (disks.py) of a namespace whose containers are gone."""
+    base = disk_dir(namespace)
+    if not base.is_dir():
+        return
+    for disk in base.iterdir():
+        for mount_point in (disk / "root", disk / "fs"):
+            if os.path.ismount(mount_point):
+                if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+                    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,13 +4,14 @@ resource bombs inside sandboxes, escapes through file links, and faults of the s
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-from conftest import RUN_ID, ServerProcess, podman, sandbox_names, structured, wait_for_command
+from conftest import RUN_ID, ServerProcess, disk_dir, podman, sandbox_names, structured, wait_for_command
 from fastmcp import Client
 
 pytestmark = pytest.mark.anyio
@@ -193,6 +194,43 @@ async def test_hundreds_of_megabytes_of_output_leave_server_memory_flat(http_ser
         assert result["stdout_bytes"] == 200_000_000 and result["truncated"] is True
         assert rss_mb(http_server.process.pid) - before < 30
         await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_disk_fill_is_contained_by_the_sandbox_disk(start_server) -> None:  # type: ignore[no-untyped-def]
+    namespace, limit = f"{RUN_ID}-disk", 64 * 1024 * 1024
+    env = {"SANDBOX_NAMESPACE": namespace, "SANDBOX_DISK_LIMIT_BYTES": str(limit), "SANDBOX_POOL_SIZE": "0"}
+    first = start_server(env)
+    disks = disk_dir(namespace)
+    async with Client(first.url + "/mcp") as client:
+        filler = structured(await client.call_tool("create_container", {}))["container_id"]
+        neighbour = structured(await client.call_tool("create_container", {}))["container_id"]
+        image = disks / f"mcp-sandbox-{filler}.img"
+        filled = structured(await client.call_tool("execute_command", {
+            "container_id": filler, "command": "df -k / | tail -1; echo keep > /keep; "
+                                               "dd if=/dev/zero of=/fill bs=1M count=500", "timeout_seconds": 120}))
+        if filled["status"] == "running":
+            filled = await wait_for_command(client, filler, filled["command_id"], seconds=120)
+        assert filled["exit_code"] != 0 and "No space left on device" in filled["stderr"], filled
+        assert int(filled["stdout"].split()[1]) <= limit // 1024  # the sandbox sees a disk of its own size
+        assert image.stat().st_blocks * 512 <= limit  # and takes no more on the host
+        ok = structured(await client.call_tool("execute_command", {"container_id": neighbour, "command": "echo fine > /tmp/x && cat /tmp/x"}))
+        assert ok["stdout"] == "fine\n"
+        freed = structured(await client.call_tool("execute_command", {"container_id": filler, "command": "rm /fill && echo freed"}))
+        assert freed["stdout"] == "freed\n"
+        await client.call_tool("destroy_container", {"container_id": neighbour})
+        assert not (disks / f"mcp-sandbox-{neighbour}.img").exists()
+    # As after a reboot of the host: the container stopped, its disk unmounted. A restarted
+    # server mounts the disk again and starts the sandbox, with what it held.
+    first.stop(signal.SIGTERM)
+    podman("stop", "-t", "0", f"mcp-sandbox-{filler}")
+    for mount_point in ("root", "fs"):
+        subprocess.run(["umount", str(disks / f"mcp-sandbox-{filler}" / mount_point)], check=True)
+    second = start_server(env)
+    async with Client(second.url + "/mcp") as client:
+        kept = structured(await client.call_tool("execute_command", {"container_id": filler, "command": "cat /keep"}))
+        assert kept["stdout"] == "keep\n"
+        await client.call_tool("destroy_container", {"container_id": filler})
+    assert not image.exists() and not [line for line in Path("/proc/mounts").read_text().splitlines() if namespace in line]
 
 
 # --------------------------------------------------------------------------- faults

@@ -1,0 +1,193 @@
+"""Per-sandbox disks: each sandbox writes to an ext4 image of its own, so it cannot fill the host.
+
+Podman bounds a container's disk (``--storage-opt size=``) only on XFS with project quotas,
+which hosts of this kind lack (an ext4 root; a kernel without XFS quota support). So where the
+server runs as root with loop devices, a sandbox named NAME gets:
+
+    DIR/<namespace>/NAME.img    sparse, formatted ext4, SANDBOX_DISK_LIMIT_BYTES long
+    DIR/<namespace>/NAME/fs     that image, loop-mounted
+    DIR/<namespace>/NAME/root   an overlay: the image's layers below, upper and work dirs on fs
+
+and the container runs with ``--rootfs DIR/<namespace>/NAME/root``. Writing past the limit is
+the sandbox's own "No space left on device"; on the host it takes at most the limit. Without
+root or loop devices (rootless Podman, most PaaS containers) ``probe`` says why, and sandboxes
+run from their image as usual, their disk use bounded only by the volume under Podman.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+logger = logging.getLogger("mcp-sandbox")
+
+# The mount option string of an overlay must fit in a page.
+MAX_LOWERDIR = 3500
+
+
+class DiskUnavailable(Exception):
+    """A sandbox disk could not be made or mounted; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """What ``podman run IMAGE`` would take from the image, for a container run from a rootfs."""
+
+    lowerdir: str
+    env: tuple[str, ...]
+    workdir: str
+
+
+async def _run(*argv: str) -> None:
+    try:
+        result = await anyio.run_process(list(argv), check=False)
+    except OSError as exc:
+        raise DiskUnavailable(f"{argv[0]}: {exc}") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
+        raise DiskUnavailable(f"'{' '.join(argv[:2])}' failed: {detail[-1] if detail else result.returncode}")
+
+
+class SandboxDisks:
+    def __init__(
+        self, base: str, namespace: str, limit_bytes: int, run_podman: Callable[..., Awaitable[Any]]
+    ) -> None:
+        self.dir = Path(base) / namespace
+        self.limit_bytes = limit_bytes
+        self.enabled = False
+        self.why_not = ""
+        self._run_podman = run_podman
+        self._images: dict[str, ImageRoot] = {}
+
+    async def probe(self) -> None:
+        """Make, mount and remove a small disk: enabled, or why_not says what is missing."""
+        self.enabled = False
+        if self.limit_bytes <= 0:
+            self.why_not = "SANDBOX_DISK_LIMIT_BYTES is 0"
+            return
+        if os.geteuid() != 0:
+            self.why_not = "the server does not run as root (loop and overlay mounts need it)"
+            return
+        missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool) is None]
+        if missing:
+            self.why_not = f"{', '.join(missing)} not found (Debian: apt-get install e2fsprogs mount)"
+            return
+        name = f"probe-{os.getpid()}"
+        empty = self.dir / f".{name}-lower"
+        try:
+            empty.mkdir(parents=True, exist_ok=True)
+            await self._mount(name, str(empty), fresh=True, size=16 * 1024 * 1024)
+        except (DiskUnavailable, OSError) as exc:
+            self.why_not = str(exc)
+        else:
+            self.enabled = True
+        finally:
+            await self.release(name)
+            shutil.rmtree(empty, ignore_errors=True)
+
+    def root(self, name: str) -> Path:
+        return self.dir / name / "root"
+
+    def image_file(self, name: str) -> Path:
+        return self.dir / f"{name}.img"
+
+    def exists(self, name: str) -> bool:
+        return self.image_file(name).exists() or (self.dir / name).exists()
+
+    def names(self) -> set[str]:
+        """Sandbox names that have a disk here."""
+        if not self.dir.is_dir():
+            return set()
+        return {p.stem for p in self.dir.glob("*.img")} | {p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+    def allocated_bytes(self, name: str) -> int:
+        """Bytes the disk takes on the host (its image file is sparse)."""
+        try:
+            return self.image_file(name).stat().st_blocks * 512
+        except OSError:
+            return 0
+
+    async def image_root(self, image: str) -> ImageRoot:
+        cached = self._images.get(image)
+        if cached is not None:
+            return cached
+        result = await self._run_podman("image", "inspect", "--format", "json", "--", image, check=False, timeout=60)
+        if result.exit_code != 0:  # not on this host yet: pull it, as podman run would
+            await self._run_podman("pull", "--quiet", "--", image, timeout=600)
+            result = await self._run_podman("image", "inspect", "--format", "json", "--", image, timeout=60)
+        entry = (json.loads(result.stdout or b"[]") or [{}])[0]
+        driver = entry.get("GraphDriver") or {}
+        data = driver.get("Data") or {}
+        if driver.get("Name") == "overlay" and data.get("UpperDir"):
+            lowerdir = ":".join(d for d in (data.get("UpperDir"), data.get("LowerDir")) if d)
+        elif driver.get("Name") == "vfs" and data.get("Dir"):
+            lowerdir = data["Dir"]
+        else:
+            raise DiskUnavailable(f"Podman's storage driver {driver.get('Name')!r} is not one a sandbox disk can sit on")
+        if len(lowerdir) > MAX_LOWERDIR:
+            raise DiskUnavailable(f"the image {image!r} has too many layers for one overlay mount")
+        config = entry.get("Config") or {}
+        root = ImageRoot(lowerdir, tuple(config.get("Env") or ()), config.get("WorkingDir") or "")
+        self._images[image] = root
+        return root
+
+    async def create(self, name: str, image: str) -> list[str]:
+        """A fresh disk for a sandbox; returns the ``podman run`` arguments that take the image's place."""
+        root = await self.image_root(image)
+        try:
+            await self._mount(name, root.lowerdir, fresh=True, size=self.limit_bytes)
+        except (DiskUnavailable, OSError):
+            await self.release(name)
+            raise
+        args = [arg for env in root.env for arg in ("--env", env)]
+        if root.workdir:
+            args += ["--workdir", root.workdir]
+        return [*args, "--rootfs", str(self.root(name))]
+
+    async def remount(self, name: str, image: str) -> None:
+        """Mount an existing disk again (after a reboot of the host) before its container starts."""
+        await self._mount(name, (await self.image_root(image)).lowerdir, fresh=False, size=self.limit_bytes)
+
+    async def _mount(self, name: str, lowerdir: str, fresh: bool, size: int) -> None:
+        image_file, fs, root = self.image_file(name), self.dir / name / "fs", self.root(name)
+        fs.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            with open(image_file, "wb") as handle:
+                handle.truncate(size)
+            # No journal, no reserved blocks: the sandbox gets all of its space, at once.
+            await _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard", "-m", "0", str(image_file))
+        elif not image_file.exists():
+            raise DiskUnavailable(f"the disk image {image_file} is gone")
+        if not os.path.ismount(fs):
+            await _run("mount", "-o", "loop,nodev", str(image_file), str(fs))
+        for sub in ("upper", "work"):
+            (fs / sub).mkdir(exist_ok=True)
+        if not os.path.ismount(root):
+            await _run(
+                "mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={lowerdir},upperdir={fs / 'upper'},workdir={fs / 'work'}", str(root),
+            )
+
+    async def release(self, name: str) -> None:
+        """Unmount and delete a sandbox's disk (its container must be gone); fine if there is none."""
+        for mount_point in (self.root(name), self.dir / name / "fs"):
+            if os.path.ismount(mount_point):
+                try:
+                    await _run("umount", str(mount_point))
+                except DiskUnavailable as exc:
+                    logger.warning("could not unmount %s (%s); detaching it lazily", mount_point, exc)
+                    try:
+                        await _run("umount", "-l", str(mount_point))
+                    except DiskUnavailable:
+                        return  # leave the files: deleting under a live mount would reach into it
+        shutil.rmtree(self.dir / name, ignore_errors=True)
+        self.image_file(name).unlink(missing_ok=True)
