@@ -296,7 +296,10 @@ class FileLink:
 # How long, and for how many sandboxes, the server remembers the commands that were running
 # when a sandbox went away, to answer check_container about them with reason sandbox_gone.
 TOMBSTONE_SECONDS = 3600
-MAX_TOMBSTONES = 1000
+MAX_TOMBSTONES = 200
+# Per sandbox, the running commands remembered and how much of each stream's end (memory stays small).
+MAX_SEEN_RUNNING = 32
+SEEN_OUTPUT_CHARS = 2048
 GONE_DESTROYED = "was destroyed by destroy_container"
 GONE_EXPIRED = "reached the end of its lifetime and was destroyed"
 GONE_REMOVED = "was removed outside this server (Podman no longer has its container)"
@@ -967,10 +970,7 @@ class SandboxManager:
             state = await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress)
             return self._seen(container_id, await self._head_and_tail(sandbox, state))
         except (SandboxNotFound, SandboxStopped) as exc:
-            gone = self.gone_command(container_id, command_id, tenant, isinstance(exc, SandboxStopped))
-            if gone is None:
-                raise
-            return gone
+            return self._gone_or_raise(exc, container_id, command_id, tenant)
 
     def _started(self, container_id: str, command_id: str) -> None:
         """A command began (or may have): if its sandbox goes, it ends with reason sandbox_gone."""
@@ -989,7 +989,14 @@ class SandboxManager:
         """Remember which commands were last seen running, with their output so far."""
         if state.status == "running":
             if container_id in self._sandboxes:
-                self._seen_running.setdefault(container_id, {})[state.command_id] = state
+                seen = self._seen_running.setdefault(container_id, {})
+                seen.pop(state.command_id, None)
+                seen[state.command_id] = replace(
+                    state, stdout=state.stdout[-SEEN_OUTPUT_CHARS:], stderr=state.stderr[-SEEN_OUTPUT_CHARS:],
+                    truncated=state.truncated or max(len(state.stdout), len(state.stderr)) > SEEN_OUTPUT_CHARS,
+                )
+                while len(seen) > MAX_SEEN_RUNNING:
+                    seen.pop(next(iter(seen)))
         else:
             self._seen_running.get(container_id, {}).pop(state.command_id, None)
         return state
@@ -1012,6 +1019,13 @@ class SandboxManager:
         if last is None:
             return None
         return replace(last, status="killed", exit_code=None, reason="sandbox_gone", detail=why)
+
+    def _gone_or_raise(self, exc: SandboxError, container_id: str, command_id: str, tenant: str) -> CommandState:
+        """A command's sandbox_gone ending, when the sandbox went while it ran; else the error as it was."""
+        gone = self.gone_command(container_id, command_id, tenant, isinstance(exc, SandboxStopped))
+        if gone is None:
+            raise exc
+        return gone
 
     async def _start_and_wait(
         self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
@@ -1088,10 +1102,7 @@ class SandboxManager:
                 await self._wait_until_done(self.get(container_id, tenant), command_id, wait_seconds, on_progress)
                 state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
         except (SandboxNotFound, SandboxStopped) as exc:
-            gone = self.gone_command(container_id, command_id, tenant, isinstance(exc, SandboxStopped))
-            if gone is None:
-                raise
-            return gone
+            return self._gone_or_raise(exc, container_id, command_id, tenant)
         return self._seen(container_id, state)
 
     async def _wait_until_done(

@@ -216,8 +216,8 @@ _REASON_ADVICE = {
     "killed": "The command was ended by a signal or left no exit status (exit code {exit_code}): it was killed, "
               "or its sandbox was restarted. If nothing in it sent that signal, run it again.",
     "sandbox_gone": "The command's sandbox {detail} while the command ran, so the command ended with it; the "
-                    "output shown is what was last seen of it. Create a new sandbox with create_container and "
-                    "run the command again there.",
+                    "output shown is the end of what was last seen of it. Create a new sandbox with "
+                    "create_container and run the command again there.",
 }
 
 
