@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,16 @@ class SandboxDisks:
                         return  # leave the files: deleting under a live mount would reach into it
         shutil.rmtree(self.dir / name, ignore_errors=True)
         self.image_file(name).unlink(missing_ok=True)
+
+
+def release_namespace(base: str, namespace: str) -> None:
+    """Unmount and delete every disk of a namespace whose containers are gone: for the sweeps of
+    tests and benchmarks, which remove their sandboxes with ``podman rm`` behind the server's back."""
+    directory = Path(base) / namespace
+    if not directory.is_dir():
+        return
+    for disk in directory.iterdir():
+        for mount_point in (disk / "root", disk / "fs"):
+            if os.path.ismount(mount_point) and subprocess.run(["umount", str(mount_point)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(mount_point)])
+    shutil.rmtree(directory, ignore_errors=True)

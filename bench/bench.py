@@ -33,7 +33,8 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS  # noqa: E402
+from disks import release_namespace  # noqa: E402
+from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
 ROWS = ["create", "exec", "parallel", "live300", "output", "download"]
 
@@ -90,6 +91,7 @@ class Bench:
                                capture_output=True, text=True).stdout.split()
         for start in range(0, len(names), 50):
             subprocess.run(["podman", "rm", "-f", "-t", "0", *names[start:start + 50]], capture_output=True)
+        release_namespace(SandboxSettings.from_env().disk_dir, self.namespace)
 
     async def raw_create(self) -> str:
         name = f"bench-raw-{secrets.token_hex(6)}"

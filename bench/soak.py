@@ -25,7 +25,7 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import free_port, rss_mb  # noqa: E402
+from bench import free_port, release_namespace, rss_mb, SandboxSettings  # noqa: E402
 
 
 async def soak(calls: int, clients: int) -> int:
@@ -95,6 +95,7 @@ async def soak(calls: int, clients: int) -> int:
         left = everything - names("label=mcp-sandbox.pooled=true")
         if everything:
             subprocess.run(["podman", "rm", "-f", "-t", "0", *everything], capture_output=True)
+        release_namespace(SandboxSettings.from_env().disk_dir, namespace)
     print(f"{done[0]} calls from {clients} clients in {elapsed:.1f} s ({done[0] / elapsed:.0f} calls/s): "
           f"{len(errors)} errors; server RSS {rss:.0f} MB; {len(left)} non-pool sandboxes left behind")
     for line in errors[:20]:

@@ -50,6 +50,7 @@ os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
 sys.path.insert(0, str(ROOT))
 
 import server  # noqa: E402
+from disks import release_namespace  # noqa: E402
 from fastmcp import Client  # noqa: E402
 
 
@@ -79,16 +80,7 @@ def disk_dir(namespace: str) -> Path:
 
 
 def release_disks(namespace: str) -> None:
-    """Unmount and delete the sandbox disks (disks.py) of a namespace whose containers are gone."""
-    base = disk_dir(namespace)
-    if not base.is_dir():
-        return
-    for disk in base.iterdir():
-        for mount_point in (disk / "root", disk / "fs"):
-            if os.path.ismount(mount_point):
-                if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-                    subprocess.run(["umount", "-l", str(mount_point)], check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    release_namespace(server.sandboxes.settings.disk_dir, namespace)
 
 
 @pytest.fixture
