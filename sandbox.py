@@ -117,6 +117,13 @@ def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int =
     return value
 
 
+def _disk_limit(environ: Mapping[str, str]) -> int:
+    value = _env_int(environ, "SANDBOX_DISK_LIMIT_BYTES", 2 * 1024 * 1024 * 1024, minimum=0)
+    if 0 < value < 16 * 1024 * 1024:
+        raise ValueError(f"SANDBOX_DISK_LIMIT_BYTES must be 0 (no disk of its own) or at least 16777216, got {value}")
+    return value
+
+
 def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
@@ -189,7 +196,7 @@ class SandboxSettings:
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
             pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
-            disk_limit_bytes=_env_int(env, "SANDBOX_DISK_LIMIT_BYTES", 2 * 1024 * 1024 * 1024, minimum=0),
+            disk_limit_bytes=_disk_limit(env),
             disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
         )
 
