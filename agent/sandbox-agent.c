@@ -363,14 +363,24 @@ static long bound_output(struct watch *w, int stream, int final) {
     return size;
 }
 
+/* Watches a new command's files; when every slot is taken, the ended command that has been
+ * quiet longest gives its slot up (bounded one last time first). */
 static void watch_output(const char *id) {
+    struct watch *slot = NULL;
     for (int i = 0; i < MAX_COMMANDS; i++) {
-        if (watches[i].used) continue;
-        memset(&watches[i], 0, sizeof watches[i]);
-        watches[i].used = 1;
-        snprintf(watches[i].id, sizeof watches[i].id, "%s", id);
-        return;
+        struct watch *w = &watches[i];
+        if (!w->used) {
+            slot = w;
+            break;
+        }
+        if (w->quiet_since_ms && (!slot || w->quiet_since_ms < slot->quiet_since_ms)) slot = w;
     }
+    if (!slot) return; /* MAX_COMMANDS commands still running: start_command refuses more anyway */
+    if (slot->used)
+        for (int s = 0; s < 2; s++) bound_output(slot, s, 1);
+    memset(slot, 0, sizeof *slot);
+    slot->used = 1;
+    snprintf(slot->id, sizeof slot->id, "%s", id);
 }
 
 static struct watch *find_watch(const char *id) {

@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 
+import anyio
 import pytest
 from conftest import ServerProcess, podman, structured
 from fastmcp import Client
@@ -269,4 +270,17 @@ async def test_output_files_are_bounded_keeping_head_and_tail(start_server) -> N
             offset += len(page["stdout"].encode())
         assert b"".join(data for _, data in pages) == expected[:start] + expected[end:]
         assert end in [at for at, _ in pages]
+        # A background process that goes on writing after its command's shell exited is bounded too.
+        background = await run(client, container_id, "(sleep 1; seq 1 800000) &")
+        assert background["status"] == "completed"
+        asked = {"container_id": container_id, "command_id": background["command_id"]}
+        for _ in range(60):
+            later = structured(await client.call_tool("check_container", asked))["command"]
+            if later["stdout_bytes"] == len(expected) and later.get("stdout_dropped"):
+                break
+            await anyio.sleep(0.5)
+        assert later["stdout_bytes"] == len(expected) and later["stdout_dropped"][0] == file_max // 2, later
+        await anyio.sleep(0.5)  # the agent's next look, 100 ms apart, punches what came last
+        usage = await run(client, container_id, f"du -k {later['stdout_path']}")
+        assert int(usage["stdout"].split()[0]) <= file_max // 1024 + 64, usage["stdout"]
         await client.call_tool("destroy_container", {"container_id": container_id})
