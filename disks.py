@@ -32,6 +32,10 @@ logger = logging.getLogger("mcp-sandbox")
 
 # The mount option string of an overlay must fit in a page.
 MAX_LOWERDIR = 3500
+# A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
+# would delete the layers under running sandboxes. A stopped container per image (never
+# started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
+LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
 
 
 class DiskUnavailable(Exception):
@@ -137,8 +141,18 @@ class SandboxDisks:
             raise DiskUnavailable(f"the image {image!r} has too many layers for one overlay mount")
         config = entry.get("Config") or {}
         root = ImageRoot(lowerdir, tuple(config.get("Env") or ()), config.get("WorkingDir") or "")
+        await self._hold(image, entry.get("Id", ""))
         self._images[image] = root
         return root
+
+    async def _hold(self, image: str, image_id: str) -> None:
+        holder = f"mcp-sandbox-holds-{image_id[:12]}"
+        result = await self._run_podman(
+            "create", "--name", holder, "--label", f"{LABEL_HOLDS_IMAGE}={image}", "--network", "none",
+            "--entrypoint", "true", "--", image_id or image, check=False, timeout=60,
+        )
+        if result.exit_code != 0 and "already in use" not in result.stderr:
+            raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
 
     async def create(self, name: str, image: str) -> list[str]:
         """A fresh disk for a sandbox; returns the ``podman run`` arguments that take the image's place."""

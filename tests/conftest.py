@@ -54,6 +54,14 @@ from disks import release_namespace  # noqa: E402
 from fastmcp import Client  # noqa: E402
 
 
+def image_holders() -> set[str]:
+    """The stopped containers that keep sandbox images from removal (disks.py)."""
+    return set(podman("ps", "-a", "--format", "{{.Names}}", "--filter", "label=mcp-sandbox.holds-image").stdout.split())
+
+
+HOLDERS_BEFORE = image_holders()
+
+
 def sandbox_names(namespace: str = RUN_ID) -> list[str]:
     out = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=mcp-sandbox.namespace={namespace}").stdout
     return out.split()
@@ -72,6 +80,9 @@ def sweep_sandboxes() -> Iterator[None]:
         if names:
             podman("rm", "-f", "-t", "0", *names, check=False)
         release_disks(namespace)
+    made = image_holders() - HOLDERS_BEFORE
+    if made:
+        podman("rm", "-f", *made, check=False)
 
 
 def disk_dir(namespace: str) -> Path:

@@ -3,6 +3,7 @@ resource bombs inside sandboxes, escapes through file links, and faults of the s
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -213,6 +214,9 @@ async def test_disk_fill_is_contained_by_the_sandbox_disk(start_server) -> None:
         assert filled["exit_code"] != 0 and "No space left on device" in filled["stderr"], filled
         assert int(filled["stdout"].split()[1]) <= limit // 1024  # the sandbox sees a disk of its own size
         assert image.stat().st_blocks * 512 <= limit  # and takes no more on the host
+        # Run from a rootfs, the sandbox does not count as a user of its image: a holder does.
+        refused = podman("rmi", os.environ["SANDBOX_IMAGE"], check=False)
+        assert refused.returncode != 0 and "in use" in refused.stderr, refused
         ok = structured(await client.call_tool("execute_command", {"container_id": neighbour, "command": "echo fine > /tmp/x && cat /tmp/x"}))
         assert ok["stdout"] == "fine\n"
         freed = structured(await client.call_tool("execute_command", {"container_id": filler, "command": "rm /fill && echo freed"}))
