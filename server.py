@@ -237,7 +237,7 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
         result["stdout_offset"] = state.stdout_offset
         result["stderr_offset"] = state.stderr_offset
     notes = []
-    if state.truncated:
+    if state.truncated and state.reason != "sandbox_gone":  # else the files went with the sandbox
         result["stdout_path"] = state.stdout_path
         result["stderr_path"] = state.stderr_path
         notes.append(
