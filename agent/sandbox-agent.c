@@ -269,6 +269,13 @@ static void buf_printf(struct buffer *b, const char *fmt, ...) {
     if (n > 0) buf_append(b, line, (size_t)n);
 }
 
+/* Sends "<kind> <id> <len>\n" and the buffer's bytes (a framed reply or event), then frees it. */
+static void emit_buffer(const char *kind, const char *id, struct buffer *b) {
+    emitf("%s %s %zu\n", kind, id, b->len);
+    emit(b->data ? b->data : "", b->len);
+    free(b->data);
+}
+
 /* Appends up to want bytes of dir/name; returns how many it appended. */
 static long append_head(struct buffer *b, const char *dir, const char *name, long offset, long want) {
     char path[4200], chunk[65536];
@@ -560,9 +567,7 @@ static void finish_command(struct command *c, int status) {
     publish_text(dir, "exit", line);
     struct buffer report = {0};
     build_report(&report, c->id, c->cap, 0, 0);
-    emitf("exit %s %zu\n", c->id, report.len);
-    emit(report.data ? report.data : "", report.len);
-    free(report.data);
+    emit_buffer("exit", c->id, &report);
     c->exited = 1;
     c->deadline_ms = 0;
     if (!c->kill_at_ms) c->used = 0; /* else kept until the group gets its SIGKILL */
@@ -734,9 +739,7 @@ static size_t handle_requests(char *buf, size_t len) {
             } else {
                 buf_append(&report, "MCPSB-NONE\n", 11);
             }
-            emitf("report %s %zu\n", a, report.len);
-            emit(report.data ? report.data : "", report.len);
-            free(report.data);
+            emit_buffer("report", a, &report);
             used = (size_t)(payload - buf);
         } else if (strcmp(kind, "put") == 0) {
             size_t path_len = (size_t)atol(c), data_len = (size_t)atol(d);
@@ -746,9 +749,7 @@ static size_t handle_requests(char *buf, size_t len) {
         } else if (strcmp(kind, "list") == 0) {
             struct buffer lines = {0};
             list_commands(&lines);
-            emitf("list %s %zu\n", a, lines.len);
-            emit(lines.data ? lines.data : "", lines.len);
-            free(lines.data);
+            emit_buffer("list", a, &lines);
             used = (size_t)(payload - buf);
         } else if (strcmp(kind, "link") == 0) {
             size_t path_len = (size_t)atol(d);
