@@ -113,13 +113,6 @@ class SandboxDisks:
             return set()
         return {p.stem for p in self.dir.glob("*.img")} | {p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
-    def allocated_bytes(self, name: str) -> int:
-        """Bytes the disk takes on the host (its image file is sparse)."""
-        try:
-            return self.image_file(name).stat().st_blocks * 512
-        except OSError:
-            return 0
-
     async def image_root(self, image: str) -> ImageRoot:
         cached = self._images.get(image)
         if cached is not None:
