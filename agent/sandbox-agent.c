@@ -701,6 +701,16 @@ static void link_file(const char *req, long max_size, const char *file_id, const
     emitf("link %s file %ld\n", req, (long)st.st_size);
 }
 
+/* A request's payload as a string of its own (NUL-terminated), or NULL without memory. */
+static char *copy_string(const char *data, size_t n) {
+    char *copy = malloc(n + 1);
+    if (copy) {
+        memcpy(copy, data, n);
+        copy[n] = 0;
+    }
+    return copy;
+}
+
 /* Handles every complete request in buf; returns how many bytes it consumed. */
 static size_t handle_requests(char *buf, size_t len) {
     size_t used = 0;
@@ -720,13 +730,9 @@ static size_t handle_requests(char *buf, size_t len) {
         if (strcmp(kind, "run") == 0) {
             size_t n = (size_t)atol(e);
             if (available < n) break;
-            char *command = malloc(n + 1);
-            if (command) {
-                memcpy(command, payload, n);
-                command[n] = 0;
-                start_command(a, atol(b), c, atol(d), command, n);
-                free(command);
-            }
+            char *command = copy_string(payload, n);
+            if (command) start_command(a, atol(b), c, atol(d), command, n);
+            free(command);
             used = (size_t)(payload - buf) + n;
         } else if (strcmp(kind, "report") == 0) {
             struct buffer report = {0};
@@ -754,14 +760,10 @@ static size_t handle_requests(char *buf, size_t len) {
         } else if (strcmp(kind, "link") == 0) {
             size_t path_len = (size_t)atol(d);
             if (available < path_len) break;
-            char *path = malloc(path_len + 1);
-            if (path) {
-                memcpy(path, payload, path_len);
-                path[path_len] = 0;
-                if (path_len == 0 || path[0] != '/' || strlen(path) != path_len) emitf("link %s missing\n", a);
-                else link_file(a, atol(b), c, path);
-                free(path);
-            }
+            char *path = copy_string(payload, path_len);
+            if (path && (path_len == 0 || path[0] != '/' || strlen(path) != path_len)) emitf("link %s missing\n", a);
+            else if (path) link_file(a, atol(b), c, path);
+            free(path);
             used = (size_t)(payload - buf) + path_len;
         } else if (strcmp(kind, "ping") == 0) {
             emitf("pong %s\n", a);
