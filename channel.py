@@ -80,8 +80,9 @@ class _Reply:
 class AgentChannel:
     """One ``podman exec -i SANDBOX /run/mcp-sandbox/agent`` and the requests in flight on it."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], spawn_options: dict[str, Any] | None = None) -> None:
         self.argv = argv
+        self.spawn_options = spawn_options or {}
         self.closed = False
         self.last_used = time.monotonic()
         self.stderr_tail = b""
@@ -97,7 +98,7 @@ class AgentChannel:
         """Start the agent and wait for its ``ready`` line; ``spawn`` runs the reader task."""
         logger.debug("open %s", shlex.join(self.argv))
         self._process = await anyio.open_process(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **self.spawn_options
         )
         assert self._process.stdout is not None
         self._stdout = BufferedByteReceiveStream(self._process.stdout)

@@ -16,10 +16,12 @@ run from their image as usual, their disk use bounded only by the volume under P
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +34,12 @@ logger = logging.getLogger("mcp-sandbox")
 
 # The mount option string of an overlay must fit in a page.
 MAX_LOWERDIR = 3500
+# Podman storage drivers whose image layers an overlay can sit on.
+STORAGE_DRIVERS = ("overlay", "vfs")
+# A new disk's mounts are tried this often before its create fails.
+MOUNT_ATTEMPTS = 3
+LOOP_CTL_GET_FREE = 0x4C82  # linux/loop.h
+LOOP_MAJOR = 7
 # A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
 # would delete the layers under running sandboxes. A stopped container per image (never
 # started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
@@ -51,29 +59,75 @@ class ImageRoot:
     workdir: str
 
 
-async def _run(*argv: str) -> None:
+async def _run(*argv: str, env: dict[str, str] | None = None) -> None:
     try:
-        result = await anyio.run_process(list(argv), check=False)
+        result = await anyio.run_process(list(argv), check=False, env=env)
     except OSError as exc:
         raise DiskUnavailable(f"{argv[0]}: {exc}") from None
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
-        raise DiskUnavailable(f"'{' '.join(argv[:2])}' failed: {detail[-1] if detail else result.returncode}")
+        said = f"{detail[-1] if detail else result.returncode}"
+        if argv[0] == "mount":  # mount(8) only says "dmesg(1) may have more information"
+            said += await _kernel_says(env)
+        raise DiskUnavailable(f"'{' '.join(argv[:2])}' failed: {said}")
+
+
+def _ensure_free_loop_node() -> None:
+    """Give the next free loop device a node in /dev when it has none. In a container (the nested
+    deployment) /dev is a copy made when it started, without the loop devices the kernel adds
+    later, and mount(8) would fail on the one it is handed."""
+    try:
+        control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return  # no loop devices at all: mount says so
+    try:
+        number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+    except OSError:
+        return
+    finally:
+        os.close(control)
+    node = f"/dev/loop{number}"
+    if not os.path.exists(node):
+        try:
+            os.mknod(node, 0o660 | stat.S_IFBLK, os.makedev(LOOP_MAJOR, number))
+            logger.info("made the missing loop device node %s", node)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            logger.warning("could not make the loop device node %s: %s", node, exc)
+
+
+async def _kernel_says(env: dict[str, str] | None) -> str:
+    """The kernel's latest words on loop devices, overlays or ext4, for a failed mount's message."""
+    try:
+        result = await anyio.run_process(["dmesg"], check=False, env=env)
+    except OSError:
+        return ""
+    lines = [line for line in result.stdout.decode(errors="replace").splitlines()[-20:]
+             if any(word in line for word in ("overlay", "loop", "EXT4"))]
+    return f" (kernel: {lines[-1].strip()[:300]})" if lines else ""
 
 
 class SandboxDisks:
     def __init__(
-        self, base: str, namespace: str, limit_bytes: int, run_podman: Callable[..., Awaitable[Any]]
+        self, base: str, namespace: str, limit_bytes: int, run_podman: Callable[..., Awaitable[Any]],
+        env: dict[str, str] | None = None,
     ) -> None:
         self.dir = Path(base) / namespace
         self.limit_bytes = limit_bytes
         self.enabled = False
         self.why_not = ""
         self._run_podman = run_podman
+        self._env = env
         self._images: dict[str, ImageRoot] = {}
 
+    async def _run(self, *argv: str) -> None:
+        await _run(*argv, env=self._env)
+
     async def probe(self) -> None:
-        """Make, mount and remove a small disk: enabled, or why_not says what is missing."""
+        """Decide once, at start, whether sandboxes get disks: the settings, root, the tools,
+        Podman's storage driver, and a small disk made, mounted and removed. Disabled, why_not
+        says why; a sandbox is then made without one rather than refused."""
         self.enabled = False
         if self.limit_bytes <= 0:
             self.why_not = "SANDBOX_DISK_LIMIT_BYTES is 0"
@@ -81,9 +135,20 @@ class SandboxDisks:
         if os.geteuid() != 0:
             self.why_not = "the server does not run as root (loop and overlay mounts need it)"
             return
-        missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool) is None]
+        path = (self._env or os.environ).get("PATH")
+        missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool, path=path) is None]
         if missing:
             self.why_not = f"{', '.join(missing)} not found (Debian: apt-get install e2fsprogs mount)"
+            return
+        try:
+            info = await self._run_podman("info", "--format", "{{.Store.GraphDriverName}}", check=False, timeout=60)
+        except Exception as exc:  # Podman is missing or hangs: /health says so
+            self.why_not = f"Podman did not answer ({exc})"
+            return
+        driver = info.stdout.decode(errors="replace").strip()
+        if info.exit_code != 0 or driver not in STORAGE_DRIVERS:
+            self.why_not = (f"Podman's storage driver is {driver or 'unknown'!r}; a sandbox disk sits on an image "
+                            f"of {' or '.join(STORAGE_DRIVERS)} storage")
             return
         name = f"probe-{os.getpid()}"
         empty = self.dir / f".{name}-lower"
@@ -100,6 +165,10 @@ class SandboxDisks:
 
     def root(self, name: str) -> Path:
         return self.dir / name / "root"
+
+    def data(self, name: str) -> Path:
+        """The server's own folder of a sandbox, on its disk but beside its root file system."""
+        return self.dir / name / "fs" / "data"
 
     def image_file(self, name: str) -> Path:
         return self.dir / f"{name}.img"
@@ -126,8 +195,11 @@ class SandboxDisks:
         data = driver.get("Data") or {}
         if driver.get("Name") == "overlay" and data.get("UpperDir"):
             lowerdir = ":".join(d for d in (data.get("UpperDir"), data.get("LowerDir")) if d)
-        elif driver.get("Name") == "vfs" and data.get("Dir"):
-            lowerdir = data["Dir"]
+        elif driver.get("Name") == "vfs":
+            # VFS keeps each layer as a whole tree, and Podman 4 does not show its path in the
+            # image's data: `podman image mount` names it (for VFS it mounts nothing).
+            mounted = await self._run_podman("image", "mount", "--", entry.get("Id") or image, timeout=60)
+            lowerdir = mounted.stdout.decode(errors="replace").strip()
         else:
             raise DiskUnavailable(f"Podman's storage driver {driver.get('Name')!r} is not one a sandbox disk can sit on")
         if len(lowerdir) > MAX_LOWERDIR:
@@ -147,18 +219,26 @@ class SandboxDisks:
         if result.exit_code != 0 and "already in use" not in result.stderr:
             raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
 
-    async def create(self, name: str, image: str) -> list[str]:
-        """A fresh disk for a sandbox; returns the ``podman run`` arguments that take the image's place."""
+    async def create(self, name: str, image: str, data_dir: str) -> list[str]:
+        """A fresh disk for a sandbox; returns the ``podman run`` arguments that take the image's
+        place, with the server's own folder ``data_dir`` mounted from the disk."""
         root = await self.image_root(image)
-        try:
-            await self._mount(name, root.lowerdir, fresh=True, size=self.limit_bytes)
-        except (DiskUnavailable, OSError):
-            await self.release(name)
-            raise
+        for attempt in range(1, MOUNT_ATTEMPTS + 1):
+            try:
+                await self._mount(name, root.lowerdir, fresh=True, size=self.limit_bytes)
+                break
+            except (DiskUnavailable, OSError) as exc:
+                await self.release(name)
+                if attempt == MOUNT_ATTEMPTS:
+                    raise DiskUnavailable(str(exc)) from None
+                # A loop device or mount that a concurrent one disturbed: the disk is new and
+                # nobody uses it yet, so making it again is safe.
+                logger.warning("sandbox disk %s: attempt %d failed (%s); making it again", name, attempt, exc)
+                await anyio.sleep(0.2 * attempt)
         args = [arg for env in root.env for arg in ("--env", env)]
         if root.workdir:
             args += ["--workdir", root.workdir]
-        return [*args, "--rootfs", str(self.root(name))]
+        return [*args, "--volume", f"{self.data(name)}:{data_dir}", "--rootfs", str(self.root(name))]
 
     async def remount(self, name: str, image: str) -> None:
         """Mount an existing disk again (after a reboot of the host) before its container starts."""
@@ -172,15 +252,16 @@ class SandboxDisks:
             with open(image_file, "wb") as handle:
                 handle.truncate(size)
             # No journal, no reserved blocks: the sandbox gets all of its space, at once.
-            await _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard", "-m", "0", str(image_file))
+            await self._run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard", "-m", "0", str(image_file))
         elif not image_file.exists():
             raise DiskUnavailable(f"the disk image {image_file} is gone")
         if not os.path.ismount(fs):
-            await _run("mount", "-o", "loop,nodev", str(image_file), str(fs))
-        for sub in ("upper", "work"):
+            _ensure_free_loop_node()
+            await self._run("mount", "-o", "loop,nodev", str(image_file), str(fs))
+        for sub in ("upper", "work", "data"):
             (fs / sub).mkdir(exist_ok=True)
         if not os.path.ismount(root):
-            await _run(
+            await self._run(
                 "mount", "-t", "overlay", "overlay", "-o",
                 f"lowerdir={lowerdir},upperdir={fs / 'upper'},workdir={fs / 'work'}", str(root),
             )
@@ -190,11 +271,11 @@ class SandboxDisks:
         for mount_point in (self.root(name), self.dir / name / "fs"):
             if os.path.ismount(mount_point):
                 try:
-                    await _run("umount", str(mount_point))
+                    await self._run("umount", str(mount_point))
                 except DiskUnavailable as exc:
                     logger.warning("could not unmount %s (%s); detaching it lazily", mount_point, exc)
                     try:
-                        await _run("umount", "-l", str(mount_point))
+                        await self._run("umount", "-l", str(mount_point))
                     except DiskUnavailable:
                         return  # leave the files: deleting under a live mount would reach into it
         shutil.rmtree(self.dir / name, ignore_errors=True)

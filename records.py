@@ -7,6 +7,7 @@ framed report it prints is parsed here. sandbox.py decides when to run what.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
 import re
@@ -72,7 +73,7 @@ class CommandSummary:
 # BOOTSTRAP. User input arrives as
 # positional arguments or on stdin, never inside script text.
 
-LIB_PATH = f"{STATE_DIR}/lib-3.sh"
+LIB_PATH = f"{STATE_DIR}/lib-4.sh"
 
 SANDBOX_LIB = r"""
 report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
@@ -113,9 +114,18 @@ oom_kills() {  # the sandbox's count of OOM kills (cgroup v1 or v2), empty if un
     || sed -n 's/^oom_kill //p' /sys/fs/cgroup/memory.events 2>/dev/null
 }
 
-run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the command
+now_ms() {  # wall-clock milliseconds: date's %N, else when a file of ours ($1) was written now
+  n=$(date +%s%N 2>/dev/null)
+  case $n in ''|*[!0-9]*) ;; *) echo "${n%??????}"; return 0;; esac
+  true > "$1" && set -- $(stat -c '%Y %y' "$1" 2>/dev/null)  # 1795937555 2026-11-29 07:32:35.295173381 +0000
+  f=${3#*.}; f=${f%"${f#???}"}
+  case "$1$f" in ''|*[!0-9]*) echo "$(date +%s)000";; *) echo "$1$f";; esac
+}
+
+run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's start); stdin: the command
   d=/run/mcp-sandbox/commands/$1; o=/var/lib/mcp-sandbox/output/$1
-  mkdir -p "$d" /var/lib/mcp-sandbox/output && cat > "$d/command" && printf '%s\n' "$4" > "$d/started" || exit 121
+  mkdir -p "$d" /var/lib/mcp-sandbox/output && cat > "$d/command" && now_ms "$d/clock" > "$d/started" \
+    && true > "$o.stdout" && true > "$o.stderr" || exit 121
   (
     # Its own process group, so a timeout stops the command's children too.
     if [ "$(wc -c < "$d/command")" -le 100000 ]; then
@@ -130,7 +140,7 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the
       sleep "$2" & s=$!
       trap 'kill $s 2>/dev/null; exit 0' TERM
       wait $s
-      : > "$d/timed_out"
+      true > "$d/timed_out"
       kill -TERM -"$p" 2>/dev/null; sleep 2; kill -KILL -"$p" 2>/dev/null
     ) < /dev/null > /dev/null 2>&1 &
     w=$!
@@ -138,7 +148,7 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 start (ms); stdin: the
     kill "$w" 2>/dev/null
     oa=$(oom_kills)
     if [ "$rc" -ne 0 ] && [ -n "$ob" ] && [ -n "$oa" ] && [ "$oa" -gt "$ob" ]; then echo $((oa - ob)) > "$d/oom_killed"; fi
-    date +%s > "$d/finished"
+    now_ms "$d/clock" > "$d/finished"
     echo "$rc" > "$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
   ) < /dev/null > /dev/null 2>&1 &
   # The subshell records the result even if this exec session (or the server) goes away.
@@ -196,8 +206,18 @@ serve_file() {  # $1 path: "ok SIZE" and exactly SIZE bytes, or one line saying 
 
 # Exit code 120: the library is missing (the sandbox was just started, or someone removed it).
 LIB_MISSING = 120
+# Exit code 121: the library could not write a command's records or output files.
+RECORDS_UNWRITABLE = 121
 BOOTSTRAP = f'[ -r {LIB_PATH} ] || exit {LIB_MISSING}; . {LIB_PATH}; "$@"'
 INSTALL_HELPERS = f"mkdir -p {STATE_DIR} && tar -x -f - -C {STATE_DIR}"
+
+
+def helpers_digest(agent: Path | None) -> str:
+    """Names the helpers a sandbox gets: a new agent or library makes a new digest."""
+    digest = hashlib.sha256(SANDBOX_LIB.encode())
+    if agent is not None:
+        digest.update(agent.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def helpers_tar(agent: Path | None) -> bytes:
@@ -257,7 +277,7 @@ def parse_report(
     timed_out = flag == "1"
     alive = parser.line() == "1"
     started_ms = _int_or_none(parser.line()) or started_ms_hint
-    finished_s = _int_or_none(parser.line())
+    finished_ms = _finished_ms(parser.line())
     stdout_bytes = int(parser.line() or 0)
     stderr_bytes = int(parser.line() or 0)
     n_out = int(parser.line() or 0)
@@ -281,7 +301,7 @@ def parse_report(
         status = "killed"
     duration_ms = None
     if started_ms is not None:
-        end_ms = finished_s * 1000 if finished_s is not None else time.time() * 1000
+        end_ms = finished_ms if finished_ms is not None else time.time() * 1000
         duration_ms = max(0, int(end_ms - started_ms))
     return CommandState(
         command_id=command_id,
@@ -301,6 +321,14 @@ def parse_report(
         stdout_dropped=dropped[0],
         stderr_dropped=dropped[1],
     )
+
+
+def _finished_ms(text: str) -> int | None:
+    """A command's end: milliseconds, or whole seconds as records from before milliseconds say it."""
+    value = _int_or_none(text)
+    if value is None:
+        return None
+    return value if value >= 10**11 else value * 1000
 
 
 def _reason(status: str, exit_code: int | None, flag: str) -> str | None:

@@ -19,7 +19,9 @@ import posixpath
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -37,13 +39,16 @@ from records import (
     DATA_DIR,
     INSTALL_HELPERS,
     LIB_MISSING,
+    RECORDS_UNWRITABLE,
     LIB_PATH,
     OUTPUT_DIR,
     BOOTSTRAP,
+    STATE_DIR,
     STATE_TMPFS,
     CommandState,
     CommandSummary,
     last_line,
+    helpers_digest,
     helpers_tar,
     parse_command_list,
     parse_report,
@@ -82,6 +87,8 @@ ULIMIT_FLAGS: tuple[str, ...] = ("--ulimit", "nofile=1024:1024", "--ulimit", "np
 # Beyond the exact flags: swap may not double the memory limit, and the main process (which
 # prints nothing) keeps no log that could grow on the host.
 HARDENING_FLAGS: tuple[str, ...] = ("--memory-swap=256m", "--log-driver=none")
+# What Podman prints when it starts a container without the limits it was given.
+LIMITS_IGNORED_WARNING = "resource limits are not supported and ignored"
 
 LABEL_MANAGED = "mcp-sandbox.managed"
 LABEL_NAMESPACE = "mcp-sandbox.namespace"
@@ -90,6 +97,9 @@ LABEL_EXPIRES = "mcp-sandbox.expires-at"
 LABEL_TENANT = "mcp-sandbox.tenant"
 LABEL_IMAGE = "mcp-sandbox.image"  # a sandbox on its own disk runs from a rootfs: Podman knows no image
 LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is in CLAIM_PATH once handed out
+# What shaped the sandbox (image id, runtime, network, limits, disk, helpers): a pooled sandbox
+# is handed out only while this matches the server's configuration (see made_under).
+LABEL_MADE_UNDER = "mcp-sandbox.made-under"
 NAME_PREFIX = "mcp-sandbox-"
 LOCAL_TENANT = "local"  # everyone, when the server has no tokens
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -248,6 +258,30 @@ class SandboxLimitReached(SandboxError):
     pass
 
 
+class MachineryFailed(SandboxError):
+    """The server's own files or processes in a sandbox failed: the user's command did not run."""
+
+
+def machinery_failure(reason: str) -> MachineryFailed:
+    """The tool error for a command the server could not start, from the agent's or library's reason."""
+    parts = reason.split(":")
+    if parts[0] == "output-unwritable" and len(parts) == 3:
+        errno_text = parts[2].removeprefix("errno-")
+        why = os.strerror(int(errno_text)) if errno_text.isdigit() else parts[2]
+        cause = f"could not create the command's output files in {parts[1]} inside the sandbox ({why})"
+    else:
+        cause = f"could not start the command in the sandbox ({reason[:300] or 'no reason given'})"
+    return MachineryFailed(
+        f"The server {cause}, so the command did not run. This is the server's machinery failing, not your "
+        f"command. If a command changed the permissions of {DATA_DIR} or {STATE_DIR}, restore them "
+        f"(chmod -R u+rwX {DATA_DIR}); otherwise destroy this sandbox with destroy_container and create a new one."
+    )
+
+
+class LimitsNotEnforced(SandboxError):
+    """Podman on this host would start sandboxes without their memory, CPU or process limits."""
+
+
 class ImageNotAllowed(SandboxError):
     pass
 
@@ -266,6 +300,50 @@ class FileNotShareable(SandboxError):
 
 class FileLinkNotFound(SandboxError):
     pass
+
+
+# --------------------------------------------------------------------------- what the host can give
+
+
+MEMORY_LIMIT_BYTES = 256 * 1024 * 1024  # --memory=256m
+# A sandbox's own memory limit as its cgroup shows it: cgroup v1, then v2.
+CGROUP_MEMORY_LIMIT_FILES = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
+LIMITS_WAY_OUT = (
+    " Sandboxes without their memory, CPU and process limits are refused. Run the server as root "
+    "(rootful Podman), or use a host with cgroup v2 whose memory, cpu and pids controllers are "
+    "delegated to this user (systemd: Delegate=yes), then restart the server."
+)
+
+
+def why_limits_fail(info: Mapping[str, Any]) -> str:
+    """Why Podman, by its own ``podman info``, cannot give sandboxes their limits; "" if it can."""
+    host = info.get("host") or {}
+    rootless = bool((host.get("security") or {}).get("rootless"))
+    version = host.get("cgroupVersion") or ""
+    controllers = set(host.get("cgroupControllers") or [])
+    if rootless and version == "v1":
+        return ("Podman runs rootless on a cgroup v1 host, where it ignores every resource limit "
+                "(\"Resource limits are not supported and ignored on cgroups V1 rootless systems\")." + LIMITS_WAY_OUT)
+    missing = sorted({"memory", "pids", "cpu"} - controllers)
+    if rootless and version == "v2" and missing:
+        return (f"Podman runs rootless and the cgroup controllers {', '.join(missing)} are not delegated "
+                "to this user, so those limits would be ignored." + LIMITS_WAY_OUT)
+    return ""
+
+
+def changed_settings(recorded: str, now: Mapping[str, str]) -> str:
+    """What differs between the configuration a sandbox recorded (JSON) and the one in force;
+    "" when nothing does."""
+    try:
+        then = json.loads(recorded) if recorded else None
+    except ValueError:
+        then = None
+    if not isinstance(then, dict):
+        return "it carries no record of the configuration it was made under"
+    return "; ".join(
+        f"{key}: {str(then.get(key))[:80]!r} -> {str(value)[:80]!r}"
+        for key, value in now.items() if then.get(key) != value
+    )
 
 
 # --------------------------------------------------------------------------- records
@@ -360,12 +438,46 @@ _MISSING_CONTAINER = ("no such container", "no container with name or id", "does
 _NOT_RUNNING = ("is not running", "container state improper", "can only create exec sessions on running containers")
 
 
-class Podman:
-    """Runs the ``podman`` CLI with argv lists, never through a shell."""
+# Where system tools live. Desktop clients start stdio servers with a short PATH
+# (/usr/local/bin:/usr/bin:/bin): Podman's netavark then cannot run iptables from /usr/sbin, nor
+# the server find mkfs.ext4. Every subprocess of the server gets these folders after the caller's.
+SYSTEM_PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
-    def __init__(self, program: str = "podman", runtime: str = "") -> None:
+
+def system_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the server's subprocesses: the caller's, with the system folders on PATH."""
+    env = dict(os.environ if environ is None else environ)
+    have = [folder for folder in env.get("PATH", "").split(":") if folder]
+    env["PATH"] = ":".join(have + [folder for folder in SYSTEM_PATH_DIRS if folder not in have])
+    return env
+
+
+class Podman:
+    """Runs the ``podman`` CLI with argv lists, never through a shell.
+
+    Its processes run in a working directory of the server's own (``workdir``): conmon, which
+    Podman starts beside each ``podman exec``, writes a file named ``oom`` into its working
+    directory whenever the sandbox's memory limit kills something, and that must not land in
+    whatever folder the server was started from.
+    """
+
+    def __init__(self, program: str = "podman", runtime: str = "", workdir: str | None = None) -> None:
         self.program = program
         self.runtime = runtime
+        self.env = system_env()
+        self.workdir = workdir
+
+    @property
+    def spawn_options(self) -> dict[str, Any]:
+        """Keyword arguments for anyio.open_process, for every podman process the server starts."""
+        if self.workdir is None or not os.path.isdir(self.workdir):
+            self.workdir = tempfile.mkdtemp(prefix="mcp-sandbox-podman-")
+        return {"env": self.env, "cwd": self.workdir}
+
+    def close(self) -> None:
+        workdir, self.workdir = self.workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def argv(self, *args: str) -> list[str]:
         base = [self.program]
@@ -390,6 +502,7 @@ class Podman:
                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
+                    **self.spawn_options,
                 ) as process:
                     if stdin is not None and process.stdin is not None:
                         try:
@@ -479,7 +592,14 @@ class SandboxManager:
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
         self.podman = Podman(settings.podman, settings.runtime)
-        self.disks = SandboxDisks(settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.podman.run)
+        self.disks = SandboxDisks(
+            settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.podman.run, self.podman.env
+        )
+        # Why sandboxes cannot be given their limits here ("" while they can): decided at start
+        # from Podman's own account, and again from the first sandbox's cgroup.
+        self.limits_problem = ""
+        self._limits_verified = False
+        self._made_under: dict[str, str] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._links: dict[str, FileLink] = {}
         self._running: dict[tuple[str, str], _RunningCommand] = {}
@@ -498,6 +618,7 @@ class SandboxManager:
                 "every command will cost a podman exec"
             )
         self._helpers = helpers_tar(self._agent)
+        self._helpers_digest = helpers_digest(self._agent)
         self._channels: dict[str, AgentChannel] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
         self._pool: list[Sandbox] = []
@@ -516,6 +637,7 @@ class SandboxManager:
         else:
             logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
                            "storage", self.disks.why_not)
+        await self._check_limits()
         try:
             await self.adopt()
         except SandboxError as exc:
@@ -530,6 +652,7 @@ class SandboxManager:
         for container_id in list(self._channels):
             await self._close_channel(container_id)
         await self._background.stop()
+        self.podman.close()
 
     async def adopt(self) -> list[str]:
         result = await self.podman.run(
@@ -567,7 +690,7 @@ class SandboxManager:
                     logger.warning("sandbox %s could not be restarted, destroying it: %s", name, exc)
                     await self._remove_container(sandbox.name)
                     continue
-            if pooled and not await self._adopt_pooled(sandbox):
+            if pooled and not await self._adopt_pooled(sandbox, labels.get(LABEL_MADE_UNDER, "")):
                 continue
             self._sandboxes[container_id] = sandbox
             adopted.append(container_id)
@@ -582,9 +705,10 @@ class SandboxManager:
             logger.info("adopted %d sandbox(es)", len(adopted))
         return adopted
 
-    async def _adopt_pooled(self, sandbox: Sandbox) -> bool:
+    async def _adopt_pooled(self, sandbox: Sandbox, made_under: str) -> bool:
         """A pooled sandbox was handed out if it holds a claim: then it is adopted with the
-        claim's lifetime (True). Unclaimed, it rejoins the pool or is destroyed (False)."""
+        claim's lifetime (True), whatever changed since. Unclaimed, it rejoins the pool if it was
+        made under the configuration in force now, else it is destroyed (False)."""
         result = await self.podman.run(
             "exec", sandbox.name, "cat", CLAIM_PATH, check=False, timeout=30, stdout_limit=1024
         )
@@ -601,14 +725,65 @@ class SandboxManager:
             # A claim that cannot be read was still a claim: never hand the sandbox out again.
             await self._remove_container(sandbox.name)
             return False
+        changed = changed_settings(made_under, await self.made_under())
+        if changed:
+            logger.info("destroying pooled sandbox %s: it was made under another configuration (%s)",
+                        sandbox.container_id, changed)
         if (
-            result.exit_code != 0 and not _is_missing_container(result.stderr)
-            and sandbox.image == self.settings.image and len(self._pool) < self.settings.pool_size
+            result.exit_code != 0 and not _is_missing_container(result.stderr) and not changed
+            and not self.limits_problem and len(self._pool) < self.settings.pool_size
         ):
             self._pool.append(sandbox)
         else:
             await self._remove_container(sandbox.name)
         return False
+
+    async def made_under(self) -> dict[str, str]:
+        """Everything that shapes a sandbox of the default kind, as a pooled one records it."""
+        if self._made_under is None or not self._made_under["image_id"]:
+            inspected = await self.podman.run(
+                "image", "inspect", "--format", "{{.Id}}", "--", self.settings.image, check=False, timeout=60
+            )
+            self._made_under = {
+                "image": self.settings.image,
+                "image_id": inspected.stdout.decode(errors="replace").strip() if inspected.exit_code == 0 else "",
+                "runtime": self.settings.runtime,
+                "network": self.settings.network,
+                "flags": " ".join((*LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, STATE_TMPFS)),
+                "disk_bytes": str(self.disks.limit_bytes if self.disks.enabled else 0),
+                "helpers": self._helpers_digest,
+            }
+        return self._made_under
+
+    async def _check_limits(self) -> None:
+        """Whether Podman here can give sandboxes their limits, from its own account of the host."""
+        try:
+            result = await self.podman.run("info", "--format", "json", check=False, timeout=60)
+            info = json.loads(result.stdout or b"{}") if result.exit_code == 0 else {}
+        except (SandboxError, ValueError) as exc:  # Podman is missing or hangs: /health says so
+            logger.warning("could not ask Podman about resource limits: %s", exc)
+            info = {}
+        self.limits_problem = why_limits_fail(info)
+        if self.limits_problem:
+            logger.error("sandboxes will NOT be created: %s", self.limits_problem)
+
+    async def _verify_limits(self, sandbox: Sandbox, podman_said: str) -> None:
+        """Refuse a sandbox whose limits Podman ignored: by its warning, and once, by the first
+        sandbox's own cgroup (a memory limit the sandbox cannot see is not proven absent)."""
+        if LIMITS_IGNORED_WARNING in podman_said.lower():
+            self.limits_problem = podman_said.strip().splitlines()[-1][:300] + LIMITS_WAY_OUT
+        elif not self._limits_verified:
+            result = await self.podman.run(
+                "exec", sandbox.name, "cat", *CGROUP_MEMORY_LIMIT_FILES, check=False, timeout=30, stdout_limit=1024
+            )
+            words = result.stdout.decode(errors="replace").split()
+            if words and (words[0] == "max" or (words[0].isdigit() and int(words[0]) > MEMORY_LIMIT_BYTES)):
+                self.limits_problem = (f"the first sandbox's memory cgroup says its limit is {words[0]}, not "
+                                       f"{MEMORY_LIMIT_BYTES}: Podman did not apply the limits." + LIMITS_WAY_OUT)
+            self._limits_verified = True
+        if self.limits_problem:
+            logger.error("sandboxes will NOT be created: %s", self.limits_problem)
+            raise LimitsNotEnforced(self.limits_problem)
 
     async def _adopt_links(self, sandbox: Sandbox) -> None:
         try:
@@ -714,6 +889,8 @@ class SandboxManager:
                 f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
                 "Omit the image argument to get the default one."
             )
+        if self.limits_problem:
+            raise LimitsNotEnforced(self.limits_problem)
         async with self._lock:
             if len(self._sandboxes) + self._creating >= self.settings.max_containers:
                 raise SandboxLimitReached(
@@ -779,6 +956,8 @@ class SandboxManager:
                 await self._pool_wanted.wait()
                 self._pool_wanted = anyio.Event()
                 continue
+            if self.limits_problem:
+                return  # no sandbox can be made here; the error is told to whoever asks for one
             self._pool_filling += 1
             try:
                 sandbox = await self._start_container(self.settings.image, pooled=True)
@@ -806,17 +985,21 @@ class SandboxManager:
             "--label", f"{LABEL_IMAGE}={image}",
         ]
         if pooled:
-            args += ["--label", f"{LABEL_POOLED}=true"]
+            made_under = json.dumps(await self.made_under(), sort_keys=True, separators=(",", ":"))
+            args += ["--label", f"{LABEL_POOLED}=true", "--label", f"{LABEL_MADE_UNDER}={made_under}"]
         else:
             args += ["--label", f"{LABEL_TENANT}={tenant}"]
         if network or self.settings.network:
             args += ["--network", network or self.settings.network]
         try:
+            # The server's own files (DATA_DIR) live on a mount of their own, never in the image's
+            # tree, which may be read-only to the sandbox's root: on the sandbox's disk, or on an
+            # anonymous volume that goes with the container (podman rm -v).
             if self.disks.enabled:
-                args += [*await self.disks.create(sandbox.name, image), "sleep", "2147483647"]
+                args += [*await self.disks.create(sandbox.name, image, DATA_DIR), "sleep", "2147483647"]
             else:
-                args += ["--entrypoint", "sleep", image, "2147483647"]
-            await self.podman.run(*args, timeout=300)
+                args += ["--volume", DATA_DIR, "--entrypoint", "sleep", image, "2147483647"]
+            started = await self.podman.run(*args, timeout=300)
         except DiskUnavailable as exc:
             raise SandboxError(f"Could not prepare the sandbox's disk: {exc}. Try again; if it persists, an "
                                "operator can set SANDBOX_DISK_LIMIT_BYTES=0 to run sandboxes without one.") from None
@@ -830,6 +1013,7 @@ class SandboxManager:
                 ) from None
             raise
         try:
+            await self._verify_limits(sandbox, started.stderr)
             await self._install_helpers(sandbox)
         except SandboxError:
             await self._remove_container(sandbox.name)
@@ -853,7 +1037,7 @@ class SandboxManager:
     async def _remove_container(self, name: str, check: bool = False) -> None:
         if not name:
             return
-        result = await self.podman.run("rm", "-f", "-t", "0", "--", name, check=False, timeout=120)
+        result = await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120)
         if result.exit_code != 0 and not _is_missing_container(result.stderr):
             if check:
                 raise PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
@@ -871,6 +1055,8 @@ class SandboxManager:
             if result.exit_code == LIB_MISSING and attempt == 0:
                 await self._install_helpers(sandbox)
                 continue
+            if result.exit_code == RECORDS_UNWRITABLE and not _is_missing_container(result.stderr):
+                raise machinery_failure(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "")
             if result.exit_code != 0:
                 self._raise_exec_failure(sandbox, result)
             return result
@@ -901,7 +1087,7 @@ class SandboxManager:
             for attempt in range(2):
                 channel = AgentChannel(self.podman.argv(
                     "exec", "-i", sandbox.name, AGENT_PATH_IN_SANDBOX, str(self.settings.output_file_max_bytes)
-                ))
+                ), self.podman.spawn_options)
                 try:
                     await channel.open(self._background.start_soon)
                     break
@@ -1066,13 +1252,10 @@ class SandboxManager:
             self._started(sandbox.container_id, command_id)
         except ChannelRequestFailed as exc:
             channel.forget_exit(command_id)
-            raise SandboxError(f"The sandbox could not start the command ({exc}). Try again, or check the sandbox.") from None
-        state = await self._follow_on_channel(
+            raise machinery_failure(str(exc)) from None
+        return await self._follow_on_channel(
             channel, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
         )
-        if state.status != "running":
-            state = replace(state, duration_ms=int(time.time() * 1000 - started_ms))
-        return state
 
     async def _follow_on_channel(
         self, channel: AgentChannel, command_id: str, exit_reply: Any, wait_seconds: float,
@@ -1180,8 +1363,7 @@ class SandboxManager:
             state = parse_report(command_id, result.stdout)
             if state is None:
                 raise SandboxError(f"Command {command_id} left no record in the sandbox; run it again.")
-            finished_ms = time.time() * 1000
-            running.state = replace(state, duration_ms=int(finished_ms - started_ms))
+            running.state = state
         except (SandboxError, ValueError) as exc:
             if sandbox.destroying:
                 running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
@@ -1404,7 +1586,7 @@ class SandboxManager:
         if sandbox is None or sandbox.expires_at <= time.time():
             raise FileLinkNotFound("The sandbox of this file link no longer exists.")
         argv = self.podman.argv("exec", sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path)
-        download = FileDownload(argv, link)
+        download = FileDownload(argv, link, self.podman.spawn_options)
         await download.start()
         return download
 
@@ -1413,9 +1595,11 @@ class SandboxManager:
     async def health(self) -> dict[str, Any]:
         result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
         await self.podman.run("ps", "-q", "--filter", f"label={LABEL_MANAGED}=true", timeout=10)
+        if self.limits_problem:
+            raise LimitsNotEnforced(self.limits_problem)
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
         return {"podman_version": result.stdout.decode(errors="replace").strip(), "sandboxes": len(self._sandboxes),
-                "sandbox_disk_bytes": disk}
+                "sandbox_disk_bytes": disk, "limits": "enforced"}
 
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
@@ -1472,9 +1656,10 @@ def _widen_pipe(process: anyio.abc.Process) -> None:
 class FileDownload:
     """One file streaming out of a sandbox through ``podman exec``; memory stays flat."""
 
-    def __init__(self, argv: list[str], link: FileLink) -> None:
+    def __init__(self, argv: list[str], link: FileLink, spawn_options: dict[str, Any]) -> None:
         self.argv = argv
         self.link = link
+        self.spawn_options = spawn_options
         self.size = 0
         self._process: anyio.abc.Process | None = None
         self._stdout: BufferedByteReceiveStream | None = None
@@ -1486,7 +1671,10 @@ class FileDownload:
     async def start(self) -> None:
         logger.debug("run %s", shlex.join(self.argv))
         try:
-            self._process = await anyio.open_process(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self._process = await anyio.open_process(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                **self.spawn_options,
+            )
         except FileNotFoundError:
             raise PodmanUnavailable(self.argv, None, "podman was not found") from None
         assert self._process.stdout is not None

@@ -8,7 +8,8 @@
  * started until they end, so their results are recorded even if the server is gone.
  *
  * Requests (stdin), one header line each, then a payload of the given length:
- *   run <cmd_id> <timeout_s> <started_ms> <cap> <len>\n<command>
+ *   run <cmd_id> <timeout_s> <started_ms> <cap> <len>\n<command>   (started_ms: unused, kept for
+ *                                   older servers; the agent records the start on its own clock)
  *   report <req> <cmd_id> <cap> [<stdout_offset> <stderr_offset>]\n
  *   put <req> <mode_octal> <path_len> <data_len>\n<path><data>
  *   list <req>\n                      (the sandbox's commands, as list_commands in sandbox.py)
@@ -96,6 +97,13 @@ static int channel_ok = 1;
 static long long monotonic_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* Wall-clock milliseconds: the clock of a command's recorded start (the server's, on this host). */
+static long long realtime_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
@@ -483,8 +491,11 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         return;
     }
     snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
+    /* The start on the same clock as the end, taken just before the command runs (the
+     * server's <started_ms> is older by the time its request took to arrive). */
+    (void)started_ms;
     char started_line[40];
-    snprintf(started_line, sizeof started_line, "%s\n", started_ms);
+    snprintf(started_line, sizeof started_line, "%lld\n", realtime_ms());
     char out_path[300], err_path[300];
     snprintf(out_path, sizeof out_path, "%s/%s.stdout", OUTPUT_DIR, id);
     snprintf(err_path, sizeof err_path, "%s/%s.stderr", OUTPUT_DIR, id);
@@ -500,9 +511,20 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         emitf("failed %s state-unwritable\n", id);
         return;
     }
+    /* The output files are opened here, not in the child: a sandbox where they cannot be
+     * written is the server's failure to report, not a command that exited 126. */
+    int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int err = out < 0 ? -1 : open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0 || err < 0) {
+        emitf("failed %s output-unwritable:%s:errno-%d\n", id, OUTPUT_DIR, errno);
+        if (out >= 0) close(out);
+        return;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         emitf("failed %s fork-%d\n", id, errno);
+        close(out);
+        close(err);
         return;
     }
     if (pid == 0) {
@@ -515,9 +537,7 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         signal(SIGCHLD, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
         int in = open("/dev/null", O_RDONLY);
-        int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (in < 0 || out < 0 || err < 0) _exit(126);
+        if (in < 0) _exit(126);
         dup2(in, 0);
         dup2(out, 1);
         dup2(err, 2);
@@ -534,6 +554,8 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         }
         _exit(127);
     }
+    close(out);
+    close(err);
     char pid_line[24];
     snprintf(pid_line, sizeof pid_line, "%d\n", (int)pid);
     overwrite_text(dir, "pid", pid_line, strlen(pid_line));
@@ -553,7 +575,7 @@ static void finish_command(struct command *c, int status) {
     snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, c->id);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     char line[32];
-    snprintf(line, sizeof line, "%lld\n", (long long)time(NULL));
+    snprintf(line, sizeof line, "%lld\n", realtime_ms()); /* milliseconds, as the start */
     publish_text(dir, "finished", line);
     long oom_kills = oom_kill_count();
     if (code != 0 && c->oom_kills_before >= 0 && oom_kills > c->oom_kills_before)

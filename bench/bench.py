@@ -90,7 +90,7 @@ class Bench:
         names = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={self.namespace}"],
                                capture_output=True, text=True).stdout.split()
         for start in range(0, len(names), 50):
-            subprocess.run(["podman", "rm", "-f", "-t", "0", *names[start:start + 50]], capture_output=True)
+            subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *names[start:start + 50]], capture_output=True)
         release_namespace(SandboxSettings.from_env().disk_dir, self.namespace)
 
     async def raw_create(self) -> str:

@@ -94,7 +94,7 @@ async def soak(calls: int, clients: int) -> int:
         everything = names()
         left = everything - names("label=mcp-sandbox.pooled=true")
         if everything:
-            subprocess.run(["podman", "rm", "-f", "-t", "0", *everything], capture_output=True)
+            subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *everything], capture_output=True)
         release_namespace(SandboxSettings.from_env().disk_dir, namespace)
     print(f"{done[0]} calls from {clients} clients in {elapsed:.1f} s ({done[0] / elapsed:.0f} calls/s): "
           f"{len(errors)} errors; server RSS {rss:.0f} MB; {len(left)} non-pool sandboxes left behind")

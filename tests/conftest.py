@@ -78,7 +78,7 @@ def sweep_sandboxes() -> Iterator[None]:
     for namespace in sorted(NAMESPACES):
         names = sandbox_names(namespace)
         if names:
-            podman("rm", "-f", "-t", "0", *names, check=False)
+            podman("rm", "-f", "-v", "-t", "0", *names, check=False)
         release_disks(namespace)
     made = image_holders() - HOLDERS_BEFORE
     if made:

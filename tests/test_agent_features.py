@@ -223,7 +223,7 @@ async def test_a_command_whose_sandbox_goes_away_ends_with_reason_sandbox_gone(c
         if how == "destroy_container":
             await client.call_tool("destroy_container", {"container_id": container_id})
         elif how == "podman rm":
-            podman("rm", "-f", "-t", "0", f"mcp-sandbox-{container_id}")
+            podman("rm", "-f", "-v", "-t", "0", f"mcp-sandbox-{container_id}")
         else:
             podman("kill", f"mcp-sandbox-{container_id}")
         result = structured(await client.call_tool("check_container", {

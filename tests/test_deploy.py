@@ -93,5 +93,5 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
         kept = podman("exec", name, "podman", "image", "exists", SANDBOX_IMAGE, check=False)
         assert kept.returncode == 0, "the sandbox image did not survive the restart on the volume"
     finally:
-        podman("rm", "-f", "-t", "0", name, check=False)
+        podman("rm", "-f", "-v", "-t", "0", name, check=False)
         podman("volume", "rm", "-f", volume, check=False)

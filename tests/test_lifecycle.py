@@ -115,7 +115,7 @@ async def test_sandbox_removed_outside_the_server_is_reported(start_server) -> N
     server = start_server()
     async with Client(server.url + "/mcp") as client:
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
-        podman("rm", "-f", "-t", "0", f"mcp-sandbox-{container_id}")
+        podman("rm", "-f", "-v", "-t", "0", f"mcp-sandbox-{container_id}")
         result = await client.call_tool("execute_command", {"container_id": container_id, "command": "true"}, raise_on_error=False)
         assert result.is_error and "removed outside this server" in result.content[0].text
         healthy = await client.call_tool("create_container", {})
