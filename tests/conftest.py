@@ -124,19 +124,23 @@ def free_port() -> int:
 class ServerProcess:
     """``python server.py`` (or another command) as a real process on a free port."""
 
-    def __init__(self, env: dict[str, str], argv: list[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], argv: list[str] | None = None, port: int | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env}
         NAMESPACES.add(self.env["SANDBOX_NAMESPACE"])
         self.argv = argv or [sys.executable, str(ROOT / "server.py")]
+        self.cwd = cwd or ROOT
         self.log_path = ROOT / ".pytest_cache" / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_for: str = "/") -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=self.log, stderr=self.log,
+                                        stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

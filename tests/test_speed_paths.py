@@ -9,7 +9,7 @@ import time
 
 import anyio
 import pytest
-from conftest import RUN_ID, podman, sandbox_names, structured, wait_for_command
+from conftest import ROOT, RUN_ID, podman, sandbox_names, structured, wait_for_command
 from fastmcp import Client
 
 pytestmark = pytest.mark.anyio
@@ -68,6 +68,47 @@ async def test_pool_hands_out_each_sandbox_once_with_lifetime_from_hand_out(star
             await client.call_tool("destroy_container", {"container_id": container_id})
     await wait_until(lambda: len(sandbox_names(namespace)) == 2)  # just the refilled pool
     assert set(sandbox_names(namespace)) == pooled_names(namespace)
+
+
+RUNSC = str(ROOT / "scripts" / "runsc-no-network")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("before", "after", "shape"),
+    [
+        ({}, {"SANDBOX_NETWORK": "none"}, "network"),
+        ({"SANDBOX_NETWORK": "none"}, {"SANDBOX_NETWORK": "none", "SANDBOX_RUNTIME": RUNSC}, "runtime"),
+    ],
+    ids=["network", "runtime"],
+)
+async def test_pool_made_under_another_configuration_is_destroyed_not_handed_out(
+    start_server, before: dict[str, str], after: dict[str, str], shape: str  # type: ignore[no-untyped-def]
+) -> None:
+    """An operator who tightens the configuration and restarts gets only sandboxes made under it."""
+    namespace = f"{RUN_ID}-pool-{shape}"
+    first = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "2", **before})
+    await wait_until(lambda: len(pooled_names(namespace)) == 2, seconds=60)
+    old_pool = pooled_names(namespace)
+    first.stop(signal.SIGTERM)
+    assert pooled_names(namespace) == old_pool  # left running for the next start
+
+    second = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "2", **after})
+    async with Client(second.url + "/mcp") as client:
+        for _ in range(3):
+            container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+            name = f"mcp-sandbox-{container_id}"
+            assert name not in old_pool
+            ran = structured(await client.call_tool("execute_command", {
+                "container_id": container_id, "command": "ls /sys/class/net; uname -r"}))
+            runtime = podman("inspect", "--format", "{{.OCIRuntime}}", name).stdout.strip()
+            if shape == "network":
+                assert ran["stdout"].split()[0] == "lo" and "eth0" not in ran["stdout"], ran
+            else:
+                assert runtime.endswith("runsc-no-network") and "4.4.0" in ran["stdout"], (runtime, ran)
+            await client.call_tool("destroy_container", {"container_id": container_id})
+    assert not old_pool & set(sandbox_names(namespace))
+    assert "made under another configuration" in second.log_text() and f"{shape}:" in second.log_text()
 
 
 async def test_killed_channel_is_reopened_and_running_command_keeps_its_result(start_server) -> None:
