@@ -8,7 +8,11 @@ if podman image exists "$name"; then echo "$name"; exit 0; fi
 command -v debootstrap >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >&2
+# The Debian mirror this machine's apt uses (one-line or deb822 sources), not a host written here.
+mirror=$({ grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit }}'
+           grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'; } | grep -v security | head -n 1)
+[ -n "$mirror" ] || { echo "make-base-image: no Debian mirror found in /etc/apt/sources.list*" >&2; exit 1; }
+debootstrap --variant=minbase bookworm "$root" "$mirror" >&2
 # As in Debian's slim images: no package lists, caches, manuals or translations.
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* "$root"/usr/share/man/* \
   "$root"/usr/share/info/* "$root"/usr/share/locale/*

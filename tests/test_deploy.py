@@ -1,6 +1,6 @@
 """The Railway deployment for real: the Containerfile built from a local Debian 12 base
-(debootstrap, no registry), run with Podman nested inside, used through a real MCP client,
-stopped with SIGTERM, and started again on the same volume."""
+(debootstrap, no registry), run with Podman nested inside in both privilege modes the README
+gives, used through a real MCP client, stopped with SIGTERM, and started again on the same volume."""
 
 from __future__ import annotations
 
@@ -16,12 +16,17 @@ from fastmcp import Client
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SANDBOX_IMAGE = "localhost/mcp-sandbox-busybox:latest"
-# The smallest set found with which nested Podman works here (README, "Deploy"): mounts and
-# namespaces (SYS_ADMIN), the sandboxes' bridge (NET_ADMIN), and a writable cgroup tree for
-# the sandboxes' limits. The ulimits stay under what this host lets a process without
-# CAP_SYS_RESOURCE set.
-RUN_FLAGS = ["--cap-add=SYS_ADMIN", "--cap-add=NET_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-             "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+# The two privilege modes of the README ("Deploy"). The smallest set found with which nested
+# Podman works here: mounts and namespaces (SYS_ADMIN), the sandboxes' bridge (NET_ADMIN), and a
+# writable cgroup tree for the sandboxes' limits; it has no loop devices, so sandboxes get no
+# disk of their own. --privileged has them: each sandbox gets its disk, on VFS storage too.
+# The ulimits stay under what this host lets a process without CAP_SYS_RESOURCE set.
+MODES = {
+    "minimal": ["--cap-add=SYS_ADMIN", "--cap-add=NET_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"],
+    "privileged": ["--privileged"],
+}
+ULIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+DISK_BYTES = 2 * 1024 * 1024 * 1024  # the default SANDBOX_DISK_LIMIT_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +60,13 @@ def wait_healthy(url: str, seconds: float = 60) -> None:
     raise AssertionError("the deployed server never became healthy")
 
 
-async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(server_image: str) -> None:
-    name = f"mcp-deploy-{secrets.token_hex(3)}"
+@pytest.mark.parametrize("mode", sorted(MODES))
+async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(server_image: str, mode: str) -> None:
+    name = f"mcp-deploy-{mode}-{secrets.token_hex(3)}"
     volume = f"{name}-storage"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    run = ["podman", "run", "-d", "--name", name, *RUN_FLAGS, "-p", f"127.0.0.1:{port}:3000",
+    run = ["podman", "run", "-d", "--name", name, *MODES[mode], *ULIMITS, "-p", f"127.0.0.1:{port}:3000",
            "-v", f"{volume}:/var/lib/containers", "-e", f"BASE_URL={url}", "-e", f"SANDBOX_IMAGE={SANDBOX_IMAGE}",
            "-e", "SANDBOX_POOL_SIZE=0", "-e", "AUTH_TOKENS=deploy-test-token", server_image]
     try:
@@ -72,11 +78,18 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
                        capture_output=True, timeout=300)
         save.wait()
 
+        # Whether sandboxes get disks was decided at start, and /health says which.
+        disk = httpx.get(url + "/health").json()["sandbox_disk_bytes"]
+        assert disk == DISK_BYTES if mode == "privileged" else str(disk).startswith("unbounded"), disk
         async with Client(url + "/mcp", auth="deploy-test-token") as client:
             container_id = structured(await client.call_tool("create_container", {}))["container_id"]
             ran = structured(await client.call_tool("execute_command", {
-                "container_id": container_id, "command": "echo 'Hello from a nested sandbox' > /tmp/hello.txt; date -u +%Y"}))
-            assert ran["exit_code"] == 0 and ran["stdout"].strip().isdigit()
+                "container_id": container_id,
+                "command": "echo 'Hello from a nested sandbox' > /tmp/hello.txt; date -u +%Y; df -k / | tail -1"}))
+            year, df = ran["stdout"].splitlines()
+            assert ran["exit_code"] == 0 and year.isdigit(), ran
+            if mode == "privileged":  # the sandbox's own disk
+                assert int(df.split()[1]) <= DISK_BYTES // 1024, df
             link = structured(await client.call_tool("get_file_url", {"container_id": container_id, "path": "/tmp/hello.txt"}))
             assert link["url"].startswith(url + "/files/")
             assert httpx.get(link["url"]).content == b"Hello from a nested sandbox\n"
