@@ -7,11 +7,13 @@ server runs as root with loop devices, a sandbox named NAME gets:
     DIR/<namespace>/NAME.img    sparse, formatted ext4, SANDBOX_DISK_LIMIT_BYTES long
     DIR/<namespace>/NAME/fs     that image, loop-mounted
     DIR/<namespace>/NAME/root   an overlay: the image's layers below, upper and work dirs on fs
+    DIR/<namespace>/NAME/fs/data  the server's own folder in the sandbox, bind-mounted
 
 and the container runs with ``--rootfs DIR/<namespace>/NAME/root``. Writing past the limit is
-the sandbox's own "No space left on device"; on the host it takes at most the limit. Without
-root or loop devices (rootless Podman, most PaaS containers) ``probe`` says why, and sandboxes
-run from their image as usual, their disk use bounded only by the volume under Podman.
+the sandbox's own "No space left on device"; on the host it takes at most the limit. The image's
+layers come from Podman's overlay or VFS storage (the nested deployment uses VFS). Without root,
+tools or loop devices (rootless Podman, most PaaS containers) ``probe`` says why at start, and
+sandboxes run from their image as usual, their disk use bounded only by the volume under Podman.
 """
 
 from __future__ import annotations
