@@ -262,10 +262,6 @@ class SandboxDisks:
             await self._run("mount", "-o", "loop,nodev", str(image_file), str(fs))
         for sub in ("upper", "work", "data"):
             (fs / sub).mkdir(exist_ok=True)
-        if fresh:  # the overlay's root takes its mode and owner from the upper dir: make them the image's
-            top = os.stat(lowerdir.split(":")[0])
-            os.chown(fs / "upper", top.st_uid, top.st_gid)
-            os.chmod(fs / "upper", stat.S_IMODE(top.st_mode))
         if not os.path.ismount(root):
             await self._run(
                 "mount", "-t", "overlay", "overlay", "-o",

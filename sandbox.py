@@ -10,6 +10,7 @@ caches what it can read back.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -262,8 +263,19 @@ class MachineryFailed(SandboxError):
     """The server's own files or processes in a sandbox failed: the user's command did not run."""
 
 
-def machinery_failure(reason: str) -> MachineryFailed:
+# The agent's reason when fork() fails with EAGAIN: the sandbox is at its process limit.
+FORK_AT_PROCESS_LIMIT = f"fork-{errno.EAGAIN}"
+FORK_RETRY_SECONDS = 5.0
+
+
+def machinery_failure(reason: str) -> SandboxError:
     """The tool error for a command the server could not start, from the agent's or library's reason."""
+    if reason == FORK_AT_PROCESS_LIMIT:
+        return SandboxError(
+            "The sandbox is at its limit of 100 processes, so the command could not start (it did not run). "
+            "Wait for some of its processes to end, or end them (for example kill the background jobs you "
+            "started), then run the command again; if nothing helps, destroy the sandbox and create a new one."
+        )
     parts = reason.split(":")
     if parts[0] == "output-unwritable" and len(parts) == 3:
         errno_text = parts[2].removeprefix("errno-")
@@ -1247,12 +1259,20 @@ class SandboxManager:
     ) -> CommandState:
         cap = self.settings.output_limit_bytes
         exit_reply = channel.expect_exit(command_id)
-        try:
-            await channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
-            self._started(sandbox.container_id, command_id)
-        except ChannelRequestFailed as exc:
-            channel.forget_exit(command_id)
-            raise machinery_failure(str(exc)) from None
+        # A sandbox at its process limit (a fork bomb dying out) cannot fork the command yet; it
+        # did not start, so trying again a little later is safe.
+        deadline = time.monotonic() + FORK_RETRY_SECONDS
+        while True:
+            try:
+                await channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
+                self._started(sandbox.container_id, command_id)
+                break
+            except ChannelRequestFailed as exc:
+                if str(exc) == FORK_AT_PROCESS_LIMIT and time.monotonic() < deadline:
+                    await anyio.sleep(0.2)
+                    continue
+                channel.forget_exit(command_id)
+                raise machinery_failure(str(exc)) from None
         return await self._follow_on_channel(
             channel, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
         )

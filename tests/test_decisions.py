@@ -67,3 +67,6 @@ def test_the_server_machinery_failing_says_so_and_what_to_do() -> None:
     assert "/var/lib/mcp-sandbox/output" in message and "Permission denied" in message
     assert "did not run" in message and "destroy_container" in message
     assert "too-many-commands" in str(machinery_failure("too-many-commands"))
+    # A fork that fails at the sandbox's process limit is the sandbox being full, not the machinery.
+    full = str(machinery_failure("fork-11"))
+    assert "limit of 100 processes" in full and "machinery" not in full
