@@ -295,3 +295,18 @@ def release_namespace(base: str, namespace: str) -> None:
             if os.path.ismount(mount_point) and subprocess.run(["umount", str(mount_point)]).returncode != 0:
                 subprocess.run(["umount", "-l", str(mount_point)])
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def image_holders() -> set[str]:
+    """The image holders on this host, for the sweeps of tests and benchmarks, which remove the
+    ones their run made."""
+    listed = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={LABEL_HOLDS_IMAGE}"],
+                            capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+def remove_image_holders(keep: set[str]) -> None:
+    """Remove the image holders made since ``keep`` was listed with image_holders()."""
+    made = image_holders() - keep
+    if made:
+        subprocess.run(["podman", "rm", "-f", *made], capture_output=True)

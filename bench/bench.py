@@ -33,7 +33,7 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from disks import release_namespace  # noqa: E402
+from disks import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
 ROWS = ["create", "exec", "parallel", "live300", "output", "download"]
@@ -66,6 +66,7 @@ class Bench:
         self.raw_names: list[str] = []
         self.lines: list[str] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.holders_before = image_holders()
 
     # ----- plumbing
 
@@ -92,6 +93,7 @@ class Bench:
         for start in range(0, len(names), 50):
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *names[start:start + 50]], capture_output=True)
         release_namespace(SandboxSettings.from_env().disk_dir, self.namespace)
+        remove_image_holders(self.holders_before)
 
     async def raw_create(self) -> str:
         name = f"bench-raw-{secrets.token_hex(6)}"

@@ -25,11 +25,12 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import free_port, release_namespace, rss_mb, SandboxSettings  # noqa: E402
+from bench import free_port, image_holders, release_namespace, remove_image_holders, rss_mb, SandboxSettings  # noqa: E402
 
 
 async def soak(calls: int, clients: int) -> int:
     namespace = f"soak-{secrets.token_hex(3)}"
+    holders_before = image_holders()
     port = free_port()
     env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "LOG_LEVEL": "warning",
            "SANDBOX_MAX_CONTAINERS": str(clients + 4)}
@@ -96,6 +97,7 @@ async def soak(calls: int, clients: int) -> int:
         if everything:
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *everything], capture_output=True)
         release_namespace(SandboxSettings.from_env().disk_dir, namespace)
+        remove_image_holders(holders_before)
     print(f"{done[0]} calls from {clients} clients in {elapsed:.1f} s ({done[0] / elapsed:.0f} calls/s): "
           f"{len(errors)} errors; server RSS {rss:.0f} MB; {len(left)} non-pool sandboxes left behind")
     for line in errors[:20]:

@@ -50,13 +50,8 @@ os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
 sys.path.insert(0, str(ROOT))
 
 import server  # noqa: E402
-from disks import release_namespace  # noqa: E402
+from disks import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from fastmcp import Client  # noqa: E402
-
-
-def image_holders() -> set[str]:
-    """The stopped containers that keep sandbox images from removal (disks.py)."""
-    return set(podman("ps", "-a", "--format", "{{.Names}}", "--filter", "label=mcp-sandbox.holds-image").stdout.split())
 
 
 HOLDERS_BEFORE = image_holders()
@@ -80,9 +75,7 @@ def sweep_sandboxes() -> Iterator[None]:
         if names:
             podman("rm", "-f", "-v", "-t", "0", *names, check=False)
         release_disks(namespace)
-    made = image_holders() - HOLDERS_BEFORE
-    if made:
-        podman("rm", "-f", *made, check=False)
+    remove_image_holders(HOLDERS_BEFORE)
 
 
 def disk_dir(namespace: str) -> Path:
