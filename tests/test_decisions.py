@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from records import parse_report
+from sandbox.records import parse_report
 from sandbox import changed_settings, machinery_failure, system_env, why_limits_fail
 
 

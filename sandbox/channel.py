@@ -22,9 +22,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 logger = logging.getLogger("mcp_sandbox.channel")
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: agent/ and build/
 AGENT_SOURCE = ROOT / "agent" / "sandbox-agent.c"
-AGENT_PATH_IN_SANDBOX = "/run/mcp-sandbox/agent"
 
 
 class ChannelClosed(Exception):

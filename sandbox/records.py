@@ -16,17 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from channel import AGENT_PATH_IN_SANDBOX
-
-# Inside every sandbox: STATE_DIR is a small tmpfs (fast to write; creating a file on the
-# overlay costs ~0.4 ms of the sandbox's half CPU) holding our helpers and the commands'
-# records; DATA_DIR is on the sandbox's disk, for what is large or must outlive a restart
-# of the container itself: command output, file links, a pooled sandbox's claim.
-STATE_DIR = "/run/mcp-sandbox"
-DATA_DIR = "/var/lib/mcp-sandbox"
-OUTPUT_DIR = f"{DATA_DIR}/output"
-CLAIM_PATH = f"{DATA_DIR}/claim"
-STATE_TMPFS = f"{STATE_DIR}:rw,exec,nosuid,nodev,size=64m,mode=0755"
+from .layout import AGENT_PATH, LIB_PATH, OUTPUT_DIR, STATE_DIR
 
 COMMAND_ID_RE = re.compile(r"^cmd_[0-9a-f]{16}$")
 
@@ -72,8 +62,6 @@ class CommandSummary:
 # whenever they are found missing); every ``podman exec`` of ours sources them through
 # BOOTSTRAP. User input arrives as
 # positional arguments or on stdin, never inside script text.
-
-LIB_PATH = f"{STATE_DIR}/lib-4.sh"
 
 SANDBOX_LIB = r"""
 report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
@@ -226,7 +214,7 @@ def helpers_tar(agent: Path | None) -> bytes:
     with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         files = [(posixpath.basename(LIB_PATH), SANDBOX_LIB.encode(), 0o644)]
         if agent is not None:
-            files.append((posixpath.basename(AGENT_PATH_IN_SANDBOX), agent.read_bytes(), 0o755))
+            files.append((posixpath.basename(AGENT_PATH), agent.read_bytes(), 0o755))
         for name, data, mode in files:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())

@@ -1,4 +1,4 @@
-"""Sandboxes as Podman containers: the only module that knows Podman.
+"""The sandbox manager: creates, tracks, reaps and destroys sandboxes; runs commands; shares files.
 
 Every sandbox is a container started with the exact limits of the product contract and
 labelled so that a restarted server can find it again. What a restart must find lives
@@ -9,386 +9,85 @@ caches what it can read back.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import json
 import logging
 import math
-import mimetypes
-import os
-import posixpath
-import re
 import secrets
 import shlex
-import shutil
-import subprocess
-import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from records import (
-    CLAIM_PATH,
+from .channel import AgentChannel, ChannelClosed, ChannelRequestFailed, find_agent_binary
+from .config import HARDENING_FLAGS, LIMIT_FLAGS, MEMORY_LIMIT_BYTES, ULIMIT_FLAGS, SandboxSettings
+from .disks import DiskUnavailable, SandboxDisks
+from .errors import (
+    FORK_AT_PROCESS_LIMIT,
+    FORK_RETRY_SECONDS,
+    CommandNotFound,
+    FileLinkNotFound,
+    FileNotShareable,
+    ImageNotAllowed,
+    InvalidCommand,
+    LimitsNotEnforced,
+    PodmanError,
+    SandboxError,
+    SandboxLimitReached,
+    SandboxNotFound,
+    SandboxStopped,
+    machinery_failure,
+)
+from .files import FileDownload, check_absolute_path, content_type, write_refusal
+from .layout import AGENT_PATH, CLAIM_PATH, DATA_DIR, LIB_PATH, OUTPUT_DIR, STATE_TMPFS
+from .model import (
+    CONTAINER_ID_RE,
+    FILE_ID_RE,
+    LABEL_CREATED,
+    LABEL_EXPIRES,
+    LABEL_IMAGE,
+    LABEL_MADE_UNDER,
+    LABEL_MANAGED,
+    LABEL_NAMESPACE,
+    LABEL_POOLED,
+    LABEL_TENANT,
+    LOCAL_TENANT,
+    NAME_PREFIX,
+    TENANT_RE,
+    FileLink,
+    Sandbox,
+)
+from .podman import (
+    CGROUP_MEMORY_LIMIT_FILES,
+    LIMITS_IGNORED_WARNING,
+    LIMITS_WAY_OUT,
+    Podman,
+    PodmanResult,
+    is_missing_container,
+    is_not_running,
+    why_limits_fail,
+)
+from .pool import changed_settings
+from .records import (
+    BOOTSTRAP,
     COMMAND_ID_RE,
-    DATA_DIR,
     INSTALL_HELPERS,
     LIB_MISSING,
     RECORDS_UNWRITABLE,
-    LIB_PATH,
-    OUTPUT_DIR,
-    BOOTSTRAP,
-    STATE_DIR,
-    STATE_TMPFS,
     CommandState,
     CommandSummary,
-    last_line,
     helpers_digest,
     helpers_tar,
+    last_line,
     parse_command_list,
     parse_report,
 )
-from disks import DiskUnavailable, SandboxDisks
-from channel import (
-    AGENT_PATH_IN_SANDBOX,
-    AgentChannel,
-    ChannelClosed,
-    ChannelRequestFailed,
-    find_agent_binary,
-    kill_process,
-)
+from .tasks import BackgroundTasks
 
 logger = logging.getLogger("mcp_sandbox.sandbox")
-
-# The exact limits of the product contract (SPEC section 5).
-LIMIT_FLAGS: tuple[str, ...] = (
-    "--memory=256m",
-    "--cpus=0.5",
-    "--pids-limit=100",
-    "--cap-drop=ALL",
-    "--security-opt=no-new-privileges",
-)
-LIMITS: dict[str, Any] = {
-    "memory": "256m",
-    "cpus": 0.5,
-    "pids": 100,
-    "capabilities": "none (--cap-drop=ALL)",
-    "no_new_privileges": True,
-}
-# Bounded ulimits. Podman's defaults (about a million) cannot be set by a process
-# without CAP_SYS_RESOURCE; nproc counts per user across the host, so it stays high and
-# --pids-limit does the real limiting.
-ULIMIT_FLAGS: tuple[str, ...] = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=32768:32768")
-# Beyond the exact flags: swap may not double the memory limit, and the main process (which
-# prints nothing) keeps no log that could grow on the host.
-HARDENING_FLAGS: tuple[str, ...] = ("--memory-swap=256m", "--log-driver=none")
-# What Podman prints when it starts a container without the limits it was given.
-LIMITS_IGNORED_WARNING = "resource limits are not supported and ignored"
-
-LABEL_MANAGED = "mcp-sandbox.managed"
-LABEL_NAMESPACE = "mcp-sandbox.namespace"
-LABEL_CREATED = "mcp-sandbox.created-at"
-LABEL_EXPIRES = "mcp-sandbox.expires-at"
-LABEL_TENANT = "mcp-sandbox.tenant"
-LABEL_IMAGE = "mcp-sandbox.image"  # a sandbox on its own disk runs from a rootfs: Podman knows no image
-LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is in CLAIM_PATH once handed out
-# What shaped the sandbox (image id, runtime, network, limits, disk, helpers): a pooled sandbox
-# is handed out only while this matches the server's configuration (see made_under).
-LABEL_MADE_UNDER = "mcp-sandbox.made-under"
-NAME_PREFIX = "mcp-sandbox-"
-LOCAL_TENANT = "local"  # everyone, when the server has no tokens
-TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-DEFAULT_IMAGE = "docker.io/library/alpine:3"
-
-CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
-
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _disk_limit(environ: Mapping[str, str]) -> int:
-    value = _env_int(environ, "SANDBOX_DISK_LIMIT_BYTES", 2 * 1024 * 1024 * 1024, minimum=0)
-    if 0 < value < 16 * 1024 * 1024:
-        raise ValueError(f"SANDBOX_DISK_LIMIT_BYTES must be 0 (no disk of its own) or at least 16777216, got {value}")
-    return value
-
-
-def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a number of at least {minimum}, got {raw!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class SandboxSettings:
-    """How sandboxes are made and kept; read from the environment by ``from_env``."""
-
-    image: str = DEFAULT_IMAGE
-    allowed_images: tuple[str, ...] = ()
-    ttl_seconds: int = 7200
-    sync_wait_seconds: float = 3.0
-    max_containers: int = 20
-    max_per_tenant: int = 0  # 0: the same as max_containers
-    output_limit_bytes: int = 64 * 1024
-    output_file_max_bytes: int = 64 * 1024 * 1024
-    max_command_bytes: int = 1024 * 1024
-    file_max_bytes: int = 1024 * 1024 * 1024
-    write_max_bytes: int = 4 * 1024 * 1024
-    namespace: str = "default"
-    podman: str = "podman"
-    runtime: str = ""
-    network: str = ""
-    reap_interval_seconds: float = 1.0
-    agent_path: str = ""
-    max_channels: int = 32
-    channel_idle_seconds: float = 120.0
-    pool_size: int = 2
-    disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
-    disk_dir: str = "/var/lib/mcp-sandbox/disks"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
-        env = os.environ if environ is None else environ
-        image = env.get("SANDBOX_IMAGE", "").strip() or DEFAULT_IMAGE
-        allowed = tuple(i.strip() for i in env.get("SANDBOX_ALLOWED_IMAGES", "").split(",") if i.strip())
-        namespace = env.get("SANDBOX_NAMESPACE", "").strip() or "default"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", namespace):
-            raise ValueError(f"SANDBOX_NAMESPACE may hold letters, digits, '.', '_' and '-' only, got {namespace!r}")
-        output_limit = _env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024)
-        return cls(
-            image=image,
-            allowed_images=allowed,
-            ttl_seconds=_env_int(env, "SANDBOX_TTL_SECONDS", 7200, minimum=1),
-            sync_wait_seconds=_env_float(env, "SANDBOX_SYNC_WAIT_SECONDS", 3.0),
-            max_containers=_env_int(env, "SANDBOX_MAX_CONTAINERS", 20, minimum=1),
-            max_per_tenant=_env_int(env, "SANDBOX_MAX_PER_TENANT", 0, minimum=0),
-            output_limit_bytes=output_limit,
-            # A stream file keeps its first and last half of this; never less than one result's worth.
-            output_file_max_bytes=max(
-                output_limit, _env_int(env, "SANDBOX_OUTPUT_FILE_MAX_BYTES", 64 * 1024 * 1024, minimum=65536)
-            ),
-            max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
-            file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
-            write_max_bytes=_env_int(env, "SANDBOX_WRITE_MAX_BYTES", 4 * 1024 * 1024, minimum=1),
-            namespace=namespace,
-            podman=env.get("PODMAN", "").strip() or "podman",
-            runtime=env.get("SANDBOX_RUNTIME", "").strip(),
-            network=env.get("SANDBOX_NETWORK", "").strip(),
-            agent_path=env.get("SANDBOX_AGENT", "").strip(),
-            max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
-            channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
-            pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
-            disk_limit_bytes=_disk_limit(env),
-            disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
-        )
-
-    @property
-    def images(self) -> tuple[str, ...]:
-        """Images a client may ask for: the default one first."""
-        return (self.image, *(i for i in self.allowed_images if i != self.image))
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class SandboxError(Exception):
-    """A failure the client must hear about; the message says what to do next."""
-
-
-class PodmanError(SandboxError):
-    """``podman`` itself failed: carries its argv, exit code and stderr."""
-
-    def __init__(self, argv: Sequence[str], exit_code: int | None, stderr: str, hint: str = "") -> None:
-        self.argv = list(argv)
-        self.exit_code = exit_code
-        self.stderr = stderr.strip()
-        what = f"'podman {argv[1] if len(argv) > 1 else ''}' failed"
-        if exit_code is not None:
-            what += f" with exit code {exit_code}"
-        detail = self.stderr.splitlines()[-1] if self.stderr else "no error output"
-        super().__init__(f"{what}: {detail[:500]}." + (f" {hint}" if hint else ""))
-
-
-class PodmanUnavailable(PodmanError):
-    """The ``podman`` program is missing or does not answer."""
-
-
-class SandboxNotFound(SandboxError):
-    def __init__(self, container_id: str, why: str = "") -> None:
-        shown = container_id if len(container_id) <= 80 else container_id[:77] + "..."
-        super().__init__(
-            f"No sandbox with container_id {shown!r}{why or ''}. Sandboxes are destroyed "
-            "by destroy_container or when their lifetime ends; call create_container for a new one."
-        )
-
-
-class SandboxStopped(SandboxError):
-    """The sandbox's container exists but has stopped: nothing runs in it any more."""
-
-
-class SandboxLimitReached(SandboxError):
-    pass
-
-
-class MachineryFailed(SandboxError):
-    """The server's own files or processes in a sandbox failed: the user's command did not run."""
-
-
-# The agent's reason when fork() fails with EAGAIN: the sandbox is at its process limit.
-FORK_AT_PROCESS_LIMIT = f"fork-{errno.EAGAIN}"
-FORK_RETRY_SECONDS = 5.0
-
-
-def machinery_failure(reason: str) -> SandboxError:
-    """The tool error for a command the server could not start, from the agent's or library's reason."""
-    if reason == FORK_AT_PROCESS_LIMIT:
-        return SandboxError(
-            "The sandbox is at its limit of 100 processes, so the command could not start (it did not run). "
-            "Wait for some of its processes to end, or end them (for example kill the background jobs you "
-            "started), then run the command again; if nothing helps, destroy the sandbox and create a new one."
-        )
-    parts = reason.split(":")
-    if parts[0] == "output-unwritable" and len(parts) == 3:
-        errno_text = parts[2].removeprefix("errno-")
-        why = os.strerror(int(errno_text)) if errno_text.isdigit() else parts[2]
-        cause = f"could not create the command's output files in {parts[1]} inside the sandbox ({why})"
-    else:
-        cause = f"could not start the command in the sandbox ({reason[:300] or 'no reason given'})"
-    return MachineryFailed(
-        f"The server {cause}, so the command did not run. This is the server's machinery failing, not your "
-        f"command. If a command changed the permissions of {DATA_DIR} or {STATE_DIR}, restore them "
-        f"(chmod -R u+rwX {DATA_DIR}); otherwise destroy this sandbox with destroy_container and create a new one."
-    )
-
-
-class LimitsNotEnforced(SandboxError):
-    """Podman on this host would start sandboxes without their memory, CPU or process limits."""
-
-
-class ImageNotAllowed(SandboxError):
-    pass
-
-
-class InvalidCommand(SandboxError):
-    pass
-
-
-class CommandNotFound(SandboxError):
-    pass
-
-
-class FileNotShareable(SandboxError):
-    pass
-
-
-class FileLinkNotFound(SandboxError):
-    pass
-
-
-# --------------------------------------------------------------------------- what the host can give
-
-
-MEMORY_LIMIT_BYTES = 256 * 1024 * 1024  # --memory=256m
-# A sandbox's own memory limit as its cgroup shows it: cgroup v1, then v2.
-CGROUP_MEMORY_LIMIT_FILES = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
-LIMITS_WAY_OUT = (
-    " Sandboxes without their memory, CPU and process limits are refused. Run the server as root "
-    "(rootful Podman), or use a host with cgroup v2 whose memory, cpu and pids controllers are "
-    "delegated to this user (systemd: Delegate=yes), then restart the server."
-)
-
-
-def why_limits_fail(info: Mapping[str, Any]) -> str:
-    """Why Podman, by its own ``podman info``, cannot give sandboxes their limits; "" if it can."""
-    host = info.get("host") or {}
-    rootless = bool((host.get("security") or {}).get("rootless"))
-    version = host.get("cgroupVersion") or ""
-    controllers = set(host.get("cgroupControllers") or [])
-    if rootless and version == "v1":
-        return ("Podman runs rootless on a cgroup v1 host, where it ignores every resource limit "
-                "(\"Resource limits are not supported and ignored on cgroups V1 rootless systems\")." + LIMITS_WAY_OUT)
-    missing = sorted({"memory", "pids", "cpu"} - controllers)
-    if rootless and version == "v2" and missing:
-        return (f"Podman runs rootless and the cgroup controllers {', '.join(missing)} are not delegated "
-                "to this user, so those limits would be ignored." + LIMITS_WAY_OUT)
-    return ""
-
-
-def changed_settings(recorded: str, now: Mapping[str, str]) -> str:
-    """What differs between the configuration a sandbox recorded (JSON) and the one in force;
-    "" when nothing does."""
-    try:
-        then = json.loads(recorded) if recorded else None
-    except ValueError:
-        then = None
-    if not isinstance(then, dict):
-        return "it carries no record of the configuration it was made under"
-    return "; ".join(
-        f"{key}: {str(then.get(key))[:80]!r} -> {str(value)[:80]!r}"
-        for key, value in now.items() if then.get(key) != value
-    )
-
-
-# --------------------------------------------------------------------------- records
-
-
-def utc_iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Sandbox:
-    container_id: str
-    image: str
-    created_at: float
-    expires_at: float
-    destroying: bool = False
-    tenant: str = LOCAL_TENANT
-    # Set when the server starts destroying it: what a command that was running is told.
-    gone_why: str = ""
-
-    @property
-    def name(self) -> str:
-        return NAME_PREFIX + self.container_id
-
-
-@dataclass(frozen=True)
-class FileLink:
-    file_id: str
-    container_id: str
-    path: str
-    size_bytes: int
-    content_type: str
-
 
 # How long, and for how many sandboxes, the server remembers the commands that were running
 # when a sandbox went away, to answer check_container about them with reason sandbox_gone.
@@ -420,179 +119,6 @@ class _RunningCommand:
     done: anyio.Event = field(default_factory=anyio.Event)
     state: CommandState | None = None
     error: SandboxError | None = None
-
-
-# --------------------------------------------------------------------------- podman helper
-
-
-@dataclass(frozen=True)
-class PodmanResult:
-    argv: list[str]
-    exit_code: int
-    stdout: bytes
-    stderr: str
-
-
-async def _read_capped(stream: anyio.abc.ByteReceiveStream | None, limit: int) -> tuple[bytes, int]:
-    """Read a stream to its end, keeping at most ``limit`` bytes; returns them and the total seen."""
-    if stream is None:
-        return b"", 0
-    kept = bytearray()
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if len(kept) < limit:
-            kept += chunk[: limit - len(kept)]
-    return bytes(kept), total
-
-
-_MISSING_CONTAINER = ("no such container", "no container with name or id", "does not exist in database")
-_NOT_RUNNING = ("is not running", "container state improper", "can only create exec sessions on running containers")
-
-
-# Where system tools live. Desktop clients start stdio servers with a short PATH
-# (/usr/local/bin:/usr/bin:/bin): Podman's netavark then cannot run iptables from /usr/sbin, nor
-# the server find mkfs.ext4. Every subprocess of the server gets these folders after the caller's.
-SYSTEM_PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
-def system_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for the server's subprocesses: the caller's, with the system folders on PATH."""
-    env = dict(os.environ if environ is None else environ)
-    have = [folder for folder in env.get("PATH", "").split(":") if folder]
-    env["PATH"] = ":".join(have + [folder for folder in SYSTEM_PATH_DIRS if folder not in have])
-    return env
-
-
-class Podman:
-    """Runs the ``podman`` CLI with argv lists, never through a shell.
-
-    Its processes run in a working directory of the server's own (``workdir``): conmon, which
-    Podman starts beside each ``podman exec``, writes a file named ``oom`` into its working
-    directory whenever the sandbox's memory limit kills something, and that must not land in
-    whatever folder the server was started from.
-    """
-
-    def __init__(self, program: str = "podman", runtime: str = "", workdir: str | None = None) -> None:
-        self.program = program
-        self.runtime = runtime
-        self.env = system_env()
-        self.workdir = workdir
-
-    @property
-    def spawn_options(self) -> dict[str, Any]:
-        """Keyword arguments for anyio.open_process, for every podman process the server starts."""
-        if self.workdir is None or not os.path.isdir(self.workdir):
-            self.workdir = tempfile.mkdtemp(prefix="mcp-sandbox-podman-")
-        return {"env": self.env, "cwd": self.workdir}
-
-    def close(self) -> None:
-        workdir, self.workdir = self.workdir, None
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def argv(self, *args: str) -> list[str]:
-        base = [self.program]
-        if self.runtime:
-            base += ["--runtime", self.runtime]
-        return [*base, *args]
-
-    async def run(
-        self,
-        *args: str,
-        stdin: bytes | None = None,
-        stdout_limit: int = 16 * 1024 * 1024,
-        timeout: float = 120,
-        check: bool = True,
-    ) -> PodmanResult:
-        argv = self.argv(*args)
-        logger.debug("run %s", shlex.join(argv))
-        try:
-            with anyio.fail_after(timeout):
-                async with await anyio.open_process(
-                    argv,
-                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    **self.spawn_options,
-                ) as process:
-                    if stdin is not None and process.stdin is not None:
-                        try:
-                            await process.stdin.send(stdin)
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                            pass
-                        await process.stdin.aclose()
-                    results: dict[str, tuple[bytes, int]] = {}
-
-                    async def collect(key: str, stream: anyio.abc.ByteReceiveStream | None, limit: int) -> None:
-                        results[key] = await _read_capped(stream, limit)
-
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(collect, "out", process.stdout, stdout_limit)
-                        tg.start_soon(collect, "err", process.stderr, 64 * 1024)
-                    exit_code = await process.wait()
-        except FileNotFoundError:
-            raise PodmanUnavailable(
-                argv, None, f"the program {self.program!r} was not found",
-                "Install Podman (scripts/setup.sh does) or set PODMAN to its path.",
-            ) from None
-        except TimeoutError:
-            raise PodmanError(argv, None, f"no answer within {timeout:g} s", "Podman may be overloaded; try again.") from None
-        stderr = results["err"][0].decode("utf-8", errors="replace")
-        result = PodmanResult(argv, exit_code, results["out"][0], stderr)
-        if check and exit_code != 0:
-            raise PodmanError(argv, exit_code, stderr)
-        return result
-
-
-def _is_missing_container(stderr: str) -> bool:
-    lowered = stderr.lower()
-    return any(marker in lowered for marker in _MISSING_CONTAINER)
-
-
-def _is_not_running(stderr: str) -> bool:
-    lowered = stderr.lower()
-    return any(marker in lowered for marker in _NOT_RUNNING)
-
-
-# --------------------------------------------------------------------------- background tasks
-
-
-class BackgroundTasks:
-    """A task group living in a task of its own.
-
-    FastMCP may enter a lifespan in one task and leave it in another, where an anyio task
-    group opened in the lifespan cannot be closed; this one is stopped by ``stop``.
-    """
-
-    def __init__(self) -> None:
-        self._send: Any = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        send, receive = anyio.create_memory_object_stream[tuple[Any, tuple[Any, ...]]](math.inf)
-        self._send = send
-        started = anyio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(receive, started))
-        await started.wait()
-
-    async def _run(self, receive: Any, started: anyio.Event) -> None:
-        async with anyio.create_task_group() as task_group:
-            started.set()
-            async with receive:
-                async for function, args in receive:
-                    task_group.start_soon(function, *args)
-
-    def start_soon(self, function: Any, *args: Any) -> None:
-        if self._send is None:
-            raise SandboxError("The server's background tasks are not running; this is a server bug.")
-        self._send.send_nowait((function, args))
-
-    async def stop(self) -> None:
-        task, self._task, self._send = self._task, None, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 # --------------------------------------------------------------------------- the manager
@@ -742,7 +268,7 @@ class SandboxManager:
             logger.info("destroying pooled sandbox %s: it was made under another configuration (%s)",
                         sandbox.container_id, changed)
         if (
-            result.exit_code != 0 and not _is_missing_container(result.stderr) and not changed
+            result.exit_code != 0 and not is_missing_container(result.stderr) and not changed
             and not self.limits_problem and len(self._pool) < self.settings.pool_size
         ):
             self._pool.append(sandbox)
@@ -808,7 +334,7 @@ class SandboxManager:
             file_id = file_id_raw.decode("ascii", errors="replace")
             path = path_raw.decode("utf-8", errors="replace")
             if FILE_ID_RE.match(file_id) and path.startswith("/"):
-                self._links[file_id] = FileLink(file_id, sandbox.container_id, path, 0, _content_type(path))
+                self._links[file_id] = FileLink(file_id, sandbox.container_id, path, 0, content_type(path))
 
     async def _reap_forever(self) -> None:
         last_sync = time.monotonic()
@@ -1050,7 +576,7 @@ class SandboxManager:
         if not name:
             return
         result = await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120)
-        if result.exit_code != 0 and not _is_missing_container(result.stderr):
+        if result.exit_code != 0 and not is_missing_container(result.stderr):
             if check:
                 raise PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
             return
@@ -1067,7 +593,7 @@ class SandboxManager:
             if result.exit_code == LIB_MISSING and attempt == 0:
                 await self._install_helpers(sandbox)
                 continue
-            if result.exit_code == RECORDS_UNWRITABLE and not _is_missing_container(result.stderr):
+            if result.exit_code == RECORDS_UNWRITABLE and not is_missing_container(result.stderr):
                 raise machinery_failure(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "")
             if result.exit_code != 0:
                 self._raise_exec_failure(sandbox, result)
@@ -1098,7 +624,7 @@ class SandboxManager:
                 return channel
             for attempt in range(2):
                 channel = AgentChannel(self.podman.argv(
-                    "exec", "-i", sandbox.name, AGENT_PATH_IN_SANDBOX, str(self.settings.output_file_max_bytes)
+                    "exec", "-i", sandbox.name, AGENT_PATH, str(self.settings.output_file_max_bytes)
                 ), self.podman.spawn_options)
                 try:
                     await channel.open(self._background.start_soon)
@@ -1106,7 +632,7 @@ class SandboxManager:
                 except ChannelClosed as exc:
                     reason = str(exc)
                     result = PodmanResult(channel.argv, 1, b"", reason)
-                    if _is_missing_container(reason) or _is_not_running(reason):
+                    if is_missing_container(reason) or is_not_running(reason):
                         self._raise_exec_failure(sandbox, result)
                     if attempt == 0 and ("no such file" in reason.lower() or "not found" in reason.lower()):
                         await self._install_helpers(sandbox)
@@ -1137,10 +663,10 @@ class SandboxManager:
             await channel.close()
 
     def _raise_exec_failure(self, sandbox: Sandbox, result: PodmanResult) -> None:
-        if _is_missing_container(result.stderr):
+        if is_missing_container(result.stderr):
             self._forget(sandbox.container_id, GONE_REMOVED)
             raise SandboxNotFound(sandbox.container_id, " (it was removed outside this server)")
-        if _is_not_running(result.stderr):
+        if is_not_running(result.stderr):
             raise SandboxStopped(
                 f"Sandbox {sandbox.container_id} has stopped (its main process exited), so it cannot run "
                 "commands. Destroy it with destroy_container and create a new one."
@@ -1519,7 +1045,7 @@ class SandboxManager:
             "inspect", "--format", "{{.State.Status}}", "--type", "container", sandbox.name, check=False, timeout=30
         )
         if result.exit_code != 0:
-            if _is_missing_container(result.stderr):
+            if is_missing_container(result.stderr):
                 self._forget(container_id, GONE_REMOVED)
                 raise SandboxNotFound(container_id, " (it was removed outside this server)")
             raise PodmanError(result.argv, result.exit_code, result.stderr)
@@ -1532,7 +1058,7 @@ class SandboxManager:
     ) -> int:
         """Write a file in the sandbox, parents created, no shell quoting; returns its size."""
         sandbox = self.get(container_id, tenant)
-        _check_absolute_path(path)
+        check_absolute_path(path)
         if len(data) > self.settings.write_max_bytes:
             raise FileNotShareable(
                 f"The content is {len(data):,} bytes; write_file takes up to {self.settings.write_max_bytes:,} "
@@ -1545,7 +1071,7 @@ class SandboxManager:
                 await channel.put(path, data, file_mode)
                 return len(data)
             except ChannelRequestFailed as exc:
-                raise FileNotShareable(_write_refusal(path, str(exc))) from None
+                raise FileNotShareable(write_refusal(path, str(exc))) from None
             except ChannelClosed:
                 pass
         result = await self.podman.run(
@@ -1554,14 +1080,14 @@ class SandboxManager:
             path, f"{file_mode:o}", stdin=data, check=False, timeout=120,
         )
         if result.exit_code != 0:
-            if _is_missing_container(result.stderr) or _is_not_running(result.stderr):
+            if is_missing_container(result.stderr) or is_not_running(result.stderr):
                 self._raise_exec_failure(sandbox, result)
-            raise FileNotShareable(_write_refusal(path, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"))
+            raise FileNotShareable(write_refusal(path, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"))
         return len(data)
 
     async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
         sandbox = self.get(container_id, tenant)
-        _check_absolute_path(path)
+        check_absolute_path(path)
         file_id = secrets.token_urlsafe(24)
         verdict_text = None
         channel = await self._channel_for(sandbox)
@@ -1587,7 +1113,7 @@ class SandboxManager:
             "state-unwritable": f"The sandbox's {DATA_DIR} cannot be written, so no link can be recorded.",
         }
         if verdict[0] == "file" and len(verdict) == 2 and verdict[1].isdigit():
-            link = FileLink(file_id, sandbox.container_id, path, int(verdict[1]), _content_type(path))
+            link = FileLink(file_id, sandbox.container_id, path, int(verdict[1]), content_type(path))
             self._links[file_id] = link
             return link
         if verdict[0] == "too-big":
@@ -1623,120 +1149,3 @@ class SandboxManager:
 
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
-
-
-def _check_absolute_path(path: str) -> None:
-    if not isinstance(path, str) or not path.strip():
-        raise FileNotShareable("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
-    if "\0" in path:
-        raise FileNotShareable("The path contains a NUL character. Pass a plain absolute path.")
-    if not path.startswith("/"):
-        raise FileNotShareable(
-            f"The path {path[:200]!r} is relative. Pass an absolute path inside the sandbox, "
-            f"e.g. {posixpath.join('/root', path)[:200]!r}."
-        )
-    if len(path.encode("utf-8", errors="surrogatepass")) > 4096:
-        raise FileNotShareable("The path is longer than 4096 bytes. Pass a shorter absolute path.")
-
-
-def _write_refusal(path: str, reason: str) -> str:
-    explained = {
-        "is-a-directory": "it is a directory",
-        "parent-not-a-directory": "a parent of it is a file, not a directory",
-        "cannot-create-parent": "its parent directory cannot be created",
-        "bad-path": "the path is not a plain absolute path",
-    }.get(reason.split()[0] if reason else "", reason[:200])
-    return f"Could not write {path[:200]!r}: {explained}. Pick another path, or check it with execute_command (ls -la)."
-
-
-def _content_type(path: str) -> str:
-    guessed, _ = mimetypes.guess_type(posixpath.basename(path), strict=False)
-    if guessed is None:
-        return "application/octet-stream"
-    if guessed.startswith("text/") or guessed in ("application/json", "application/javascript", "application/xml"):
-        return f"{guessed}; charset=utf-8"
-    return guessed
-
-
-DOWNLOAD_CHUNK_BYTES = 512 * 1024
-
-
-def _widen_pipe(process: anyio.abc.Process) -> None:
-    """Give a download's pipe 1 MiB instead of 64 KiB: fewer wake-ups per megabyte."""
-    try:
-        import fcntl
-
-        transport = process._process._transport  # type: ignore[attr-defined]
-        pipe = transport.get_pipe_transport(1).get_extra_info("pipe")
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1024 * 1024)
-    except (AttributeError, OSError, ImportError):  # another event loop, or the limit is lower
-        pass
-
-
-class FileDownload:
-    """One file streaming out of a sandbox through ``podman exec``; memory stays flat."""
-
-    def __init__(self, argv: list[str], link: FileLink, spawn_options: dict[str, Any]) -> None:
-        self.argv = argv
-        self.link = link
-        self.spawn_options = spawn_options
-        self.size = 0
-        self._process: anyio.abc.Process | None = None
-        self._stdout: BufferedByteReceiveStream | None = None
-
-    @property
-    def filename(self) -> str:
-        return posixpath.basename(self.link.path.rstrip("/")) or "download"
-
-    async def start(self) -> None:
-        logger.debug("run %s", shlex.join(self.argv))
-        try:
-            self._process = await anyio.open_process(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                **self.spawn_options,
-            )
-        except FileNotFoundError:
-            raise PodmanUnavailable(self.argv, None, "podman was not found") from None
-        assert self._process.stdout is not None
-        _widen_pipe(self._process)
-        self._stdout = BufferedByteReceiveStream(self._process.stdout)
-        try:
-            with anyio.fail_after(30):
-                header = (await self._stdout.receive_until(b"\n", 200)).decode(errors="replace")
-        except (anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.EndOfStream, TimeoutError):
-            await self.aclose()
-            raise FileLinkNotFound("The file could not be read from its sandbox (the sandbox may be gone).") from None
-        except BaseException:
-            await self.aclose()
-            raise
-        verdict = header.split(" ")
-        if verdict[0] != "ok" or len(verdict) != 2 or not verdict[1].isdigit():
-            await self.aclose()
-            raise FileLinkNotFound("The file no longer exists in its sandbox or is no longer a regular file.")
-        self.size = int(verdict[1])
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        assert self._stdout is not None
-        remaining = self.size
-        try:
-            while remaining > 0:
-                # Pipes hand over 64 KiB at a time; a few of them per HTTP write halves the
-                # per-chunk overhead of the ASGI server.
-                parts: list[bytes] = []
-                gathered = 0
-                try:
-                    while gathered < DOWNLOAD_CHUNK_BYTES and gathered < remaining:
-                        part = await self._stdout.receive(remaining - gathered)
-                        parts.append(part)
-                        gathered += len(part)
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    remaining = 0
-                if parts:
-                    remaining -= gathered
-                    yield b"".join(parts)
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        process, self._process = self._process, None
-        await kill_process(process)

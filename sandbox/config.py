@@ -1,0 +1,146 @@
+"""Configuration: the product's fixed limits and the settings read from the environment.
+
+The only module that reads the environment: SandboxSettings.from_env for sandboxes,
+ServerSettings.from_env for the HTTP side. Every other module receives settings as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# The exact limits of the product contract (SPEC section 5).
+LIMIT_FLAGS: tuple[str, ...] = (
+    "--memory=256m",
+    "--cpus=0.5",
+    "--pids-limit=100",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+)
+LIMITS: dict[str, Any] = {
+    "memory": "256m",
+    "cpus": 0.5,
+    "pids": 100,
+    "capabilities": "none (--cap-drop=ALL)",
+    "no_new_privileges": True,
+}
+# Bounded ulimits. Podman's defaults (about a million) cannot be set by a process
+# without CAP_SYS_RESOURCE; nproc counts per user across the host, so it stays high and
+# --pids-limit does the real limiting.
+ULIMIT_FLAGS: tuple[str, ...] = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=32768:32768")
+# Beyond the exact flags: swap may not double the memory limit, and the main process (which
+# prints nothing) keeps no log that could grow on the host.
+HARDENING_FLAGS: tuple[str, ...] = ("--memory-swap=256m", "--log-driver=none")
+
+MEMORY_LIMIT_BYTES = 256 * 1024 * 1024  # --memory=256m
+
+DEFAULT_IMAGE = "docker.io/library/alpine:3"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _disk_limit(environ: Mapping[str, str]) -> int:
+    value = _env_int(environ, "SANDBOX_DISK_LIMIT_BYTES", 2 * 1024 * 1024 * 1024, minimum=0)
+    if 0 < value < 16 * 1024 * 1024:
+        raise ValueError(f"SANDBOX_DISK_LIMIT_BYTES must be 0 (no disk of its own) or at least 16777216, got {value}")
+    return value
+
+
+def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a number of at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """How sandboxes are made and kept; read from the environment by ``from_env``."""
+
+    image: str = DEFAULT_IMAGE
+    allowed_images: tuple[str, ...] = ()
+    ttl_seconds: int = 7200
+    sync_wait_seconds: float = 3.0
+    max_containers: int = 20
+    max_per_tenant: int = 0  # 0: the same as max_containers
+    output_limit_bytes: int = 64 * 1024
+    output_file_max_bytes: int = 64 * 1024 * 1024
+    max_command_bytes: int = 1024 * 1024
+    file_max_bytes: int = 1024 * 1024 * 1024
+    write_max_bytes: int = 4 * 1024 * 1024
+    namespace: str = "default"
+    podman: str = "podman"
+    runtime: str = ""
+    network: str = ""
+    reap_interval_seconds: float = 1.0
+    agent_path: str = ""
+    max_channels: int = 32
+    channel_idle_seconds: float = 120.0
+    pool_size: int = 2
+    disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
+    disk_dir: str = "/var/lib/mcp-sandbox/disks"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
+        env = os.environ if environ is None else environ
+        image = env.get("SANDBOX_IMAGE", "").strip() or DEFAULT_IMAGE
+        allowed = tuple(i.strip() for i in env.get("SANDBOX_ALLOWED_IMAGES", "").split(",") if i.strip())
+        namespace = env.get("SANDBOX_NAMESPACE", "").strip() or "default"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", namespace):
+            raise ValueError(f"SANDBOX_NAMESPACE may hold letters, digits, '.', '_' and '-' only, got {namespace!r}")
+        output_limit = _env_int(env, "SANDBOX_OUTPUT_LIMIT_BYTES", 64 * 1024, minimum=1024)
+        return cls(
+            image=image,
+            allowed_images=allowed,
+            ttl_seconds=_env_int(env, "SANDBOX_TTL_SECONDS", 7200, minimum=1),
+            sync_wait_seconds=_env_float(env, "SANDBOX_SYNC_WAIT_SECONDS", 3.0),
+            max_containers=_env_int(env, "SANDBOX_MAX_CONTAINERS", 20, minimum=1),
+            max_per_tenant=_env_int(env, "SANDBOX_MAX_PER_TENANT", 0, minimum=0),
+            output_limit_bytes=output_limit,
+            # A stream file keeps its first and last half of this; never less than one result's worth.
+            output_file_max_bytes=max(
+                output_limit, _env_int(env, "SANDBOX_OUTPUT_FILE_MAX_BYTES", 64 * 1024 * 1024, minimum=65536)
+            ),
+            max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
+            file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
+            write_max_bytes=_env_int(env, "SANDBOX_WRITE_MAX_BYTES", 4 * 1024 * 1024, minimum=1),
+            namespace=namespace,
+            podman=env.get("PODMAN", "").strip() or "podman",
+            runtime=env.get("SANDBOX_RUNTIME", "").strip(),
+            network=env.get("SANDBOX_NETWORK", "").strip(),
+            agent_path=env.get("SANDBOX_AGENT", "").strip(),
+            max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
+            channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
+            pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
+            disk_limit_bytes=_disk_limit(env),
+            disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
+        )
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Images a client may ask for: the default one first."""
+        return (self.image, *(i for i in self.allowed_images if i != self.image))

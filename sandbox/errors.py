@@ -1,0 +1,103 @@
+"""One tree of failures: everything a tool can meet is a SandboxError, whose message says what
+happened and what to do next (the tool layer hands it to the model as it is)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+
+from .layout import DATA_DIR, STATE_DIR
+
+class SandboxError(Exception):
+    """A failure the client must hear about; the message says what to do next."""
+
+
+class PodmanError(SandboxError):
+    """``podman`` itself failed: carries its argv, exit code and stderr."""
+
+    def __init__(self, argv: Sequence[str], exit_code: int | None, stderr: str, hint: str = "") -> None:
+        self.argv = list(argv)
+        self.exit_code = exit_code
+        self.stderr = stderr.strip()
+        what = f"'podman {argv[1] if len(argv) > 1 else ''}' failed"
+        if exit_code is not None:
+            what += f" with exit code {exit_code}"
+        detail = self.stderr.splitlines()[-1] if self.stderr else "no error output"
+        super().__init__(f"{what}: {detail[:500]}." + (f" {hint}" if hint else ""))
+
+
+class PodmanUnavailable(PodmanError):
+    """The ``podman`` program is missing or does not answer."""
+
+
+class SandboxNotFound(SandboxError):
+    def __init__(self, container_id: str, why: str = "") -> None:
+        shown = container_id if len(container_id) <= 80 else container_id[:77] + "..."
+        super().__init__(
+            f"No sandbox with container_id {shown!r}{why or ''}. Sandboxes are destroyed "
+            "by destroy_container or when their lifetime ends; call create_container for a new one."
+        )
+
+
+class SandboxStopped(SandboxError):
+    """The sandbox's container exists but has stopped: nothing runs in it any more."""
+
+
+class SandboxLimitReached(SandboxError):
+    pass
+
+
+class MachineryFailed(SandboxError):
+    """The server's own files or processes in a sandbox failed: the user's command did not run."""
+
+
+# The agent's reason when fork() fails with EAGAIN: the sandbox is at its process limit.
+FORK_AT_PROCESS_LIMIT = f"fork-{errno.EAGAIN}"
+FORK_RETRY_SECONDS = 5.0
+
+
+def machinery_failure(reason: str) -> SandboxError:
+    """The tool error for a command the server could not start, from the agent's or library's reason."""
+    if reason == FORK_AT_PROCESS_LIMIT:
+        return SandboxError(
+            "The sandbox is at its limit of 100 processes, so the command could not start (it did not run). "
+            "Wait for some of its processes to end, or end them (for example kill the background jobs you "
+            "started), then run the command again; if nothing helps, destroy the sandbox and create a new one."
+        )
+    parts = reason.split(":")
+    if parts[0] == "output-unwritable" and len(parts) == 3:
+        errno_text = parts[2].removeprefix("errno-")
+        why = os.strerror(int(errno_text)) if errno_text.isdigit() else parts[2]
+        cause = f"could not create the command's output files in {parts[1]} inside the sandbox ({why})"
+    else:
+        cause = f"could not start the command in the sandbox ({reason[:300] or 'no reason given'})"
+    return MachineryFailed(
+        f"The server {cause}, so the command did not run. This is the server's machinery failing, not your "
+        f"command. If a command changed the permissions of {DATA_DIR} or {STATE_DIR}, restore them "
+        f"(chmod -R u+rwX {DATA_DIR}); otherwise destroy this sandbox with destroy_container and create a new one."
+    )
+
+
+class LimitsNotEnforced(SandboxError):
+    """Podman on this host would start sandboxes without their memory, CPU or process limits."""
+
+
+class ImageNotAllowed(SandboxError):
+    pass
+
+
+class InvalidCommand(SandboxError):
+    pass
+
+
+class CommandNotFound(SandboxError):
+    pass
+
+
+class FileNotShareable(SandboxError):
+    pass
+
+
+class FileLinkNotFound(SandboxError):
+    pass

@@ -1,0 +1,52 @@
+"""What a sandbox is to the server: its record, its labels in Podman, its file links."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+LABEL_MANAGED = "mcp-sandbox.managed"
+LABEL_NAMESPACE = "mcp-sandbox.namespace"
+LABEL_CREATED = "mcp-sandbox.created-at"
+LABEL_EXPIRES = "mcp-sandbox.expires-at"
+LABEL_TENANT = "mcp-sandbox.tenant"
+LABEL_IMAGE = "mcp-sandbox.image"  # a sandbox on its own disk runs from a rootfs: Podman knows no image
+LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is in CLAIM_PATH once handed out
+# What shaped the sandbox (image id, runtime, network, limits, disk, helpers): a pooled sandbox
+# is handed out only while this matches the server's configuration (see made_under).
+LABEL_MADE_UNDER = "mcp-sandbox.made-under"
+NAME_PREFIX = "mcp-sandbox-"
+LOCAL_TENANT = "local"  # everyone, when the server has no tokens
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+
+
+def utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Sandbox:
+    container_id: str
+    image: str
+    created_at: float
+    expires_at: float
+    destroying: bool = False
+    tenant: str = LOCAL_TENANT
+    # Set when the server starts destroying it: what a command that was running is told.
+    gone_why: str = ""
+
+    @property
+    def name(self) -> str:
+        return NAME_PREFIX + self.container_id
+
+
+@dataclass(frozen=True)
+class FileLink:
+    file_id: str
+    container_id: str
+    path: str
+    size_bytes: int
+    content_type: str
