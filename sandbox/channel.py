@@ -20,18 +20,12 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from .errors import ChannelClosed, ChannelRequestFailed
+
 logger = logging.getLogger("mcp_sandbox.channel")
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: agent/ and build/
 AGENT_SOURCE = ROOT / "agent" / "sandbox-agent.c"
-
-
-class ChannelClosed(Exception):
-    """The channel's process ended; the sandbox may be gone, or the process was killed."""
-
-
-class ChannelRequestFailed(Exception):
-    """The agent refused a request; the message is its reason."""
 
 
 def find_agent_binary(configured: str = "") -> Path | None:

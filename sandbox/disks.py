@@ -32,7 +32,9 @@ from typing import Any
 
 import anyio
 
-logger = logging.getLogger("mcp-sandbox")
+from .errors import DiskUnavailable
+
+logger = logging.getLogger("mcp_sandbox.disks")
 
 # The mount option string of an overlay must fit in a page.
 MAX_LOWERDIR = 3500
@@ -46,10 +48,6 @@ LOOP_MAJOR = 7
 # would delete the layers under running sandboxes. A stopped container per image (never
 # started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
 LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
-
-
-class DiskUnavailable(Exception):
-    """A sandbox disk could not be made or mounted; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .layout import DATA_DIR, STATE_DIR
 
+
 class SandboxError(Exception):
     """A failure the client must hear about; the message says what to do next."""
 
@@ -101,3 +102,27 @@ class FileNotShareable(SandboxError):
 
 class FileLinkNotFound(SandboxError):
     pass
+
+
+class InvalidPath(SandboxError):
+    """A path that is not a plain absolute path inside the sandbox."""
+
+
+class FileNotWritable(SandboxError):
+    """write_file could not write where it was asked to."""
+
+
+class ChannelError(SandboxError):
+    """The command channel to a sandbox failed; the manager goes on without it where it can."""
+
+
+class ChannelClosed(ChannelError):
+    """The channel's process ended; the sandbox may be gone, or the process was killed."""
+
+
+class ChannelRequestFailed(ChannelError):
+    """The agent refused a request; the message is its reason."""
+
+
+class DiskUnavailable(SandboxError):
+    """A sandbox disk could not be made or mounted; the message says why."""

@@ -15,23 +15,24 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .channel import kill_process
-from .errors import FileLinkNotFound, FileNotShareable, PodmanUnavailable
+from .errors import FileLinkNotFound, InvalidPath, PodmanUnavailable
 from .model import FileLink
 
 logger = logging.getLogger("mcp_sandbox.files")
 
 def check_absolute_path(path: str) -> None:
+    """Refuse what is not a plain absolute path inside the sandbox, saying what to pass instead."""
     if not isinstance(path, str) or not path.strip():
-        raise FileNotShareable("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
+        raise InvalidPath("The path is empty. Pass the absolute path of a file in the sandbox, e.g. /tmp/out.txt.")
     if "\0" in path:
-        raise FileNotShareable("The path contains a NUL character. Pass a plain absolute path.")
+        raise InvalidPath("The path contains a NUL character. Pass a plain absolute path.")
     if not path.startswith("/"):
-        raise FileNotShareable(
+        raise InvalidPath(
             f"The path {path[:200]!r} is relative. Pass an absolute path inside the sandbox, "
             f"e.g. {posixpath.join('/root', path)[:200]!r}."
         )
     if len(path.encode("utf-8", errors="surrogatepass")) > 4096:
-        raise FileNotShareable("The path is longer than 4096 bytes. Pass a shorter absolute path.")
+        raise InvalidPath("The path is longer than 4096 bytes. Pass a shorter absolute path.")
 
 
 def write_refusal(path: str, reason: str) -> str:

@@ -22,15 +22,25 @@ from typing import Any
 
 import anyio
 
-from .channel import AgentChannel, ChannelClosed, ChannelRequestFailed, find_agent_binary
-from .config import HARDENING_FLAGS, LIMIT_FLAGS, MEMORY_LIMIT_BYTES, ULIMIT_FLAGS, SandboxSettings
-from .disks import DiskUnavailable, SandboxDisks
+from .channel import AgentChannel, find_agent_binary
+from .config import (
+    HARDENING_FLAGS,
+    LIMIT_FLAGS,
+    MEMORY_LIMIT_BYTES,
+    ULIMIT_FLAGS,
+    SandboxSettings,
+)
+from .disks import SandboxDisks
 from .errors import (
     FORK_AT_PROCESS_LIMIT,
     FORK_RETRY_SECONDS,
+    ChannelClosed,
+    ChannelRequestFailed,
     CommandNotFound,
+    DiskUnavailable,
     FileLinkNotFound,
     FileNotShareable,
+    FileNotWritable,
     ImageNotAllowed,
     InvalidCommand,
     LimitsNotEnforced,
@@ -1060,7 +1070,7 @@ class SandboxManager:
         sandbox = self.get(container_id, tenant)
         check_absolute_path(path)
         if len(data) > self.settings.write_max_bytes:
-            raise FileNotShareable(
+            raise FileNotWritable(
                 f"The content is {len(data):,} bytes; write_file takes up to {self.settings.write_max_bytes:,} "
                 "(SANDBOX_WRITE_MAX_BYTES). Write it in parts and join them with execute_command (cat a b > c)."
             )
@@ -1071,7 +1081,7 @@ class SandboxManager:
                 await channel.put(path, data, file_mode)
                 return len(data)
             except ChannelRequestFailed as exc:
-                raise FileNotShareable(write_refusal(path, str(exc))) from None
+                raise FileNotWritable(write_refusal(path, str(exc))) from None
             except ChannelClosed:
                 pass
         result = await self.podman.run(
@@ -1082,7 +1092,7 @@ class SandboxManager:
         if result.exit_code != 0:
             if is_missing_container(result.stderr) or is_not_running(result.stderr):
                 self._raise_exec_failure(sandbox, result)
-            raise FileNotShareable(write_refusal(path, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"))
+            raise FileNotWritable(write_refusal(path, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"))
         return len(data)
 
     async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:

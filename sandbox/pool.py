@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+
 def changed_settings(recorded: str, now: Mapping[str, str]) -> str:
     """What differs between the configuration a sandbox recorded (JSON) and the one in force;
     "" when nothing does."""

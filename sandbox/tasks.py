@@ -10,6 +10,7 @@ import anyio
 
 from .errors import SandboxError
 
+
 class BackgroundTasks:
     """A task group living in a task of its own.
 
