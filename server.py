@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import signal
 import sys
@@ -48,6 +47,7 @@ from sandbox import (
     SandboxError,
     SandboxManager,
     SandboxSettings,
+    ServerSettings,
     utc_iso,
 )
 
@@ -58,15 +58,14 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 logger = logging.getLogger("mcp_sandbox.server")
 
-HOST = os.environ.get("HOST", "").strip() or "127.0.0.1"
-PORT = int(os.environ.get("PORT", "").strip() or 3000)
+SETTINGS = ServerSettings.from_env()
+HOST, PORT = SETTINGS.host, SETTINGS.port
 
 
 def base_url() -> str:
     """BASE_URL; else the address the client reached over HTTP; else http://$HOST:$PORT."""
-    configured = os.environ.get("BASE_URL", "").strip().rstrip("/")
-    if configured:
-        return configured
+    if SETTINGS.base_url:
+        return SETTINGS.base_url
     try:
         request = get_http_request()
     except RuntimeError:  # stdio: the file routes listen on HOST:PORT
@@ -82,11 +81,7 @@ sandboxes = SandboxManager(SandboxSettings.from_env())
 
 # --------------------------------------------------------------------------- who is calling
 
-def _split_env(name: str) -> list[str]:
-    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
-
-
-AUTH_TOKENS = _split_env("AUTH_TOKENS")
+AUTH_TOKENS = list(SETTINGS.auth_tokens)
 
 
 def tenant_id_for(token: str) -> str:
@@ -615,20 +610,18 @@ def _is_mcp_request(scope: Scope) -> bool:
 
 def allowed_hosts() -> list[str]:
     """Host headers the MCP endpoint accepts: loopback names, BASE_URL's host, ALLOWED_HOSTS."""
-    hosts = ["127.0.0.1", "localhost", "::1", *_split_env("ALLOWED_HOSTS")]
-    configured = os.environ.get("BASE_URL", "").strip()
-    if configured:
-        hosts.append(urlsplit(configured).hostname or "")
+    hosts = ["127.0.0.1", "localhost", "::1", *SETTINGS.allowed_hosts]
+    if SETTINGS.base_url:
+        hosts.append(urlsplit(SETTINGS.base_url).hostname or "")
     if HOST not in ("0.0.0.0", "::", ""):
         hosts.append(HOST)
     return [h for h in hosts if h]
 
 
 def allowed_origins() -> list[str]:
-    origins = _split_env("ALLOWED_ORIGINS")
-    configured = os.environ.get("BASE_URL", "").strip().rstrip("/")
-    if configured:
-        origins.append(configured)
+    origins = list(SETTINGS.allowed_origins)
+    if SETTINGS.base_url:
+        origins.append(SETTINGS.base_url)
     return origins
 
 
@@ -681,9 +674,9 @@ def main() -> None:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; that second
     # delivery lands here and ends the process with status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=SETTINGS.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warn_if_exposed()
-    uvicorn.run(http_app(), host=HOST, port=PORT, log_level=os.environ.get("LOG_LEVEL", "info").lower(), timeout_graceful_shutdown=3)
+    uvicorn.run(http_app(), host=HOST, port=PORT, log_level=SETTINGS.log_level, timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

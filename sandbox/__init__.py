@@ -15,7 +15,7 @@ Layout (imports point down this list, never up):
   layout     where the server keeps its things inside every sandbox
 """
 
-from .config import LIMIT_FLAGS, LIMITS, ULIMIT_FLAGS, SandboxSettings
+from .config import LIMIT_FLAGS, LIMITS, ULIMIT_FLAGS, SandboxSettings, ServerSettings
 from .errors import FileLinkNotFound, SandboxError, machinery_failure
 from .manager import SandboxManager
 from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, utc_iso
@@ -26,6 +26,7 @@ from .tasks import BackgroundTasks
 
 __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMIT_FLAGS", "LOCAL_TENANT", "TENANT_RE", "ULIMIT_FLAGS", "BackgroundTasks",
-    "CommandState", "FileLinkNotFound", "SandboxError", "SandboxManager", "SandboxSettings", "changed_settings",
+    "CommandState", "FileLinkNotFound", "SandboxError", "SandboxManager", "SandboxSettings", "ServerSettings",
+    "changed_settings",
     "machinery_failure", "system_env", "utc_iso", "why_limits_fail",
 ]

@@ -144,3 +144,36 @@ class SandboxSettings:
     def images(self) -> tuple[str, ...]:
         """Images a client may ask for: the default one first."""
         return (self.image, *(i for i in self.allowed_images if i != self.image))
+
+
+def _env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the server listens and who may call it; read from the environment by ``from_env``."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    base_url: str = ""  # "": the address the client used over HTTP, else http://host:port
+    auth_tokens: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if environ is None else environ
+        port_text = env.get("PORT", "").strip() or "3000"
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"PORT must be a port number from 1 to 65535, got {port_text!r}")
+        return cls(
+            host=env.get("HOST", "").strip() or "127.0.0.1",
+            port=int(port_text),
+            base_url=env.get("BASE_URL", "").strip().rstrip("/"),
+            auth_tokens=_env_list(env, "AUTH_TOKENS"),
+            allowed_hosts=_env_list(env, "ALLOWED_HOSTS"),
+            allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
+            log_level=env.get("LOG_LEVEL", "").strip().lower() or "info",
+        )

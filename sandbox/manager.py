@@ -18,9 +18,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from .channel import AgentChannel, find_agent_binary
 from .config import (
@@ -159,14 +161,10 @@ class SandboxManager:
         self._creating_by_tenant: dict[str, int] = {}
         self._lock = anyio.Lock()
         self._background = BackgroundTasks()
-        self._agent = find_agent_binary(settings.agent_path)
-        if self._agent is None:
-            logger.warning(
-                "no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
-                "every command will cost a podman exec"
-            )
-        self._helpers = helpers_tar(self._agent)
-        self._helpers_digest = helpers_digest(self._agent)
+        # The agent binary and what each sandbox gets: found (or built) at start, never at import.
+        self._agent: Path | None = None
+        self._helpers = b""
+        self._helpers_digest = ""
         self._channels: dict[str, AgentChannel] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
         self._pool: list[Sandbox] = []
@@ -178,6 +176,14 @@ class SandboxManager:
     async def start(self) -> None:
         """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
         await self._background.start()
+        self._agent = await anyio.to_thread.run_sync(find_agent_binary, self.settings.agent_path)
+        if self._agent is None:
+            logger.warning(
+                "no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
+                "every command will cost a podman exec"
+            )
+        self._helpers = helpers_tar(self._agent)
+        self._helpers_digest = helpers_digest(self._agent)
         self._pool = []  # rebuilt from Podman by adopt()
         await self.disks.probe()
         if self.disks.enabled:
