@@ -2,7 +2,7 @@
  * sandbox-agent: the far end of the server's persistent command channel, run inside a
  * sandbox by one long-lived `podman exec -i`. It starts commands, records them under
  * /run/mcp-sandbox/commands/<id>/ and /var/lib/mcp-sandbox/output/<id>.std{out,err}
- * exactly as the shell library in sandbox.py does (so a
+ * exactly as the shell library in sandbox/records.py does (so a
  * restarted server reads them back the same way), enforces timeouts inside the sandbox,
  * and reports over stdout. When its channel closes it keeps supervising the commands it
  * started until they end, so their results are recorded even if the server is gone.
@@ -12,8 +12,8 @@
  *                                   older servers; the agent records the start on its own clock)
  *   report <req> <cmd_id> <cap> [<stdout_offset> <stderr_offset>]\n
  *   put <req> <mode_octal> <path_len> <data_len>\n<path><data>
- *   list <req>\n                      (the sandbox's commands, as list_commands in sandbox.py)
- *   link <req> <max_size> <file_id> <path_len>\n<path>   (as link_file in sandbox.py)
+ *   list <req>\n                      (the sandbox's commands, as list_commands in records.py)
+ *   link <req> <max_size> <file_id> <path_len>\n<path>   (as link_file in records.py)
  *   ping <req>\n
  * Replies and events (stdout):
  *   started <cmd_id> <pid>\n          failed <cmd_id> <reason>\n
@@ -49,6 +49,7 @@
 #define FALLOC_FL_PUNCH_HOLE 0x02
 #endif
 
+/* The in-sandbox layout of sandbox/layout.py (tests/unit checks that they agree). */
 #define COMMANDS_DIR "/run/mcp-sandbox/commands"     /* tmpfs: records */
 #define OUTPUT_DIR "/var/lib/mcp-sandbox/output"     /* disk: <id>.stdout, <id>.stderr */
 #define LINKS_DIR "/var/lib/mcp-sandbox/links"       /* disk: <file_id> holding a path */
@@ -698,7 +699,7 @@ static void list_commands(struct buffer *b) {
     closedir(d);
 }
 
-/* The verdict of link_file() in sandbox.py: may this path be shared, and how big is it? */
+/* The verdict of link_file() in records.py: may this path be shared, and how big is it? */
 static void link_file(const char *req, long max_size, const char *file_id, const char *path) {
     struct stat st, lst;
     if (stat(path, &st) < 0) {

@@ -1,4 +1,4 @@
-"""The five tools through FastMCP's in-memory client, against real Podman sandboxes."""
+"""The tools through FastMCP's in-memory client, against real Podman sandboxes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ async def run(client: Client, container_id: str, command: str, **extra: object) 
     return structured(result)
 
 
-async def test_lists_the_five_tools_with_annotations(client: Client) -> None:
+async def test_lists_the_contracts_five_tools_and_two_more_with_annotations(client: Client) -> None:
     tools = {tool.name: tool for tool in await client.list_tools()}
     assert set(tools) == {"create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
                           "list_containers", "write_file"}

@@ -1,0 +1,64 @@
+"""Paths, content types, download headers and the result a tool returns: what the model reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import server
+from sandbox import layout
+from sandbox.errors import InvalidPath
+from sandbox.files import check_absolute_path, content_type, write_refusal
+from sandbox.records import SANDBOX_LIB, parse_report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [("", "empty"), ("a\0b", "NUL"), ("out.txt", "'/root/out.txt'"), ("/" + "a" * 5000, "4096 bytes")],
+)
+def test_a_path_that_is_not_plain_and_absolute_is_refused_with_what_to_pass(path: str, says: str) -> None:
+    with pytest.raises(InvalidPath, match=re.escape(says)):
+        check_absolute_path(path)
+
+
+def test_content_types_name_text_as_utf8_and_unknown_as_bytes() -> None:
+    assert content_type("/tmp/a.txt") == "text/plain; charset=utf-8"
+    assert content_type("/tmp/data.json") == "application/json; charset=utf-8"
+    assert content_type("/tmp/blob") == "application/octet-stream"
+    assert content_type("/tmp/p.png") == "image/png"
+
+
+def test_a_write_refusal_explains_the_agents_reason() -> None:
+    assert "a parent of it is a file" in write_refusal("/a/b", "parent-not-a-directory")
+    assert "it is a directory" in write_refusal("/tmp", "is-a-directory")
+
+
+def test_a_download_names_its_file_for_old_and_new_browsers() -> None:
+    header = server._content_disposition("résumé 1.pdf")
+    assert header == "attachment; filename=\"r_sum__1.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.pdf"
+
+
+def test_a_result_cut_at_the_cap_says_where_the_rest_is() -> None:
+    report = b"MCPSB2\n0\n0\n0\n1000\n2000\n900000\n0\n3\n0\n0 0 0 0 0 0\nabc"
+    state = parse_report("cmd_0123456789abcdef", report)
+    result = server._command_result("c" * 32, state)
+    assert result["truncated"] and result["stdout_path"].endswith(".stdout")
+    assert "check_container" in result["message"] and "stdout_offset" in result["message"]
+
+
+def test_a_running_result_teaches_the_long_poll() -> None:
+    report = b"MCPSB2\n\n0\n1\n1000\n\n0\n0\n0\n0\n0 0 0 0 0 0\n"
+    result = server._command_result("c" * 32, parse_report("cmd_0123456789abcdef", report))
+    assert result["status"] == "running" and "wait_seconds=30" in result["message"] and "reason" not in result
+
+
+def test_the_agent_and_the_shell_library_use_the_layouts_paths() -> None:
+    agent = (ROOT / "agent" / "sandbox-agent.c").read_text()
+    for name in ("COMMANDS_DIR", "OUTPUT_DIR", "LINKS_DIR"):
+        assert f'#define {name} "{getattr(layout, name)}"' in agent
+    for path in (layout.COMMANDS_DIR, layout.OUTPUT_DIR, layout.LINKS_DIR):
+        assert path in SANDBOX_LIB
