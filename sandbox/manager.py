@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -53,8 +53,8 @@ from .errors import (
     SandboxStopped,
     machinery_failure,
 )
-from .files import FileDownload, check_absolute_path, content_type, write_refusal
-from .layout import AGENT_PATH, CLAIM_PATH, DATA_DIR, LIB_PATH, OUTPUT_DIR, STATE_TMPFS
+from .files import FileDownload, check_absolute_path, content_type
+from .layout import AGENT_PATH, CLAIM_PATH, DATA_DIR, OUTPUT_DIR, STATE_TMPFS
 from .model import (
     CONTAINER_ID_RE,
     FILE_ID_RE,
@@ -86,9 +86,6 @@ from .pool import changed_settings
 from .records import (
     BOOTSTRAP,
     COMMAND_ID_RE,
-    INSTALL_HELPERS,
-    LIB_MISSING,
-    RECORDS_UNWRITABLE,
     CommandState,
     CommandSummary,
     helpers_digest,
@@ -97,7 +94,10 @@ from .records import (
     parse_command_list,
     parse_report,
 )
+from .runtime import AgentRuntime, ExecRuntime, Runtime
 from .tasks import BackgroundTasks
+
+T = TypeVar("T")
 
 logger = logging.getLogger("mcp_sandbox.sandbox")
 
@@ -165,6 +165,9 @@ class SandboxManager:
         self._agent: Path | None = None
         self._helpers = b""
         self._helpers_digest = ""
+        self.exec_runtime = ExecRuntime(
+            self.podman, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED)
+        )
         self._channels: dict[str, AgentChannel] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
         self._pool: list[Sandbox] = []
@@ -341,7 +344,7 @@ class SandboxManager:
 
     async def _adopt_links(self, sandbox: Sandbox) -> None:
         try:
-            result = await self._call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
+            result = await self.exec_runtime.call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
         except SandboxError as exc:
             logger.warning("could not read file links of sandbox %s: %s", sandbox.container_id, exc)
             return
@@ -568,7 +571,7 @@ class SandboxManager:
             raise
         try:
             await self._verify_limits(sandbox, started.stderr)
-            await self._install_helpers(sandbox)
+            await self.exec_runtime.install_helpers(sandbox)
         except SandboxError:
             await self._remove_container(sandbox.name)
             raise
@@ -598,31 +601,18 @@ class SandboxManager:
             return
         await self.disks.release(name)
 
-    async def _call(
-        self, sandbox: Sandbox, function: str, *args: str, stdin: bytes | None = None,
-        stdout_limit: int, timeout: float = 60,
-    ) -> PodmanResult:
-        """Run a function of the in-sandbox library; a vanished sandbox becomes SandboxNotFound."""
-        exec_args = ["exec", *(["-i"] if stdin is not None else []), sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", function, *args]
-        for attempt in range(2):
-            result = await self.podman.run(*exec_args, stdin=stdin, stdout_limit=stdout_limit, check=False, timeout=timeout)
-            if result.exit_code == LIB_MISSING and attempt == 0:
-                await self._install_helpers(sandbox)
-                continue
-            if result.exit_code == RECORDS_UNWRITABLE and not is_missing_container(result.stderr):
-                raise machinery_failure(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "")
-            if result.exit_code != 0:
-                self._raise_exec_failure(sandbox, result)
-            return result
-        raise SandboxError(f"The sandbox's helper library at {LIB_PATH} could not be installed.")  # pragma: no cover
+    # ----- runtimes: the agent's channel, else podman exec, decided here
 
-    async def _install_helpers(self, sandbox: Sandbox) -> None:
-        """Put the shell library and the agent into the sandbox's STATE_DIR."""
-        result = await self.podman.run(
-            "exec", "-i", sandbox.name, "/bin/sh", "-c", INSTALL_HELPERS, stdin=self._helpers, check=False, timeout=60
-        )
-        if result.exit_code != 0:
-            self._raise_exec_failure(sandbox, result)
+    async def _request(self, sandbox: Sandbox, ask: Callable[[Runtime], Awaitable[T]]) -> T:
+        """Ask the sandbox through its agent's channel when one is open, else through podman exec;
+        a channel that closes during the request hands it to podman exec (requests are idempotent)."""
+        channel = await self._channel_for(sandbox)
+        if channel is not None:
+            try:
+                return await ask(AgentRuntime(channel))
+            except ChannelClosed:
+                pass
+        return await ask(self.exec_runtime)
 
     # ----- channels
 
@@ -649,9 +639,9 @@ class SandboxManager:
                     reason = str(exc)
                     result = PodmanResult(channel.argv, 1, b"", reason)
                     if is_missing_container(reason) or is_not_running(reason):
-                        self._raise_exec_failure(sandbox, result)
+                        self.exec_runtime.raise_failure(sandbox, result)
                     if attempt == 0 and ("no such file" in reason.lower() or "not found" in reason.lower()):
-                        await self._install_helpers(sandbox)
+                        await self.exec_runtime.install_helpers(sandbox)
                         continue
                     logger.warning("no command channel to sandbox %s (%s); using podman exec", sandbox.container_id, reason)
                     return None
@@ -677,17 +667,6 @@ class SandboxManager:
         channel = self._channels.pop(container_id, None)
         if channel is not None:
             await channel.close()
-
-    def _raise_exec_failure(self, sandbox: Sandbox, result: PodmanResult) -> None:
-        if is_missing_container(result.stderr):
-            self._forget(sandbox.container_id, GONE_REMOVED)
-            raise SandboxNotFound(sandbox.container_id, " (it was removed outside this server)")
-        if is_not_running(result.stderr):
-            raise SandboxStopped(
-                f"Sandbox {sandbox.container_id} has stopped (its main process exited), so it cannot run "
-                "commands. Destroy it with destroy_container and create a new one."
-            )
-        raise PodmanError(result.argv, result.exit_code, result.stderr)
 
     # ----- commands
 
@@ -816,11 +795,11 @@ class SandboxManager:
                 channel.forget_exit(command_id)
                 raise machinery_failure(str(exc)) from None
         return await self._follow_on_channel(
-            channel, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
+            channel, sandbox, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
         )
 
     async def _follow_on_channel(
-        self, channel: AgentChannel, command_id: str, exit_reply: Any, wait_seconds: float,
+        self, channel: AgentChannel, sandbox: Sandbox, command_id: str, exit_reply: Any, wait_seconds: float,
         on_progress: ProgressCallback | None,
     ) -> CommandState:
         """Wait up to wait_seconds for a command to end; report progress about once a second."""
@@ -832,11 +811,11 @@ class SandboxManager:
             with anyio.move_on_after(max(0.0, min(remaining, 1.0 if on_progress else remaining))):
                 report = await exit_reply.wait()
             if report is not None:
-                return self._parse(command_id, report)
+                return self._read_back(sandbox, command_id, report)
             if time.monotonic() >= deadline:
-                return self._parse(command_id, await channel.report(command_id, cap))
+                return self._read_back(sandbox, command_id, await channel.report(command_id, cap))
             if on_progress is not None:
-                state = self._parse(command_id, await channel.report(command_id, cap))
+                state = self._read_back(sandbox, command_id, await channel.report(command_id, cap))
                 if state.status != "running":
                     return state
                 await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, last_line(state))
@@ -868,10 +847,10 @@ class SandboxManager:
                 exit_reply = channel.expect_exit(command_id)
                 # Asked after registering, so an exit just before cannot be missed; a command
                 # started before a restart has nobody to announce its exit, so the loop asks again.
-                state = self._parse(command_id, await channel.report(command_id, self.settings.output_limit_bytes))
+                state = self._read_back(sandbox, command_id, await channel.report(command_id, self.settings.output_limit_bytes))
                 while state.status == "running" and time.monotonic() < deadline:
                     state = await self._follow_on_channel(
-                        channel, command_id, exit_reply, min(2.0, max(0.0, deadline - time.monotonic())), on_progress
+                        channel, sandbox, command_id, exit_reply, min(2.0, max(0.0, deadline - time.monotonic())), on_progress
                     )
                 return
             except ChannelClosed:
@@ -883,15 +862,6 @@ class SandboxManager:
                 return
             if on_progress is not None:
                 await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, last_line(state))
-
-    def _parse(self, command_id: str, report: bytes) -> CommandState:
-        try:
-            state = parse_report(command_id, report)
-        except ValueError as exc:
-            raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
-        if state is None:
-            raise CommandNotFound(f"The sandbox has no command {command_id}. Call check_container without command_id to list its commands.")
-        return state
 
     async def _execute_by_exec(
         self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int
@@ -918,7 +888,7 @@ class SandboxManager:
     ) -> None:
         cap = self.settings.output_limit_bytes
         try:
-            result = await self._call(
+            result = await self.exec_runtime.call(
                 sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms),
                 stdin=command, stdout_limit=2 * cap + 4096, timeout=timeout_seconds + 120,
             )
@@ -964,20 +934,9 @@ class SandboxManager:
         self, sandbox: Sandbox, command_id: str, cap: int, stdout_offset: int, stderr_offset: int
     ) -> CommandState:
         """A command's state with at most cap bytes of each stream, from the given offsets."""
-        channel = await self._channel_for(sandbox)
-        if channel is not None:
-            try:
-                report = await channel.report(command_id, cap, stdout_offset, stderr_offset)
-                state = parse_report(command_id, report, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
-            except ChannelClosed:
-                pass
-            except ValueError as exc:
-                raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
-            else:
-                if state is None:
-                    raise self._no_such_command(sandbox.container_id, command_id)
-                return state
-        return await self._read_command_by_exec(sandbox, command_id, stdout_offset, stderr_offset, cap)
+        report = await self._request(sandbox, lambda runtime: runtime.report(
+            sandbox, command_id, cap, stdout_offset, stderr_offset))
+        return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
 
     async def _head_and_tail(self, sandbox: Sandbox, state: CommandState) -> CommandState:
         """A stream cut at the cap keeps its head and its tail (the end is where errors are)."""
@@ -1020,33 +979,29 @@ class SandboxManager:
     async def _read_command_by_exec(
         self, sandbox: Sandbox, command_id: str, stdout_offset: int = 0, stderr_offset: int = 0, cap: int | None = None
     ) -> CommandState:
-        running = self._running.get((sandbox.container_id, command_id))
         cap = cap or self.settings.output_limit_bytes
-        result = await self._call(
-            sandbox, "read_command", command_id, str(cap), str(stdout_offset), str(stderr_offset),
-            stdout_limit=2 * cap + 4096,
-        )
+        report = await self.exec_runtime.report(sandbox, command_id, cap, stdout_offset, stderr_offset)
+        return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
+
+    def _read_back(
+        self, sandbox: Sandbox, command_id: str, report: bytes, stdout_offset: int = 0, stderr_offset: int = 0
+    ) -> CommandState:
+        """A command's state from its report, whichever runtime sent it."""
         try:
-            state = parse_report(command_id, result.stdout, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
+            state = parse_report(command_id, report, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
         except ValueError as exc:
             raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
         if state is None:
             raise self._no_such_command(sandbox.container_id, command_id)
+        running = self._running.get((sandbox.container_id, command_id))
         if state.status == "killed" and running is not None and not running.done.is_set():
-            # Still being launched: the pid file is not written yet.
+            # Still being launched by podman exec: the pid file is not written yet.
             state = replace(state, status="running")
         return state
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
         sandbox = self.get(container_id, tenant)
-        channel = await self._channel_for(sandbox)
-        if channel is not None:
-            try:
-                return parse_command_list(await channel.list_commands())
-            except ChannelClosed:
-                pass
-        result = await self._call(sandbox, "list_commands", stdout_limit=4 * 1024 * 1024)
-        return parse_command_list(result.stdout)
+        return parse_command_list(await self._request(sandbox, lambda runtime: runtime.list_commands(sandbox)))
 
     async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
         sandbox = self.get(container_id, tenant)
@@ -1081,42 +1036,15 @@ class SandboxManager:
                 "(SANDBOX_WRITE_MAX_BYTES). Write it in parts and join them with execute_command (cat a b > c)."
             )
         file_mode = 0o644 if mode is None else mode
-        channel = await self._channel_for(sandbox)
-        if channel is not None:
-            try:
-                await channel.put(path, data, file_mode)
-                return len(data)
-            except ChannelRequestFailed as exc:
-                raise FileNotWritable(write_refusal(path, str(exc))) from None
-            except ChannelClosed:
-                pass
-        result = await self.podman.run(
-            "exec", "-i", sandbox.name, "/bin/sh", "-c",
-            'mkdir -p "$(dirname "$1")" && [ ! -d "$1" ] && cat > "$1" && chmod "$2" "$1"', "mcp-sandbox",
-            path, f"{file_mode:o}", stdin=data, check=False, timeout=120,
-        )
-        if result.exit_code != 0:
-            if is_missing_container(result.stderr) or is_not_running(result.stderr):
-                self._raise_exec_failure(sandbox, result)
-            raise FileNotWritable(write_refusal(path, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"))
+        await self._request(sandbox, lambda runtime: runtime.put(sandbox, path, data, file_mode))
         return len(data)
 
     async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
         sandbox = self.get(container_id, tenant)
         check_absolute_path(path)
         file_id = secrets.token_urlsafe(24)
-        verdict_text = None
-        channel = await self._channel_for(sandbox)
-        if channel is not None:
-            try:
-                verdict_text = await channel.link(path, self.settings.file_max_bytes, file_id)
-            except ChannelClosed:
-                pass
-        if verdict_text is None:
-            result = await self._call(
-                sandbox, "link_file", path, str(self.settings.file_max_bytes), file_id, stdout_limit=4096
-            )
-            verdict_text = result.stdout.decode(errors="replace")
+        verdict_text = await self._request(
+            sandbox, lambda runtime: runtime.link(sandbox, path, self.settings.file_max_bytes, file_id))
         verdict = verdict_text.strip().split(" ")
         shown = path[:200]
         reasons = {

@@ -119,20 +119,23 @@ def minimal_image() -> str:
     return MINIMAL_IMAGE
 
 
-def volumes() -> set[str]:
-    return set(podman("volume", "ls", "--quiet").stdout.split())
+def volumes_of(container_id: str) -> list[str]:
+    listed = podman("inspect", "--format", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}',
+                    f"mcp-sandbox-{container_id}")
+    return listed.stdout.split()
 
 
 @pytest.mark.parametrize("disk_bytes", [0, DISK_BYTES], ids=["without-disk", "with-disk"])
 async def test_a_minimal_image_with_a_read_only_root_runs_commands(
     start_server, minimal_image: str, disk_bytes: int  # type: ignore[no-untyped-def]
 ) -> None:
-    volumes_before = volumes()
     server = start_server({"SANDBOX_IMAGE": minimal_image, "SANDBOX_DISK_LIMIT_BYTES": str(disk_bytes)})
     disk = httpx.get(server.url + "/health").json()["sandbox_disk_bytes"]
     assert disk == disk_bytes if disk_bytes else str(disk).startswith("unbounded")
     async with Client(server.url + "/mcp") as client:
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        own_volumes = volumes_of(container_id)  # the server's folder: a volume of its own without a disk
+        assert len(own_volumes) == (0 if disk_bytes else 1), own_volumes
         hello = await run(client, container_id, "echo hello; stat -c %a /")
         assert (hello["status"], hello["exit_code"]) == ("completed", 0), hello
         # Without a disk the sandbox runs on Podman's own overlay, whose root keeps the image's
@@ -153,7 +156,8 @@ async def test_a_minimal_image_with_a_read_only_root_runs_commands(
         text = broken.content[0].text
         assert broken.is_error and "/var/lib/mcp-sandbox/output" in text and "did not run" in text, text
         await client.call_tool("destroy_container", {"container_id": container_id})
-    assert volumes() <= volumes_before  # a sandbox's own volume goes with it
+    for volume in own_volumes:  # and it goes with the sandbox
+        assert podman("volume", "exists", volume, check=False).returncode != 0, volume
 
 
 # --------------------------------------------------------------------------- rootless Podman
