@@ -95,6 +95,7 @@ from .records import (
     parse_report,
 )
 from .runtime import AgentRuntime, ExecRuntime, Runtime
+from .backend import Backend, PodmanBackend, removal_failed
 from .tasks import BackgroundTasks
 
 T = TypeVar("T")
@@ -142,6 +143,7 @@ class SandboxManager:
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
         self.podman = Podman(settings.podman, settings.runtime)
+        self.backend: Backend = PodmanBackend(self.podman)
         self.disks = SandboxDisks(
             settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.podman.run, self.podman.env
         )
@@ -166,7 +168,7 @@ class SandboxManager:
         self._helpers = b""
         self._helpers_digest = ""
         self.exec_runtime = ExecRuntime(
-            self.podman, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED)
+            self.backend, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED)
         )
         self._channels: dict[str, AgentChannel] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
@@ -212,18 +214,11 @@ class SandboxManager:
         self.podman.close()
 
     async def adopt(self) -> list[str]:
-        result = await self.podman.run(
-            "ps", "-a", "--format", "json",
-            "--filter", f"label={LABEL_MANAGED}=true",
-            "--filter", f"label={LABEL_NAMESPACE}={self.settings.namespace}",
-        )
-        entries = json.loads(result.stdout or b"[]") or []
+        entries = await self.backend.list({LABEL_MANAGED: "true", LABEL_NAMESPACE: self.settings.namespace})
         adopted: list[str] = []
         now = time.time()
         for entry in entries:
-            names = entry.get("Names") or []
-            name = names[0] if names else ""
-            labels = entry.get("Labels") or {}
+            name, labels = entry.name, entry.labels
             container_id = name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else ""
             try:
                 created = float(labels.get(LABEL_CREATED, "nan"))
@@ -231,18 +226,18 @@ class SandboxManager:
             except ValueError:
                 created = expires = float("nan")
             if not CONTAINER_ID_RE.match(container_id) or not math.isfinite(expires) or expires <= now:
-                logger.info("destroying expired or unreadable sandbox %s", name or entry.get("Id"))
-                await self._remove_container(name or entry.get("Id", ""))
+                logger.info("destroying expired or unreadable sandbox %s", name)
+                await self._remove_container(name)
                 continue
             tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
-            sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.get("Image", ""), created, expires,
+            sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.image, created, expires,
                               tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT)
             pooled = labels.get(LABEL_POOLED) == "true"
-            if entry.get("State") != "running":
+            if not entry.running:
                 try:
                     if self.disks.exists(sandbox.name):  # mounts do not survive a reboot of the host
                         await self.disks.remount(sandbox.name, sandbox.image)
-                    await self.podman.run("start", sandbox.name, timeout=60)
+                    await self.backend.restart(sandbox.name)
                 except (PodmanError, DiskUnavailable) as exc:
                     logger.warning("sandbox %s could not be restarted, destroying it: %s", name, exc)
                     await self._remove_container(sandbox.name)
@@ -251,7 +246,7 @@ class SandboxManager:
                 continue
             self._sandboxes[container_id] = sandbox
             adopted.append(container_id)
-        listed = {name for entry in entries for name in (entry.get("Names") or [])[:1]}
+        listed = {entry.name for entry in entries}
         for name in self.disks.names() - listed:
             logger.info("removing the disk of sandbox %s, whose container is gone", name)
             await self.disks.release(name)
@@ -266,9 +261,7 @@ class SandboxManager:
         """A pooled sandbox was handed out if it holds a claim: then it is adopted with the
         claim's lifetime (True), whatever changed since. Unclaimed, it rejoins the pool if it was
         made under the configuration in force now, else it is destroyed (False)."""
-        result = await self.podman.run(
-            "exec", sandbox.name, "cat", CLAIM_PATH, check=False, timeout=30, stdout_limit=1024
-        )
+        result = await self.backend.exec(sandbox.name, "cat", CLAIM_PATH, timeout=30, stdout_limit=1024)
         fields = result.stdout.decode(errors="replace").split()
         if result.exit_code == 0 and len(fields) in (2, 3):
             try:
@@ -298,12 +291,9 @@ class SandboxManager:
     async def made_under(self) -> dict[str, str]:
         """Everything that shapes a sandbox of the default kind, as a pooled one records it."""
         if self._made_under is None or not self._made_under["image_id"]:
-            inspected = await self.podman.run(
-                "image", "inspect", "--format", "{{.Id}}", "--", self.settings.image, check=False, timeout=60
-            )
             self._made_under = {
                 "image": self.settings.image,
-                "image_id": inspected.stdout.decode(errors="replace").strip() if inspected.exit_code == 0 else "",
+                "image_id": await self.backend.image_id(self.settings.image),
                 "runtime": self.settings.runtime,
                 "network": self.settings.network,
                 "flags": " ".join((*LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, STATE_TMPFS)),
@@ -315,9 +305,8 @@ class SandboxManager:
     async def _check_limits(self) -> None:
         """Whether Podman here can give sandboxes their limits, from its own account of the host."""
         try:
-            result = await self.podman.run("info", "--format", "json", check=False, timeout=60)
-            info = json.loads(result.stdout or b"{}") if result.exit_code == 0 else {}
-        except (SandboxError, ValueError) as exc:  # Podman is missing or hangs: /health says so
+            info = await self.backend.host_info()
+        except SandboxError as exc:  # Podman is missing or hangs: /health says so
             logger.warning("could not ask Podman about resource limits: %s", exc)
             info = {}
         self.limits_problem = why_limits_fail(info)
@@ -330,9 +319,8 @@ class SandboxManager:
         if LIMITS_IGNORED_WARNING in podman_said.lower():
             self.limits_problem = podman_said.strip().splitlines()[-1][:300] + LIMITS_WAY_OUT
         elif not self._limits_verified:
-            result = await self.podman.run(
-                "exec", sandbox.name, "cat", *CGROUP_MEMORY_LIMIT_FILES, check=False, timeout=30, stdout_limit=1024
-            )
+            result = await self.backend.exec(sandbox.name, "cat", *CGROUP_MEMORY_LIMIT_FILES, timeout=30,
+                                             stdout_limit=1024)
             words = result.stdout.decode(errors="replace").split()
             if words and (words[0] == "max" or (words[0].isdigit() and int(words[0]) > MEMORY_LIMIT_BYTES)):
                 self.limits_problem = (f"the first sandbox's memory cgroup says its limit is {words[0]}, not "
@@ -384,13 +372,10 @@ class SandboxManager:
     async def _forget_vanished(self) -> None:
         """Drop sandboxes that were removed behind the server's back."""
         try:
-            result = await self.podman.run(
-                "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={LABEL_NAMESPACE}={self.settings.namespace}"
-            )
-        except PodmanError as exc:
+            alive = {entry.name for entry in await self.backend.list({LABEL_NAMESPACE: self.settings.namespace})}
+        except SandboxError as exc:
             logger.warning("could not list sandboxes: %s", exc)
             return
-        alive = set(result.stdout.decode(errors="replace").split())
         for container_id, sandbox in list(self._sandboxes.items()):
             if sandbox.name not in alive and sandbox.created_at < time.time() - 5:
                 self._forget(container_id, GONE_REMOVED)
@@ -495,10 +480,11 @@ class SandboxManager:
                 if channel is not None:
                     await channel.put(CLAIM_PATH, claim)
                 else:
-                    await self.podman.run(
-                        "exec", "-i", sandbox.name, "/bin/sh", "-c", f"mkdir -p {DATA_DIR} && cat > {CLAIM_PATH}",
-                        stdin=claim, timeout=30,
+                    result = await self.backend.exec(
+                        sandbox.name, "/bin/sh", "-c", f"mkdir -p {DATA_DIR} && cat > {CLAIM_PATH}", stdin=claim, timeout=30
                     )
+                    if result.exit_code != 0:
+                        self.exec_runtime.raise_failure(sandbox, result)
                 return sandbox
             except (SandboxError, ChannelClosed, ChannelRequestFailed) as exc:
                 logger.warning("pooled sandbox %s unusable (%s); destroying it", sandbox.container_id, exc)
@@ -532,31 +518,31 @@ class SandboxManager:
         container_id = secrets.token_hex(16)
         created = time.time()
         sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant)
-        args = [
-            "run", "-d", "--name", sandbox.name, "--hostname", "sandbox", "--init",
-            *LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, "--tmpfs", STATE_TMPFS,
-            "--label", f"{LABEL_MANAGED}=true",
-            "--label", f"{LABEL_NAMESPACE}={self.settings.namespace}",
-            "--label", f"{LABEL_CREATED}={created:.3f}",
-            "--label", f"{LABEL_EXPIRES}={sandbox.expires_at:.3f}",
-            "--label", f"{LABEL_IMAGE}={image}",
-        ]
+        flags = ["--hostname", "sandbox", "--init", *LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS,
+                 "--tmpfs", STATE_TMPFS]
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_NAMESPACE: self.settings.namespace,
+            LABEL_CREATED: f"{created:.3f}",
+            LABEL_EXPIRES: f"{sandbox.expires_at:.3f}",
+            LABEL_IMAGE: image,
+        }
         if pooled:
-            made_under = json.dumps(await self.made_under(), sort_keys=True, separators=(",", ":"))
-            args += ["--label", f"{LABEL_POOLED}=true", "--label", f"{LABEL_MADE_UNDER}={made_under}"]
+            labels[LABEL_POOLED] = "true"
+            labels[LABEL_MADE_UNDER] = json.dumps(await self.made_under(), sort_keys=True, separators=(",", ":"))
         else:
-            args += ["--label", f"{LABEL_TENANT}={tenant}"]
-        if network or self.settings.network:
-            args += ["--network", network or self.settings.network]
+            labels[LABEL_TENANT] = tenant
         try:
             # The server's own files (DATA_DIR) live on a mount of their own, never in the image's
             # tree, which may be read-only to the sandbox's root: on the sandbox's disk, or on an
             # anonymous volume that goes with the container (podman rm -v).
             if self.disks.enabled:
-                args += [*await self.disks.create(sandbox.name, image, DATA_DIR), "sleep", "2147483647"]
+                image_args = [*await self.disks.create(sandbox.name, image, DATA_DIR), "sleep", "2147483647"]
             else:
-                args += ["--volume", DATA_DIR, "--entrypoint", "sleep", image, "2147483647"]
-            started = await self.podman.run(*args, timeout=300)
+                image_args = ["--volume", DATA_DIR, "--entrypoint", "sleep", image, "2147483647"]
+            warnings = await self.backend.start(
+                sandbox.name, flags, labels, network or self.settings.network, image_args
+            )
         except DiskUnavailable as exc:
             raise SandboxError(f"Could not prepare the sandbox's disk: {exc}. Try again; if it persists, an "
                                "operator can set SANDBOX_DISK_LIMIT_BYTES=0 to run sandboxes without one.") from None
@@ -570,7 +556,7 @@ class SandboxManager:
                 ) from None
             raise
         try:
-            await self._verify_limits(sandbox, started.stderr)
+            await self._verify_limits(sandbox, warnings)
             await self.exec_runtime.install_helpers(sandbox)
         except SandboxError:
             await self._remove_container(sandbox.name)
@@ -594,10 +580,10 @@ class SandboxManager:
     async def _remove_container(self, name: str, check: bool = False) -> None:
         if not name:
             return
-        result = await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120)
-        if result.exit_code != 0 and not is_missing_container(result.stderr):
+        failure = removal_failed(await self.backend.remove(name))
+        if failure is not None:
             if check:
-                raise PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
+                raise failure
             return
         await self.disks.release(name)
 
@@ -629,8 +615,8 @@ class SandboxManager:
             if channel is not None and not channel.closed:
                 return channel
             for attempt in range(2):
-                channel = AgentChannel(self.podman.argv(
-                    "exec", "-i", sandbox.name, AGENT_PATH, str(self.settings.output_file_max_bytes)
+                channel = AgentChannel(self.backend.exec_argv(
+                    sandbox.name, AGENT_PATH, str(self.settings.output_file_max_bytes), interactive=True
                 ), self.podman.spawn_options)
                 try:
                     await channel.open(self._background.start_soon)
@@ -1012,9 +998,7 @@ class SandboxManager:
                 return "running"
             except ChannelClosed:
                 pass
-        result = await self.podman.run(
-            "inspect", "--format", "{{.State.Status}}", "--type", "container", sandbox.name, check=False, timeout=30
-        )
+        result = await self.backend.status(sandbox.name)
         if result.exit_code != 0:
             if is_missing_container(result.stderr):
                 self._forget(container_id, GONE_REMOVED)
@@ -1075,7 +1059,7 @@ class SandboxManager:
         sandbox = self._sandboxes.get(link.container_id)
         if sandbox is None or sandbox.expires_at <= time.time():
             raise FileLinkNotFound("The sandbox of this file link no longer exists.")
-        argv = self.podman.argv("exec", sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path)
+        argv = self.backend.exec_argv(sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path)
         download = FileDownload(argv, link, self.podman.spawn_options)
         await download.start()
         return download
@@ -1083,12 +1067,12 @@ class SandboxManager:
     # ----- health
 
     async def health(self) -> dict[str, Any]:
-        result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
-        await self.podman.run("ps", "-q", "--filter", f"label={LABEL_MANAGED}=true", timeout=10)
+        version = await self.backend.version()
+        await self.backend.list({LABEL_MANAGED: "true"})
         if self.limits_problem:
             raise LimitsNotEnforced(self.limits_problem)
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
-        return {"podman_version": result.stdout.decode(errors="replace").strip(), "sandboxes": len(self._sandboxes),
+        return {"podman_version": version, "sandboxes": len(self._sandboxes),
                 "sandbox_disk_bytes": disk, "limits": "enforced"}
 
 

@@ -25,7 +25,8 @@ from .errors import (
 from .files import write_refusal
 from .layout import LIB_PATH
 from .model import Sandbox
-from .podman import Podman, PodmanResult, is_missing_container, is_not_running
+from .backend import Backend
+from .podman import PodmanResult, is_missing_container, is_not_running
 from .records import BOOTSTRAP, INSTALL_HELPERS, LIB_MISSING, RECORDS_UNWRITABLE
 
 LIST_LIMIT_BYTES = 4 * 1024 * 1024
@@ -72,8 +73,8 @@ class AgentRuntime:
 class ExecRuntime:
     """One ``podman exec`` of the in-sandbox shell library per request (records.SANDBOX_LIB)."""
 
-    def __init__(self, podman: Podman, helpers: Callable[[], bytes], removed: Callable[[str], None]) -> None:
-        self.podman = podman
+    def __init__(self, backend: Backend, helpers: Callable[[], bytes], removed: Callable[[str], None]) -> None:
+        self.backend = backend
         self._helpers = helpers  # the tar of what every sandbox gets in STATE_DIR
         self._removed = removed  # tells the manager a sandbox's container is gone
 
@@ -82,10 +83,9 @@ class ExecRuntime:
         stdout_limit: int, timeout: float = 60,
     ) -> PodmanResult:
         """Run a function of the in-sandbox library; a vanished sandbox becomes SandboxNotFound."""
-        exec_args = ["exec", *(["-i"] if stdin is not None else []), sandbox.name, "/bin/sh", "-c", BOOTSTRAP,
-                     "mcp-sandbox", function, *args]
         for attempt in range(2):
-            result = await self.podman.run(*exec_args, stdin=stdin, stdout_limit=stdout_limit, check=False, timeout=timeout)
+            result = await self.backend.exec(sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", function, *args,
+                                             stdin=stdin, stdout_limit=stdout_limit, timeout=timeout)
             if result.exit_code == LIB_MISSING and attempt == 0:
                 await self.install_helpers(sandbox)
                 continue
@@ -98,9 +98,7 @@ class ExecRuntime:
 
     async def install_helpers(self, sandbox: Sandbox) -> None:
         """Put the shell library and the agent into the sandbox's STATE_DIR."""
-        result = await self.podman.run(
-            "exec", "-i", sandbox.name, "/bin/sh", "-c", INSTALL_HELPERS, stdin=self._helpers(), check=False, timeout=60
-        )
+        result = await self.backend.exec(sandbox.name, "/bin/sh", "-c", INSTALL_HELPERS, stdin=self._helpers(), timeout=60)
         if result.exit_code != 0:
             self.raise_failure(sandbox, result)
 
@@ -127,10 +125,10 @@ class ExecRuntime:
         return (await self.call(sandbox, "list_commands", stdout_limit=LIST_LIMIT_BYTES)).stdout
 
     async def put(self, sandbox: Sandbox, path: str, data: bytes, mode: int) -> None:
-        result = await self.podman.run(
-            "exec", "-i", sandbox.name, "/bin/sh", "-c",
+        result = await self.backend.exec(
+            sandbox.name, "/bin/sh", "-c",
             'mkdir -p "$(dirname "$1")" && [ ! -d "$1" ] && cat > "$1" && chmod "$2" "$1"', "mcp-sandbox",
-            path, f"{mode:o}", stdin=data, check=False, timeout=120,
+            path, f"{mode:o}", stdin=data, timeout=120,
         )
         if result.exit_code != 0:
             if is_missing_container(result.stderr) or is_not_running(result.stderr):
