@@ -15,7 +15,6 @@ import math
 import secrets
 import shlex
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from .backend import Backend, PodmanBackend, removal_failed
 from .channel import AgentChannel, find_agent_binary
 from .config import (
     HARDENING_FLAGS,
@@ -54,7 +54,8 @@ from .errors import (
     machinery_failure,
 )
 from .files import FileDownload, check_absolute_path, content_type
-from .layout import AGENT_PATH, CLAIM_PATH, DATA_DIR, OUTPUT_DIR, STATE_TMPFS
+from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
+from .layout import AGENT_PATH, CLAIM_PATH, DATA_DIR, STATE_TMPFS
 from .model import (
     CONTAINER_ID_RE,
     FILE_ID_RE,
@@ -95,35 +96,11 @@ from .records import (
     parse_report,
 )
 from .runtime import AgentRuntime, ExecRuntime, Runtime
-from .backend import Backend, PodmanBackend, removal_failed
 from .tasks import BackgroundTasks
 
 T = TypeVar("T")
 
 logger = logging.getLogger("mcp_sandbox.sandbox")
-
-# How long, and for how many sandboxes, the server remembers the commands that were running
-# when a sandbox went away, to answer check_container about them with reason sandbox_gone.
-TOMBSTONE_SECONDS = 3600
-MAX_TOMBSTONES = 200
-# Per sandbox, the running commands remembered and how much of each stream's end (memory stays small).
-MAX_SEEN_RUNNING = 32
-SEEN_OUTPUT_CHARS = 2048
-GONE_DESTROYED = "was destroyed by destroy_container"
-GONE_EXPIRED = "reached the end of its lifetime and was destroyed"
-GONE_REMOVED = "was removed outside this server (Podman no longer has its container)"
-GONE_STOPPED = "stopped (Podman reports its container as exited: it was stopped or killed outside this server)"
-
-
-@dataclass
-class _Tombstone:
-    """A sandbox that went away, and the commands the server last saw running in it."""
-
-    tenant: str
-    why: str
-    at: float
-    running: dict[str, CommandState]
-
 
 @dataclass
 class _RunningCommand:
@@ -157,8 +134,7 @@ class SandboxManager:
         self._running: dict[tuple[str, str], _RunningCommand] = {}
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
-        self._seen_running: dict[str, dict[str, CommandState]] = {}
-        self._tombstones: OrderedDict[str, _Tombstone] = OrderedDict()
+        self._gone = GoneCommands()
         self._creating = 0
         self._creating_by_tenant: dict[str, int] = {}
         self._lock = anyio.Lock()
@@ -382,15 +358,9 @@ class SandboxManager:
 
     def _forget(self, container_id: str, why: str) -> None:
         sandbox = self._sandboxes.pop(container_id, None)
-        running = self._seen_running.pop(container_id, {})
-        if sandbox is not None:
-            if why == GONE_REMOVED:  # its container is gone: so may its disk be
-                self._background.start_soon(self.disks.release, sandbox.name)
-            self._tombstones[container_id] = _Tombstone(sandbox.tenant, why, time.time(), running)
-            while len(self._tombstones) > MAX_TOMBSTONES or (
-                self._tombstones and next(iter(self._tombstones.values())).at < time.time() - TOMBSTONE_SECONDS
-            ):
-                self._tombstones.popitem(last=False)
+        self._gone.bury(container_id, sandbox, why)
+        if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
+            self._background.start_soon(self.disks.release, sandbox.name)
         channel = self._channels.pop(container_id, None)
         if channel is not None:
             self._background.start_soon(channel.close)
@@ -686,51 +656,23 @@ class SandboxManager:
 
     def _started(self, container_id: str, command_id: str) -> None:
         """A command began (or may have): if its sandbox goes, it ends with reason sandbox_gone."""
-        self._seen(container_id, CommandState(
-            command_id, "running", None, "", "", 0, 0, False, None,
-            f"{OUTPUT_DIR}/{command_id}.stdout", f"{OUTPUT_DIR}/{command_id}.stderr",
-        ))
-
-    def _never_started(self, container_id: str, command_id: str) -> None:
-        self._seen_running.get(container_id, {}).pop(command_id, None)
-        tombstone = self._tombstones.get(container_id)
-        if tombstone is not None:
-            tombstone.running.pop(command_id, None)
+        if container_id in self._sandboxes:
+            self._gone.started(container_id, command_id)
 
     def _seen(self, container_id: str, state: CommandState) -> CommandState:
-        """Remember which commands were last seen running, with their output so far."""
-        if state.status == "running":
-            if container_id in self._sandboxes:
-                seen = self._seen_running.setdefault(container_id, {})
-                seen.pop(state.command_id, None)
-                seen[state.command_id] = replace(
-                    state, stdout=state.stdout[-SEEN_OUTPUT_CHARS:], stderr=state.stderr[-SEEN_OUTPUT_CHARS:],
-                    truncated=state.truncated or max(len(state.stdout), len(state.stderr)) > SEEN_OUTPUT_CHARS,
-                )
-                while len(seen) > MAX_SEEN_RUNNING:
-                    seen.pop(next(iter(seen)))
-        else:
-            self._seen_running.get(container_id, {}).pop(state.command_id, None)
+        """Remember which commands were last seen running in a live sandbox, with their output so far."""
+        if state.status != "running" or container_id in self._sandboxes:
+            self._gone.seen(container_id, state)
         return state
 
     def gone_command(
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
     ) -> CommandState | None:
-        """A command that was running when its sandbox went away (destroyed, expired, removed or
-        stopped, as Podman or this server saw it): its last seen state, ended with reason sandbox_gone.
-        None when this tenant had no such command running there."""
-        tombstone = self._tombstones.get(container_id) if isinstance(container_id, str) else None
-        sandbox = self._sandboxes.get(container_id) if isinstance(container_id, str) else None
-        if tombstone is not None and tombstone.tenant == tenant:
-            last, why = tombstone.running.get(command_id), tombstone.why
-        elif sandbox is not None and sandbox.tenant == tenant and (stopped or sandbox.destroying):
-            last = self._seen_running.get(container_id, {}).get(command_id)
-            why = GONE_STOPPED if stopped else sandbox.gone_why
-        else:
+        """A command that was running when its sandbox went away, ended with reason sandbox_gone;
+        None when this tenant had no such command running there (see gone.py)."""
+        if not isinstance(container_id, str):
             return None
-        if last is None:
-            return None
-        return replace(last, status="killed", exit_code=None, reason="sandbox_gone", detail=why)
+        return self._gone.gone(container_id, command_id, tenant, self._sandboxes.get(container_id), stopped)
 
     def _gone_or_raise(self, exc: SandboxError, container_id: str, command_id: str, tenant: str) -> CommandState:
         """A command's sandbox_gone ending, when the sandbox went while it ran; else the error as it was."""
@@ -887,7 +829,7 @@ class SandboxManager:
                 running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
                 return
             # podman exec itself failed: the command may never have started, so claim nothing of it.
-            self._never_started(sandbox.container_id, command_id)
+            self._gone.never_started(sandbox.container_id, command_id)
             if isinstance(exc, SandboxError):
                 running.error = exc
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from .backend import Backend
 from .channel import AgentChannel
 from .errors import (
     ChannelRequestFailed,
@@ -25,7 +26,6 @@ from .errors import (
 from .files import write_refusal
 from .layout import LIB_PATH
 from .model import Sandbox
-from .backend import Backend
 from .podman import PodmanResult, is_missing_container, is_not_running
 from .records import BOOTSTRAP, INSTALL_HELPERS, LIB_MISSING, RECORDS_UNWRITABLE
 
