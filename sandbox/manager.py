@@ -83,7 +83,7 @@ from .podman import (
     is_not_running,
     why_limits_fail,
 )
-from .pool import changed_settings
+from .pool import WarmPool, changed_settings
 from .records import (
     BOOTSTRAP,
     COMMAND_ID_RE,
@@ -148,9 +148,8 @@ class SandboxManager:
         )
         self._channels: dict[str, AgentChannel] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
-        self._pool: list[Sandbox] = []
-        self._pool_filling = 0
-        self._pool_wanted = anyio.Event()
+        self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
+                             lambda: not self.limits_problem)
 
     # ----- lifecycle
 
@@ -165,7 +164,7 @@ class SandboxManager:
             )
         self._helpers = helpers_tar(self._agent)
         self._helpers_digest = helpers_digest(self._agent)
-        self._pool = []  # rebuilt from Podman by adopt()
+        self.pool.reset()  # rebuilt from Podman by adopt()
         await self.disks.probe()
         if self.disks.enabled:
             logger.info("each sandbox gets a disk of its own: %d bytes", self.disks.limit_bytes)
@@ -179,8 +178,7 @@ class SandboxManager:
             logger.warning("could not adopt existing sandboxes: %s", exc)
         self._background.start_soon(self._reap_forever)
         if self.settings.pool_size > 0:
-            self._pool_wanted = anyio.Event()
-            self._background.start_soon(self._fill_pool_forever)
+            self._background.start_soon(self.pool.fill_forever)
 
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start."""
@@ -255,12 +253,8 @@ class SandboxManager:
         if changed:
             logger.info("destroying pooled sandbox %s: it was made under another configuration (%s)",
                         sandbox.container_id, changed)
-        if (
-            result.exit_code != 0 and not is_missing_container(result.stderr) and not changed
-            and not self.limits_problem and len(self._pool) < self.settings.pool_size
-        ):
-            self._pool.append(sandbox)
-        else:
+        unclaimed = result.exit_code != 0 and not is_missing_container(result.stderr)
+        if not (unclaimed and not changed and not self.limits_problem and self.pool.adopt(sandbox)):
             await self._remove_container(sandbox.name)
         return False
 
@@ -331,10 +325,7 @@ class SandboxManager:
 
     async def reap_expired(self) -> list[str]:
         now = time.time()
-        for member in [m for m in self._pool if m.expires_at <= now]:
-            self._pool.remove(member)
-            await self._remove_container(member.name)
-            self._pool_wanted.set()
+        await self.pool.drop_expired(now)
         expired = [s for s in list(self._sandboxes.values()) if s.expires_at <= now]
         for sandbox in expired:
             container_id = sandbox.container_id
@@ -424,7 +415,7 @@ class SandboxManager:
             # The pool holds sandboxes of the default image on the server's network only.
             offline = network is False and self.settings.network != "none"
             pooled = image == self.settings.image and not offline
-            sandbox = await self._take_from_pool(tenant, ttl) if pooled else None
+            sandbox = await self.pool.take(tenant, ttl) if pooled else None
             if sandbox is None:
                 sandbox = await self._start_container(
                     image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None
@@ -436,51 +427,17 @@ class SandboxManager:
             self._creating -= 1
             self._creating_by_tenant[tenant] -= 1
 
-    async def _take_from_pool(self, tenant: str, ttl: int) -> Sandbox | None:
-        """Hand out a pre-started sandbox, once only; its lifetime starts now."""
-        while self._pool:
-            sandbox = self._pool.pop(0)
-            self._pool_wanted.set()
-            sandbox.created_at = time.time()
-            sandbox.expires_at = sandbox.created_at + ttl
-            sandbox.tenant = tenant
-            claim = f"{sandbox.created_at:.3f} {sandbox.expires_at:.3f} {tenant}\n".encode()
-            try:
-                channel = await self._channel_for(sandbox)
-                if channel is not None:
-                    await channel.put(CLAIM_PATH, claim)
-                else:
-                    result = await self.backend.exec(
-                        sandbox.name, "/bin/sh", "-c", f"mkdir -p {DATA_DIR} && cat > {CLAIM_PATH}", stdin=claim, timeout=30
-                    )
-                    if result.exit_code != 0:
-                        self.exec_runtime.raise_failure(sandbox, result)
-                return sandbox
-            except (SandboxError, ChannelClosed, ChannelRequestFailed) as exc:
-                logger.warning("pooled sandbox %s unusable (%s); destroying it", sandbox.container_id, exc)
-                await self._close_channel(sandbox.container_id)
-                await self._remove_container(sandbox.name)
-        return None
+    async def _make_pooled(self) -> Sandbox:
+        sandbox = await self._start_container(self.settings.image, pooled=True)
+        await self._channel_for(sandbox)  # a pooled sandbox answers its first command at once
+        return sandbox
 
-    async def _fill_pool_forever(self) -> None:
-        while True:
-            missing = self.settings.pool_size - len(self._pool) - self._pool_filling
-            if missing <= 0:
-                await self._pool_wanted.wait()
-                self._pool_wanted = anyio.Event()
-                continue
-            if self.limits_problem:
-                return  # no sandbox can be made here; the error is told to whoever asks for one
-            self._pool_filling += 1
-            try:
-                sandbox = await self._start_container(self.settings.image, pooled=True)
-                await self._channel_for(sandbox)  # a pooled sandbox answers its first command at once
-                self._pool.append(sandbox)
-            except SandboxError as exc:
-                logger.warning("could not add a sandbox to the pool: %s", exc)
-                await anyio.sleep(10)
-            finally:
-                self._pool_filling -= 1
+    async def _claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
+        await self._request(sandbox, lambda runtime: runtime.put(sandbox, CLAIM_PATH, claim, 0o644))
+
+    async def _discard(self, sandbox: Sandbox) -> None:
+        await self._close_channel(sandbox.container_id)
+        await self._remove_container(sandbox.name)
 
     async def _start_container(
         self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None, network: str | None = None
