@@ -55,7 +55,7 @@ from .errors import (
 )
 from .files import FileDownload, check_absolute_path, content_type
 from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
-from .layout import AGENT_PATH, CLAIM_PATH, DATA_DIR, STATE_TMPFS
+from .layout import CLAIM_PATH, DATA_DIR, STATE_TMPFS
 from .model import (
     CONTAINER_ID_RE,
     FILE_ID_RE,
@@ -78,9 +78,7 @@ from .podman import (
     LIMITS_IGNORED_WARNING,
     LIMITS_WAY_OUT,
     Podman,
-    PodmanResult,
     is_missing_container,
-    is_not_running,
     why_limits_fail,
 )
 from .pool import WarmPool, changed_settings
@@ -95,7 +93,7 @@ from .records import (
     parse_command_list,
     parse_report,
 )
-from .runtime import AgentRuntime, ExecRuntime, Runtime
+from .runtime import AgentChannels, AgentRuntime, ExecRuntime, Runtime
 from .tasks import BackgroundTasks
 
 T = TypeVar("T")
@@ -146,8 +144,10 @@ class SandboxManager:
         self.exec_runtime = ExecRuntime(
             self.backend, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED)
         )
-        self._channels: dict[str, AgentChannel] = {}
-        self._channel_locks: dict[str, anyio.Lock] = {}
+        self.channels = AgentChannels(
+            self.backend, self.exec_runtime, lambda: self.podman.spawn_options, self._background.start_soon,
+            settings.output_file_max_bytes, settings.max_channels, settings.channel_idle_seconds,
+        )
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits_problem)
 
@@ -164,6 +164,7 @@ class SandboxManager:
             )
         self._helpers = helpers_tar(self._agent)
         self._helpers_digest = helpers_digest(self._agent)
+        self.channels.enabled = self._agent is not None
         self.pool.reset()  # rebuilt from Podman by adopt()
         await self.disks.probe()
         if self.disks.enabled:
@@ -182,8 +183,7 @@ class SandboxManager:
 
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start."""
-        for container_id in list(self._channels):
-            await self._close_channel(container_id)
+        await self.channels.close_all()
         await self._background.stop()
         self.podman.close()
 
@@ -318,7 +318,7 @@ class SandboxManager:
         while True:
             await anyio.sleep(self.settings.reap_interval_seconds)
             await self.reap_expired()
-            await self._close_idle_channels()
+            await self.channels.close_idle()
             if time.monotonic() - last_sync > 30:
                 last_sync = time.monotonic()
                 await self._forget_vanished()
@@ -352,10 +352,7 @@ class SandboxManager:
         self._gone.bury(container_id, sandbox, why)
         if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
             self._background.start_soon(self.disks.release, sandbox.name)
-        channel = self._channels.pop(container_id, None)
-        if channel is not None:
-            self._background.start_soon(channel.close)
-        self._channel_locks.pop(container_id, None)
+        self.channels.forget(container_id)
         for file_id in [f for f, link in self._links.items() if link.container_id == container_id]:
             del self._links[file_id]
 
@@ -429,14 +426,14 @@ class SandboxManager:
 
     async def _make_pooled(self) -> Sandbox:
         sandbox = await self._start_container(self.settings.image, pooled=True)
-        await self._channel_for(sandbox)  # a pooled sandbox answers its first command at once
+        await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
         return sandbox
 
     async def _claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
         await self._request(sandbox, lambda runtime: runtime.put(sandbox, CLAIM_PATH, claim, 0o644))
 
     async def _discard(self, sandbox: Sandbox) -> None:
-        await self._close_channel(sandbox.container_id)
+        await self.channels.close(sandbox.container_id)
         await self._remove_container(sandbox.name)
 
     async def _start_container(
@@ -495,7 +492,7 @@ class SandboxManager:
         if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id))
         sandbox.destroying, sandbox.gone_why = True, why
-        await self._close_channel(container_id)
+        await self.channels.close(container_id)
         try:
             await self._remove_container(sandbox.name, check=True)
         except SandboxError:
@@ -519,67 +516,13 @@ class SandboxManager:
     async def _request(self, sandbox: Sandbox, ask: Callable[[Runtime], Awaitable[T]]) -> T:
         """Ask the sandbox through its agent's channel when one is open, else through podman exec;
         a channel that closes during the request hands it to podman exec (requests are idempotent)."""
-        channel = await self._channel_for(sandbox)
+        channel = await self.channels.get(sandbox)
         if channel is not None:
             try:
                 return await ask(AgentRuntime(channel))
             except ChannelClosed:
                 pass
         return await ask(self.exec_runtime)
-
-    # ----- channels
-
-    async def _channel_for(self, sandbox: Sandbox) -> AgentChannel | None:
-        """The sandbox's open command channel, opened on demand; None when there is no agent."""
-        if self._agent is None:
-            return None
-        channel = self._channels.get(sandbox.container_id)
-        if channel is not None and not channel.closed:
-            return channel
-        lock = self._channel_locks.setdefault(sandbox.container_id, anyio.Lock())
-        async with lock:
-            channel = self._channels.get(sandbox.container_id)
-            if channel is not None and not channel.closed:
-                return channel
-            for attempt in range(2):
-                channel = AgentChannel(self.backend.exec_argv(
-                    sandbox.name, AGENT_PATH, str(self.settings.output_file_max_bytes), interactive=True
-                ), self.podman.spawn_options)
-                try:
-                    await channel.open(self._background.start_soon)
-                    break
-                except ChannelClosed as exc:
-                    reason = str(exc)
-                    result = PodmanResult(channel.argv, 1, b"", reason)
-                    if is_missing_container(reason) or is_not_running(reason):
-                        self.exec_runtime.raise_failure(sandbox, result)
-                    if attempt == 0 and ("no such file" in reason.lower() or "not found" in reason.lower()):
-                        await self.exec_runtime.install_helpers(sandbox)
-                        continue
-                    logger.warning("no command channel to sandbox %s (%s); using podman exec", sandbox.container_id, reason)
-                    return None
-            self._channels[sandbox.container_id] = channel
-        await self._limit_channels()
-        return channel
-
-    async def _limit_channels(self) -> None:
-        """Each channel is a podman process of its own (about 35 MB): keep the most recent few."""
-        excess = len(self._channels) - self.settings.max_channels
-        if excess > 0:
-            oldest = sorted(self._channels.items(), key=lambda item: item[1].last_used)[:excess]
-            for container_id, _ in oldest:
-                await self._close_channel(container_id)
-
-    async def _close_idle_channels(self) -> None:
-        idle_before = time.monotonic() - self.settings.channel_idle_seconds
-        for container_id, channel in list(self._channels.items()):
-            if channel.closed or channel.last_used < idle_before:
-                await self._close_channel(container_id)
-
-    async def _close_channel(self, container_id: str) -> None:
-        channel = self._channels.pop(container_id, None)
-        if channel is not None:
-            await channel.close()
 
     # ----- commands
 
@@ -642,7 +585,7 @@ class SandboxManager:
         self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
         on_progress: ProgressCallback | None,
     ) -> CommandState:
-        channel = await self._channel_for(sandbox)
+        channel = await self.channels.get(sandbox)
         if channel is not None:
             try:
                 return await self._execute_on_channel(
@@ -726,7 +669,7 @@ class SandboxManager:
     ) -> None:
         """Return when the command ends or wait_seconds pass; progress about once a second."""
         deadline = time.monotonic() + wait_seconds
-        channel = await self._channel_for(sandbox)
+        channel = await self.channels.get(sandbox)
         if channel is not None:
             try:
                 exit_reply = channel.expect_exit(command_id)
@@ -890,8 +833,8 @@ class SandboxManager:
 
     async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
         sandbox = self.get(container_id, tenant)
-        channel = self._channels.get(sandbox.container_id)
-        if channel is not None and not channel.closed:
+        channel = self.channels.open_one(sandbox.container_id)
+        if channel is not None:
             try:
                 await channel.ping()  # the agent answers: the sandbox runs
                 return "running"
