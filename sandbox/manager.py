@@ -16,7 +16,6 @@ import secrets
 import shlex
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from .backend import Backend, PodmanBackend, removal_failed
-from .channel import AgentChannel, find_agent_binary
+from .channel import find_agent_binary
 from .config import (
     HARDENING_FLAGS,
     LIMIT_FLAGS,
@@ -34,24 +33,17 @@ from .config import (
 )
 from .disks import SandboxDisks
 from .errors import (
-    FORK_AT_PROCESS_LIMIT,
-    FORK_RETRY_SECONDS,
     ChannelClosed,
-    ChannelRequestFailed,
-    CommandNotFound,
     DiskUnavailable,
     FileLinkNotFound,
     FileNotShareable,
     FileNotWritable,
     ImageNotAllowed,
-    InvalidCommand,
     LimitsNotEnforced,
     PodmanError,
     SandboxError,
     SandboxLimitReached,
     SandboxNotFound,
-    SandboxStopped,
-    machinery_failure,
 )
 from .files import FileDownload, check_absolute_path, content_type
 from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
@@ -84,30 +76,18 @@ from .podman import (
 from .pool import WarmPool, changed_settings
 from .records import (
     BOOTSTRAP,
-    COMMAND_ID_RE,
     CommandState,
     CommandSummary,
     helpers_digest,
     helpers_tar,
-    last_line,
-    parse_command_list,
-    parse_report,
 )
+from .commands import CommandRunner, ProgressCallback
 from .runtime import AgentChannels, AgentRuntime, ExecRuntime, Runtime
 from .tasks import BackgroundTasks
 
 T = TypeVar("T")
 
 logger = logging.getLogger("mcp_sandbox.sandbox")
-
-@dataclass
-class _RunningCommand:
-    """What the server knows of a command while its ``podman exec`` is still open."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    state: CommandState | None = None
-    error: SandboxError | None = None
-
 
 # --------------------------------------------------------------------------- the manager
 
@@ -129,7 +109,6 @@ class SandboxManager:
         self._made_under: dict[str, str] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._links: dict[str, FileLink] = {}
-        self._running: dict[tuple[str, str], _RunningCommand] = {}
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
         self._gone = GoneCommands()
@@ -147,6 +126,10 @@ class SandboxManager:
         self.channels = AgentChannels(
             self.backend, self.exec_runtime, lambda: self.podman.spawn_options, self._background.start_soon,
             settings.output_file_max_bytes, settings.max_channels, settings.channel_idle_seconds,
+        )
+        self.commands = CommandRunner(
+            settings, self.get, self._sandboxes.get, self.channels, self.exec_runtime, self._request,
+            self._background.start_soon, self._gone,
         )
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits_problem)
@@ -524,312 +507,36 @@ class SandboxManager:
                 pass
         return await ask(self.exec_runtime)
 
-    # ----- commands
-
-    def _validate_command(self, command: str) -> bytes:
-        if not isinstance(command, str) or not command.strip():
-            raise InvalidCommand("The command is empty. Pass a shell command line, for example 'ls -la /'.")
-        if "\0" in command:
-            raise InvalidCommand("The command contains a NUL character, which a shell cannot run. Remove it.")
-        encoded = command.encode("utf-8", errors="surrogatepass")
-        if len(encoded) > self.settings.max_command_bytes:
-            raise InvalidCommand(
-                f"The command is {len(encoded):,} bytes; the limit is {self.settings.max_command_bytes:,} "
-                "(SANDBOX_MAX_COMMAND_BYTES). Split the work into smaller commands."
-            )
-        return encoded
+    # ----- commands (commands.py)
 
     async def execute(
         self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
         on_progress: ProgressCallback | None = None,
     ) -> CommandState:
-        """Start a command and wait up to the sync wait for it; then it goes on in the background."""
-        sandbox = self.get(container_id, tenant)
-        encoded = self._validate_command(command)
-        command_id = "cmd_" + secrets.token_hex(8)
-        started_ms = int(time.time() * 1000)
-        try:
-            state = await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress)
-            return self._seen(container_id, await self._head_and_tail(sandbox, state))
-        except (SandboxNotFound, SandboxStopped) as exc:
-            return self._gone_or_raise(exc, container_id, command_id, tenant)
-
-    def _started(self, container_id: str, command_id: str) -> None:
-        """A command began (or may have): if its sandbox goes, it ends with reason sandbox_gone."""
-        if container_id in self._sandboxes:
-            self._gone.started(container_id, command_id)
-
-    def _seen(self, container_id: str, state: CommandState) -> CommandState:
-        """Remember which commands were last seen running in a live sandbox, with their output so far."""
-        if state.status != "running" or container_id in self._sandboxes:
-            self._gone.seen(container_id, state)
-        return state
-
-    def gone_command(
-        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
-    ) -> CommandState | None:
-        """A command that was running when its sandbox went away, ended with reason sandbox_gone;
-        None when this tenant had no such command running there (see gone.py)."""
-        if not isinstance(container_id, str):
-            return None
-        return self._gone.gone(container_id, command_id, tenant, self._sandboxes.get(container_id), stopped)
-
-    def _gone_or_raise(self, exc: SandboxError, container_id: str, command_id: str, tenant: str) -> CommandState:
-        """A command's sandbox_gone ending, when the sandbox went while it ran; else the error as it was."""
-        gone = self.gone_command(container_id, command_id, tenant, isinstance(exc, SandboxStopped))
-        if gone is None:
-            raise exc
-        return gone
-
-    async def _start_and_wait(
-        self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
-        on_progress: ProgressCallback | None,
-    ) -> CommandState:
-        channel = await self.channels.get(sandbox)
-        if channel is not None:
-            try:
-                return await self._execute_on_channel(
-                    channel, sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress
-                )
-            except ChannelClosed as exc:
-                if sandbox.destroying:
-                    raise SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)") from None
-                logger.warning("command channel to %s closed (%s); going on without it", sandbox.container_id, exc)
-                # The command may have started before the channel closed: never run it twice.
-                try:
-                    return await self._read_command_by_exec(sandbox, command_id)
-                except CommandNotFound:
-                    pass
-        return await self._execute_by_exec(sandbox, command_id, encoded, timeout_seconds, started_ms)
-
-    async def _execute_on_channel(
-        self, channel: AgentChannel, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int,
-        started_ms: int, on_progress: ProgressCallback | None,
-    ) -> CommandState:
-        cap = self.settings.output_limit_bytes
-        exit_reply = channel.expect_exit(command_id)
-        # A sandbox at its process limit (a fork bomb dying out) cannot fork the command yet; it
-        # did not start, so trying again a little later is safe.
-        deadline = time.monotonic() + FORK_RETRY_SECONDS
-        while True:
-            try:
-                await channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
-                self._started(sandbox.container_id, command_id)
-                break
-            except ChannelRequestFailed as exc:
-                if str(exc) == FORK_AT_PROCESS_LIMIT and time.monotonic() < deadline:
-                    await anyio.sleep(0.2)
-                    continue
-                channel.forget_exit(command_id)
-                raise machinery_failure(str(exc)) from None
-        return await self._follow_on_channel(
-            channel, sandbox, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
-        )
-
-    async def _follow_on_channel(
-        self, channel: AgentChannel, sandbox: Sandbox, command_id: str, exit_reply: Any, wait_seconds: float,
-        on_progress: ProgressCallback | None,
-    ) -> CommandState:
-        """Wait up to wait_seconds for a command to end; report progress about once a second."""
-        cap = self.settings.output_limit_bytes
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            remaining = deadline - time.monotonic()
-            report = None
-            with anyio.move_on_after(max(0.0, min(remaining, 1.0 if on_progress else remaining))):
-                report = await exit_reply.wait()
-            if report is not None:
-                return self._read_back(sandbox, command_id, report)
-            if time.monotonic() >= deadline:
-                return self._read_back(sandbox, command_id, await channel.report(command_id, cap))
-            if on_progress is not None:
-                state = self._read_back(sandbox, command_id, await channel.report(command_id, cap))
-                if state.status != "running":
-                    return state
-                await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, last_line(state))
+        return await self.commands.execute(container_id, command, timeout_seconds, tenant, on_progress)
 
     async def wait_for_command(
         self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
         on_progress: ProgressCallback | None = None, stdout_offset: int | None = None,
         stderr_offset: int | None = None,
     ) -> CommandState:
-        """check_container's long-poll: the command's state as soon as it ends, or after
-        wait_seconds, with output from the client's byte offsets."""
-        try:
-            state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
-            if state.status == "running" and wait_seconds > 0:
-                await self._wait_until_done(self.get(container_id, tenant), command_id, wait_seconds, on_progress)
-                state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
-        except (SandboxNotFound, SandboxStopped) as exc:
-            return self._gone_or_raise(exc, container_id, command_id, tenant)
-        return self._seen(container_id, state)
-
-    async def _wait_until_done(
-        self, sandbox: Sandbox, command_id: str, wait_seconds: float, on_progress: ProgressCallback | None
-    ) -> None:
-        """Return when the command ends or wait_seconds pass; progress about once a second."""
-        deadline = time.monotonic() + wait_seconds
-        channel = await self.channels.get(sandbox)
-        if channel is not None:
-            try:
-                exit_reply = channel.expect_exit(command_id)
-                # Asked after registering, so an exit just before cannot be missed; a command
-                # started before a restart has nobody to announce its exit, so the loop asks again.
-                state = self._read_back(sandbox, command_id, await channel.report(command_id, self.settings.output_limit_bytes))
-                while state.status == "running" and time.monotonic() < deadline:
-                    state = await self._follow_on_channel(
-                        channel, sandbox, command_id, exit_reply, min(2.0, max(0.0, deadline - time.monotonic())), on_progress
-                    )
-                return
-            except ChannelClosed:
-                pass
-        while time.monotonic() < deadline:
-            await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            state = await self._read_command_by_exec(sandbox, command_id)
-            if state.status != "running":
-                return
-            if on_progress is not None:
-                await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, last_line(state))
-
-    async def _execute_by_exec(
-        self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int
-    ) -> CommandState:
-        """The fallback without a channel: one ``podman exec`` runs the command and reports it."""
-        running = _RunningCommand()
-        self._running[(sandbox.container_id, command_id)] = running
-        self._started(sandbox.container_id, command_id)
-        self._background.start_soon(self._run_command, sandbox, command_id, command, timeout_seconds, started_ms, running)
-        with anyio.move_on_after(self.settings.sync_wait_seconds):
-            await running.done.wait()
-        if running.error is not None:
-            raise running.error
-        if running.state is not None:
-            return running.state
-        state = await self._read_command_by_exec(sandbox, command_id)
-        if state.status != "running" and running.state is not None:
-            return running.state
-        return state
-
-    async def _run_command(
-        self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
-        running: _RunningCommand,
-    ) -> None:
-        cap = self.settings.output_limit_bytes
-        try:
-            result = await self.exec_runtime.call(
-                sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms),
-                stdin=command, stdout_limit=2 * cap + 4096, timeout=timeout_seconds + 120,
-            )
-            state = parse_report(command_id, result.stdout)
-            if state is None:
-                raise SandboxError(f"Command {command_id} left no record in the sandbox; run it again.")
-            running.state = state
-        except (SandboxError, ValueError) as exc:
-            if sandbox.destroying:
-                running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
-                return
-            # podman exec itself failed: the command may never have started, so claim nothing of it.
-            self._gone.never_started(sandbox.container_id, command_id)
-            if isinstance(exc, SandboxError):
-                running.error = exc
-            else:
-                running.error = SandboxError(
-                    f"Could not read the result of command {command_id}: {exc}. Check it with check_container."
-                )
-        finally:
-            running.done.set()
-            self._running.pop((sandbox.container_id, command_id), None)
+        return await self.commands.wait_for_command(
+            container_id, command_id, wait_seconds, tenant, on_progress, stdout_offset, stderr_offset
+        )
 
     async def read_command(
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
         stdout_offset: int | None = None, stderr_offset: int | None = None,
     ) -> CommandState:
-        """A command's state: with byte offsets (a client's cursors), exactly the output after
-        them; without, the output with its head and tail kept when it is too long."""
-        sandbox = self.get(container_id, tenant)
-        if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
-            raise CommandNotFound(
-                f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
-                "call check_container without command_id to list the sandbox's commands."
-            )
-        cursors = stdout_offset is not None or stderr_offset is not None
-        state = await self._slice(
-            sandbox, command_id, self.settings.output_limit_bytes, stdout_offset or 0, stderr_offset or 0
-        )
-        return state if cursors else await self._head_and_tail(sandbox, state)
-
-    async def _slice(
-        self, sandbox: Sandbox, command_id: str, cap: int, stdout_offset: int, stderr_offset: int
-    ) -> CommandState:
-        """A command's state with at most cap bytes of each stream, from the given offsets."""
-        report = await self._request(sandbox, lambda runtime: runtime.report(
-            sandbox, command_id, cap, stdout_offset, stderr_offset))
-        return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
-
-    async def _head_and_tail(self, sandbox: Sandbox, state: CommandState) -> CommandState:
-        """A stream cut at the cap keeps its head and its tail (the end is where errors are)."""
-        cap = self.settings.output_limit_bytes
-        if not state.truncated:
-            return state
-        half = cap // 2
-        heads = await self._slice(sandbox, state.command_id, half, 0, 0)
-        tails = await self._slice(
-            sandbox, state.command_id, half, max(0, heads.stdout_bytes - half), max(0, heads.stderr_bytes - half)
-        )
-
-        def joined(total: int, whole: str, head: str, tail: str, name: str, path: str,
-                   dropped: tuple[int, int] | None) -> str:
-            if total <= cap:
-                return whole
-            omitted = total - 2 * half
-            where = f"read them with check_container {name}_offset={half}, or from {path}"
-            if dropped:
-                where += f" (bytes {dropped[0]:,} to {dropped[1]:,} were not kept)"
-            return f"{head}\n[... {omitted:,} bytes of {name} omitted: {where} ...]\n{tail}"
-
-        return replace(
-            state,
-            stdout=joined(heads.stdout_bytes, state.stdout, heads.stdout, tails.stdout, "stdout", state.stdout_path,
-                          tails.stdout_dropped),
-            stderr=joined(heads.stderr_bytes, state.stderr, heads.stderr, tails.stderr, "stderr", state.stderr_path,
-                          tails.stderr_dropped),
-            stdout_dropped=tails.stdout_dropped,
-            stderr_dropped=tails.stderr_dropped,
-        )
-
-    @staticmethod
-    def _no_such_command(container_id: str, command_id: str) -> CommandNotFound:
-        return CommandNotFound(
-            f"Sandbox {container_id} has no command {command_id}. Call check_container without "
-            "command_id to list its commands."
-        )
-
-    async def _read_command_by_exec(
-        self, sandbox: Sandbox, command_id: str, stdout_offset: int = 0, stderr_offset: int = 0, cap: int | None = None
-    ) -> CommandState:
-        cap = cap or self.settings.output_limit_bytes
-        report = await self.exec_runtime.report(sandbox, command_id, cap, stdout_offset, stderr_offset)
-        return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
-
-    def _read_back(
-        self, sandbox: Sandbox, command_id: str, report: bytes, stdout_offset: int = 0, stderr_offset: int = 0
-    ) -> CommandState:
-        """A command's state from its report, whichever runtime sent it."""
-        try:
-            state = parse_report(command_id, report, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
-        except ValueError as exc:
-            raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
-        if state is None:
-            raise self._no_such_command(sandbox.container_id, command_id)
-        running = self._running.get((sandbox.container_id, command_id))
-        if state.status == "killed" and running is not None and not running.done.is_set():
-            # Still being launched by podman exec: the pid file is not written yet.
-            state = replace(state, status="running")
-        return state
+        return await self.commands.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
-        sandbox = self.get(container_id, tenant)
-        return parse_command_list(await self._request(sandbox, lambda runtime: runtime.list_commands(sandbox)))
+        return await self.commands.list_commands(container_id, tenant)
+
+    def gone_command(
+        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
+    ) -> CommandState | None:
+        return self.commands.gone_command(container_id, command_id, tenant, stopped)
 
     async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
         sandbox = self.get(container_id, tenant)
@@ -917,5 +624,3 @@ class SandboxManager:
         return {"podman_version": version, "sandboxes": len(self._sandboxes),
                 "sandbox_disk_bytes": disk, "limits": "enforced"}
 
-
-ProgressCallback = Callable[[float, float, str], Awaitable[None]]
