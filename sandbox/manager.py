@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import secrets
-import shlex
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,9 +34,6 @@ from .disks import SandboxDisks
 from .errors import (
     ChannelClosed,
     DiskUnavailable,
-    FileLinkNotFound,
-    FileNotShareable,
-    FileNotWritable,
     ImageNotAllowed,
     LimitsNotEnforced,
     PodmanError,
@@ -45,12 +41,11 @@ from .errors import (
     SandboxLimitReached,
     SandboxNotFound,
 )
-from .files import FileDownload, check_absolute_path, content_type
+from .files import FileDownload
 from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
 from .layout import CLAIM_PATH, DATA_DIR, STATE_TMPFS
 from .model import (
     CONTAINER_ID_RE,
-    FILE_ID_RE,
     LABEL_CREATED,
     LABEL_EXPIRES,
     LABEL_IMAGE,
@@ -75,13 +70,13 @@ from .podman import (
 )
 from .pool import WarmPool, changed_settings
 from .records import (
-    BOOTSTRAP,
     CommandState,
     CommandSummary,
     helpers_digest,
     helpers_tar,
 )
 from .commands import CommandRunner, ProgressCallback
+from .links import FileLinks
 from .runtime import AgentChannels, AgentRuntime, ExecRuntime, Runtime
 from .tasks import BackgroundTasks
 
@@ -108,7 +103,6 @@ class SandboxManager:
         self._limits_verified = False
         self._made_under: dict[str, str] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
-        self._links: dict[str, FileLink] = {}
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
         self._gone = GoneCommands()
@@ -130,6 +124,10 @@ class SandboxManager:
         self.commands = CommandRunner(
             settings, self.get, self._sandboxes.get, self.channels, self.exec_runtime, self._request,
             self._background.start_soon, self._gone,
+        )
+        self.links = FileLinks(
+            settings.file_max_bytes, settings.write_max_bytes, self.get, self._sandboxes.get, self._request,
+            self.exec_runtime, self.backend.exec_argv, lambda: self.podman.spawn_options,
         )
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits_problem)
@@ -209,7 +207,7 @@ class SandboxManager:
             await self.disks.release(name)
         async with anyio.create_task_group() as tg:
             for container_id in adopted:
-                tg.start_soon(self._adopt_links, self._sandboxes[container_id])
+                tg.start_soon(self.links.adopt, self._sandboxes[container_id])
         if adopted:
             logger.info("adopted %d sandbox(es)", len(adopted))
         return adopted
@@ -283,19 +281,6 @@ class SandboxManager:
             logger.error("sandboxes will NOT be created: %s", self.limits_problem)
             raise LimitsNotEnforced(self.limits_problem)
 
-    async def _adopt_links(self, sandbox: Sandbox) -> None:
-        try:
-            result = await self.exec_runtime.call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
-        except SandboxError as exc:
-            logger.warning("could not read file links of sandbox %s: %s", sandbox.container_id, exc)
-            return
-        fields = result.stdout.split(b"\0")
-        for file_id_raw, path_raw in zip(fields[0::2], fields[1::2]):
-            file_id = file_id_raw.decode("ascii", errors="replace")
-            path = path_raw.decode("utf-8", errors="replace")
-            if FILE_ID_RE.match(file_id) and path.startswith("/"):
-                self._links[file_id] = FileLink(file_id, sandbox.container_id, path, 0, content_type(path))
-
     async def _reap_forever(self) -> None:
         last_sync = time.monotonic()
         while True:
@@ -336,8 +321,7 @@ class SandboxManager:
         if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
             self._background.start_soon(self.disks.release, sandbox.name)
         self.channels.forget(container_id)
-        for file_id in [f for f, link in self._links.items() if link.container_id == container_id]:
-            del self._links[file_id]
+        self.links.forget(container_id)
 
     # ----- sandboxes
 
@@ -555,63 +539,18 @@ class SandboxManager:
             raise PodmanError(result.argv, result.exit_code, result.stderr)
         return result.stdout.decode(errors="replace").strip() or "unknown"
 
-    # ----- files
+    # ----- files (links.py)
 
     async def write_file(
         self, container_id: str, path: str, data: bytes, mode: int | None = None, tenant: str = LOCAL_TENANT
     ) -> int:
-        """Write a file in the sandbox, parents created, no shell quoting; returns its size."""
-        sandbox = self.get(container_id, tenant)
-        check_absolute_path(path)
-        if len(data) > self.settings.write_max_bytes:
-            raise FileNotWritable(
-                f"The content is {len(data):,} bytes; write_file takes up to {self.settings.write_max_bytes:,} "
-                "(SANDBOX_WRITE_MAX_BYTES). Write it in parts and join them with execute_command (cat a b > c)."
-            )
-        file_mode = 0o644 if mode is None else mode
-        await self._request(sandbox, lambda runtime: runtime.put(sandbox, path, data, file_mode))
-        return len(data)
+        return await self.links.write_file(container_id, path, data, mode, tenant)
 
     async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
-        sandbox = self.get(container_id, tenant)
-        check_absolute_path(path)
-        file_id = secrets.token_urlsafe(24)
-        verdict_text = await self._request(
-            sandbox, lambda runtime: runtime.link(sandbox, path, self.settings.file_max_bytes, file_id))
-        verdict = verdict_text.strip().split(" ")
-        shown = path[:200]
-        reasons = {
-            "missing": f"{shown!r} does not exist in sandbox {container_id}. Check the path with execute_command (ls -la).",
-            "broken-link": f"{shown!r} is a symbolic link whose target does not exist.",
-            "directory": f"{shown!r} is a directory; only regular files can be shared. Archive it first "
-            f"(e.g. tar czf /tmp/dir.tar.gz -C {shlex.quote(shown)} .) and share the archive.",
-            "special": f"{shown!r} is not a regular file (a device, FIFO or socket); only regular files can be shared.",
-            "unreadable": f"{shown!r} cannot be read inside the sandbox. Check its permissions.",
-            "state-unwritable": f"The sandbox's {DATA_DIR} cannot be written, so no link can be recorded.",
-        }
-        if verdict[0] == "file" and len(verdict) == 2 and verdict[1].isdigit():
-            link = FileLink(file_id, sandbox.container_id, path, int(verdict[1]), content_type(path))
-            self._links[file_id] = link
-            return link
-        if verdict[0] == "too-big":
-            raise FileNotShareable(
-                f"{shown!r} is {int(verdict[1]):,} bytes; files up to {self.settings.file_max_bytes:,} bytes can be "
-                "shared (SANDBOX_FILE_MAX_BYTES). Compress or split it first."
-            )
-        raise FileNotShareable(reasons.get(verdict[0], f"Could not check {shown!r} (answer {verdict[0][:40]!r})."))
+        return await self.links.create_file_link(container_id, path, tenant)
 
     async def open_file(self, file_id: str) -> FileDownload:
-        """Start streaming a linked file out of its sandbox."""
-        link = self._links.get(file_id) if isinstance(file_id, str) else None
-        if link is None:
-            raise FileLinkNotFound("Unknown file link.")
-        sandbox = self._sandboxes.get(link.container_id)
-        if sandbox is None or sandbox.expires_at <= time.time():
-            raise FileLinkNotFound("The sandbox of this file link no longer exists.")
-        argv = self.backend.exec_argv(sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path)
-        download = FileDownload(argv, link, self.podman.spawn_options)
-        await download.start()
-        return download
+        return await self.links.open_file(file_id)
 
     # ----- health
 
