@@ -19,7 +19,8 @@ from .config import LIMIT_FLAGS, LIMITS, ULIMIT_FLAGS, SandboxSettings, ServerSe
 from .errors import FileLinkNotFound, SandboxError, machinery_failure
 from .manager import SandboxManager
 from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, utc_iso
-from .podman import system_env, why_limits_fail
+from .limits import why_limits_fail
+from .podman import system_env
 from .pool import changed_settings
 from .records import CommandState
 from .tasks import BackgroundTasks

@@ -26,7 +26,6 @@ from .channel import find_agent_binary
 from .config import (
     HARDENING_FLAGS,
     LIMIT_FLAGS,
-    MEMORY_LIMIT_BYTES,
     ULIMIT_FLAGS,
     SandboxSettings,
 )
@@ -35,7 +34,6 @@ from .errors import (
     ChannelClosed,
     DiskUnavailable,
     ImageNotAllowed,
-    LimitsNotEnforced,
     PodmanError,
     SandboxError,
     SandboxLimitReached,
@@ -61,12 +59,8 @@ from .model import (
     Sandbox,
 )
 from .podman import (
-    CGROUP_MEMORY_LIMIT_FILES,
-    LIMITS_IGNORED_WARNING,
-    LIMITS_WAY_OUT,
     Podman,
     is_missing_container,
-    why_limits_fail,
 )
 from .pool import WarmPool, changed_settings
 from .records import (
@@ -76,6 +70,7 @@ from .records import (
     helpers_tar,
 )
 from .commands import CommandRunner, ProgressCallback
+from .limits import LimitsCheck
 from .links import FileLinks
 from .runtime import AgentChannels, AgentRuntime, ExecRuntime, Runtime
 from .tasks import BackgroundTasks
@@ -99,8 +94,7 @@ class SandboxManager:
         )
         # Why sandboxes cannot be given their limits here ("" while they can): decided at start
         # from Podman's own account, and again from the first sandbox's cgroup.
-        self.limits_problem = ""
-        self._limits_verified = False
+        self.limits = LimitsCheck(self.backend)
         self._made_under: dict[str, str] | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         # Per sandbox, the commands last seen running (with their output so far); kept in a
@@ -130,7 +124,7 @@ class SandboxManager:
             self.exec_runtime, self.backend.exec_argv, lambda: self.podman.spawn_options,
         )
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
-                             lambda: not self.limits_problem)
+                             lambda: not self.limits.problem)
 
     # ----- lifecycle
 
@@ -153,7 +147,7 @@ class SandboxManager:
         else:
             logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
                            "storage", self.disks.why_not)
-        await self._check_limits()
+        await self.limits.check_host()
         try:
             await self.adopt()
         except SandboxError as exc:
@@ -235,7 +229,7 @@ class SandboxManager:
             logger.info("destroying pooled sandbox %s: it was made under another configuration (%s)",
                         sandbox.container_id, changed)
         unclaimed = result.exit_code != 0 and not is_missing_container(result.stderr)
-        if not (unclaimed and not changed and not self.limits_problem and self.pool.adopt(sandbox)):
+        if not (unclaimed and not changed and not self.limits.problem and self.pool.adopt(sandbox)):
             await self._remove_container(sandbox.name)
         return False
 
@@ -252,34 +246,6 @@ class SandboxManager:
                 "helpers": self._helpers_digest,
             }
         return self._made_under
-
-    async def _check_limits(self) -> None:
-        """Whether Podman here can give sandboxes their limits, from its own account of the host."""
-        try:
-            info = await self.backend.host_info()
-        except SandboxError as exc:  # Podman is missing or hangs: /health says so
-            logger.warning("could not ask Podman about resource limits: %s", exc)
-            info = {}
-        self.limits_problem = why_limits_fail(info)
-        if self.limits_problem:
-            logger.error("sandboxes will NOT be created: %s", self.limits_problem)
-
-    async def _verify_limits(self, sandbox: Sandbox, podman_said: str) -> None:
-        """Refuse a sandbox whose limits Podman ignored: by its warning, and once, by the first
-        sandbox's own cgroup (a memory limit the sandbox cannot see is not proven absent)."""
-        if LIMITS_IGNORED_WARNING in podman_said.lower():
-            self.limits_problem = podman_said.strip().splitlines()[-1][:300] + LIMITS_WAY_OUT
-        elif not self._limits_verified:
-            result = await self.backend.exec(sandbox.name, "cat", *CGROUP_MEMORY_LIMIT_FILES, timeout=30,
-                                             stdout_limit=1024)
-            words = result.stdout.decode(errors="replace").split()
-            if words and (words[0] == "max" or (words[0].isdigit() and int(words[0]) > MEMORY_LIMIT_BYTES)):
-                self.limits_problem = (f"the first sandbox's memory cgroup says its limit is {words[0]}, not "
-                                       f"{MEMORY_LIMIT_BYTES}: Podman did not apply the limits." + LIMITS_WAY_OUT)
-            self._limits_verified = True
-        if self.limits_problem:
-            logger.error("sandboxes will NOT be created: %s", self.limits_problem)
-            raise LimitsNotEnforced(self.limits_problem)
 
     async def _reap_forever(self) -> None:
         last_sync = time.monotonic()
@@ -356,8 +322,7 @@ class SandboxManager:
                 f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
                 "Omit the image argument to get the default one."
             )
-        if self.limits_problem:
-            raise LimitsNotEnforced(self.limits_problem)
+        self.limits.require()
         async with self._lock:
             if len(self._sandboxes) + self._creating >= self.settings.max_containers:
                 raise SandboxLimitReached(
@@ -447,7 +412,7 @@ class SandboxManager:
                 ) from None
             raise
         try:
-            await self._verify_limits(sandbox, warnings)
+            await self.limits.verify(sandbox, warnings)
             await self.exec_runtime.install_helpers(sandbox)
         except SandboxError:
             await self._remove_container(sandbox.name)
@@ -557,8 +522,7 @@ class SandboxManager:
     async def health(self) -> dict[str, Any]:
         version = await self.backend.version()
         await self.backend.list({LABEL_MANAGED: "true"})
-        if self.limits_problem:
-            raise LimitsNotEnforced(self.limits_problem)
+        self.limits.require()
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
         return {"podman_version": version, "sandboxes": len(self._sandboxes),
                 "sandbox_disk_bytes": disk, "limits": "enforced"}

@@ -20,32 +20,6 @@ from .errors import PodmanError, PodmanUnavailable
 
 logger = logging.getLogger("mcp_sandbox.podman")
 
-# What Podman prints when it starts a container without the limits it was given.
-LIMITS_IGNORED_WARNING = "resource limits are not supported and ignored"
-
-# A sandbox's own memory limit as its cgroup shows it: cgroup v1, then v2.
-CGROUP_MEMORY_LIMIT_FILES = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
-LIMITS_WAY_OUT = (
-    " Sandboxes without their memory, CPU and process limits are refused. Run the server as root "
-    "(rootful Podman), or use a host with cgroup v2 whose memory, cpu and pids controllers are "
-    "delegated to this user (systemd: Delegate=yes), then restart the server."
-)
-
-
-def why_limits_fail(info: Mapping[str, Any]) -> str:
-    """Why Podman, by its own ``podman info``, cannot give sandboxes their limits; "" if it can."""
-    host = info.get("host") or {}
-    rootless = bool((host.get("security") or {}).get("rootless"))
-    version = host.get("cgroupVersion") or ""
-    controllers = set(host.get("cgroupControllers") or [])
-    if rootless and version == "v1":
-        return ("Podman runs rootless on a cgroup v1 host, where it ignores every resource limit "
-                "(\"Resource limits are not supported and ignored on cgroups V1 rootless systems\")." + LIMITS_WAY_OUT)
-    missing = sorted({"memory", "pids", "cpu"} - controllers)
-    if rootless and version == "v2" and missing:
-        return (f"Podman runs rootless and the cgroup controllers {', '.join(missing)} are not delegated "
-                "to this user, so those limits would be ignored." + LIMITS_WAY_OUT)
-    return ""
 
 
 @dataclass(frozen=True)
