@@ -1,13 +1,19 @@
 """Sandboxes as Podman containers: the package's public face (``from sandbox import ...``).
 
 Layout (imports point down this list, never up):
-  manager    SandboxManager: creates, tracks, reaps and destroys sandboxes; runs commands; shares files
-  pool       the warm pool's rule (a pooled sandbox matches the configuration in force)
-  files      path checks, content types, downloads streamed out of a sandbox
+  manager    SandboxManager, the facade: create, adopt, reap, destroy; delegates to the modules below
+  commands   run a command, follow it, read its output back
+  links      write files, share them as links, stream them out
+  pool       the warm pool and its rule (a pooled sandbox matches the configuration in force)
+  limits     whether Podman applies the limits here
+  gone       what was running when a sandbox went away
+  runtime    what runs inside: the agent's channel and podman exec behind one interface
+  backend    where a sandbox lives: start, list, remove, exec (Podman)
   records    what a sandbox records about its commands (the in-sandbox shell library) and how it is read
-  channel    the persistent command channel: sandbox-agent's protocol over podman exec -i
+  channel    sandbox-agent's protocol over podman exec -i
   disks      each sandbox's own disk: a loop-mounted ext4 image under the overlay it runs from
-  podman     the podman CLI helper, and what Podman says about the host
+  files      path checks, content types, a download's byte stream
+  podman     the podman CLI helper
   tasks      background tasks
   model      a sandbox's record, labels and file links
   config     the product's limits and the settings read from the environment
