@@ -23,9 +23,9 @@ Layout (imports point down this list, never up):
 
 from .config import LIMIT_FLAGS, LIMITS, ULIMIT_FLAGS, SandboxSettings, ServerSettings
 from .errors import FileLinkNotFound, SandboxError, machinery_failure
+from .limits import why_limits_fail
 from .manager import SandboxManager
 from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, utc_iso
-from .limits import why_limits_fail
 from .podman import system_env
 from .pool import changed_settings
 from .records import CommandState

@@ -21,6 +21,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .errors import ChannelClosed, ChannelRequestFailed
+from .podman import kill_process
 
 logger = logging.getLogger("mcp_sandbox.channel")
 
@@ -231,14 +232,3 @@ class AgentChannel:
         self._fail_all()
         process, self._process = self._process, None
         await kill_process(process)
-
-
-async def kill_process(process: anyio.abc.Process | None) -> None:
-    """Kill a host-side ``podman`` client and reap it, even when the caller is being cancelled.
-    (What it started inside a sandbox goes on: that is the sandbox's to stop.)"""
-    if process is None:
-        return
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()

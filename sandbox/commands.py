@@ -29,7 +29,14 @@ from .errors import (
 )
 from .gone import GoneCommands
 from .model import LOCAL_TENANT, Sandbox
-from .records import COMMAND_ID_RE, CommandState, CommandSummary, last_line, parse_command_list, parse_report
+from .records import (
+    COMMAND_ID_RE,
+    CommandState,
+    CommandSummary,
+    last_line,
+    parse_command_list,
+    parse_report,
+)
 from .runtime import AgentChannels, ExecRuntime, Runtime
 
 T = TypeVar("T")

@@ -14,9 +14,9 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from .channel import kill_process
 from .errors import FileLinkNotFound, InvalidPath, PodmanUnavailable
 from .model import FileLink
+from .podman import kill_process
 
 logger = logging.getLogger("mcp_sandbox.files")
 

@@ -23,6 +23,7 @@ import anyio.to_thread
 
 from .backend import Backend, PodmanBackend, removal_failed
 from .channel import find_agent_binary
+from .commands import CommandRunner, ProgressCallback
 from .config import (
     HARDENING_FLAGS,
     LIMIT_FLAGS,
@@ -42,6 +43,8 @@ from .errors import (
 from .files import FileDownload
 from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
 from .layout import CLAIM_PATH, DATA_DIR, STATE_TMPFS
+from .limits import LimitsCheck
+from .links import FileLinks
 from .model import (
     CONTAINER_ID_RE,
     LABEL_CREATED,
@@ -69,9 +72,6 @@ from .records import (
     helpers_digest,
     helpers_tar,
 )
-from .commands import CommandRunner, ProgressCallback
-from .limits import LimitsCheck
-from .links import FileLinks
 from .runtime import AgentChannels, AgentRuntime, ExecRuntime, Runtime
 from .tasks import BackgroundTasks
 

@@ -150,3 +150,14 @@ def is_missing_container(stderr: str) -> bool:
 def is_not_running(stderr: str) -> bool:
     lowered = stderr.lower()
     return any(marker in lowered for marker in _NOT_RUNNING)
+
+
+async def kill_process(process: anyio.abc.Process | None) -> None:
+    """Kill a host-side ``podman`` client and reap it, even when the caller is being cancelled.
+    (What it started inside a sandbox goes on: that is the sandbox's to stop.)"""
+    if process is None:
+        return
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
