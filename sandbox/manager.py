@@ -77,7 +77,7 @@ from .tasks import BackgroundTasks
 
 T = TypeVar("T")
 
-logger = logging.getLogger("mcp_sandbox.sandbox")
+logger = logging.getLogger("mcp_sandbox.manager")
 
 # --------------------------------------------------------------------------- the manager
 
