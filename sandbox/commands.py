@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -39,7 +39,6 @@ from .records import (
 )
 from .runtime import AgentChannels, ExecRuntime, Runtime
 
-T = TypeVar("T")
 logger = logging.getLogger("mcp_sandbox.commands")
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
