@@ -1,4 +1,4 @@
-"""MCP container sandbox server: the tools and a few HTTP routes over ``sandbox.py``.
+"""MCP container sandbox server: the tools and a few HTTP routes over the ``sandbox`` package.
 
 Run ``python server.py`` for Streamable HTTP on $HOST:$PORT (MCP at ``/`` and ``/mcp``),
 or ``fastmcp run server.py`` for stdio (file links are then served on $PORT alongside).

@@ -47,7 +47,7 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
-command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)  # each sandbox's own disk (disks.py)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)  # each sandbox's own disk (sandbox/disks.py)
 if [ "$WANT_TEST" -eq 1 ]; then
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   command -v runsc >/dev/null 2>&1 || missing+=(runsc)  # gVisor, tested as SANDBOX_RUNTIME

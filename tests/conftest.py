@@ -84,7 +84,7 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def disk_dir(namespace: str) -> Path:
-    """Where a namespace's sandbox disks live (disks.py)."""
+    """Where a namespace's sandbox disks live (sandbox/disks.py)."""
     return Path(server.sandboxes.settings.disk_dir) / namespace
 
 
