@@ -38,6 +38,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import (
     LIMITS,
+    LIMITS_IN_WORDS,
+    MEMORY_MB,
     LOCAL_TENANT,
     TENANT_RE,
     BackgroundTasks,
@@ -206,7 +208,7 @@ def _sandbox_times(container_id: str, tenant: str) -> dict[str, Any]:
 _REASON_ADVICE = {
     "timed_out": "The command reached its timeout and was stopped inside the sandbox (with its child "
                  "processes). Run it again with a larger timeout_seconds, or start it in the background.",
-    "oom_killed": "Part of the command was killed because the sandbox reached its 256 MB memory limit. Use "
+    "oom_killed": f"Part of the command was killed because the sandbox reached its {MEMORY_MB} MB memory limit. Use "
                   "less memory: smaller inputs, streaming instead of loading everything, fewer parallel jobs (make -j1).",
     "killed": "The command was ended by a signal or left no exit status (exit code {exit_code}): it was killed, "
               "or its sandbox was restarted. If nothing in it sent that signal, run it again.",
@@ -268,7 +270,13 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
     return result
 
 
-@mcp.tool(annotations=ToolAnnotations(title="Create sandbox", read_only_hint=False, destructive_hint=False, open_world_hint=False))
+@mcp.tool(
+    annotations=ToolAnnotations(title="Create sandbox", read_only_hint=False, destructive_hint=False, open_world_hint=False),
+    description=f"""Create an isolated Linux sandbox ({LIMITS_IN_WORDS}).
+
+Returns its container_id for execute_command, check_container, get_file_url and destroy_container.
+It is destroyed automatically at expires_at (two hours after creation by default).""",
+)
 async def create_container(
     image: Annotated[
         str | None,
@@ -283,11 +291,7 @@ async def create_container(
         Field(description="false: no network at all inside the sandbox. Omit for the server's default."),
     ] = None,
 ) -> dict[str, Any]:
-    """Create an isolated Linux sandbox (256 MB memory, half a CPU, 100 processes, no capabilities).
-
-    Returns its container_id for execute_command, check_container, get_file_url and destroy_container.
-    It is destroyed automatically at expires_at (two hours after creation by default).
-    """
+    # The description is in the decorator: it names the limits from sandbox/config.py.
     with _tool_errors():
         sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds, network)
     return {

@@ -33,7 +33,7 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox.disks import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
 ROWS = ["create", "exec", "parallel", "live300", "output", "download"]

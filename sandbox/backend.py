@@ -1,8 +1,9 @@
 """Where a sandbox lives: start, list, inspect and remove its container, and a byte stream into it.
 
 ``Backend`` is the seam a second home for sandboxes (Kubernetes pods) plugs into; ``PodmanBackend``
-is the one we have. The manager decides what a sandbox is made of (limits, labels, its disk);
-the backend only knows how to make, find and remove it, and how to run a process inside.
+is the one we have. containers.py decides what a sandbox is made of (labels, its disk, mounts);
+the backend only knows how to make (a ContainerSpec, with the product's limits), find and remove
+it, and how to run a process inside.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import PodmanError
+from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
+from .errors import DiskUnavailable, PodmanError
 from .podman import Podman, PodmanResult, is_missing_container
+
+# A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
+# would delete the layers under running sandboxes. A stopped container per image (never
+# started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
+LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,35 @@ class Container:
     image: str
 
 
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a sandbox's container is made of. Every backend gives it the product's limits and
+    hardening (config.py) and a minimal init; what varies is here."""
+
+    name: str
+    labels: Mapping[str, str]
+    command: Sequence[str]
+    image: str = ""  # the image to run, or
+    rootfs: str = ""  # a root file system prepared on the host (a sandbox's own disk)
+    network: str = ""  # "" for the backend's default, "none" for none
+    env: Sequence[str] = ()  # NAME=value, when running from a rootfs (an image brings its own)
+    workdir: str = ""
+    tmpfs: Sequence[str] = ()  # path:options
+    volumes: Sequence[str] = ()  # host:path, or a path alone for a volume that goes with the container
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """What ``podman run IMAGE`` would take from the image, for a container run from a rootfs."""
+
+    image_id: str
+    lowerdir: str  # the image's layer folders, topmost first, as an overlay mount takes them
+    env: tuple[str, ...]
+    workdir: str
+
+
 class Backend(Protocol):
-    async def start(self, name: str, flags: Sequence[str], labels: Mapping[str, str], network: str,
-                    image_args: Sequence[str]) -> str:
+    async def start(self, spec: ContainerSpec) -> str:
         """Start a sandbox's container; returns what the backend warned about (may be "")."""
 
     async def restart(self, name: str) -> None:
@@ -56,6 +89,13 @@ class Backend(Protocol):
     async def host_info(self) -> dict[str, Any]:
         """What the backend says of its host (for the limits check); {} when it cannot say."""
 
+    async def image_root(self, image: str) -> ImageRoot:
+        """The image's layers on this host (pulled when absent), for a sandbox disk to sit on;
+        DiskUnavailable when the storage keeps them where an overlay cannot reach them."""
+
+    async def keep_image(self, image: str, image_id: str) -> None:
+        """Keep the image from removal while sandboxes run from its layers."""
+
     async def version(self) -> str:
         """The backend's version; raises when it does not answer (health)."""
 
@@ -66,14 +106,8 @@ class PodmanBackend:
     def __init__(self, podman: Podman) -> None:
         self.podman = podman
 
-    async def start(self, name: str, flags: Sequence[str], labels: Mapping[str, str], network: str,
-                    image_args: Sequence[str]) -> str:
-        args = ["run", "-d", "--name", name, *flags]
-        for key, value in labels.items():
-            args += ["--label", f"{key}={value}"]
-        if network:
-            args += ["--network", network]
-        started = await self.podman.run(*args, *image_args, timeout=300)
+    async def start(self, spec: ContainerSpec) -> str:
+        started = await self.podman.run(*run_args(spec), timeout=300)
         return started.stderr
 
     async def restart(self, name: str) -> None:
@@ -120,6 +154,54 @@ class PodmanBackend:
     async def version(self) -> str:
         result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
         return result.stdout.decode(errors="replace").strip()
+
+    async def image_root(self, image: str) -> ImageRoot:
+        result = await self.podman.run("image", "inspect", "--format", "json", "--", image, check=False, timeout=60)
+        if result.exit_code != 0:  # not on this host yet: pull it, as podman run would
+            await self.podman.run("pull", "--quiet", "--", image, timeout=600)
+            result = await self.podman.run("image", "inspect", "--format", "json", "--", image, timeout=60)
+        entry = (json.loads(result.stdout or b"[]") or [{}])[0]
+        driver = entry.get("GraphDriver") or {}
+        data = driver.get("Data") or {}
+        if driver.get("Name") == "overlay" and data.get("UpperDir"):
+            lowerdir = ":".join(d for d in (data.get("UpperDir"), data.get("LowerDir")) if d)
+        elif driver.get("Name") == "vfs":
+            # VFS keeps each layer as a whole tree, and Podman 4 does not show its path in the
+            # image's data: `podman image mount` names it (for VFS it mounts nothing).
+            mounted = await self.podman.run("image", "mount", "--", entry.get("Id") or image, timeout=60)
+            lowerdir = mounted.stdout.decode(errors="replace").strip()
+        else:
+            raise DiskUnavailable(f"Podman's storage driver {driver.get('Name')!r} is not one a sandbox disk can sit on")
+        config = entry.get("Config") or {}
+        return ImageRoot(entry.get("Id", ""), lowerdir, tuple(config.get("Env") or ()), config.get("WorkingDir") or "")
+
+    async def keep_image(self, image: str, image_id: str) -> None:
+        holder = f"mcp-sandbox-holds-{image_id[:12]}"
+        result = await self.podman.run(
+            "create", "--name", holder, "--label", f"{LABEL_HOLDS_IMAGE}={image}", "--network", "none",
+            "--entrypoint", "true", "--", image_id or image, check=False, timeout=60,
+        )
+        if result.exit_code != 0 and "already in use" not in result.stderr:
+            raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
+
+
+def run_args(spec: ContainerSpec) -> list[str]:
+    """The ``podman run`` arguments of a sandbox's container: always the product's limits."""
+    args = ["run", "-d", "--name", spec.name, "--hostname", "sandbox", "--init",
+            *LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS]
+    for key, value in spec.labels.items():
+        args += ["--label", f"{key}={value}"]
+    if spec.network:
+        args += ["--network", spec.network]
+    for option, values in (("--env", spec.env), ("--tmpfs", spec.tmpfs), ("--volume", spec.volumes)):
+        args += [arg for value in values for arg in (option, value)]
+    if spec.workdir:
+        args += ["--workdir", spec.workdir]
+    command = list(spec.command)
+    if spec.rootfs:
+        return [*args, "--rootfs", spec.rootfs, *command]
+    # The image's own entrypoint would not run our command.
+    return [*args, "--entrypoint", command[0], "--", spec.image, *command[1:]]
 
 
 def removal_failed(result: PodmanResult) -> PodmanError | None:

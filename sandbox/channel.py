@@ -197,6 +197,10 @@ class AgentChannel:
             reply = self._exits[command_id] = _Reply()
         return reply
 
+    def awaits_exit(self, command_id: str) -> bool:
+        """Someone registered for this command's exit (and no exit came yet)."""
+        return command_id in self._exits
+
     def forget_exit(self, command_id: str) -> None:
         self._exits.pop(command_id, None)
 

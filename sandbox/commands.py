@@ -1,31 +1,21 @@
 """Commands in a sandbox: start one and wait up to the sync wait, follow it (long-poll, progress),
 read its output back (cursors, head and tail), list them, and end them with reason sandbox_gone
-when their sandbox goes. The agent's channel when there is one, else podman exec."""
+when their sandbox goes. Every request goes through Runtimes.ask (runtime.py), which picks the runtime."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
-import anyio
-
-from .channel import AgentChannel
 from .config import SandboxSettings
 from .errors import (
-    FORK_AT_PROCESS_LIMIT,
-    FORK_RETRY_SECONDS,
-    ChannelClosed,
-    ChannelRequestFailed,
     CommandNotFound,
     InvalidCommand,
     SandboxError,
     SandboxNotFound,
     SandboxStopped,
-    machinery_failure,
 )
 from .gone import GoneCommands
 from .model import LOCAL_TENANT, Sandbox
@@ -37,20 +27,10 @@ from .records import (
     parse_command_list,
     parse_report,
 )
-from .runtime import AgentChannels, ExecRuntime, Runtime
+from .runtime import ExecRuntime, Runtimes
 
-logger = logging.getLogger("mcp_sandbox.commands")
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
-
-
-@dataclass
-class _RunningCommand:
-    """What the server knows of a command while its ``podman exec`` is still open."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    state: CommandState | None = None
-    error: SandboxError | None = None
 
 
 class CommandRunner:
@@ -58,16 +38,11 @@ class CommandRunner:
 
     def __init__(
         self, settings: SandboxSettings, get: Callable[[str, str], Sandbox], live: Callable[[str], Sandbox | None],
-        channels: AgentChannels, exec_runtime: ExecRuntime,
-        request: Callable[[Sandbox, Callable[[Runtime], Awaitable[Any]]], Awaitable[Any]],
-        spawn: Callable[..., None], gone: GoneCommands,
+        runtimes: Runtimes, gone: GoneCommands,
     ) -> None:
         self.settings = settings
         self._get, self._live = get, live  # a tenant's live sandbox (or SandboxNotFound); any record by id
-        self.channels, self.exec_runtime = channels, exec_runtime
-        self._request, self._spawn, self._gone = request, spawn, gone
-        self._running: dict[tuple[str, str], _RunningCommand] = {}
-
+        self.runtimes, self._gone = runtimes, gone
 
     def _validate_command(self, command: str) -> bytes:
         if not isinstance(command, str) or not command.strip():
@@ -128,67 +103,43 @@ class CommandRunner:
         self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
         on_progress: ProgressCallback | None,
     ) -> CommandState:
-        channel = await self.channels.get(sandbox)
-        if channel is not None:
-            try:
-                return await self._execute_on_channel(
-                    channel, sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress
-                )
-            except ChannelClosed as exc:
-                if sandbox.destroying:
-                    raise SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)") from None
-                logger.warning("command channel to %s closed (%s); going on without it", sandbox.container_id, exc)
-                # The command may have started before the channel closed: never run it twice.
-                try:
-                    return await self._read_command_by_exec(sandbox, command_id)
-                except CommandNotFound:
-                    pass
-        return await self._execute_by_exec(sandbox, command_id, encoded, timeout_seconds, started_ms)
-
-    async def _execute_on_channel(
-        self, channel: AgentChannel, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int,
-        started_ms: int, on_progress: ProgressCallback | None,
-    ) -> CommandState:
         cap = self.settings.output_limit_bytes
-        exit_reply = channel.expect_exit(command_id)
-        # A sandbox at its process limit (a fork bomb dying out) cannot fork the command yet; it
-        # did not start, so trying again a little later is safe.
-        deadline = time.monotonic() + FORK_RETRY_SECONDS
-        while True:
-            try:
-                await channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
-                self._started(sandbox.container_id, command_id)
-                break
-            except ChannelRequestFailed as exc:
-                if str(exc) == FORK_AT_PROCESS_LIMIT and time.monotonic() < deadline:
-                    await anyio.sleep(0.2)
-                    continue
-                channel.forget_exit(command_id)
-                raise machinery_failure(str(exc)) from None
-        return await self._follow_on_channel(
-            channel, sandbox, command_id, exit_reply, self.settings.sync_wait_seconds, on_progress
-        )
 
-    async def _follow_on_channel(
-        self, channel: AgentChannel, sandbox: Sandbox, command_id: str, exit_reply: Any, wait_seconds: float,
-        on_progress: ProgressCallback | None,
+        async def start_unless_started(exec_runtime: ExecRuntime) -> object:
+            # The channel closed while starting it: the command may have started, never run it twice.
+            if parse_report(command_id, await exec_runtime.report(sandbox, command_id, cap, 0, 0)) is not None:
+                return None
+            return await exec_runtime.start(sandbox, command_id, encoded, timeout_seconds, started_ms, cap)
+
+        started = await self.runtimes.ask(
+            sandbox, lambda runtime: runtime.start(sandbox, command_id, encoded, timeout_seconds, started_ms, cap),
+            after_close=start_unless_started,
+        )
+        self._started(sandbox.container_id, command_id)
+        return await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, on_progress, started)
+
+    async def _follow(
+        self, sandbox: Sandbox, command_id: str, wait_seconds: float, on_progress: ProgressCallback | None,
+        started: object = None,
     ) -> CommandState:
-        """Wait up to wait_seconds for a command to end; report progress about once a second."""
+        """The command's state once it ends or wait_seconds pass; progress about once a second.
+        ``started`` is what the runtime's start returned, when this call started the command."""
         cap = self.settings.output_limit_bytes
         deadline = time.monotonic() + wait_seconds
         while True:
-            remaining = deadline - time.monotonic()
-            report = None
-            with anyio.move_on_after(max(0.0, min(remaining, 1.0 if on_progress else remaining))):
-                report = await exit_reply.wait()
-            if report is not None:
-                return self._read_back(sandbox, command_id, report)
-            if time.monotonic() >= deadline:
-                return self._read_back(sandbox, command_id, await channel.report(command_id, cap))
+            # In steps, so that progress is told and an end nobody announces (a command this call
+            # did not start, e.g. before a restart of the server) is seen from its report.
+            remaining = max(0.0, deadline - time.monotonic())
+            step = min(remaining, 1.0) if on_progress else remaining if started is not None else min(remaining, 2.0)
+            report = await self.runtimes.ask(
+                sandbox, lambda runtime: runtime.wait(sandbox, command_id, step, cap, started))
+            if report is None:
+                report = await self.runtimes.ask(
+                    sandbox, lambda runtime: runtime.report(sandbox, command_id, cap, 0, 0))
+            state = self._read_back(sandbox, command_id, report)
+            if state.status != "running" or time.monotonic() >= deadline:
+                return state
             if on_progress is not None:
-                state = self._read_back(sandbox, command_id, await channel.report(command_id, cap))
-                if state.status != "running":
-                    return state
                 await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, last_line(state))
 
     async def wait_for_command(
@@ -201,87 +152,11 @@ class CommandRunner:
         try:
             state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
             if state.status == "running" and wait_seconds > 0:
-                await self._wait_until_done(self._get(container_id, tenant), command_id, wait_seconds, on_progress)
+                await self._follow(self._get(container_id, tenant), command_id, wait_seconds, on_progress)
                 state = await self.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant)
         return self._seen(container_id, state)
-
-    async def _wait_until_done(
-        self, sandbox: Sandbox, command_id: str, wait_seconds: float, on_progress: ProgressCallback | None
-    ) -> None:
-        """Return when the command ends or wait_seconds pass; progress about once a second."""
-        deadline = time.monotonic() + wait_seconds
-        channel = await self.channels.get(sandbox)
-        if channel is not None:
-            try:
-                exit_reply = channel.expect_exit(command_id)
-                # Asked after registering, so an exit just before cannot be missed; a command
-                # started before a restart has nobody to announce its exit, so the loop asks again.
-                state = self._read_back(sandbox, command_id, await channel.report(command_id, self.settings.output_limit_bytes))
-                while state.status == "running" and time.monotonic() < deadline:
-                    state = await self._follow_on_channel(
-                        channel, sandbox, command_id, exit_reply, min(2.0, max(0.0, deadline - time.monotonic())), on_progress
-                    )
-                return
-            except ChannelClosed:
-                pass
-        while time.monotonic() < deadline:
-            await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            state = await self._read_command_by_exec(sandbox, command_id)
-            if state.status != "running":
-                return
-            if on_progress is not None:
-                await on_progress(wait_seconds - (deadline - time.monotonic()), wait_seconds, last_line(state))
-
-    async def _execute_by_exec(
-        self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int
-    ) -> CommandState:
-        """The fallback without a channel: one ``podman exec`` runs the command and reports it."""
-        running = _RunningCommand()
-        self._running[(sandbox.container_id, command_id)] = running
-        self._started(sandbox.container_id, command_id)
-        self._spawn(self._run_command, sandbox, command_id, command, timeout_seconds, started_ms, running)
-        with anyio.move_on_after(self.settings.sync_wait_seconds):
-            await running.done.wait()
-        if running.error is not None:
-            raise running.error
-        if running.state is not None:
-            return running.state
-        state = await self._read_command_by_exec(sandbox, command_id)
-        if state.status != "running" and running.state is not None:
-            return running.state
-        return state
-
-    async def _run_command(
-        self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
-        running: _RunningCommand,
-    ) -> None:
-        cap = self.settings.output_limit_bytes
-        try:
-            result = await self.exec_runtime.call(
-                sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms),
-                stdin=command, stdout_limit=2 * cap + 4096, timeout=timeout_seconds + 120,
-            )
-            state = parse_report(command_id, result.stdout)
-            if state is None:
-                raise SandboxError(f"Command {command_id} left no record in the sandbox; run it again.")
-            running.state = state
-        except (SandboxError, ValueError) as exc:
-            if sandbox.destroying:
-                running.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
-                return
-            # podman exec itself failed: the command may never have started, so claim nothing of it.
-            self._gone.never_started(sandbox.container_id, command_id)
-            if isinstance(exc, SandboxError):
-                running.error = exc
-            else:
-                running.error = SandboxError(
-                    f"Could not read the result of command {command_id}: {exc}. Check it with check_container."
-                )
-        finally:
-            running.done.set()
-            self._running.pop((sandbox.container_id, command_id), None)
 
     async def read_command(
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
@@ -305,7 +180,7 @@ class CommandRunner:
         self, sandbox: Sandbox, command_id: str, cap: int, stdout_offset: int, stderr_offset: int
     ) -> CommandState:
         """A command's state with at most cap bytes of each stream, from the given offsets."""
-        report = await self._request(sandbox, lambda runtime: runtime.report(
+        report = await self.runtimes.ask(sandbox, lambda runtime: runtime.report(
             sandbox, command_id, cap, stdout_offset, stderr_offset))
         return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
 
@@ -340,20 +215,6 @@ class CommandRunner:
             stderr_dropped=tails.stderr_dropped,
         )
 
-    @staticmethod
-    def _no_such_command(container_id: str, command_id: str) -> CommandNotFound:
-        return CommandNotFound(
-            f"Sandbox {container_id} has no command {command_id}. Call check_container without "
-            "command_id to list its commands."
-        )
-
-    async def _read_command_by_exec(
-        self, sandbox: Sandbox, command_id: str, stdout_offset: int = 0, stderr_offset: int = 0, cap: int | None = None
-    ) -> CommandState:
-        cap = cap or self.settings.output_limit_bytes
-        report = await self.exec_runtime.report(sandbox, command_id, cap, stdout_offset, stderr_offset)
-        return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
-
     def _read_back(
         self, sandbox: Sandbox, command_id: str, report: bytes, stdout_offset: int = 0, stderr_offset: int = 0
     ) -> CommandState:
@@ -363,13 +224,15 @@ class CommandRunner:
         except ValueError as exc:
             raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
         if state is None:
-            raise self._no_such_command(sandbox.container_id, command_id)
-        running = self._running.get((sandbox.container_id, command_id))
-        if state.status == "killed" and running is not None and not running.done.is_set():
+            raise CommandNotFound(
+                f"Sandbox {sandbox.container_id} has no command {command_id}. Call check_container without "
+                "command_id to list its commands."
+            )
+        if state.status == "killed" and self.runtimes.exec_runtime.launching(sandbox.container_id, command_id):
             # Still being launched by podman exec: the pid file is not written yet.
             state = replace(state, status="running")
         return state
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
         sandbox = self._get(container_id, tenant)
-        return parse_command_list(await self._request(sandbox, lambda runtime: runtime.list_commands(sandbox)))
+        return parse_command_list(await self.runtimes.ask(sandbox, lambda runtime: runtime.list_commands(sandbox)))

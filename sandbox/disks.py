@@ -19,20 +19,17 @@ sandboxes run from their image as usual, their disk use bounded only by the volu
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
 import stat
-import subprocess
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 
+from .backend import Backend, ImageRoot
 from .errors import DiskUnavailable
+from .podman import system_env
 
 logger = logging.getLogger("mcp_sandbox.disks")
 
@@ -44,19 +41,6 @@ STORAGE_DRIVERS = ("overlay", "vfs")
 MOUNT_ATTEMPTS = 3
 LOOP_CTL_GET_FREE = 0x4C82  # linux/loop.h
 LOOP_MAJOR = 7
-# A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
-# would delete the layers under running sandboxes. A stopped container per image (never
-# started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
-LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
-
-
-@dataclass(frozen=True)
-class ImageRoot:
-    """What ``podman run IMAGE`` would take from the image, for a container run from a rootfs."""
-
-    lowerdir: str
-    env: tuple[str, ...]
-    workdir: str
 
 
 async def _run(*argv: str, env: dict[str, str] | None = None) -> None:
@@ -109,16 +93,13 @@ async def _kernel_says(env: dict[str, str] | None) -> str:
 
 
 class SandboxDisks:
-    def __init__(
-        self, base: str, namespace: str, limit_bytes: int, run_podman: Callable[..., Awaitable[Any]],
-        env: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, base: str, namespace: str, limit_bytes: int, backend: Backend) -> None:
         self.dir = Path(base) / namespace
         self.limit_bytes = limit_bytes
         self.enabled = False
         self.why_not = ""
-        self._run_podman = run_podman
-        self._env = env
+        self.backend = backend
+        self._env = system_env()
         self._images: dict[str, ImageRoot] = {}
 
     async def _run(self, *argv: str) -> None:
@@ -135,18 +116,18 @@ class SandboxDisks:
         if os.geteuid() != 0:
             self.why_not = "the server does not run as root (loop and overlay mounts need it)"
             return
-        path = (self._env or os.environ).get("PATH")
+        path = self._env.get("PATH")
         missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool, path=path) is None]
         if missing:
             self.why_not = f"{', '.join(missing)} not found (Debian: apt-get install e2fsprogs mount)"
             return
         try:
-            info = await self._run_podman("info", "--format", "{{.Store.GraphDriverName}}", check=False, timeout=60)
+            info = await self.backend.host_info()
         except Exception as exc:  # Podman is missing or hangs: /health says so
             self.why_not = f"Podman did not answer ({exc})"
             return
-        driver = info.stdout.decode(errors="replace").strip()
-        if info.exit_code != 0 or driver not in STORAGE_DRIVERS:
+        driver = str((info.get("store") or {}).get("graphDriverName") or "")
+        if driver not in STORAGE_DRIVERS:
             self.why_not = (f"Podman's storage driver is {driver or 'unknown'!r}; a sandbox disk sits on an image "
                             f"of {' or '.join(STORAGE_DRIVERS)} storage")
             return
@@ -186,42 +167,16 @@ class SandboxDisks:
         cached = self._images.get(image)
         if cached is not None:
             return cached
-        result = await self._run_podman("image", "inspect", "--format", "json", "--", image, check=False, timeout=60)
-        if result.exit_code != 0:  # not on this host yet: pull it, as podman run would
-            await self._run_podman("pull", "--quiet", "--", image, timeout=600)
-            result = await self._run_podman("image", "inspect", "--format", "json", "--", image, timeout=60)
-        entry = (json.loads(result.stdout or b"[]") or [{}])[0]
-        driver = entry.get("GraphDriver") or {}
-        data = driver.get("Data") or {}
-        if driver.get("Name") == "overlay" and data.get("UpperDir"):
-            lowerdir = ":".join(d for d in (data.get("UpperDir"), data.get("LowerDir")) if d)
-        elif driver.get("Name") == "vfs":
-            # VFS keeps each layer as a whole tree, and Podman 4 does not show its path in the
-            # image's data: `podman image mount` names it (for VFS it mounts nothing).
-            mounted = await self._run_podman("image", "mount", "--", entry.get("Id") or image, timeout=60)
-            lowerdir = mounted.stdout.decode(errors="replace").strip()
-        else:
-            raise DiskUnavailable(f"Podman's storage driver {driver.get('Name')!r} is not one a sandbox disk can sit on")
-        if len(lowerdir) > MAX_LOWERDIR:
+        root = await self.backend.image_root(image)
+        if len(root.lowerdir) > MAX_LOWERDIR:
             raise DiskUnavailable(f"the image {image!r} has too many layers for one overlay mount")
-        config = entry.get("Config") or {}
-        root = ImageRoot(lowerdir, tuple(config.get("Env") or ()), config.get("WorkingDir") or "")
-        await self._hold(image, entry.get("Id", ""))
+        await self.backend.keep_image(image, root.image_id)
         self._images[image] = root
         return root
 
-    async def _hold(self, image: str, image_id: str) -> None:
-        holder = f"mcp-sandbox-holds-{image_id[:12]}"
-        result = await self._run_podman(
-            "create", "--name", holder, "--label", f"{LABEL_HOLDS_IMAGE}={image}", "--network", "none",
-            "--entrypoint", "true", "--", image_id or image, check=False, timeout=60,
-        )
-        if result.exit_code != 0 and "already in use" not in result.stderr:
-            raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
-
-    async def create(self, name: str, image: str, data_dir: str) -> list[str]:
-        """A fresh disk for a sandbox; returns the ``podman run`` arguments that take the image's
-        place, with the server's own folder ``data_dir`` mounted from the disk."""
+    async def create(self, name: str, image: str) -> ImageRoot:
+        """A fresh disk for a sandbox, mounted at root(name) over the image's layers; returns what
+        the container takes from the image besides (its environment and working folder)."""
         root = await self.image_root(image)
         for attempt in range(1, MOUNT_ATTEMPTS + 1):
             try:
@@ -235,10 +190,7 @@ class SandboxDisks:
                 # nobody uses it yet, so making it again is safe.
                 logger.warning("sandbox disk %s: attempt %d failed (%s); making it again", name, attempt, exc)
                 await anyio.sleep(0.2 * attempt)
-        args = [arg for env in root.env for arg in ("--env", env)]
-        if root.workdir:
-            args += ["--workdir", root.workdir]
-        return [*args, "--volume", f"{self.data(name)}:{data_dir}", "--rootfs", str(self.root(name))]
+        return root
 
     async def remount(self, name: str, image: str) -> None:
         """Mount an existing disk again (after a reboot of the host) before its container starts."""
@@ -280,31 +232,3 @@ class SandboxDisks:
                         return  # leave the files: deleting under a live mount would reach into it
         shutil.rmtree(self.dir / name, ignore_errors=True)
         self.image_file(name).unlink(missing_ok=True)
-
-
-def release_namespace(base: str, namespace: str) -> None:
-    """Unmount and delete every disk of a namespace whose containers are gone: for the sweeps of
-    tests and benchmarks, which remove their sandboxes with ``podman rm`` behind the server's back."""
-    directory = Path(base) / namespace
-    if not directory.is_dir():
-        return
-    for disk in directory.iterdir():
-        for mount_point in (disk / "root", disk / "fs"):
-            if os.path.ismount(mount_point) and subprocess.run(["umount", str(mount_point)]).returncode != 0:
-                subprocess.run(["umount", "-l", str(mount_point)])
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def image_holders() -> set[str]:
-    """The image holders on this host, for the sweeps of tests and benchmarks, which remove the
-    ones their run made."""
-    listed = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={LABEL_HOLDS_IMAGE}"],
-                            capture_output=True, text=True)
-    return set(listed.stdout.split())
-
-
-def remove_image_holders(keep: set[str]) -> None:
-    """Remove the image holders made since ``keep`` was listed with image_holders()."""
-    made = image_holders() - keep
-    if made:
-        subprocess.run(["podman", "rm", "-f", *made], capture_output=True)

@@ -7,7 +7,7 @@ import logging
 import secrets
 import shlex
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from .errors import FileLinkNotFound, FileNotShareable, FileNotWritable, SandboxError
@@ -15,7 +15,7 @@ from .files import FileDownload, check_absolute_path, content_type
 from .layout import DATA_DIR
 from .model import FILE_ID_RE, LOCAL_TENANT, FileLink, Sandbox
 from .records import BOOTSTRAP
-from .runtime import ExecRuntime, Runtime
+from .runtime import Runtimes
 
 logger = logging.getLogger("mcp_sandbox.links")
 
@@ -25,13 +25,12 @@ class FileLinks:
 
     def __init__(
         self, file_max_bytes: int, write_max_bytes: int, get: Callable[[str, str], Sandbox],
-        live: Callable[[str], Sandbox | None],
-        request: Callable[[Sandbox, Callable[[Runtime], Awaitable[Any]]], Awaitable[Any]],
-        exec_runtime: ExecRuntime, exec_argv: Callable[..., list[str]], spawn_options: Callable[[], dict[str, Any]],
+        live: Callable[[str], Sandbox | None], runtimes: Runtimes, exec_argv: Callable[..., list[str]],
+        spawn_options: Callable[[], dict[str, Any]],
     ) -> None:
         self.file_max_bytes, self.write_max_bytes = file_max_bytes, write_max_bytes
-        self._get, self._live, self._request = get, live, request
-        self._exec_runtime, self._exec_argv, self._spawn_options = exec_runtime, exec_argv, spawn_options
+        self._get, self._live, self.runtimes = get, live, runtimes
+        self._exec_argv, self._spawn_options = exec_argv, spawn_options
         self._links: dict[str, FileLink] = {}
 
     def forget(self, container_id: str) -> None:
@@ -42,7 +41,7 @@ class FileLinks:
     async def adopt(self, sandbox: Sandbox) -> None:
         """Read back the links a sandbox recorded (after a restart of the server)."""
         try:
-            result = await self._exec_runtime.call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
+            result = await self.runtimes.exec_runtime.call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
         except SandboxError as exc:
             logger.warning("could not read file links of sandbox %s: %s", sandbox.container_id, exc)
             return
@@ -65,14 +64,14 @@ class FileLinks:
                 "(SANDBOX_WRITE_MAX_BYTES). Write it in parts and join them with execute_command (cat a b > c)."
             )
         file_mode = 0o644 if mode is None else mode
-        await self._request(sandbox, lambda runtime: runtime.put(sandbox, path, data, file_mode))
+        await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, path, data, file_mode))
         return len(data)
 
     async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
         sandbox = self._get(container_id, tenant)
         check_absolute_path(path)
         file_id = secrets.token_urlsafe(24)
-        verdict_text = await self._request(
+        verdict_text = await self.runtimes.ask(
             sandbox, lambda runtime: runtime.link(sandbox, path, self.file_max_bytes, file_id))
         verdict = verdict_text.strip().split(" ")
         shown = path[:200]

@@ -3,23 +3,26 @@
 ``AgentRuntime`` sends requests over the sandbox's persistent channel to sandbox-agent (a message
 each); ``ExecRuntime`` runs one ``podman exec`` of the in-sandbox shell library per request. Both
 read and write the same records (records.py), so either can answer for the other. AgentChannels
-keeps the open channels (one ``podman exec -i`` each). The manager
-chooses between them in one place (``SandboxManager._request``): the agent when its channel is
-open, ``podman exec`` otherwise and whenever a channel closes in the middle of a request.
+keeps the open channels (one ``podman exec -i`` each). ``Runtimes.ask`` is the one place that
+chooses between them: the agent when its channel is open, ``podman exec`` otherwise and whenever
+a channel closes in the middle of a request.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
 from .backend import Backend
 from .channel import AgentChannel
 from .errors import (
+    FORK_AT_PROCESS_LIMIT,
+    FORK_RETRY_SECONDS,
     ChannelClosed,
     ChannelRequestFailed,
     FileNotWritable,
@@ -33,11 +36,15 @@ from .files import write_refusal
 from .layout import AGENT_PATH, LIB_PATH
 from .model import Sandbox
 from .podman import PodmanResult, is_missing_container, is_not_running
-from .records import BOOTSTRAP, INSTALL_HELPERS, LIB_MISSING, RECORDS_UNWRITABLE
+from .records import BOOTSTRAP, INSTALL_HELPERS, LIB_MISSING, RECORDS_UNWRITABLE, parse_report
+
+T = TypeVar("T")
 
 logger = logging.getLogger("mcp_sandbox.runtime")
 
 LIST_LIMIT_BYTES = 4 * 1024 * 1024
+# How often the exec runtime looks at a command it did not start (it has nobody to announce its end).
+EXEC_POLL_SECONDS = 0.5
 
 
 class Runtime(Protocol):
@@ -55,12 +62,58 @@ class Runtime(Protocol):
     async def link(self, sandbox: Sandbox, path: str, max_size: int, file_id: str) -> str:
         """Record a file link; the verdict line of link_file (records.py)."""
 
+    async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
+                    cap: int) -> object:
+        """Start a command; returns a handle for ``wait`` (the runtime's own business)."""
+
+    async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
+        """The command's report if it ends within seconds (or has ended), else None; ``started`` is
+        what ``start`` returned when this runtime started it."""
+
+    async def status(self, sandbox: Sandbox) -> str:
+        """The sandbox's state: "running", "exited", ..."""
+
 
 class AgentRuntime:
     """Requests over one sandbox's open channel to sandbox-agent."""
 
     def __init__(self, channel: AgentChannel) -> None:
         self.channel = channel
+
+    async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
+                    cap: int) -> object:
+        exit_reply = self.channel.expect_exit(command_id)  # registered first: no exit slips by
+        # A sandbox at its process limit (a fork bomb dying out) cannot fork the command yet; it
+        # did not start, so trying again a little later is safe.
+        deadline = time.monotonic() + FORK_RETRY_SECONDS
+        while True:
+            try:
+                await self.channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
+                return exit_reply
+            except ChannelRequestFailed as exc:
+                if str(exc) == FORK_AT_PROCESS_LIMIT and time.monotonic() < deadline:
+                    await anyio.sleep(0.2)
+                    continue
+                self.channel.forget_exit(command_id)
+                raise machinery_failure(str(exc)) from None
+
+    async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
+        fresh = not self.channel.awaits_exit(command_id)
+        exit_reply = self.channel.expect_exit(command_id)
+        if fresh:
+            # Asked after registering, so an exit just before cannot be missed. A command started
+            # before a restart has nobody to announce its end: the caller asks again later.
+            report = await self.channel.report(command_id, cap)
+            state = parse_report(command_id, report)
+            if state is None or state.status != "running":
+                return report
+        with anyio.move_on_after(max(0.0, seconds)):
+            return await exit_reply.wait()
+        return None
+
+    async def status(self, sandbox: Sandbox) -> str:
+        await self.channel.ping()  # the agent answers: the sandbox runs
+        return "running"
 
     async def report(self, sandbox: Sandbox, command_id: str, cap: int, stdout_offset: int, stderr_offset: int) -> bytes:
         return await self.channel.report(command_id, cap, stdout_offset, stderr_offset)
@@ -78,13 +131,78 @@ class AgentRuntime:
         return await self.channel.link(path, max_size, file_id)
 
 
+@dataclass
+class _Launch:
+    """A command whose ``podman exec`` is still open: it runs the command and prints its report."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    report: bytes | None = None
+    error: SandboxError | None = None
+
+
 class ExecRuntime:
     """One ``podman exec`` of the in-sandbox shell library per request (records.SANDBOX_LIB)."""
 
-    def __init__(self, backend: Backend, helpers: Callable[[], bytes], removed: Callable[[str], None]) -> None:
+    def __init__(
+        self, backend: Backend, helpers: Callable[[], bytes], removed: Callable[[str], None],
+        spawn: Callable[..., None], never_started: Callable[[str, str], None],
+    ) -> None:
         self.backend = backend
         self._helpers = helpers  # the tar of what every sandbox gets in STATE_DIR
         self._removed = removed  # tells the manager a sandbox's container is gone
+        self._spawn = spawn
+        self._never_started = never_started  # a launch failed: the command may never have run
+        self._launching: dict[tuple[str, str], _Launch] = {}
+
+    async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
+                    cap: int) -> object:
+        launch = self._launching[(sandbox.container_id, command_id)] = _Launch()
+        self._spawn(self._launch, sandbox, command_id, command, timeout_seconds, started_ms, cap, launch)
+        return launch
+
+    async def _launch(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int,
+                      started_ms: int, cap: int, launch: _Launch) -> None:
+        try:
+            result = await self.call(
+                sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms),
+                stdin=command, stdout_limit=2 * cap + 4096, timeout=timeout_seconds + 120,
+            )
+            if parse_report(command_id, result.stdout) is None:
+                raise SandboxError(f"Command {command_id} left no record in the sandbox; run it again.")
+            launch.report = result.stdout
+        except (SandboxError, ValueError) as exc:
+            if sandbox.destroying:
+                launch.error = SandboxNotFound(sandbox.container_id, " (it was destroyed while the command ran)")
+                return
+            # podman exec itself failed: the command may never have started, so claim nothing of it.
+            self._never_started(sandbox.container_id, command_id)
+            launch.error = exc if isinstance(exc, SandboxError) else SandboxError(
+                f"Could not read the result of command {command_id}: {exc}. Check it with check_container."
+            )
+        finally:
+            launch.done.set()
+            self._launching.pop((sandbox.container_id, command_id), None)
+
+    def launching(self, container_id: str, command_id: str) -> bool:
+        """The command's ``podman exec`` is still starting it (its pid file may not be written yet)."""
+        launch = self._launching.get((container_id, command_id))
+        return launch is not None and not launch.done.is_set()
+
+    async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
+        if not isinstance(started, _Launch):
+            await anyio.sleep(min(max(0.0, seconds), EXEC_POLL_SECONDS))
+            return None
+        with anyio.move_on_after(max(0.0, seconds)):
+            await started.done.wait()
+        if started.error is not None:
+            raise started.error
+        return started.report
+
+    async def status(self, sandbox: Sandbox) -> str:
+        result = await self.backend.status(sandbox.name)
+        if result.exit_code != 0:
+            self.raise_failure(sandbox, result)
+        return result.stdout.decode(errors="replace").strip() or "unknown"
 
     async def call(
         self, sandbox: Sandbox, function: str, *args: str, stdin: bytes | None = None,
@@ -233,3 +351,33 @@ class AgentChannels:
         if channel is not None:
             self._spawn(channel.close)
         self._locks.pop(container_id, None)
+
+
+class Runtimes:
+    """The one place that chooses a sandbox's runtime for each request."""
+
+    def __init__(self, channels: AgentChannels, exec_runtime: ExecRuntime) -> None:
+        self.channels, self.exec_runtime = channels, exec_runtime
+
+    async def ask(
+        self, sandbox: Sandbox, ask: Callable[[Runtime], Awaitable[T]], *, open_channel: bool = True,
+        after_close: Callable[[ExecRuntime], Awaitable[T]] | None = None,
+    ) -> T:
+        """Ask the sandbox through its agent's channel when one is open (opened on demand unless
+        open_channel is False), else through podman exec. A channel that closes during the request
+        hands it to podman exec: the same request (requests are idempotent) or, for one that is
+        not (starting a command), ``after_close``."""
+        if open_channel:
+            channel = await self.channels.get(sandbox)
+        else:
+            channel = self.channels.open_one(sandbox.container_id)
+        if channel is not None:
+            try:
+                return await ask(AgentRuntime(channel))
+            except ChannelClosed as exc:
+                if sandbox.destroying:
+                    raise SandboxNotFound(sandbox.container_id, " (it was destroyed meanwhile)") from None
+                logger.warning("channel to sandbox %s closed (%s); going on with podman exec", sandbox.container_id, exc)
+                if after_close is not None:
+                    return await after_close(self.exec_runtime)
+        return await ask(self.exec_runtime)

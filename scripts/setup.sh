@@ -91,10 +91,12 @@ if [ ! -x "$AGENT" ] || [ "$ROOT/agent/sandbox-agent.c" -nt "$AGENT" ]; then
 fi
 
 # ---- a runtime that works on this host, with the limits the server uses
+# (the limits as sandbox/config.py states them, read without the project's dependencies)
+read -r -a limit_flags < <("$PYTHON" -c 'import runpy, sys; c = runpy.run_path(sys.argv[1])
+print(" ".join(c["LIMIT_FLAGS"] + c["ULIMIT_FLAGS"]))' "$ROOT/sandbox/config.py")
+[ "${#limit_flags[@]}" -gt 0 ] || { say "could not read the limits from sandbox/config.py"; exit 1; }
 probe() {
-  podman run --rm --init --memory=256m --cpus=0.5 --pids-limit=100 --cap-drop=ALL \
-    --security-opt=no-new-privileges --ulimit nofile=1024:1024 --ulimit nproc=32768:32768 \
-    --entrypoint /bin/sh "$IMAGE" -c 'echo ok' 2>&1
+  podman run --rm --init "${limit_flags[@]}" --entrypoint /bin/sh "$IMAGE" -c 'echo ok' 2>&1
 }
 if ! out=$(probe); then
   if printf '%s' "$out" | grep -qi 'cgroup' && command -v runc >/dev/null 2>&1; then

@@ -49,7 +49,7 @@ os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
 sys.path.insert(0, str(ROOT))
 
 import server  # noqa: E402
-from sandbox.disks import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from fastmcp import Client  # noqa: E402
 
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
