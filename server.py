@@ -27,19 +27,20 @@ from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_access_token, get_http_request
-from fastmcp.server.http import HostOriginGuardMiddleware
 from mcp.types import ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from guards import McpOriginGuard, RequestSizeLimit
+from results import command_result
 from sandbox import (
     LIMITS,
     LIMITS_IN_WORDS,
-    MEMORY_MB,
     LOCAL_TENANT,
     TENANT_RE,
     BackgroundTasks,
@@ -204,70 +205,9 @@ def _sandbox_times(container_id: str, tenant: str) -> dict[str, Any]:
     }
 
 
-# What to do about a command that did not simply exit, by its reason (records.py finds it).
-_REASON_ADVICE = {
-    "timed_out": "The command reached its timeout and was stopped inside the sandbox (with its child "
-                 "processes). Run it again with a larger timeout_seconds, or start it in the background.",
-    "oom_killed": f"Part of the command was killed because the sandbox reached its {MEMORY_MB} MB memory limit. Use "
-                  "less memory: smaller inputs, streaming instead of loading everything, fewer parallel jobs (make -j1).",
-    "killed": "The command was ended by a signal or left no exit status (exit code {exit_code}): it was killed, "
-              "or its sandbox was restarted. If nothing in it sent that signal, run it again.",
-    "sandbox_gone": "The command's sandbox {detail} while the command ran, so the command ended with it; the "
-                    "output shown is the end of what was last seen of it. Create a new sandbox with "
-                    "create_container and run the command again there.",
-}
-
-
 def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "status": state.status,
-        "command_id": state.command_id,
-        "exit_code": state.exit_code,
-        "stdout": state.stdout,
-        "stderr": state.stderr,
-        "stdout_bytes": state.stdout_bytes,
-        "stderr_bytes": state.stderr_bytes,
-        "truncated": state.truncated,
-        "duration_ms": state.duration_ms,
-    }
-    if state.stdout_offset or state.stderr_offset:
-        result["stdout_offset"] = state.stdout_offset
-        result["stderr_offset"] = state.stderr_offset
-    notes = []
-    if state.truncated and state.reason != "sandbox_gone":  # else the files went with the sandbox
-        result["stdout_path"] = state.stdout_path
-        result["stderr_path"] = state.stderr_path
-        notes.append(
-            f"Output was longer than {sandboxes.settings.output_limit_bytes:,} bytes per stream: its beginning "
-            "and its end are shown, with a marker where bytes were left out. The whole streams are in the "
-            f"sandbox at {state.stdout_path} and {state.stderr_path}: page through them with check_container "
-            "(stdout_offset, stderr_offset), read them with execute_command, or share them with get_file_url."
-        )
-    dropped = {name: span for name, span in (("stdout", state.stdout_dropped), ("stderr", state.stderr_dropped)) if span}
-    for name, (start, end) in dropped.items():
-        result[f"{name}_dropped"] = [start, end]
-    if dropped:
-        keep = sandboxes.settings.output_file_max_bytes // 2
-        spans = " and ".join(f"bytes {start:,} to {end:,} of {name}" for name, (start, end) in dropped.items())
-        notes.append(
-            f"So that output cannot fill the sandbox's disk, each stream's file keeps its first and last {keep:,} "
-            f"bytes: {spans} were not kept (SANDBOX_OUTPUT_FILE_MAX_BYTES). Redirect large output to a file of "
-            "your own (command > /tmp/out.log) to keep all of it."
-        )
-    if state.status == "running":
-        notes.append(
-            "The command is still running in the background; the output so far is above. Call check_container "
-            f"with container_id={container_id!r}, command_id={state.command_id!r} and wait_seconds=30 to get "
-            "its result as soon as it ends."
-        )
-    elif state.reason:
-        notes.append(_REASON_ADVICE[state.reason].format(
-            exit_code="none" if state.exit_code is None else state.exit_code, detail=state.detail
-        ))
-        result["reason"] = state.reason
-    if notes:
-        result["message"] = " ".join(notes)
-    return result
+    return command_result(container_id, state, sandboxes.settings.output_limit_bytes,
+                          sandboxes.settings.output_file_max_bytes)
 
 
 @mcp.tool(
@@ -541,77 +481,6 @@ async def download_file(request: Request) -> Response:
     return StreamingResponse(download.chunks(), headers=headers, media_type=download.link.content_type)
 
 
-class RequestSizeLimit:
-    """Answer 413 to request bodies over ``limit`` bytes, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._reject(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited_receive() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await JSONResponse(
-            {"error": f"Request body over {self.limit:,} bytes. Send smaller requests (long commands belong in files)."},
-            status_code=413,
-        )(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class McpOriginGuard:
-    """DNS-rebinding protection on the MCP endpoint (``/`` and ``/mcp``), as the MCP spec asks:
-    a foreign ``Origin`` gets 403 and an unknown ``Host`` 421. /health and /files stay open to
-    any Host, for platform health checks and shared links."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.guarded = HostOriginGuardMiddleware(app, allowed_hosts=allowed_hosts(), allowed_origins=allowed_origins(),
-                                                 mode="strict")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _is_mcp_request(scope):
-            await self.guarded(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-
-def _is_mcp_request(scope: Scope) -> bool:
-    path = scope.get("path", "")
-    if path.rstrip("/") == MCP_PATH:
-        return True
-    if path != "/":
-        return False
-    if scope.get("method") != "GET":
-        return True
-    accept = dict(scope.get("headers") or []).get(b"accept", b"")
-    return b"text/event-stream" in accept
-
-
 def allowed_hosts() -> list[str]:
     """Host headers the MCP endpoint accepts: loopback names, BASE_URL's host, ALLOWED_HOSTS."""
     hosts = ["127.0.0.1", "localhost", "::1", *SETTINGS.allowed_hosts]
@@ -630,9 +499,10 @@ def allowed_origins() -> list[str]:
 
 
 def http_app() -> Starlette:
-    from starlette.middleware import Middleware
-
-    return mcp.http_app(path=MCP_PATH, middleware=[Middleware(McpOriginGuard), Middleware(RequestSizeLimit)])
+    return mcp.http_app(path=MCP_PATH, middleware=[
+        Middleware(McpOriginGuard, mcp_path=MCP_PATH, hosts=allowed_hosts(), origins=allowed_origins()),
+        Middleware(RequestSizeLimit, limit=MAX_REQUEST_BYTES),
+    ])
 
 
 def warn_if_exposed() -> None:

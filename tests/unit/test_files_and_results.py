@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import results
 import server
 from sandbox import layout
 from sandbox.errors import InvalidPath
@@ -45,14 +46,14 @@ def test_a_download_names_its_file_for_old_and_new_browsers() -> None:
 def test_a_result_cut_at_the_cap_says_where_the_rest_is() -> None:
     report = b"MCPSB2\n0\n0\n0\n1000\n2000\n900000\n0\n3\n0\n0 0 0 0 0 0\nabc"
     state = parse_report("cmd_0123456789abcdef", report)
-    result = server._command_result("c" * 32, state)
+    result = results.command_result("c" * 32, state, 100, 1000)
     assert result["truncated"] and result["stdout_path"].endswith(".stdout")
     assert "check_container" in result["message"] and "stdout_offset" in result["message"]
 
 
 def test_a_running_result_teaches_the_long_poll() -> None:
     report = b"MCPSB2\n\n0\n1\n1000\n\n0\n0\n0\n0\n0 0 0 0 0 0\n"
-    result = server._command_result("c" * 32, parse_report("cmd_0123456789abcdef", report))
+    result = results.command_result("c" * 32, parse_report("cmd_0123456789abcdef", report), 100, 1000)
     assert result["status"] == "running" and "wait_seconds=30" in result["message"] and "reason" not in result
 
 
