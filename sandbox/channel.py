@@ -53,7 +53,7 @@ def find_agent_binary(configured: str = "") -> Path | None:
 
 
 @dataclass
-class _Reply:
+class Reply:
     done: anyio.Event = field(default_factory=anyio.Event)
     value: Any = None
     error: Exception | None = None
@@ -84,9 +84,9 @@ class AgentChannel:
         self._stdout: BufferedByteReceiveStream | None = None
         self._send_lock = anyio.Lock()
         self._requests = itertools.count(1)
-        self._replies: dict[str, _Reply] = {}
-        self._started: dict[str, _Reply] = {}
-        self._exits: dict[str, _Reply] = {}
+        self._replies: dict[str, Reply] = {}
+        self._started: dict[str, Reply] = {}
+        self._exits: dict[str, Reply] = {}
 
     async def open(self, spawn: Callable[..., None], timeout: float = 15) -> None:
         """Start the agent and wait for its ``ready`` line; ``spawn`` runs the reader task."""
@@ -158,8 +158,8 @@ class AgentChannel:
             self._fail_all()
 
     @staticmethod
-    def _pop(table: dict[str, _Reply], key: str) -> _Reply:
-        return table.pop(key, None) or _Reply()
+    def _pop(table: dict[str, Reply], key: str) -> Reply:
+        return table.pop(key, None) or Reply()
 
     def _fail_all(self) -> None:
         self.closed = True
@@ -181,7 +181,7 @@ class AgentChannel:
 
     async def _request(self, header: str, payload: bytes = b"", timeout: float = 30) -> Any:
         request_id = f"r{next(self._requests)}"
-        reply = self._replies[request_id] = _Reply()
+        reply = self._replies[request_id] = Reply()
         await self._send(header.format(id=request_id).encode() + b"\n" + payload)
         try:
             return await reply.wait(timeout)
@@ -189,12 +189,12 @@ class AgentChannel:
             self._replies.pop(request_id, None)
             raise ChannelClosed(f"the sandbox agent did not answer within {timeout:g} s") from None
 
-    def expect_exit(self, command_id: str) -> _Reply:
+    def expect_exit(self, command_id: str) -> Reply:
         """The event of a command's exit, shared by everyone waiting for it. Register before
         starting the command (or before asking for its report), so no exit slips between."""
         reply = self._exits.get(command_id)
         if reply is None:
-            reply = self._exits[command_id] = _Reply()
+            reply = self._exits[command_id] = Reply()
         return reply
 
     def awaits_exit(self, command_id: str) -> bool:
@@ -206,7 +206,7 @@ class AgentChannel:
 
     async def run(self, command_id: str, timeout_seconds: int, started_ms: int, cap: int, command: bytes) -> int:
         """Start a command; returns its pid in the sandbox once it runs."""
-        started = self._started[command_id] = _Reply()
+        started = self._started[command_id] = Reply()
         await self._send(f"run {command_id} {timeout_seconds} {started_ms} {cap} {len(command)}\n".encode() + command)
         try:
             return await started.wait(30)

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from .backend import Backend
-from .channel import AgentChannel
+from .channel import AgentChannel, Reply
 from .errors import (
     FORK_AT_PROCESS_LIMIT,
     FORK_RETRY_SECONDS,
@@ -98,6 +98,10 @@ class AgentRuntime:
                 raise machinery_failure(str(exc)) from None
 
     async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
+        if isinstance(started, Reply):  # registered when this channel started the command
+            with anyio.move_on_after(max(0.0, seconds)):
+                return await started.wait()
+            return None
         fresh = not self.channel.awaits_exit(command_id)
         exit_reply = self.channel.expect_exit(command_id)
         if fresh:
