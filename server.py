@@ -241,6 +241,7 @@ async def create_container(
         "created_at": utc_iso(sandbox.created_at),
         "expires_at": utc_iso(sandbox.expires_at),
         "limits": LIMITS,
+        "egress": sandboxes.egress.of(sandbox.network),
     }
 
 
@@ -304,7 +305,8 @@ async def check_container(
                 return {"container_id": container_id, "status": "gone", "command": _command_result(container_id, state)}
         times = _sandbox_times(container_id, tenant)
         status = await sandboxes.container_status(container_id, tenant)
-        result: dict[str, Any] = {"container_id": container_id, "status": status, **times}
+        result: dict[str, Any] = {"container_id": container_id, "status": status, **times,
+                                  "egress": sandboxes.egress_of(container_id, tenant)}
         if command_id is not None:
             result["command"] = _command_result(container_id, state)
         else:

@@ -51,6 +51,16 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class BridgeNetwork:
+    """A bridge network of the backend's: its name, the host's interface for it, its gateways."""
+
+    name: str
+    interface: str
+    subnets: tuple[str, ...]
+    gateways: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ImageRoot:
     """What ``podman run IMAGE`` would take from the image, for a container run from a rootfs."""
 
@@ -88,6 +98,15 @@ class Backend(Protocol):
 
     async def host_info(self) -> dict[str, Any]:
         """What the backend says of its host (for the limits check); {} when it cannot say."""
+
+    async def bridge_network(self, name: str, labels: Mapping[str, str]) -> BridgeNetwork:
+        """The bridge network of that name, made (with a resolver on its gateway) if missing."""
+
+    async def network_users(self, name: str) -> list[str]:
+        """The containers attached to a network (none when it does not exist)."""
+
+    async def network_names(self) -> list[str]:
+        """The networks there are."""
 
     async def image_root(self, image: str) -> ImageRoot:
         """The image's layers on this host (pulled when absent), for a sandbox disk to sit on;
@@ -154,6 +173,33 @@ class PodmanBackend:
     async def version(self) -> str:
         result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
         return result.stdout.decode(errors="replace").strip()
+
+    async def bridge_network(self, name: str, labels: Mapping[str, str]) -> BridgeNetwork:
+        inspected = await self.podman.run("network", "inspect", "--", name, check=False, timeout=60)
+        if inspected.exit_code != 0:
+            made = await self.podman.run(
+                "network", "create", *[arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")],
+                "--", name, check=False, timeout=60,
+            )
+            if made.exit_code != 0 and "already exists" not in made.stderr:  # another server made it meanwhile
+                raise PodmanError(made.argv, made.exit_code, made.stderr)
+            inspected = await self.podman.run("network", "inspect", "--", name, timeout=60)
+        entry = (json.loads(inspected.stdout or b"[]") or [{}])[0]
+        if entry.get("driver") != "bridge" or not entry.get("network_interface"):
+            raise PodmanError(inspected.argv, 0, "", f"The network {name!r} is not a bridge network; sandboxes "
+                              "need one for the egress policy. Unset SANDBOX_NETWORK to get one of the server's own.")
+        subnets = entry.get("subnets") or []
+        return BridgeNetwork(name, entry["network_interface"], tuple(s.get("subnet", "") for s in subnets),
+                             tuple(s["gateway"] for s in subnets if s.get("gateway")))
+
+    async def network_users(self, name: str) -> list[str]:
+        result = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={name}",
+                                       check=False, timeout=60)
+        return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
+
+    async def network_names(self) -> list[str]:
+        result = await self.podman.run("network", "ls", "--format", "{{.Name}}", check=False, timeout=60)
+        return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
 
     async def image_root(self, image: str) -> ImageRoot:
         result = await self.podman.run("image", "inspect", "--format", "json", "--", image, check=False, timeout=60)

@@ -6,6 +6,7 @@ ServerSettings.from_env for the HTTP side. Every other module receives settings 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -101,6 +102,8 @@ class SandboxSettings:
     podman: str = "podman"
     runtime: str = ""
     network: str = ""
+    egress: str = "public"  # public | none | open (egress.py)
+    egress_allow_cidrs: tuple[str, ...] = ()
     reap_interval_seconds: float = 1.0
     agent_path: str = ""
     max_channels: int = 32
@@ -137,6 +140,8 @@ class SandboxSettings:
             podman=env.get("PODMAN", "").strip() or "podman",
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
+            egress=_egress_policy(env),
+            egress_allow_cidrs=_cidrs(env, "SANDBOX_EGRESS_ALLOW_CIDRS"),
             agent_path=env.get("SANDBOX_AGENT", "").strip(),
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
@@ -149,6 +154,34 @@ class SandboxSettings:
     def images(self) -> tuple[str, ...]:
         """Images a client may ask for: the default one first."""
         return (self.image, *(i for i in self.allowed_images if i != self.image))
+
+
+EGRESS_POLICIES = ("public", "none", "open")
+
+
+def _egress_policy(environ: Mapping[str, str]) -> str:
+    policy = environ.get("SANDBOX_EGRESS", "").strip().lower() or "public"
+    if policy not in EGRESS_POLICIES:
+        raise ValueError(
+            f"SANDBOX_EGRESS must be one of {', '.join(EGRESS_POLICIES)}, got {policy[:40]!r}: public (the internet "
+            "only, nothing of the host or its networks), none (no network), open (everything; unsafe beyond a "
+            "single-user laptop)"
+        )
+    return policy
+
+
+def _cidrs(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated IP networks, each checked (ValueError says which)."""
+    cidrs = []
+    for item in _env_list(environ, name):
+        try:
+            cidrs.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{name}: {item[:80]!r} is not an IP network; write it like 10.1.2.0/24 or 2001:db8::/48, "
+                "several separated by commas"
+            ) from None
+    return tuple(cidrs)
 
 
 def _env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from .backend import Backend, ContainerSpec, removal_failed
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings
 from .disks import SandboxDisks
+from .egress import Egress
 from .errors import DiskUnavailable, PodmanError, SandboxError
 from .layout import DATA_DIR, STATE_TMPFS
 from .limits import LimitsCheck
@@ -23,6 +24,7 @@ from .model import (
     LABEL_MADE_UNDER,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
+    LABEL_NETWORK,
     LABEL_POOLED,
     LABEL_TENANT,
     LOCAL_TENANT,
@@ -33,10 +35,10 @@ from .runtime import ExecRuntime
 
 class SandboxContainers:
     def __init__(
-        self, settings: SandboxSettings, backend: Backend, disks: SandboxDisks, limits: LimitsCheck,
+        self, settings: SandboxSettings, backend: Backend, disks: SandboxDisks, limits: LimitsCheck, egress: Egress,
         exec_runtime: ExecRuntime, helpers_digest: Callable[[], str],
     ) -> None:
-        self.settings, self.backend, self.disks, self.limits = settings, backend, disks, limits
+        self.settings, self.backend, self.disks, self.limits, self.egress = settings, backend, disks, limits, egress
         self.exec_runtime = exec_runtime
         self._helpers_digest = helpers_digest
         self._made_under: dict[str, str] | None = None
@@ -48,7 +50,8 @@ class SandboxContainers:
                 "image": self.settings.image,
                 "image_id": await self.backend.image_id(self.settings.image),
                 "runtime": self.settings.runtime,
-                "network": self.settings.network,
+                "network": self.egress.network,
+                "egress": " ".join((self.egress.policy, *self.egress.allow_cidrs)),
                 "flags": " ".join((*LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, STATE_TMPFS)),
                 "disk_bytes": str(self.disks.limit_bytes if self.disks.enabled else 0),
                 "helpers": self._helpers_digest(),
@@ -62,13 +65,15 @@ class SandboxContainers:
         behind when it fails."""
         container_id = secrets.token_hex(16)
         created = time.time()
-        sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant)
+        sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant,
+                          network=network or self.egress.network)
         labels = {
             LABEL_MANAGED: "true",
             LABEL_NAMESPACE: self.settings.namespace,
             LABEL_CREATED: f"{created:.3f}",
             LABEL_EXPIRES: f"{sandbox.expires_at:.3f}",
             LABEL_IMAGE: image,
+            LABEL_NETWORK: sandbox.network,
         }
         if pooled:
             labels[LABEL_POOLED] = "true"
@@ -80,7 +85,7 @@ class SandboxContainers:
             # tree, which may be read-only to the sandbox's root: on the sandbox's disk, or on an
             # anonymous volume that goes with the container (podman rm -v).
             spec = ContainerSpec(sandbox.name, labels, ("sleep", "2147483647"), image=image,
-                                 network=network or self.settings.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,))
+                                 network=sandbox.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,))
             if self.disks.enabled:
                 root = await self.disks.create(sandbox.name, image)
                 spec = replace(spec, image="", rootfs=str(self.disks.root(sandbox.name)), env=root.env,

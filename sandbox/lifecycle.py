@@ -24,6 +24,7 @@ from .model import (
     LABEL_MADE_UNDER,
     LABEL_MANAGED,
     LABEL_NAMESPACE,
+    LABEL_NETWORK,
     LABEL_POOLED,
     LABEL_TENANT,
     LOCAL_TENANT,
@@ -72,7 +73,8 @@ class Lifecycle:
                 continue
             tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
             sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.image, created, expires,
-                              tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT)
+                              tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT,
+                              network=labels.get(LABEL_NETWORK, ""))
             if not entry.running:
                 try:
                     await self.containers.restart(sandbox)
@@ -131,6 +133,7 @@ class Lifecycle:
             if time.monotonic() - last_sync > SYNC_SECONDS:
                 last_sync = time.monotonic()
                 await self.forget_vanished()
+                await self.containers.egress.keep()
 
     async def reap_expired(self) -> list[str]:
         now = time.time()

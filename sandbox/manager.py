@@ -22,6 +22,7 @@ from .commands import CommandRunner, ProgressCallback
 from .config import SandboxSettings
 from .containers import SandboxContainers
 from .disks import SandboxDisks
+from .egress import Egress
 from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
 from .files import FileDownload
 from .gone import GONE_DESTROYED, GONE_REMOVED, GoneCommands
@@ -30,7 +31,7 @@ from .lifecycle import Lifecycle
 from .limits import LimitsCheck
 from .links import FileLinks
 from .model import LABEL_MANAGED, LOCAL_TENANT, FileLink, Sandbox
-from .podman import Podman
+from .podman import Podman, system_env
 from .pool import WarmPool
 from .records import CommandState, CommandSummary, helpers_digest, helpers_tar
 from .registry import SandboxRegistry
@@ -51,6 +52,7 @@ class SandboxManager:
         # Why sandboxes cannot be given their limits here ("" while they can): decided at start
         # from Podman's own account, and again from the first sandbox's cgroup.
         self.limits = LimitsCheck(self.backend)
+        self.egress = Egress(settings, self.backend, system_env())
         self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant)
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
@@ -70,7 +72,7 @@ class SandboxManager:
         )
         self.runtimes = Runtimes(self.channels, exec_runtime)
         self.containers = SandboxContainers(
-            settings, self.backend, self.disks, self.limits, exec_runtime, lambda: self._helpers_digest
+            settings, self.backend, self.disks, self.limits, self.egress, exec_runtime, lambda: self._helpers_digest
         )
         self.commands = CommandRunner(settings, self.registry.get, self.registry.live, self.runtimes, self._gone)
         self.links = FileLinks(
@@ -104,6 +106,7 @@ class SandboxManager:
             logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
                            "storage", self.disks.why_not)
         await self.limits.check_host()
+        await self.egress.start()
         try:
             await self.lifecycle.adopt()
         except SandboxError as exc:
@@ -146,7 +149,7 @@ class SandboxManager:
         network: bool | None = None,
     ) -> Sandbox:
         """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
-        network=False cuts it off from every network (None: the server's SANDBOX_NETWORK)."""
+        network=False cuts it off from every network (None: as the egress policy says)."""
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
@@ -163,7 +166,7 @@ class SandboxManager:
         self.limits.require()
         async with self.registry.reserve(tenant):
             # The pool holds sandboxes of the default image on the server's network only.
-            offline = network is False and self.settings.network != "none"
+            offline = network is False and self.egress.network != "none"
             pooled = image == self.settings.image and not offline
             sandbox = await self.pool.take(tenant, ttl) if pooled else None
             if sandbox is None:
@@ -199,6 +202,9 @@ class SandboxManager:
             raise
         self._forget(container_id, why)
         logger.info("destroyed sandbox %s", container_id)
+
+    def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
+        return self.egress.of(self.get(container_id, tenant).network)
 
     async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
         """The sandbox's state; an open channel's agent answers for it, else Podman (no channel is opened)."""
@@ -256,6 +262,6 @@ class SandboxManager:
         await self.backend.list({LABEL_MANAGED: "true"})
         self.limits.require()
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
-        return {"podman_version": version, "sandboxes": len(self.registry),
+        return {"podman_version": version, "sandboxes": len(self.registry), "egress": self.egress.describe(),
                 "sandbox_disk_bytes": disk, "limits": "enforced"}
 

@@ -16,6 +16,7 @@ LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is 
 # What shaped the sandbox (image id, runtime, network, limits, disk, helpers): a pooled sandbox
 # is handed out only while this matches the server's configuration (see made_under).
 LABEL_MADE_UNDER = "mcp-sandbox.made-under"
+LABEL_NETWORK = "mcp-sandbox.network"  # the network it joined: "none", or a network's name ("" Podman's default)
 NAME_PREFIX = "mcp-sandbox-"
 LOCAL_TENANT = "local"  # everyone, when the server has no tokens
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -37,6 +38,7 @@ class Sandbox:
     tenant: str = LOCAL_TENANT
     # Set when the server starts destroying it: what a command that was running is told.
     gone_why: str = ""
+    network: str = ""  # as LABEL_NETWORK
 
     @property
     def name(self) -> str:

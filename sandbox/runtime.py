@@ -110,6 +110,8 @@ class AgentRuntime:
             report = await self.channel.report(command_id, cap)
             state = parse_report(command_id, report)
             if state is None or state.status != "running":
+                self.channel.forget_exit(command_id)
+                exit_reply.resolve(report)  # for anyone who registered meanwhile
                 return report
         with anyio.move_on_after(max(0.0, seconds)):
             return await exit_reply.wait()
