@@ -228,12 +228,19 @@ async def create_container(
     ] = None,
     network: Annotated[
         bool | None,
-        Field(description="false: no network at all inside the sandbox. Omit for the server's default."),
+        Field(description="false: no network at all inside the sandbox. Omit for the server's default "
+                          "(the internet, but nothing of the host or the networks around it)."),
+    ] = None,
+    allow_domains: Annotated[
+        list[Annotated[str, Field(max_length=253)]] | None,
+        Field(description="Only these hosts may be reached, over HTTP(S) through the server's proxy (set in the "
+                          "sandbox's http_proxy/https_proxy): exact names like 'api.github.com', or '*.example.org' "
+                          "for its subdomains. Omit for the server's default."),
     ] = None,
 ) -> dict[str, Any]:
     # The description is in the decorator: it names the limits from sandbox/config.py.
     with _tool_errors():
-        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds, network)
+        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds, network, allow_domains)
     return {
         "container_id": sandbox.container_id,
         "image": sandbox.image,
@@ -241,7 +248,7 @@ async def create_container(
         "created_at": utc_iso(sandbox.created_at),
         "expires_at": utc_iso(sandbox.expires_at),
         "limits": LIMITS,
-        "egress": sandboxes.egress.of(sandbox.network),
+        "egress": sandboxes.egress.of(sandbox.network, sandbox.container_id),
     }
 
 

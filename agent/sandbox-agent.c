@@ -53,6 +53,7 @@
 #define COMMANDS_DIR "/run/mcp-sandbox/commands"     /* tmpfs: records */
 #define OUTPUT_DIR "/var/lib/mcp-sandbox/output"     /* disk: <id>.stdout, <id>.stderr */
 #define LINKS_DIR "/var/lib/mcp-sandbox/links"       /* disk: <file_id> holding a path */
+#define ENV_PATH "/var/lib/mcp-sandbox/env"          /* NAME=value lines every command gets */
 #define MAX_COMMANDS 512
 #define INLINE_COMMAND_MAX 100000
 #define MAX_REQUEST (64L * 1024 * 1024)
@@ -477,6 +478,23 @@ static int active_commands(void) {
     return n;
 }
 
+/* The environment the server gives every command (an egress proxy, say): NAME=value lines.
+ * Called in the child, before exec. */
+static void load_env(void) {
+    static char buf[16384];
+    int fd = open(ENV_PATH, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return;
+    buf[n] = '\0';
+    for (char *line = buf, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        if (strchr(line, '=') && line[0] != '=') putenv(line);
+    }
+}
+
 static void start_command(const char *id, long timeout_s, const char *started_ms, long cap,
                           const char *command, size_t len) {
     char dir[256], path[300];
@@ -547,6 +565,7 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         if (in > 2) close(in);
         if (out > 2) close(out);
         if (err > 2) close(err);
+        load_env();
         if (len <= INLINE_COMMAND_MAX) {
             execl("/bin/sh", "sh", "-c", command, (char *)NULL);
         } else {

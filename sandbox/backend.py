@@ -108,6 +108,9 @@ class Backend(Protocol):
     async def network_names(self) -> list[str]:
         """The networks there are."""
 
+    async def address(self, name: str, network: str) -> str:
+        """The container's IPv4 address on the network ("" when it has none)."""
+
     async def image_root(self, image: str) -> ImageRoot:
         """The image's layers on this host (pulled when absent), for a sandbox disk to sit on;
         DiskUnavailable when the storage keeps them where an overlay cannot reach them."""
@@ -196,6 +199,11 @@ class PodmanBackend:
         result = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={name}",
                                        check=False, timeout=60)
         return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
+
+    async def address(self, name: str, network: str) -> str:
+        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
+        networks = ((json.loads(result.stdout or b"[{}]") or [{}])[0].get("NetworkSettings") or {}).get("Networks") or {}
+        return str((networks.get(network) or {}).get("IPAddress") or "")
 
     async def network_names(self) -> list[str]:
         result = await self.podman.run("network", "ls", "--format", "{{.Name}}", check=False, timeout=60)

@@ -104,6 +104,9 @@ class SandboxSettings:
     network: str = ""
     egress: str = "public"  # public | none | open (egress.py)
     egress_allow_cidrs: tuple[str, ...] = ()
+    proxy_port: int = 3128  # the egress proxy's port on the sandbox bridge's gateway
+    max_allow_domains: int = 64
+    state_dir: str = "/var/lib/mcp-sandbox/state"  # what the server keeps on the host (allow-lists)
     reap_interval_seconds: float = 1.0
     agent_path: str = ""
     max_channels: int = 32
@@ -142,6 +145,9 @@ class SandboxSettings:
             network=env.get("SANDBOX_NETWORK", "").strip(),
             egress=_egress_policy(env),
             egress_allow_cidrs=_cidrs(env, "SANDBOX_EGRESS_ALLOW_CIDRS"),
+            proxy_port=_env_int(env, "SANDBOX_PROXY_PORT", 3128, minimum=1),
+            max_allow_domains=_env_int(env, "SANDBOX_MAX_ALLOW_DOMAINS", 64, minimum=1),
+            state_dir=env.get("SANDBOX_STATE_DIR", "").strip() or "/var/lib/mcp-sandbox/state",
             agent_path=env.get("SANDBOX_AGENT", "").strip(),
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),

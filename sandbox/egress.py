@@ -17,22 +17,29 @@ network namespace, which it cannot enter.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import socket
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import anyio
 
 from .backend import Backend, BridgeNetwork
 from .config import SandboxSettings
-from .errors import SandboxError
+from .errors import InvalidAllowList, SandboxError
+from .proxy import EgressProxy, check_allow_domains
 
 logger = logging.getLogger("mcp_sandbox.egress")
 
 # The network sandboxes live on under the public policy, unless SANDBOX_NETWORK names another.
 DEFAULT_NETWORK = "mcp-sandbox"
+SIOCGIFADDR = 0x8915  # linux/sockios.h
 # What "public" keeps a sandbox from: the host's surroundings, which are not the internet. (The host's
 # own addresses, whatever they are, are kept by the input hook.)
 BLOCKED_V4: tuple[str, ...] = (
@@ -56,15 +63,8 @@ BLOCKED_V6: tuple[str, ...] = (
 )
 
 
-def _set(name: str, family: str, elements: Sequence[str]) -> str:
-    body = f"type {family}_addr; flags interval;"
-    if elements:
-        body += f" elements = {{ {', '.join(elements)} }};"
-    return f"  set {name} {{ {body} }}\n"
-
-
 def table_name(network: BridgeNetwork) -> str:
-    """The server's table for one bridge: one per network, so servers on other networks keep theirs."""
+    """The table for one bridge: one per network, shared by the servers whose sandboxes are on it."""
     return "mcp_sandbox_" + "".join(c if c.isalnum() else "_" for c in network.interface)
 
 
@@ -73,49 +73,88 @@ def _remake(table: str) -> str:
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
 
 
-def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = ()) -> str:
-    """The nft script that (re)makes the server's table for sandboxes on ``network``."""
+def _set(table: str, name: str, kind: str, elements: Sequence[str] = (), interval: bool = True) -> str:
+    """Make the set if missing; refill it when elements are given (a static set)."""
+    flags = " flags interval;" if interval else ""
+    script = f"add set inet {table} {name} {{ type {kind};{flags} }}\n"
+    if interval:
+        script += f"flush set inet {table} {name}\n"
+        if elements:
+            script += f"add element inet {table} {name} {{ {', '.join(elements)} }}\n"
+    return script
+
+
+def _chain(table: str, name: str, hook: str, rules: Sequence[str]) -> str:
+    return (f"add chain inet {table} {name} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n"
+            f"flush chain inet {table} {name}\n" + "".join(f"add rule inet {table} {name} {rule}\n" for rule in rules))
+
+
+def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port: int = 0) -> str:
+    """The nft script (one transaction) that makes or refreshes the table for sandboxes on
+    ``network``. Sandboxes in the set ``proxied`` (those with allow_domains) reach only the proxy
+    ports on the gateway. The sets ``proxied`` and ``proxy_ports`` are kept as they are, since other
+    servers on the same network add to them too."""
+    table = table_name(network)
     allow_v4 = [c for c in allow_cidrs if ipaddress.ip_network(c).version == 4]
     allow_v6 = [c for c in allow_cidrs if ipaddress.ip_network(c).version == 6]
     gateways_v4 = [g for g in network.gateways if ipaddress.ip_address(g).version == 4]
     gateways_v6 = [g for g in network.gateways if ipaddress.ip_address(g).version == 6]
     iface = f'"{network.interface}"'
-    dns = ""
+    input_rules = [f"iifname != {iface} accept"]
     if gateways_v4:
-        dns += f"    ip daddr {{ {', '.join(gateways_v4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
+        input_rules.append(f"ip saddr @proxied ip daddr {{ {', '.join(gateways_v4)} }} tcp dport @proxy_ports accept")
+    input_rules += ["ip saddr @proxied counter drop", "ct state established,related accept"]
+    if gateways_v4:
+        input_rules.append(f"ip daddr {{ {', '.join(gateways_v4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
     if gateways_v6:
-        dns += f"    ip6 daddr {{ {', '.join(gateways_v6)} }} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
+        input_rules.append(f"ip6 daddr {{ {', '.join(gateways_v6)} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
+    input_rules.append("counter drop")
+    forward_rules = [
+        f"iifname != {iface} accept",
+        "ip saddr @proxied counter drop",
+        "ct state established,related accept",
+        "ip daddr @allowed_v4 accept",
+        "ip6 daddr @allowed_v6 accept",
+        "ip daddr @blocked_v4 counter drop",
+        "ip6 daddr @blocked_v6 counter drop",
+        "meta pkttype { broadcast, multicast } counter drop",
+    ]
     return (
-        _remake(table_name(network))
-        + f"table inet {table_name(network)} {{\n"
-        + _set("allowed_v4", "ipv4", allow_v4)
-        + _set("allowed_v6", "ipv6", allow_v6)
-        + _set("blocked_v4", "ipv4", BLOCKED_V4)
-        + _set("blocked_v6", "ipv6", BLOCKED_V6)
-        + "  chain input {\n"
-        "    type filter hook input priority filter - 10; policy accept;\n"
-        f"    iifname != {iface} accept\n"
-        "    ct state established,related accept\n"
-        + dns
-        + "    counter drop\n"
-        "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority filter - 10; policy accept;\n"
-        f"    iifname != {iface} accept\n"
-        "    ct state established,related accept\n"
-        "    ip daddr @allowed_v4 accept\n"
-        "    ip6 daddr @allowed_v6 accept\n"
-        "    ip daddr @blocked_v4 counter drop\n"
-        "    ip6 daddr @blocked_v6 counter drop\n"
-        "    meta pkttype { broadcast, multicast } counter drop\n"
-        "  }\n"
-        "}\n"
+        f"add table inet {table}\n"
+        + _set(table, "allowed_v4", "ipv4_addr", allow_v4)
+        + _set(table, "allowed_v6", "ipv6_addr", allow_v6)
+        + _set(table, "blocked_v4", "ipv4_addr", BLOCKED_V4)
+        + _set(table, "blocked_v6", "ipv6_addr", BLOCKED_V6)
+        + _set(table, "proxied", "ipv4_addr", interval=False)
+        + _set(table, "proxy_ports", "inet_service", interval=False)
+        + (f"add element inet {table} proxy_ports {{ {proxy_port} }}\n" if proxy_port else "")
+        + _chain(table, "input", "input", input_rules)
+        + _chain(table, "forward", "forward", forward_rules)
     )
+
+
+def host_addresses() -> set[str]:
+    """The host's own addresses (IPv4 of each interface, and IPv6), which the proxy never connects to."""
+    found: set[str] = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            found.add(socket.inet_ntoa(packed[20:24]))
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.add(str(ipaddress.ip_address(bytes.fromhex(raw))))
+    except OSError:
+        pass
+    return found
 
 
 class Egress:
     """The policy in force: decided and installed at start (again after a reboot of the host), it
-    says which network new sandboxes join."""
+    says which network new sandboxes join; and the allow-lists of sandboxes behind the proxy."""
 
     def __init__(self, settings: SandboxSettings, backend: Backend, env: dict[str, str]) -> None:
         self.policy, self.allow_cidrs = settings.egress, settings.egress_allow_cidrs
@@ -123,20 +162,30 @@ class Egress:
         self.network = "none"  # until start decides
         self.bridge: BridgeNetwork | None = None
         self.why_not = ""  # why the public policy could not be put in force ("" while it is)
+        self.proxy = EgressProxy((*BLOCKED_V4, *BLOCKED_V6), self.allow_cidrs, host_addresses)
+        self.proxy_why_not = "the proxy runs only under SANDBOX_EGRESS=public"
+        self._proxy_port, self._max_domains = settings.proxy_port, settings.max_allow_domains
+        self._state = Path(settings.state_dir) / settings.namespace / "egress"
+        self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
 
     def describe(self) -> dict[str, object]:
-        """What check_container and /health say of the policy."""
+        """What /health says of the policy."""
         described: dict[str, object] = {"policy": self.policy if not self.why_not else "none"}
         if self.policy == "public" and not self.why_not and self.allow_cidrs:
             described["allow_cidrs"] = list(self.allow_cidrs)
         if self.why_not:
             described["why"] = f"SANDBOX_EGRESS=public could not be enforced here ({self.why_not}), so sandboxes get no network"
+        elif self.policy == "public":
+            described["allow_domains"] = self.proxy_why_not or f"through the proxy at {self.proxy.url}"
         return described
 
-    def of(self, network: str) -> dict[str, object]:
-        """What check_container says of a sandbox's egress, from the network it joined."""
+    def of(self, network: str, container_id: str = "") -> dict[str, object]:
+        """What create_container and check_container say of a sandbox's egress."""
         if network == "none":
             return {"policy": "none"}
+        restricted = self._restricted.get(container_id)
+        if restricted is not None:
+            return {"policy": "allow_domains", "allow_domains": list(restricted[1]), "proxy": self.proxy.url}
         if network == (self.bridge.name if self.bridge else DEFAULT_NETWORK):
             # The rules stay while any sandbox is on the server's network, whatever the policy now.
             return {"policy": "public", "allow_cidrs": list(self.allow_cidrs)} if self.allow_cidrs else {"policy": "public"}
@@ -155,6 +204,7 @@ class Egress:
             if not self.why_not:
                 try:
                     self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK, {})
+                    await self._start_proxy()
                     await self._install()
                 except SandboxError as exc:
                     self.why_not, self.bridge = str(exc), None
@@ -165,23 +215,120 @@ class Egress:
                 return
             assert self.bridge is not None
             self.network = self.bridge.name
-            logger.info("egress policy public on network %s (bridge %s), nftables table inet %s", self.bridge.name,
-                        self.bridge.interface, table_name(self.bridge))
+            logger.info("egress policy public on network %s (bridge %s), nftables table inet %s; allow_domains: %s",
+                        self.bridge.name, self.bridge.interface, table_name(self.bridge),
+                        self.proxy_why_not or f"proxy at {self.proxy.url}")
+
+    async def stop(self) -> None:
+        await self.proxy.stop()
+
+    async def _start_proxy(self) -> None:
+        assert self.bridge is not None
+        gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
+        if not gateways:
+            self.proxy_why_not = f"the network {self.bridge.name} has no IPv4 gateway for the proxy"
+            return
+        try:
+            await self.proxy.start(gateways[0], self._proxy_port)
+            self.proxy_why_not = ""
+        except OSError as exc:
+            self.proxy_why_not = f"the proxy could not listen on {gateways[0]}:{self._proxy_port} ({exc}); " \
+                                 "choose another SANDBOX_PROXY_PORT"
+            logger.warning("allow_domains are unavailable: %s", self.proxy_why_not)
 
     async def _install(self) -> None:
         assert self.bridge is not None
-        await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs))
+        await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
+                                                  0 if self.proxy_why_not else self.proxy.port))
+        await self._add_proxied(address for address, _ in self._restricted.values())
+
+    async def _add_proxied(self, addresses: Iterable[str]) -> None:
+        assert self.bridge is not None
+        listed = sorted(set(addresses))
+        if listed:
+            await self._nft("add", "element", "inet", table_name(self.bridge), "proxied", f"{{ {', '.join(listed)} }}")
 
     async def keep(self) -> None:
         """Put the rules back if something removed them (a firewall reload, ``nft flush ruleset``);
         the reaper calls this now and then."""
-        if self.bridge is not None and not await self.listing():
-            logger.warning("the egress rules of network %s were removed outside this server; installing them again",
-                           self.bridge.name)
-            try:
+        if self.bridge is None:
+            return
+        try:
+            if not await self.listing():
+                logger.warning("the egress rules of network %s were removed outside this server; installing them "
+                               "again", self.bridge.name)
                 await self._install()
-            except SandboxError as exc:
-                logger.error("could not install the egress rules again: %s", exc)
+            elif self._restricted:  # another server on the network may have made the table anew
+                await self._add_proxied(address for address, _ in self._restricted.values())
+        except SandboxError as exc:
+            logger.error("could not install the egress rules again: %s", exc)
+
+    # ----- allow-lists
+
+    def check_allow_domains(self, domains: object, network: bool | None) -> tuple[str, ...]:
+        """create_container's allow_domains, checked; InvalidAllowList says what is wrong and what to do."""
+        if network is False:
+            raise InvalidAllowList("allow_domains needs a network; omit network=false, or omit allow_domains for a "
+                                   "sandbox with no network at all.")
+        if self.policy != "public" or self.why_not or self.proxy_why_not:
+            why = self.why_not or self.proxy_why_not if self.policy == "public" else f"SANDBOX_EGRESS is {self.policy}"
+            raise InvalidAllowList(f"allow_domains cannot be enforced on this server ({why}). Create the sandbox "
+                                   "without allow_domains, or ask its operator to run it under SANDBOX_EGRESS=public.")
+        return check_allow_domains(domains, self._max_domains)
+
+    def environment(self) -> bytes:
+        """The environment file of a sandbox behind the proxy (layout.ENV_PATH), by IP address."""
+        url = self.proxy.url
+        local = "localhost,127.0.0.1,::1"
+        return "".join(f"{key}={value}\n" for key, value in (
+            ("http_proxy", url), ("https_proxy", url), ("HTTP_PROXY", url), ("HTTPS_PROXY", url),
+            ("no_proxy", local), ("NO_PROXY", local))).encode()
+
+    async def restrict(self, container_id: str, address: str, domains: Sequence[str]) -> None:
+        """Put a sandbox behind the proxy: its direct traffic is dropped from now on."""
+        assert self.bridge is not None
+        self._state.mkdir(parents=True, exist_ok=True)
+        (self._state / f"{container_id}.json").write_text(json.dumps({"address": address, "domains": list(domains)}))
+        self._restricted[container_id] = (address, tuple(domains))
+        self.proxy.allow(address, container_id, domains)
+        await self._add_proxied([address])
+
+    async def readopt(self, container_id: str) -> None:
+        """After a restart of the server: a sandbox behind the proxy stays behind it (the allow-list
+        is kept on the host, where the sandbox cannot change it)."""
+        path = self._state / f"{container_id}.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if self.bridge is None or self.proxy_why_not:
+            logger.warning("sandbox %s has allow_domains, which this server cannot enforce; its direct traffic "
+                           "stays blocked only while its old rules last", container_id)
+            return
+        await self.restrict(container_id, str(saved["address"]), [str(d) for d in saved["domains"]])
+
+    def forget_saved(self, keep: set[str]) -> None:
+        """Remove the saved allow-lists of sandboxes that are gone."""
+        if self._state.is_dir():
+            for path in self._state.glob("*.json"):
+                if path.stem not in keep:
+                    path.unlink(missing_ok=True)
+
+    async def release(self, container_id: str) -> None:
+        """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set
+        (unless a newer sandbox with that address holds it already)."""
+        restricted = self._restricted.pop(container_id, None)
+        (self._state / f"{container_id}.json").unlink(missing_ok=True)
+        if restricted is None or self.bridge is None:
+            return
+        address = restricted[0]
+        if any(other == address for other, _ in self._restricted.values()):
+            return
+        self.proxy.forget(address)
+        try:
+            await self._nft("delete", "element", "inet", table_name(self.bridge), "proxied", f"{{ {address} }}")
+        except SandboxError as exc:
+            logger.warning("could not take %s out of the proxied set: %s", address, exc)
 
     async def listing(self) -> str:
         """The server's table as the kernel holds it ("" when there is none)."""

@@ -126,3 +126,7 @@ class ChannelRequestFailed(ChannelError):
 
 class DiskUnavailable(SandboxError):
     """A sandbox disk could not be made or mounted; the message says why."""
+
+
+class InvalidAllowList(SandboxError):
+    """create_container's allow_domains cannot be used as given."""

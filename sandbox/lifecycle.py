@@ -90,9 +90,12 @@ class Lifecycle:
         for name in self.disks.names() - listed:
             logger.info("removing the disk of sandbox %s, whose container is gone", name)
             await self.disks.release(name)
+        egress = self.containers.egress
+        egress.forget_saved({sandbox.container_id for sandbox in adopted})
         async with anyio.create_task_group() as tg:
             for sandbox in adopted:
                 tg.start_soon(self.links.adopt, sandbox)
+                tg.start_soon(egress.readopt, sandbox.container_id)
         if adopted:
             logger.info("adopted %d sandbox(es)", len(adopted))
         return [sandbox.container_id for sandbox in adopted]

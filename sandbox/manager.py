@@ -26,7 +26,7 @@ from .egress import Egress
 from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
 from .files import FileDownload
 from .gone import GONE_DESTROYED, GONE_REMOVED, GoneCommands
-from .layout import CLAIM_PATH
+from .layout import CLAIM_PATH, ENV_PATH
 from .lifecycle import Lifecycle
 from .limits import LimitsCheck
 from .links import FileLinks
@@ -118,6 +118,7 @@ class SandboxManager:
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start."""
         await self.channels.close_all()
+        await self.egress.stop()
         await self._background.stop()
         self.podman.close()
 
@@ -135,6 +136,7 @@ class SandboxManager:
             self._background.start_soon(self.disks.release, sandbox.name)
         self.channels.forget(container_id)
         self.links.forget(container_id)
+        self._background.start_soon(self.egress.release, container_id)
 
     # ----- sandboxes
 
@@ -146,10 +148,11 @@ class SandboxManager:
 
     async def create(
         self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
-        network: bool | None = None,
+        network: bool | None = None, allow_domains: list[str] | None = None,
     ) -> Sandbox:
         """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
-        network=False cuts it off from every network (None: as the egress policy says)."""
+        network=False cuts it off from every network (None: as the egress policy says), allow_domains
+        lets it reach only those hosts, through the egress proxy."""
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
@@ -163,6 +166,7 @@ class SandboxManager:
                 f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
                 "Omit the image argument to get the default one."
             )
+        domains = self.egress.check_allow_domains(allow_domains, network) if allow_domains is not None else ()
         self.limits.require()
         async with self.registry.reserve(tenant):
             # The pool holds sandboxes of the default image on the server's network only.
@@ -173,13 +177,31 @@ class SandboxManager:
                 sandbox = await self.containers.start(
                     image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None
                 )
+            if domains:
+                await self._behind_proxy(sandbox, domains)
             self.registry.add(sandbox)
         logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
         return sandbox
 
+    async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
+        """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""
+        try:
+            sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
+            if not sandbox.address:
+                raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
+            await self.egress.restrict(sandbox.container_id, sandbox.address, domains)
+            await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
+                sandbox, ENV_PATH, self.egress.environment(), 0o644))
+        except SandboxError:
+            await self.containers.remove(sandbox.name)
+            await self.egress.release(sandbox.container_id)
+            raise
+
     async def _make_pooled(self) -> Sandbox:
         sandbox = await self.containers.start(self.settings.image, pooled=True)
         await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
+        if self.egress.bridge is not None and sandbox.network == self.egress.bridge.name:
+            sandbox.address = await self.backend.address(sandbox.name, sandbox.network)  # for allow_domains
         return sandbox
 
     async def _claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
@@ -204,7 +226,7 @@ class SandboxManager:
         logger.info("destroyed sandbox %s", container_id)
 
     def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
-        return self.egress.of(self.get(container_id, tenant).network)
+        return self.egress.of(self.get(container_id, tenant).network, container_id)
 
     async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
         """The sandbox's state; an open channel's agent answers for it, else Podman (no channel is opened)."""

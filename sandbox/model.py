@@ -39,6 +39,7 @@ class Sandbox:
     # Set when the server starts destroying it: what a command that was running is told.
     gone_why: str = ""
     network: str = ""  # as LABEL_NETWORK
+    address: str = ""  # its IPv4 address on that network, once asked (the egress proxy knows it by it)
 
     @property
     def name(self) -> str:

@@ -115,6 +115,10 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's s
   mkdir -p "$d" /var/lib/mcp-sandbox/output && cat > "$d/command" && now_ms "$d/clock" > "$d/started" \
     && true > "$o.stdout" && true > "$o.stderr" || exit 121
   (
+    # The environment the server gives every command (an egress proxy, say).
+    if [ -r /var/lib/mcp-sandbox/env ]; then
+      while IFS= read -r kv; do case "$kv" in ?*=*) export "$kv" ;; esac; done < /var/lib/mcp-sandbox/env
+    fi
     # Its own process group, so a timeout stops the command's children too.
     if [ "$(wc -c < "$d/command")" -le 100000 ]; then
       setsid /bin/sh -c "$(cat "$d/command")" < /dev/null > "$o.stdout" 2> "$o.stderr" &

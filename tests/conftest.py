@@ -178,6 +178,8 @@ def start_server() -> Iterator[Any]:
         env.setdefault("SANDBOX_NAMESPACE", f"{RUN_ID}-{len(NAMESPACES)}")
         # Pooled sandboxes would blur the counts that prove nothing leaks; pool tests ask for one.
         env.setdefault("SANDBOX_POOL_SIZE", "0")
+        # One egress proxy per port on the sandbox bridge: the in-memory server holds the default one.
+        env.setdefault("SANDBOX_PROXY_PORT", str(free_port()))
         proc = ServerProcess(env, **kwargs)
         started.append(proc)
         return proc.start()

@@ -141,6 +141,12 @@ async def reaches(client: Client, container_id: str, address: str, port: int) ->
     return "hello from" in result["stdout"]
 
 
+def via_proxy_variable(request_line: str, host: str) -> str:
+    """A shell command that sends one HTTP request to the proxy that $http_proxy names."""
+    return (f"p=${{http_proxy#http://}}; printf '{request_line} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | "
+            "nc -w 10 ${p%:*} ${p##*:}")
+
+
 def gateway_of(network: str) -> str:
     entry = json.loads(podman("network", "inspect", network).stdout)[0]
     return entry["subnets"][0]["gateway"]
@@ -249,3 +255,68 @@ async def test_the_none_policy_gives_no_network(start_server: Any) -> None:
         links = await run(client, created["container_id"], "ip -o link | grep -v ' lo' | wc -l")
         assert links["stdout"].strip() == "0"
         await client.call_tool("destroy_container", {"container_id": created["container_id"]})
+
+
+async def test_allow_domains_reach_only_those_hosts_through_the_proxy(start_server: Any, listener: Listener) -> None:
+    archive = package_archive_host()
+    env = {"SANDBOX_POOL_SIZE": "1", "SANDBOX_MAX_ALLOW_DOMAINS": "3"}  # the pool serves allow-lists too
+    served = start_server(env)
+    async with Client(served.url + "/mcp") as client:
+        created = structured(await client.call_tool(
+            "create_container", {"allow_domains": [archive, "*.example.invalid", "localhost"]}))
+        container_id, egress = created["container_id"], created["egress"]
+        assert egress["policy"] == "allow_domains" and egress["allow_domains"] == [archive.lower(), "*.example.invalid",
+                                                                                    "localhost"]
+        proxy_host, proxy_port = egress["proxy"].removeprefix("http://").split(":")
+        variables = (await run(client, container_id, "env | grep -i _proxy= | sort"))["stdout"]
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            assert f"{name}={egress['proxy']}\n" in variables
+        assert "no_proxy=localhost" in variables
+        # A listed host, over plain HTTP through the proxy the variables name (one small request).
+        # (nc rather than busybox wget, whose static build here crashes now and then behind a proxy.)
+        fetched = await run(client, container_id, via_proxy_variable(f"HEAD http://{archive}/", archive))
+        assert fetched["stdout"].startswith("HTTP/1.") and not fetched["stdout"].startswith("HTTP/1.1 403"), fetched
+        # A host not on the list: 403, with a body that says why, for plain HTTP and for CONNECT.
+        refused = await run(client, container_id, via_proxy_variable("GET http://unlisted.invalid/", "unlisted.invalid"))
+        assert refused["stdout"].startswith("HTTP/1.1 403") and "is not in the allow_domains" in refused["stdout"]
+        connect = await run(client, container_id, "printf 'CONNECT unlisted.invalid:443 HTTP/1.1\\r\\n\\r\\n' | "
+                                                  f"nc -w 5 {proxy_host} {proxy_port}")
+        assert connect["stdout"].startswith("HTTP/1.1 403") and "is not in the allow_domains" in connect["stdout"]
+        # A listed name that resolves to an address sandboxes may not reach (here loopback).
+        rebound = await run(client, container_id, f"printf 'GET http://localhost:{listener.port}/ HTTP/1.0\\r\\n\\r\\n' "
+                                                  f"| nc -w 5 {proxy_host} {proxy_port}")
+        assert rebound["stdout"].startswith("HTTP/1.1 403") and "127.0.0.1" in rebound["stdout"], rebound
+        # Nothing directly, whatever the variables say: not the host, not the archive, not DNS.
+        archive_ip = socket.getaddrinfo(archive, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        direct = await run(client, container_id, f"unset http_proxy; printf 'HEAD / HTTP/1.0\\r\\n\\r\\n' | "
+                                                 f"nc -w {PROBE_SECONDS} {archive_ip} 80")
+        assert "HTTP/1." not in direct["stdout"]
+        assert not await reaches(client, container_id, host_address(), listener.port)
+        assert (await run(client, container_id, f"nslookup {archive}"))["exit_code"] != 0
+        status = structured(await client.call_tool("check_container", {"container_id": container_id}))
+        assert status["egress"] == egress
+        # A sandbox without a list cannot use the proxy, and still reaches the archive directly.
+        plain = structured(await client.call_tool("create_container", {}))["container_id"]
+        via_proxy = await run(client, plain, f"printf 'GET http://{archive}/ HTTP/1.0\\r\\n\\r\\n' | "
+                                             f"nc -w {PROBE_SECONDS} {proxy_host} {proxy_port}")
+        assert "HTTP/1." not in via_proxy["stdout"]
+        await client.call_tool("destroy_container", {"container_id": plain})
+        # Bad lists are clear errors.
+        for arguments, said in (({"allow_domains": ["https://api.github.com/x"]}, "is not a host name pattern"),
+                                ({"allow_domains": ["10.0.0.1"]}, "no schemes, ports, paths or IP addresses"),
+                                ({"allow_domains": ["a.org", "b.org", "c.org", "d.org"]}, "SANDBOX_MAX_ALLOW_DOMAINS"),
+                                ({"allow_domains": ["a.org"], "network": False}, "needs a network")):
+            failed = await client.call_tool("create_container", arguments, raise_on_error=False)
+            assert failed.is_error and said in failed.content[0].text, (arguments, failed.content[0].text)
+    served.stop()
+    # After a restart of the server the sandbox stays behind the proxy.
+    again = start_server({**env, "SANDBOX_NAMESPACE": served.env["SANDBOX_NAMESPACE"],
+                          "SANDBOX_PROXY_PORT": served.env["SANDBOX_PROXY_PORT"]})
+    async with Client(again.url + "/mcp") as client:
+        status = structured(await client.call_tool("check_container", {"container_id": container_id}))
+        assert status["egress"] == egress
+        fetched = await run(client, container_id, via_proxy_variable(f"HEAD http://{archive}/", archive))
+        assert fetched["stdout"].startswith("HTTP/1.") and not fetched["stdout"].startswith("HTTP/1.1 403"), fetched
+        assert not await reaches(client, container_id, host_address(), listener.port)
+        await client.call_tool("destroy_container", {"container_id": container_id})
+    assert listener.peers == []

@@ -10,6 +10,8 @@ import pytest
 from sandbox.backend import BridgeNetwork
 from sandbox.config import SandboxSettings
 from sandbox.egress import BLOCKED_V4, BLOCKED_V6, ruleset, table_name
+from sandbox.errors import InvalidAllowList
+from sandbox.proxy import address_blocked, check_allow_domains, domain_allowed
 
 BRIDGE = BridgeNetwork("mcp-sandbox", "podman7", ("10.89.6.0/24",), ("10.89.6.1",))
 
@@ -35,25 +37,43 @@ def test_the_ranges_around_a_host_are_blocked() -> None:
     assert {"fc00::/7", "fe80::/10", "ff00::/8"} <= set(BLOCKED_V6)
 
 
+def _rules(script: str, chain: str) -> list[str]:
+    prefix = f"add rule inet {table_name(BRIDGE)} {chain} "
+    return [line[len(prefix):] for line in script.splitlines() if line.startswith(prefix)]
+
+
 def test_rules_match_only_the_sandbox_bridge_and_let_only_dns_reach_the_host() -> None:
-    rules = ruleset(BRIDGE)
-    input_chain = rules[rules.index("chain input"):rules.index("chain forward")]
-    forward_chain = rules[rules.index("chain forward"):]
-    for chain in (input_chain, forward_chain):
-        assert 'iifname != "podman7" accept' in chain  # the host's other traffic never meets a rule
-    accepts = [line.strip() for line in input_chain.splitlines() if line.strip().endswith("accept")]
-    assert accepts == ['iifname != "podman7" accept', "ct state established,related accept",
+    script = ruleset(BRIDGE)
+    for chain in ("input", "forward"):
+        assert _rules(script, chain)[0] == 'iifname != "podman7" accept'  # the host's other traffic meets nothing
+    accepts = [rule for rule in _rules(script, "input") if rule.endswith("accept")]
+    assert accepts == ['iifname != "podman7" accept',
+                       "ip saddr @proxied ip daddr { 10.89.6.1 } tcp dport @proxy_ports accept",
+                       "ct state established,related accept",
                        "ip daddr { 10.89.6.1 } meta l4proto { tcp, udp } th dport 53 accept"]
-    assert input_chain.strip().splitlines()[-2].strip() == "counter drop"
-    assert "ip daddr @blocked_v4 counter drop" in forward_chain
-    assert f"table inet {table_name(BRIDGE)}" in rules and table_name(BRIDGE) == "mcp_sandbox_podman7"
+    assert _rules(script, "input")[-1] == "counter drop"
+    assert "ip daddr @blocked_v4 counter drop" in _rules(script, "forward")
+    assert table_name(BRIDGE) == "mcp_sandbox_podman7"
+
+
+def test_sandboxes_behind_the_proxy_reach_only_the_proxy() -> None:
+    script = ruleset(BRIDGE, proxy_port=3128)
+    assert "add element inet mcp_sandbox_podman7 proxy_ports { 3128 }" in script
+    forward = _rules(script, "forward")
+    assert forward.index("ip saddr @proxied counter drop") < forward.index("ct state established,related accept")
+    inbound = _rules(script, "input")
+    assert inbound.index("ip saddr @proxied counter drop") < inbound.index(
+        "ip daddr { 10.89.6.1 } meta l4proto { tcp, udp } th dport 53 accept")  # no DNS either
+    # The sets other servers on the network fill are made if missing, never emptied.
+    assert "flush set inet mcp_sandbox_podman7 proxied" not in script and "delete" not in script
 
 
 def test_an_operators_ranges_are_accepted_before_the_blocked_ones() -> None:
-    rules = ruleset(BRIDGE, ("10.1.2.0/24", "2001:db8:1::/48"))
-    assert "set allowed_v4 { type ipv4_addr; flags interval; elements = { 10.1.2.0/24 }; }" in rules
-    assert "elements = { 2001:db8:1::/48 }" in rules
-    assert rules.index("ip daddr @allowed_v4 accept") < rules.index("ip daddr @blocked_v4 counter drop")
+    script = ruleset(BRIDGE, ("10.1.2.0/24", "2001:db8:1::/48"))
+    assert "add element inet mcp_sandbox_podman7 allowed_v4 { 10.1.2.0/24 }" in script
+    assert "add element inet mcp_sandbox_podman7 allowed_v6 { 2001:db8:1::/48 }" in script
+    forward = _rules(script, "forward")
+    assert forward.index("ip daddr @allowed_v4 accept") < forward.index("ip daddr @blocked_v4 counter drop")
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed")
@@ -63,3 +83,31 @@ def test_nft_accepts_the_rules() -> None:
     if checked.returncode != 0 and b"Operation not permitted" in checked.stderr:
         pytest.skip("nft -c needs CAP_NET_ADMIN here")
     assert checked.returncode == 0, checked.stderr.decode()
+
+
+def test_allow_lists_take_exact_names_and_subdomain_patterns_only() -> None:
+    assert check_allow_domains([" API.GitHub.com. ", "*.example.org", "localhost", "api.github.com"], 5) == (
+        "api.github.com", "*.example.org", "localhost")
+    for bad in ("https://x.org", "x.org:443", "x.org/path", "10.0.0.1", "[::1]", "*", "a.*.org", "-x.org", "", 5):
+        with pytest.raises(InvalidAllowList):
+            check_allow_domains([bad], 5)
+    with pytest.raises(InvalidAllowList, match="SANDBOX_MAX_ALLOW_DOMAINS"):
+        check_allow_domains(["a.org", "b.org"], 1)
+    with pytest.raises(InvalidAllowList, match="a list"):
+        check_allow_domains("a.org", 5)
+
+
+def test_a_subdomain_pattern_matches_subdomains_at_any_depth_but_not_the_domain_or_lookalikes() -> None:
+    patterns = ("*.example.org", "api.github.com")
+    assert domain_allowed("a.example.org", patterns) and domain_allowed("A.B.Example.org.", patterns)
+    assert domain_allowed("api.github.com", patterns)
+    for other in ("example.org", "badexample.org", "example.org.evil.com", "github.com", "x.api.github.com"):
+        assert not domain_allowed(other, patterns), other
+
+
+def test_the_proxy_refuses_blocked_addresses_unless_an_operator_opened_them() -> None:
+    blocked = (*BLOCKED_V4, *BLOCKED_V6)
+    for address in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:10.0.0.1", "fe80::1", "100.64.0.1"):
+        assert address_blocked(address, blocked, ()), address
+    assert not address_blocked("203.0.113.80", blocked, ())
+    assert not address_blocked("10.1.2.3", blocked, ("10.1.2.0/24",))

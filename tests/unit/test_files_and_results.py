@@ -59,7 +59,7 @@ def test_a_running_result_teaches_the_long_poll() -> None:
 
 def test_the_agent_and_the_shell_library_use_the_layouts_paths() -> None:
     agent = (ROOT / "agent" / "sandbox-agent.c").read_text()
-    for name in ("COMMANDS_DIR", "OUTPUT_DIR", "LINKS_DIR"):
+    for name in ("COMMANDS_DIR", "OUTPUT_DIR", "LINKS_DIR", "ENV_PATH"):
         assert f'#define {name} "{getattr(layout, name)}"' in agent
-    for path in (layout.COMMANDS_DIR, layout.OUTPUT_DIR, layout.LINKS_DIR):
+    for path in (layout.COMMANDS_DIR, layout.OUTPUT_DIR, layout.LINKS_DIR, layout.ENV_PATH):
         assert path in SANDBOX_LIB

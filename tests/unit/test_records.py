@@ -73,10 +73,10 @@ def test_a_cursor_moved_past_a_dropped_range_is_reported() -> None:
 
 def test_the_command_list_keeps_valid_lines_in_start_order() -> None:
     listing = (
-        f"cmd_bbbbbbbbbbbbbbbb\t0\t0\t0\t2000\techo b\n"
-        f"not-a-command\t0\t0\t0\t1\tx\n"
-        f"cmd_aaaaaaaaaaaaaaaa\t\t0\t1\t1000\tsleep 9\n"
-        f"cmd_cccccccccccccccc\t\t0\t0\t3000\tgone\n"
+        "cmd_bbbbbbbbbbbbbbbb\t0\t0\t0\t2000\techo b\n"
+        "not-a-command\t0\t0\t0\t1\tx\n"
+        "cmd_aaaaaaaaaaaaaaaa\t\t0\t1\t1000\tsleep 9\n"
+        "cmd_cccccccccccccccc\t\t0\t0\t3000\tgone\n"
     ).encode()
     listed = parse_command_list(listing)
     assert [(c.command_id[-1], c.status) for c in listed] == [("a", "running"), ("b", "completed"), ("c", "killed")]
