@@ -10,6 +10,10 @@ same flags and image, prints one table, and removes every container it made.
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
   output     a command printing 300 MB: server RSS growth
   download   a 100 MB file by its URL, with curl          vs  podman exec NAME cat FILE > /dev/null
+  proxy      from inside a sandbox, to an HTTP server in a network namespace the bench makes:
+             1 KB requests and a 50 MB download through the allow_domains proxy  vs  directly
+             (SANDBOX_EGRESS_ALLOW_CIDRS opens the target); create with allow_domains vs a pooled create.
+             The target's name is put in /etc/hosts while the bench runs (the proxy resolves names).
 """
 
 from __future__ import annotations
@@ -36,7 +40,56 @@ sys.path.insert(0, str(ROOT))
 from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
-ROWS = ["create", "exec", "parallel", "live300", "output", "download"]
+ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy"]
+TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
+TARGET_SERVER = """
+import http.server, sys
+chunk = b"x" * (1 << 20)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        size = int(self.path.strip("/").split("?")[0] or 0)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        while size > 0:
+            self.wfile.write(chunk[:size]); size -= len(chunk)
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer((sys.argv[1], 80), Handler).serve_forever()
+"""
+
+
+class Target:
+    """An HTTP server in a network namespace of the bench's own, joined to the host by a veth
+    pair, and named TARGET_NAME in /etc/hosts while the bench runs."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(2)
+        self.netns, self.host_if, self.ns_if = f"mcpsb-bench-{tag}", f"mcpsbbh{tag}", f"mcpsbbn{tag}"
+        third = int(tag, 16) % 250
+        self.ip = f"10.251.{third}.2"
+        inside = ["ip", "netns", "exec", self.netns]
+        for argv in (["ip", "netns", "add", self.netns],
+                     ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
+                     ["ip", "link", "set", self.ns_if, "netns", self.netns],
+                     ["ip", "addr", "add", f"10.251.{third}.1/30", "dev", self.host_if],
+                     ["ip", "link", "set", self.host_if, "up"],
+                     [*inside, "ip", "addr", "add", f"{self.ip}/30", "dev", self.ns_if],
+                     [*inside, "ip", "link", "set", self.ns_if, "up"],
+                     [*inside, "ip", "link", "set", "lo", "up"],
+                     [*inside, "ip", "route", "add", "default", "via", f"10.251.{third}.1"]):
+            subprocess.run(argv, check=True, capture_output=True)
+        self.process = subprocess.Popen([*inside, sys.executable, "-c", TARGET_SERVER, self.ip])
+        self.hosts_line = f"{self.ip} {TARGET_NAME}  # mcp-sandbox bench {tag}\n"
+        with open("/etc/hosts", "a") as hosts:
+            hosts.write(self.hosts_line)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        hosts = Path("/etc/hosts")
+        hosts.write_text(hosts.read_text().replace(self.hosts_line, ""))
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -58,8 +111,9 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 class Bench:
-    def __init__(self, image: str) -> None:
+    def __init__(self, image: str, target: Target | None = None) -> None:
         self.image = image
+        self.target = target
         self.namespace = f"bench-{secrets.token_hex(3)}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -74,6 +128,8 @@ class Bench:
         env = {**os.environ, "PORT": str(self.port), "SANDBOX_NAMESPACE": self.namespace, "SANDBOX_IMAGE": self.image,
                "SANDBOX_MAX_CONTAINERS": "400", "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4"),
                "LOG_LEVEL": "warning"}
+        if self.target is not None:
+            env["SANDBOX_EGRESS_ALLOW_CIDRS"] = f"{self.target.ip}/32"
         self.server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(300):
@@ -286,12 +342,66 @@ class Bench:
                  note=f"server RSS change during a download {peak_growth:+.0f} MB")
 
 
+    async def proxy(self, client: Client, requests: int = 20, rounds: int = 5, size_mb: int = 50) -> None:
+        assert self.target is not None
+        name, direct_ip = TARGET_NAME, self.target.ip
+        pooled, listed = [], []
+        ids = []
+        for _ in range(rounds * 2):
+            await anyio.sleep(1)  # the pool refills
+            started = time.perf_counter()
+            ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
+            pooled.append((time.perf_counter() - started) * 1000)
+            await anyio.sleep(1)
+            started = time.perf_counter()
+            created = structured(await client.call_tool("create_container", {"allow_domains": [name]}))
+            listed.append((time.perf_counter() - started) * 1000)
+            ids.append(created["container_id"])
+        self.row("create with allow_domains / pooled create", listed, pooled)
+        direct_id, proxied_id = ids[0], ids[1]
+        proxy = created["egress"]["proxy"].removeprefix("http://").split(":")
+
+        def loop(line: str, where: str, n: int) -> str:
+            return (f"for i in $(seq {n}); do printf '{line} HTTP/1.0\\r\\nHost: {name}\\r\\n\\r\\n' | nc {where} "
+                    "> /dev/null; done")
+
+        async def per_request(container_id: str, command: str) -> float:
+            result = structured(await client.call_tool("execute_command", {
+                "container_id": container_id, "command": command, "timeout_seconds": 300}))
+            assert result["exit_code"] == 0, result
+            return result["duration_ms"] / requests
+
+        async def download(container_id: str, command: str) -> float:
+            result = structured(await client.call_tool("execute_command", {
+                "container_id": container_id, "command": command + " | wc -c", "timeout_seconds": 300}))
+            assert int(result["stdout"]) >= size_mb * 1024 * 1024, result
+            return size_mb * 1024 * 1024 / (result["duration_ms"] / 1000) / 1e6
+
+        through, direct = [], []
+        fetch_through = loop(f"GET http://{name}/1024", f"{proxy[0]} {proxy[1]}", requests)
+        fetch_direct = loop("GET /1024", f"{direct_ip} 80", requests)
+        for _ in range(rounds):
+            through.append(await per_request(proxied_id, fetch_through))
+            direct.append(await per_request(direct_id, fetch_direct))
+        self.row("1 KB request via proxy / direct", through, direct,
+                 note=f"added {statistics.median(through) - statistics.median(direct):+.1f} ms a request")
+        big = size_mb * 1024 * 1024
+        through, direct = [], []
+        for _ in range(rounds):
+            through.append(await download(proxied_id, f"printf 'GET http://{name}/{big} HTTP/1.0\\r\\n\\r\\n' | "
+                                                       f"nc {proxy[0]} {proxy[1]}"))
+            direct.append(await download(direct_id, f"printf 'GET /{big} HTTP/1.0\\r\\n\\r\\n' | nc {direct_ip} 80"))
+        self.row(f"{size_mb} MB download via proxy / direct, MB/s", through, direct, unit="MB/s")
+        for container_id in ids:
+            await client.call_tool("destroy_container", {"container_id": container_id})
+
+
 def structured(result: Any) -> dict[str, Any]:
     return result.structured_content
 
 
 async def run(rows: list[str], creates: int, execs: int, live: int, image: str) -> Bench:
-    bench = Bench(image)
+    bench = Bench(image, Target() if "proxy" in rows else None)
     bench.start_server()
     print(f"image {image}; namespace {bench.namespace}; times in ms unless marked")
     print(f"{'figure':44} {'unit':6} {'ours p50':>9} {'ours p99':>9} {'raw p50':>9} {'raw p99':>9} {'ratio':>8}")
@@ -314,8 +424,12 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 await bench.output(client, container_id)
             if "download" in rows:
                 await bench.download(client, container_id, raw_name)
+            if "proxy" in rows:
+                await bench.proxy(client)
     finally:
         bench.cleanup()
+        if bench.target is not None:
+            bench.target.close()
     return bench
 
 

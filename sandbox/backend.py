@@ -8,10 +8,13 @@ it, and how to run a process inside.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import anyio
 
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from .errors import DiskUnavailable, PodmanError
@@ -182,7 +185,7 @@ class PodmanBackend:
         if inspected.exit_code != 0:
             made = await self.podman.run(
                 "network", "create", *[arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")],
-                "--", name, check=False, timeout=60,
+                "--subnet", await self._free_subnet(), "--", name, check=False, timeout=60,
             )
             if made.exit_code != 0 and "already exists" not in made.stderr:  # another server made it meanwhile
                 raise PodmanError(made.argv, made.exit_code, made.stderr)
@@ -194,6 +197,30 @@ class PodmanBackend:
         subnets = entry.get("subnets") or []
         return BridgeNetwork(name, entry["network_interface"], tuple(s.get("subnet", "") for s in subnets),
                              tuple(s["gateway"] for s in subnets if s.get("gateway")))
+
+    async def _free_subnet(self) -> str:
+        """A /16 for a new sandbox network (Podman's own choice, a /24, holds only 253 sandboxes)
+        that overlaps no route of the host and no other Podman network."""
+        used = []
+        routes = await anyio.run_process(["ip", "-4", "route", "show"], check=False, env=self.podman.env)
+        for line in routes.stdout.decode(errors="replace").splitlines():
+            try:
+                used.append(ipaddress.ip_network(line.split()[0], strict=False))
+            except (ValueError, IndexError):
+                continue
+        listed = await self.podman.run("network", "ls", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}",
+                                       check=False, timeout=60)
+        for subnet in listed.stdout.decode(errors="replace").split():
+            try:
+                used.append(ipaddress.ip_network(subnet, strict=False))
+            except ValueError:
+                continue
+        for second in range(90, 250):
+            candidate = ipaddress.ip_network(f"10.{second}.0.0/16")
+            if not any(candidate.overlaps(other) for other in used if other.version == 4):
+                return str(candidate)
+        raise PodmanError(["network", "create"], 1, "", "No free 10.x.0.0/16 for the sandbox network; create one "
+                          "yourself (podman network create --subnet ...) and name it in SANDBOX_NETWORK.")
 
     async def network_users(self, name: str) -> list[str]:
         result = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={name}",

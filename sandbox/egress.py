@@ -33,6 +33,7 @@ import anyio
 from .backend import Backend, BridgeNetwork
 from .config import SandboxSettings
 from .errors import InvalidAllowList, SandboxError
+from .model import LABEL_MANAGED
 from .proxy import EgressProxy, check_allow_domains
 
 logger = logging.getLogger("mcp_sandbox.egress")
@@ -165,6 +166,7 @@ class Egress:
         self.proxy = EgressProxy((*BLOCKED_V4, *BLOCKED_V6), self.allow_cidrs, host_addresses)
         self.proxy_why_not = "the proxy runs only under SANDBOX_EGRESS=public"
         self._proxy_port, self._max_domains = settings.proxy_port, settings.max_allow_domains
+        self._needed = settings.max_containers + settings.pool_size
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
 
@@ -203,7 +205,8 @@ class Egress:
             self.why_not = self._cannot_install()
             if not self.why_not:
                 try:
-                    self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK, {})
+                    self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK,
+                                                                    {LABEL_MANAGED: "true"})
                     await self._start_proxy()
                     await self._install()
                 except SandboxError as exc:
@@ -215,6 +218,11 @@ class Egress:
                 return
             assert self.bridge is not None
             self.network = self.bridge.name
+            room = sum(ipaddress.ip_network(subnet).num_addresses - 3 for subnet in self.bridge.subnets
+                       if ipaddress.ip_network(subnet).version == 4)
+            if room < self._needed:
+                logger.warning("network %s has room for %d sandboxes, fewer than SANDBOX_MAX_CONTAINERS plus the "
+                               "pool (%d): give it a larger subnet", self.bridge.name, room, self._needed)
             logger.info("egress policy public on network %s (bridge %s), nftables table inet %s; allow_domains: %s",
                         self.bridge.name, self.bridge.interface, table_name(self.bridge),
                         self.proxy_why_not or f"proxy at {self.proxy.url}")

@@ -81,8 +81,21 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
         # Whether sandboxes get disks was decided at start, and /health says which.
         disk = httpx.get(url + "/health").json()["sandbox_disk_bytes"]
         assert disk == DISK_BYTES if mode == "privileged" else str(disk).startswith("unbounded"), disk
+        # The egress policy holds inside the deployment too: its own rules in its own namespace.
+        assert httpx.get(url + "/health").json()["egress"]["policy"] == "public"
+        assert "table inet mcp_sandbox_" in podman("exec", name, "nft", "list", "tables").stdout
         async with Client(url + "/mcp", auth="deploy-test-token") as client:
-            container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+            created = structured(await client.call_tool("create_container", {}))
+            container_id = created["container_id"]
+            assert created["egress"] == {"policy": "public"}
+            # The server's own port, on the address its sandboxes see as their gateway, is out of reach.
+            probe = structured(await client.call_tool("execute_command", {
+                "container_id": container_id, "command": "gw=$(ip route | awk '/^default/ {print $3}'); echo $gw; "
+                "printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $gw 3000"}))
+            gateway = probe["stdout"].split()[0]
+            assert "HTTP/1." not in probe["stdout"], probe
+            # ... though the server answers there (the control: only the rules stand between).
+            assert '"status"' in podman("exec", name, "curl", "-sS", f"http://{gateway}:3000/health").stdout
             ran = structured(await client.call_tool("execute_command", {
                 "container_id": container_id,
                 "command": "echo 'Hello from a nested sandbox' > /tmp/hello.txt; date -u +%Y; df -k / | tail -1"}))
