@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
-
-import anyio
 
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from .errors import DiskUnavailable, PodmanError
@@ -202,11 +203,17 @@ class PodmanBackend:
         """A /16 for a new sandbox network (Podman's own choice, a /24, holds only 253 sandboxes)
         that overlaps no route of the host and no other Podman network."""
         used = []
-        routes = await anyio.run_process(["ip", "-4", "route", "show"], check=False, env=self.podman.env)
-        for line in routes.stdout.decode(errors="replace").splitlines():
+        try:
+            routes = Path("/proc/net/route").read_text().splitlines()[1:]
+        except OSError:
+            routes = []
+        for line in routes:  # Iface Destination Gateway Flags RefCnt Use Metric Mask ..., little-endian hex
+            fields = line.split()
             try:
-                used.append(ipaddress.ip_network(line.split()[0], strict=False))
-            except (ValueError, IndexError):
+                destination, mask = (socket.inet_ntoa(struct.pack("<L", int(f, 16))) for f in (fields[1], fields[7]))
+                if mask != "0.0.0.0":  # not the default route, which "overlaps" everything
+                    used.append(ipaddress.ip_network(f"{destination}/{mask}", strict=False))
+            except (ValueError, IndexError, struct.error):
                 continue
         listed = await self.podman.run("network", "ls", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}",
                                        check=False, timeout=60)

@@ -48,7 +48,7 @@ def server_image() -> str:
     podman("rmi", "-f", tag, check=False)
 
 
-def wait_healthy(url: str, seconds: float = 60) -> None:
+def wait_healthy(url: str, name: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -57,7 +57,8 @@ def wait_healthy(url: str, seconds: float = 60) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise AssertionError("the deployed server never became healthy")
+    logs = podman("logs", name, check=False)
+    raise AssertionError(f"the deployed server never became healthy: {(logs.stdout + logs.stderr)[-3000:]}")
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -71,7 +72,7 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
            "-e", "SANDBOX_POOL_SIZE=0", "-e", "AUTH_TOKENS=deploy-test-token", server_image]
     try:
         subprocess.run(run, check=True, capture_output=True, timeout=120)
-        wait_healthy(url)
+        wait_healthy(url, name)
         # No registry here: load the sandbox image into the nested storage, as an operator would.
         save = subprocess.Popen(["podman", "save", SANDBOX_IMAGE], stdout=subprocess.PIPE)
         subprocess.run(["podman", "exec", "-i", name, "podman", "load"], stdin=save.stdout, check=True,
@@ -115,7 +116,7 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
         assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
 
         subprocess.run(["podman", "start", name], check=True, capture_output=True, timeout=120)
-        wait_healthy(url)
+        wait_healthy(url, name)
         kept = podman("exec", name, "podman", "image", "exists", SANDBOX_IMAGE, check=False)
         assert kept.returncode == 0, "the sandbox image did not survive the restart on the volume"
     finally:
