@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -134,9 +135,17 @@ def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port:
     )
 
 
+_HOST_ADDRESSES: tuple[float, set[str]] = (0.0, set())
+HOST_ADDRESSES_SECONDS = 5.0  # how long the list is reused (it costs about 1 ms to make)
+
+
 def host_addresses() -> set[str]:
     """The host's own addresses (IPv4 of each interface, and IPv6), which the proxy never connects to."""
-    found: set[str] = set()
+    global _HOST_ADDRESSES
+    made, found = _HOST_ADDRESSES
+    if time.monotonic() - made < HOST_ADDRESSES_SECONDS:
+        return found
+    found = set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         for _, name in socket.if_nameindex():
             try:
@@ -150,6 +159,7 @@ def host_addresses() -> set[str]:
             found.add(str(ipaddress.ip_address(bytes.fromhex(raw))))
     except OSError:
         pass
+    _HOST_ADDRESSES = (time.monotonic(), found)
     return found
 
 

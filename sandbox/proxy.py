@@ -129,6 +129,8 @@ class EgressProxy:
             await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is stopping: the connection just closes (asyncio would log the cancellation)
         finally:
             for stream in (upstream, writer):
                 if stream is not None:
