@@ -34,7 +34,7 @@ import anyio
 from .backend import Backend, BridgeNetwork
 from .config import SandboxSettings
 from .errors import InvalidAllowList, SandboxError
-from .model import LABEL_MANAGED
+from .model import LABEL_MANAGED, Sandbox
 from .proxy import EgressProxy, check_allow_domains
 
 logger = logging.getLogger("mcp_sandbox.egress")
@@ -311,19 +311,24 @@ class Egress:
         self.proxy.allow(address, container_id, domains)
         await self._add_proxied([address])
 
-    async def readopt(self, container_id: str) -> None:
+    async def readopt(self, sandbox: Sandbox) -> None:
         """After a restart of the server: a sandbox behind the proxy stays behind it (the allow-list
-        is kept on the host, where the sandbox cannot change it)."""
+        is kept on the host, where the sandbox cannot change it), at the address it has now (a
+        sandbox started again after a reboot of the host may have another)."""
+        container_id = sandbox.container_id
         path = self._state / f"{container_id}.json"
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             return
         if self.bridge is None or self.proxy_why_not:
-            logger.warning("sandbox %s has allow_domains, which this server cannot enforce; its direct traffic "
-                           "stays blocked only while its old rules last", container_id)
-            return
-        await self.restrict(container_id, str(saved["address"]), [str(d) for d in saved["domains"]])
+            raise SandboxError(self.why_not or self.proxy_why_not if self.policy == "public"
+                               else f"SANDBOX_EGRESS is {self.policy} now")
+        try:
+            sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
+        except SandboxError:
+            sandbox.address = str(saved["address"])
+        await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]])
 
     def forget_saved(self, keep: set[str]) -> None:
         """Remove the saved allow-lists of sandboxes that are gone."""

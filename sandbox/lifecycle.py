@@ -95,10 +95,19 @@ class Lifecycle:
         async with anyio.create_task_group() as tg:
             for sandbox in adopted:
                 tg.start_soon(self.links.adopt, sandbox)
-                tg.start_soon(egress.readopt, sandbox.container_id)
+                tg.start_soon(self._readopt_allow_list, sandbox)
         if adopted:
             logger.info("adopted %d sandbox(es)", len(adopted))
         return [sandbox.container_id for sandbox in adopted]
+
+    async def _readopt_allow_list(self, sandbox: Sandbox) -> None:
+        """A sandbox with allow_domains goes back behind the proxy, or is destroyed: never left open."""
+        try:
+            await self.containers.egress.readopt(sandbox)
+        except SandboxError as exc:
+            logger.error("sandbox %s has allow_domains that cannot be put in force again (%s); destroying it",
+                         sandbox.container_id, exc)
+            await self._destroy(sandbox.container_id, sandbox.tenant, GONE_REMOVED)
 
     async def _adopt_pooled(self, sandbox: Sandbox, made_under: str) -> bool:
         """A pooled sandbox was handed out if it holds a claim: then it is adopted with the

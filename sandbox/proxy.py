@@ -159,7 +159,8 @@ class EgressProxy:
                 writer.write(_response("400 Bad Request", "use this proxy as an HTTP proxy (absolute http:// URLs, "
                                        "or CONNECT for https)"))
                 return None
-            host, port_text, path = match.group(1), match.group(2) or "80", match.group(3) or "/"
+            host, port_text, path = match.group(1), match.group(2) or "80", match.group(3)
+            path = path if path.startswith("/") else "/" + path
             kept = [line for line in lines[1:] if line and not line.lower().startswith(("proxy-", "connection:"))]
             rest = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""]).encode("latin-1")
         host = host.strip("[]").lower().rstrip(".")

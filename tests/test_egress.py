@@ -132,8 +132,13 @@ def namespace() -> Iterator[Namespace]:
 
 
 async def run(client: Client, container_id: str, command: str) -> dict[str, Any]:
-    return structured(await client.call_tool(
+    """The command's result once it ends (following it past the server's sync wait)."""
+    result = structured(await client.call_tool(
         "execute_command", {"container_id": container_id, "command": command, "timeout_seconds": 30}))
+    if result["status"] == "running":
+        result = structured(await client.call_tool("check_container", {
+            "container_id": container_id, "command_id": result["command_id"], "wait_seconds": 40}))["command"]
+    return result
 
 
 async def reaches(client: Client, container_id: str, address: str, port: int) -> bool:
@@ -141,10 +146,17 @@ async def reaches(client: Client, container_id: str, address: str, port: int) ->
     return "hello from" in result["stdout"]
 
 
+def http_request(request_line: str, host: str, to: str) -> str:
+    """A shell command that sends one HTTP/1.1 request with nc to ``to`` ("ADDRESS PORT") and prints
+    the answer. The sending side stays open for a while: the package archive this machine uses
+    resets a connection whose client half-closes before it answers, as nc does at end of input."""
+    return (f"(printf '{request_line} HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n'; "
+            f"sleep {PROBE_SECONDS}) | nc -w 10 {to}")
+
+
 def via_proxy_variable(request_line: str, host: str) -> str:
-    """A shell command that sends one HTTP request to the proxy that $http_proxy names."""
-    return (f"p=${{http_proxy#http://}}; printf '{request_line} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | "
-            "nc -w 10 ${p%:*} ${p##*:}")
+    """One HTTP request to the proxy that $http_proxy names."""
+    return "p=${http_proxy#http://}; " + http_request(request_line, host, "${p%:*} ${p##*:}")
 
 
 def gateway_of(network: str) -> str:
@@ -181,7 +193,7 @@ async def test_public_sandboxes_reach_the_internet_but_nothing_of_the_host_or_ar
         archive = package_archive_host()
         looked_up = await run(client, a, f"nslookup {archive}")
         assert looked_up["exit_code"] == 0, looked_up
-        answer = await run(client, a, f"printf 'HEAD / HTTP/1.0\\r\\nHost: {archive}\\r\\n\\r\\n' | nc -w 10 {archive} 80")
+        answer = await run(client, a, http_request("HEAD /", archive, f"{archive} 80"))
         assert answer["stdout"].startswith("HTTP/1."), answer
         # What must not be probed is read from the rules: metadata, private ranges, loopback.
         rules = rules_of(network)
@@ -288,8 +300,7 @@ async def test_allow_domains_reach_only_those_hosts_through_the_proxy(start_serv
         assert rebound["stdout"].startswith("HTTP/1.1 403") and "127.0.0.1" in rebound["stdout"], rebound
         # Nothing directly, whatever the variables say: not the host, not the archive, not DNS.
         archive_ip = socket.getaddrinfo(archive, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
-        direct = await run(client, container_id, f"unset http_proxy; printf 'HEAD / HTTP/1.0\\r\\n\\r\\n' | "
-                                                 f"nc -w {PROBE_SECONDS} {archive_ip} 80")
+        direct = await run(client, container_id, "unset http_proxy; " + http_request("HEAD /", archive, f"{archive_ip} 80"))
         assert "HTTP/1." not in direct["stdout"]
         assert not await reaches(client, container_id, host_address(), listener.port)
         assert (await run(client, container_id, f"nslookup {archive}"))["exit_code"] != 0
@@ -297,8 +308,7 @@ async def test_allow_domains_reach_only_those_hosts_through_the_proxy(start_serv
         assert status["egress"] == egress
         # A sandbox without a list cannot use the proxy, and still reaches the archive directly.
         plain = structured(await client.call_tool("create_container", {}))["container_id"]
-        via_proxy = await run(client, plain, f"printf 'GET http://{archive}/ HTTP/1.0\\r\\n\\r\\n' | "
-                                             f"nc -w {PROBE_SECONDS} {proxy_host} {proxy_port}")
+        via_proxy = await run(client, plain, http_request(f"HEAD http://{archive}/", archive, f"{proxy_host} {proxy_port}"))
         assert "HTTP/1." not in via_proxy["stdout"]
         await client.call_tool("destroy_container", {"container_id": plain})
         # Bad lists are clear errors.
@@ -318,5 +328,13 @@ async def test_allow_domains_reach_only_those_hosts_through_the_proxy(start_serv
         fetched = await run(client, container_id, via_proxy_variable(f"HEAD http://{archive}/", archive))
         assert fetched["stdout"].startswith("HTTP/1.") and not fetched["stdout"].startswith("HTTP/1.1 403"), fetched
         assert not await reaches(client, container_id, host_address(), listener.port)
-        await client.call_tool("destroy_container", {"container_id": container_id})
+    again.stop()
+    # A server that cannot put the list in force again (here: started under the open policy)
+    # destroys the sandbox rather than leave it open.
+    opened = start_server({**env, "SANDBOX_NAMESPACE": served.env["SANDBOX_NAMESPACE"], "SANDBOX_EGRESS": "open"})
+    async with Client(opened.url + "/mcp") as client:
+        gone = await client.call_tool("check_container", {"container_id": container_id}, raise_on_error=False)
+        assert gone.is_error, gone
+    assert "cannot be put in force again" in opened.log_text()
+    assert container_id not in " ".join(podman("ps", "-a", "--format", "{{.Names}}").stdout.split())
     assert listener.peers == []
