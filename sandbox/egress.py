@@ -288,11 +288,17 @@ class Egress:
         if network is False:
             raise InvalidAllowList("allow_domains needs a network; omit network=false, or omit allow_domains for a "
                                    "sandbox with no network at all.")
-        if self.policy != "public" or self.why_not or self.proxy_why_not:
-            why = self.why_not or self.proxy_why_not if self.policy == "public" else f"SANDBOX_EGRESS is {self.policy}"
+        why = self._why_no_allow_lists()
+        if why:
             raise InvalidAllowList(f"allow_domains cannot be enforced on this server ({why}). Create the sandbox "
                                    "without allow_domains, or ask its operator to run it under SANDBOX_EGRESS=public.")
         return check_allow_domains(domains, self._max_domains)
+
+    def _why_no_allow_lists(self) -> str:
+        """Why this server cannot put sandboxes behind the proxy ("" when it can)."""
+        if self.policy != "public":
+            return f"SANDBOX_EGRESS is {self.policy}"
+        return self.why_not or self.proxy_why_not or ("" if self.bridge is not None else "no sandbox network")
 
     def environment(self) -> bytes:
         """The environment file of a sandbox behind the proxy (layout.ENV_PATH), by IP address."""
@@ -321,9 +327,9 @@ class Egress:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        if self.bridge is None or self.proxy_why_not:
-            raise SandboxError(self.why_not or self.proxy_why_not if self.policy == "public"
-                               else f"SANDBOX_EGRESS is {self.policy} now")
+        why = self._why_no_allow_lists()
+        if why:
+            raise SandboxError(why)
         try:
             sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
         except SandboxError:

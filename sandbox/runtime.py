@@ -98,12 +98,11 @@ class AgentRuntime:
                 raise machinery_failure(str(exc)) from None
 
     async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
-        if isinstance(started, Reply):  # registered when this channel started the command
-            with anyio.move_on_after(max(0.0, seconds)):
-                return await started.wait()
-            return None
-        fresh = not self.channel.awaits_exit(command_id)
-        exit_reply = self.channel.expect_exit(command_id)
+        # Registered when this channel started the command, or registered now.
+        exit_reply, fresh = (started if isinstance(started, Reply) else None), False
+        if exit_reply is None:
+            fresh = not self.channel.awaits_exit(command_id)
+            exit_reply = self.channel.expect_exit(command_id)
         if fresh:
             # Asked after registering, so an exit just before cannot be missed. A command started
             # before a restart has nobody to announce its end: the caller asks again later.
