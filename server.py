@@ -51,6 +51,7 @@ from sandbox import (
     SandboxManager,
     SandboxSettings,
     ServerSettings,
+    Snapshot,
     utc_iso,
 )
 
@@ -158,7 +159,9 @@ mcp = FastMCP(
         "with check_container(container_id, command_id, wait_seconds=30), which returns as soon as it ends. "
         "Use write_file for file contents (no shell quoting). To give the user a file, write it in the "
         "sandbox and call get_file_url. "
-        "Sandboxes are destroyed automatically two hours after creation; destroy_container frees one sooner."
+        "Sandboxes are destroyed automatically two hours after creation; destroy_container frees one sooner. "
+        "snapshot_container keeps a sandbox's files (not its processes); create_container(snapshot_id=...) "
+        "continues from them, and create_container(snapshot_on_expiry=true) takes one when the sandbox expires."
     ),
     lifespan=lifespan,
     auth=BearerTokens(AUTH_TOKENS) if AUTH_TOKENS else None,
@@ -215,7 +218,9 @@ def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
     description=f"""Create an isolated Linux sandbox ({LIMITS_IN_WORDS}).
 
 Returns its container_id for execute_command, check_container, get_file_url and destroy_container.
-It is destroyed automatically at expires_at (two hours after creation by default).""",
+It is destroyed automatically at expires_at (two hours after creation by default). With snapshot_id
+it starts with the files of that snapshot (a fork; the snapshot and its source stay as they are);
+with snapshot_on_expiry=true its files are kept in a snapshot when its lifetime ends.""",
 )
 async def create_container(
     image: Annotated[
@@ -237,10 +242,21 @@ async def create_container(
                           "sandbox's http_proxy/https_proxy): exact names like 'api.github.com', or '*.example.org' "
                           "for its subdomains. Omit for the server's default."),
     ] = None,
+    snapshot_id: Annotated[
+        str | None,
+        Field(description="Start from this snapshot's files (from snapshot_container or list_snapshots), on its "
+                          "image. Omit for a fresh sandbox.", max_length=100),
+    ] = None,
+    snapshot_on_expiry: Annotated[
+        bool,
+        Field(description="true: when the sandbox's lifetime ends, its files are kept in a snapshot (reason "
+                          "'expired') before it is destroyed; check_container then names it."),
+    ] = False,
 ) -> dict[str, Any]:
     # The description is in the decorator: it names the limits from sandbox/config.py.
     with _tool_errors():
-        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds, network, allow_domains)
+        sandbox = await sandboxes.create(image, current_tenant(), ttl_seconds, network, allow_domains,
+                                         snapshot_id, snapshot_on_expiry)
     return {
         "container_id": sandbox.container_id,
         "image": sandbox.image,
@@ -249,6 +265,8 @@ async def create_container(
         "expires_at": utc_iso(sandbox.expires_at),
         "limits": LIMITS,
         "egress": sandboxes.egress.of(sandbox.network, sandbox.container_id),
+        "snapshot_on_expiry": snapshot_on_expiry,
+        **({"snapshot_id": snapshot_id} if snapshot_id is not None else {}),
     }
 
 
@@ -313,7 +331,8 @@ async def check_container(
         times = _sandbox_times(container_id, tenant)
         status = await sandboxes.container_status(container_id, tenant)
         result: dict[str, Any] = {"container_id": container_id, "status": status, **times,
-                                  "egress": sandboxes.egress_of(container_id, tenant)}
+                                  "egress": sandboxes.egress_of(container_id, tenant),
+                                  "snapshot_on_expiry": sandboxes.snapshots.marked(container_id)}
         if command_id is not None:
             result["command"] = _command_result(container_id, state)
         else:
@@ -412,9 +431,59 @@ async def write_file(
     return {"container_id": container_id, "path": path, "size_bytes": size, "mode": mode or "644"}
 
 
+SnapshotId = Annotated[
+    str, Field(description="A snapshot_id from snapshot_container or list_snapshots.", max_length=100)
+]
+
+
+def _snapshot(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "snapshot_id": snapshot.snapshot_id,
+        "name": snapshot.name,
+        "size_bytes": snapshot.size_bytes,
+        "created_at": utc_iso(snapshot.created_at),
+        "expires_at": utc_iso(snapshot.expires_at),
+        "source_container_id": snapshot.source_container_id,
+        "reason": snapshot.reason,
+        "image": snapshot.image,
+    }
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Snapshot a sandbox's files", read_only_hint=False, destructive_hint=False, open_world_hint=False))
+async def snapshot_container(
+    container_id: ContainerId,
+    name: Annotated[str | None, Field(description="A name of your own for it, to find it in list_snapshots.", max_length=128)] = None,
+) -> dict[str, Any]:
+    """Keep a sandbox's files as they are now: everything written, changed or deleted since it was made.
+
+    Running processes and memory are not kept. The sandbox is paused for the moment it takes and
+    then carries on. create_container(snapshot_id=...) starts new sandboxes from it (forks);
+    snapshots outlive their sandbox and expire after a few days (expires_at).
+    """
+    with _tool_errors():
+        snapshot = await sandboxes.snapshot(container_id, name, current_tenant())
+    return _snapshot(snapshot)
+
+
+@mcp.tool(annotations=ToolAnnotations(title="List my snapshots", read_only_hint=True, open_world_hint=False))
+async def list_snapshots() -> dict[str, Any]:
+    """List your snapshots: id, name, size, when taken and when they expire, the sandbox they came from,
+    and why they were taken ('requested' by snapshot_container, or 'expired': at the end of a sandbox's life)."""
+    with _tool_errors():
+        return {"snapshots": [_snapshot(snapshot) for snapshot in sandboxes.list_snapshots(current_tenant())]}
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Delete a snapshot", read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False))
+async def delete_snapshot(snapshot_id: SnapshotId) -> dict[str, Any]:
+    """Delete a snapshot for good; sandboxes already made from it are not affected."""
+    with _tool_errors():
+        sandboxes.delete_snapshot(snapshot_id, current_tenant())
+    return {"snapshot_id": snapshot_id, "deleted": True}
+
+
 TOOL_NAMES = [
     "create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
-    "list_containers", "write_file",
+    "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
 ]
 
 

@@ -11,11 +11,12 @@ from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, utc_iso
 from .podman import system_env
 from .pool import changed_settings
 from .records import CommandState
+from .snapshots import Snapshot
 from .tasks import BackgroundTasks
 
 __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "MEMORY_MB", "LOCAL_TENANT", "TENANT_RE", "ULIMIT_FLAGS", "BackgroundTasks",
-    "CommandState", "FileLinkNotFound", "SandboxError", "SandboxManager", "SandboxSettings", "ServerSettings",
+    "CommandState", "FileLinkNotFound", "SandboxError", "SandboxManager", "SandboxSettings", "ServerSettings", "Snapshot",
     "changed_settings",
     "machinery_failure", "system_env", "utc_iso", "why_limits_fail",
 ]

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from .errors import DiskUnavailable, PodmanError
+from .layers import unpack
 from .podman import Podman, PodmanResult, is_missing_container
 
 # A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
@@ -75,8 +76,19 @@ class ImageRoot:
 
 
 class Backend(Protocol):
-    async def start(self, spec: ContainerSpec) -> str:
-        """Start a sandbox's container; returns what the backend warned about (may be "")."""
+    async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
+        """Start a sandbox's container, its writable layer first filled from a snapshot's archive
+        (layers.py) when given; returns what the backend warned about (may be "")."""
+
+    async def writable_layer(self, name: str) -> tuple[str, str]:
+        """The folder on this host that holds what the container changed (an overlay's upper
+        folder; "" when its storage keeps none), and the id of the image under it."""
+
+    async def freeze(self, name: str) -> bool:
+        """Stop every process of the container where it stands (False: it was not running)."""
+
+    async def thaw(self, name: str) -> None:
+        """Let a frozen container's processes carry on."""
 
     async def restart(self, name: str) -> None:
         """Start a stopped container again (after a reboot of the host)."""
@@ -132,9 +144,37 @@ class PodmanBackend:
     def __init__(self, podman: Podman) -> None:
         self.podman = podman
 
-    async def start(self, spec: ContainerSpec) -> str:
-        started = await self.podman.run(*run_args(spec), timeout=300)
-        return started.stderr
+    async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
+        if layer is None:
+            started = await self.podman.run(*run_args(spec), timeout=300)
+            return started.stderr
+        # Made, filled and then started: an overlay's upper folder is written only while unmounted.
+        created = await self.podman.run("create", *run_args(spec)[2:], timeout=300)
+        upper, _ = await self.writable_layer(spec.name)
+        if not upper:
+            raise PodmanError(["podman", "create"], 0, "", "Podman's storage keeps no overlay layer to fill from "
+                              "the snapshot; forks need sandbox disks or Podman's overlay storage.")
+        await unpack(layer, Path(upper), self.podman.env)
+        await self.podman.run("start", spec.name, timeout=300)
+        return created.stderr
+
+    async def writable_layer(self, name: str) -> tuple[str, str]:
+        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
+        entry = (json.loads(result.stdout or b"[{}]") or [{}])[0]
+        driver = entry.get("GraphDriver") or {}
+        upper = (driver.get("Data") or {}).get("UpperDir") or ""
+        return (upper if driver.get("Name") == "overlay" else ""), str(entry.get("Image") or "")
+
+    async def freeze(self, name: str) -> bool:
+        result = await self.podman.run("pause", "--", name, check=False, timeout=60)
+        if result.exit_code != 0:
+            if "is not running" in result.stderr or "state improper" in result.stderr:
+                return False
+            raise PodmanError(result.argv, result.exit_code, result.stderr, "Try again.")
+        return True
+
+    async def thaw(self, name: str) -> None:
+        await self.podman.run("unpause", "--", name, check=False, timeout=60)
 
     async def restart(self, name: str) -> None:
         await self.podman.run("start", name, timeout=60)

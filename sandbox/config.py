@@ -114,6 +114,9 @@ class SandboxSettings:
     pool_size: int = 2
     disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
     disk_dir: str = "/var/lib/mcp-sandbox/disks"
+    snapshot_ttl_seconds: int = 7 * 24 * 3600
+    max_snapshots_per_tenant: int = 10
+    snapshot_max_bytes: int = 4 * 1024 * 1024 * 1024  # what one tenant's snapshots may hold together
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -154,6 +157,9 @@ class SandboxSettings:
             pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
             disk_limit_bytes=_disk_limit(env),
             disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
+            snapshot_ttl_seconds=_env_int(env, "SANDBOX_SNAPSHOT_TTL_SECONDS", 7 * 24 * 3600, minimum=1),
+            max_snapshots_per_tenant=_env_int(env, "SANDBOX_MAX_SNAPSHOTS_PER_TENANT", 10, minimum=0),
+            snapshot_max_bytes=_env_int(env, "SANDBOX_SNAPSHOT_MAX_BYTES", 4 * 1024 * 1024 * 1024, minimum=0),
         )
 
     @property

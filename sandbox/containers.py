@@ -9,12 +9,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from .backend import Backend, ContainerSpec, removal_failed
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings
 from .disks import SandboxDisks
 from .egress import Egress
-from .errors import DiskUnavailable, PodmanError, SandboxError
+from .errors import DiskUnavailable, PodmanError, SandboxError, SnapshotFailed
 from .layout import DATA_DIR, STATE_TMPFS
 from .limits import LimitsCheck
 from .model import (
@@ -59,10 +60,11 @@ class SandboxContainers:
         return self._made_under
 
     async def start(
-        self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None, network: str | None = None
+        self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None, network: str | None = None,
+        layer: Path | None = None,
     ) -> Sandbox:
         """A new sandbox, running, its limits verified and its helpers installed; nothing is left
-        behind when it fails."""
+        behind when it fails. With layer (a snapshot's archive), its files start as the snapshot's."""
         container_id = secrets.token_hex(16)
         created = time.time()
         sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant,
@@ -87,10 +89,14 @@ class SandboxContainers:
             spec = ContainerSpec(sandbox.name, labels, ("sleep", "2147483647"), image=image,
                                  network=sandbox.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,))
             if self.disks.enabled:
-                root = await self.disks.create(sandbox.name, image)
+                root = await self.disks.create(sandbox.name, image, layer)
                 spec = replace(spec, image="", rootfs=str(self.disks.root(sandbox.name)), env=root.env,
                                workdir=root.workdir, volumes=(f"{self.disks.data(sandbox.name)}:{DATA_DIR}",))
-            warnings = await self.backend.start(spec)
+                layer = None
+            warnings = await self.backend.start(spec, layer)
+        except SnapshotFailed:
+            await self.remove(sandbox.name)
+            raise
         except DiskUnavailable as exc:
             raise SandboxError(f"Could not prepare the sandbox's disk: {exc}. Try again; if it persists, an "
                                "operator can set SANDBOX_DISK_LIMIT_BYTES=0 to run sandboxes without one.") from None

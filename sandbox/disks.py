@@ -28,7 +28,8 @@ from pathlib import Path
 import anyio
 
 from .backend import Backend, ImageRoot
-from .errors import DiskUnavailable
+from .errors import DiskUnavailable, SnapshotFailed
+from .layers import unpack
 from .podman import system_env
 
 logger = logging.getLogger("mcp_sandbox.disks")
@@ -151,6 +152,10 @@ class SandboxDisks:
         """The server's own folder of a sandbox, on its disk but beside its root file system."""
         return self.dir / name / "fs" / "data"
 
+    def upper(self, name: str) -> Path:
+        """What the sandbox changed since its image (the overlay's upper folder, on its disk)."""
+        return self.dir / name / "fs" / "upper"
+
     def image_file(self, name: str) -> Path:
         return self.dir / f"{name}.img"
 
@@ -174,14 +179,18 @@ class SandboxDisks:
         self._images[image] = root
         return root
 
-    async def create(self, name: str, image: str) -> ImageRoot:
-        """A fresh disk for a sandbox, mounted at root(name) over the image's layers; returns what
-        the container takes from the image besides (its environment and working folder)."""
+    async def create(self, name: str, image: str, layer: Path | None = None) -> ImageRoot:
+        """A fresh disk for a sandbox, mounted at root(name) over the image's layers (and a
+        snapshot's, when given); returns what the container takes from the image besides (its
+        environment and working folder)."""
         root = await self.image_root(image)
         for attempt in range(1, MOUNT_ATTEMPTS + 1):
             try:
-                await self._mount(name, root.lowerdir, fresh=True, size=self.limit_bytes)
+                await self._mount(name, root.lowerdir, fresh=True, size=self.limit_bytes, layer=layer)
                 break
+            except SnapshotFailed:
+                await self.release(name)
+                raise
             except (DiskUnavailable, OSError) as exc:
                 await self.release(name)
                 if attempt == MOUNT_ATTEMPTS:
@@ -196,7 +205,7 @@ class SandboxDisks:
         """Mount an existing disk again (after a reboot of the host) before its container starts."""
         await self._mount(name, (await self.image_root(image)).lowerdir, fresh=False, size=self.limit_bytes)
 
-    async def _mount(self, name: str, lowerdir: str, fresh: bool, size: int) -> None:
+    async def _mount(self, name: str, lowerdir: str, fresh: bool, size: int, layer: Path | None = None) -> None:
         image_file, fs, root = self.image_file(name), self.dir / name / "fs", self.root(name)
         fs.mkdir(parents=True, exist_ok=True)
         root.mkdir(parents=True, exist_ok=True)
@@ -212,6 +221,8 @@ class SandboxDisks:
             await self._run("mount", "-o", "loop,nodev", str(image_file), str(fs))
         for sub in ("upper", "work", "data"):
             (fs / sub).mkdir(exist_ok=True)
+        if fresh and layer is not None:  # before the overlay is mounted over it
+            await unpack(layer, fs / "upper", self._env)
         if not os.path.ismount(root):
             await self._run(
                 "mount", "-t", "overlay", "overlay", "-o",

@@ -130,3 +130,28 @@ class DiskUnavailable(SandboxError):
 
 class InvalidAllowList(SandboxError):
     """create_container's allow_domains cannot be used as given."""
+
+
+class SnapshotNotFound(SandboxError):
+    def __init__(self, snapshot_id: str, why: str = "") -> None:
+        shown = snapshot_id if len(snapshot_id) <= 80 else snapshot_id[:77] + "..."
+        super().__init__(
+            f"No snapshot with snapshot_id {shown!r}{why}. Snapshots are removed by delete_snapshot and when "
+            "they expire; list_snapshots shows yours."
+        )
+
+
+class SnapshotFailed(SandboxError):
+    """A snapshot could not be taken or a fork could not be made from one."""
+
+
+class SnapshotTooLarge(SandboxError):
+    """An archive outgrew what it may take (the caller says which limit)."""
+
+    def __init__(self, size_bytes: int) -> None:
+        self.size_bytes = size_bytes
+        super().__init__(f"the snapshot outgrew its limit at {size_bytes} bytes")
+
+
+class SnapshotLimitReached(SandboxError):
+    pass

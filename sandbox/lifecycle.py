@@ -36,6 +36,7 @@ from .podman import is_missing_container
 from .pool import WarmPool, changed_settings
 from .registry import SandboxRegistry
 from .runtime import AgentChannels
+from .snapshots import Snapshots
 
 logger = logging.getLogger("mcp_sandbox.lifecycle")
 
@@ -46,10 +47,11 @@ SYNC_SECONDS = 30
 class Lifecycle:
     def __init__(
         self, containers: SandboxContainers, registry: SandboxRegistry, pool: WarmPool, links: FileLinks,
-        channels: AgentChannels, destroy: Callable[[str, str, str], Awaitable[None]],
+        channels: AgentChannels, snapshots: Snapshots, destroy: Callable[[str, str, str], Awaitable[None]],
         forget: Callable[[str, str], None],
     ) -> None:
         self.containers, self.registry, self.pool, self.links, self.channels = containers, registry, pool, links, channels
+        self.snapshots = snapshots
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
         self._destroy, self._forget = destroy, forget
 
@@ -67,14 +69,16 @@ class Lifecycle:
                 expires = float(labels.get(LABEL_EXPIRES, "nan"))
             except ValueError:
                 created = expires = float("nan")
-            if not CONTAINER_ID_RE.match(container_id) or not math.isfinite(expires) or expires <= now:
-                logger.info("destroying expired or unreadable sandbox %s", name)
-                await self.containers.remove(name)
-                continue
             tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
             sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.image, created, expires,
                               tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT,
                               network=labels.get(LABEL_NETWORK, ""))
+            if not CONTAINER_ID_RE.match(container_id) or not math.isfinite(expires) or expires <= now:
+                logger.info("destroying expired or unreadable sandbox %s", name)
+                if labels.get(LABEL_POOLED) != "true":  # a claimed pooled one was marked with its claim's tenant
+                    await self.snapshots.take_at_expiry(sandbox, running=entry.running)
+                await self.containers.remove(name)
+                continue
             if not entry.running:
                 try:
                     await self.containers.restart(sandbox)
@@ -92,6 +96,7 @@ class Lifecycle:
             await self.disks.release(name)
         egress = self.containers.egress
         egress.forget_saved({sandbox.container_id for sandbox in adopted})
+        self.snapshots.keep_marks({sandbox.container_id for sandbox in adopted})
         async with anyio.create_task_group() as tg:
             for sandbox in adopted:
                 tg.start_soon(self.links.adopt, sandbox)
@@ -124,6 +129,7 @@ class Lifecycle:
                 sandbox.tenant = fields[2] if len(fields) == 3 and TENANT_RE.match(fields[2]) else LOCAL_TENANT
                 if sandbox.expires_at > time.time():
                     return True
+                await self.snapshots.take_at_expiry(sandbox)
             # A claim that cannot be read was still a claim: never hand the sandbox out again.
             await self.containers.remove(sandbox.name)
             return False
@@ -150,6 +156,7 @@ class Lifecycle:
     async def reap_expired(self) -> list[str]:
         now = time.time()
         await self.pool.drop_expired(now)
+        self.snapshots.reap_expired(now)
         expired = [s for s in self.registry.all() if s.expires_at <= now]
         for sandbox in expired:
             container_id = sandbox.container_id

@@ -25,7 +25,7 @@ from .disks import SandboxDisks
 from .egress import Egress
 from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
 from .files import FileDownload
-from .gone import GONE_DESTROYED, GONE_REMOVED, GoneCommands
+from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
 from .layout import CLAIM_PATH, ENV_PATH
 from .lifecycle import Lifecycle
 from .limits import LimitsCheck
@@ -36,6 +36,7 @@ from .pool import WarmPool
 from .records import CommandState, CommandSummary, helpers_digest, helpers_tar
 from .registry import SandboxRegistry
 from .runtime import AgentChannels, ExecRuntime, Runtimes
+from .snapshots import Snapshot, Snapshots
 from .tasks import BackgroundTasks
 
 logger = logging.getLogger("mcp_sandbox.manager")
@@ -53,7 +54,13 @@ class SandboxManager:
         # from Podman's own account, and again from the first sandbox's cgroup.
         self.limits = LimitsCheck(self.backend)
         self.egress = Egress(settings, self.backend, system_env())
-        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant)
+        self.snapshots = Snapshots(
+            Path(settings.state_dir) / settings.namespace / "snapshots", settings.snapshot_ttl_seconds,
+            settings.max_snapshots_per_tenant, settings.snapshot_max_bytes, self.backend, self.disks,
+            settings.runtime, system_env(),
+        )
+        # A tenant asking after a sandbox that expired hears where its files went.
+        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant, self.snapshots.kept_from)
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
         self._gone = GoneCommands()
@@ -82,7 +89,7 @@ class SandboxManager:
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits.problem)
         self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
-                                   self.destroy, self._forget)
+                                   self.snapshots, self.destroy, self._forget)
 
     # ----- the server's own life
 
@@ -107,6 +114,7 @@ class SandboxManager:
                            "storage", self.disks.why_not)
         await self.limits.check_host()
         await self.egress.start()
+        await anyio.to_thread.run_sync(self.snapshots.load)
         try:
             await self.lifecycle.adopt()
         except SandboxError as exc:
@@ -136,6 +144,7 @@ class SandboxManager:
             self._background.start_soon(self.disks.release, sandbox.name)
         self.channels.forget(container_id)
         self.links.forget(container_id)
+        self.snapshots.unmark(container_id)
         self._background.start_soon(self.egress.release, container_id)
 
     # ----- sandboxes
@@ -148,17 +157,25 @@ class SandboxManager:
 
     async def create(
         self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
-        network: bool | None = None, allow_domains: list[str] | None = None,
+        network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
+        snapshot_on_expiry: bool = False,
     ) -> Sandbox:
         """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
         network=False cuts it off from every network (None: as the egress policy says), allow_domains
-        lets it reach only those hosts, through the egress proxy."""
+        lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
+        snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires."""
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
                 "maximum). Omit it for the maximum."
             )
         ttl = ttl_seconds or self.settings.ttl_seconds
+        snapshot = self.snapshots.get(snapshot_id, tenant) if snapshot_id is not None else None
+        if snapshot is not None:
+            if (image or "").strip() not in ("", snapshot.image):
+                raise SandboxError(f"A sandbox made from snapshot {snapshot.snapshot_id} runs on the snapshot's image, "
+                                   f"{snapshot.image!r}; omit the image argument.")
+            image = snapshot.image
         image = (image or "").strip() or self.settings.image
         if image not in self.settings.images:
             allowed = ", ".join(self.settings.images)
@@ -171,14 +188,19 @@ class SandboxManager:
         async with self.registry.reserve(tenant):
             # The pool holds sandboxes of the default image on the server's network only.
             offline = network is False and self.egress.network != "none"
-            pooled = image == self.settings.image and not offline
+            pooled = image == self.settings.image and not offline and snapshot is None
             sandbox = await self.pool.take(tenant, ttl) if pooled else None
             if sandbox is None:
+                layer = None
+                if snapshot is not None:
+                    image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
                 sandbox = await self.containers.start(
-                    image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None
+                    image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
                 )
             if domains:
                 await self._behind_proxy(sandbox, domains)
+            if snapshot_on_expiry:
+                self.snapshots.mark(sandbox.container_id)
             self.registry.add(sandbox)
         logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
         return sandbox
@@ -214,8 +236,10 @@ class SandboxManager:
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         sandbox = self.registry.live(container_id)
         if sandbox is None or sandbox.tenant != tenant:
-            raise SandboxNotFound(str(container_id))
+            raise SandboxNotFound(str(container_id), self.snapshots.kept_from(str(container_id), tenant))
         sandbox.destroying, sandbox.gone_why = True, why
+        if why == GONE_EXPIRED:  # before anything of it goes
+            sandbox.gone_why = why = why + await self.snapshots.take_at_expiry(sandbox)
         await self.channels.close(container_id)
         try:
             await self.containers.remove(sandbox.name, check=True)
@@ -232,6 +256,17 @@ class SandboxManager:
         """The sandbox's state; an open channel's agent answers for it, else Podman (no channel is opened)."""
         sandbox = self.get(container_id, tenant)
         return await self.runtimes.ask(sandbox, lambda runtime: runtime.status(sandbox), open_channel=False)
+
+    # ----- snapshots (snapshots.py)
+
+    async def snapshot(self, container_id: str, name: str | None = None, tenant: str = LOCAL_TENANT) -> Snapshot:
+        return await self.snapshots.take(self.get(container_id, tenant), name)
+
+    def list_snapshots(self, tenant: str = LOCAL_TENANT) -> list[Snapshot]:
+        return self.snapshots.list(tenant)
+
+    def delete_snapshot(self, snapshot_id: str, tenant: str = LOCAL_TENANT) -> None:
+        self.snapshots.delete(snapshot_id, tenant)
 
     # ----- commands (commands.py)
 

@@ -5,7 +5,7 @@ adoption rebuilds from them."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -15,7 +15,9 @@ from .model import LOCAL_TENANT, Sandbox
 
 
 class SandboxRegistry:
-    def __init__(self, max_containers: int, max_per_tenant: int) -> None:
+    def __init__(self, max_containers: int, max_per_tenant: int,
+                 gone_note: Callable[[str, str], str] = lambda container_id, tenant: "") -> None:
+        self._gone_note = gone_note  # what the tenant is told of a sandbox it no longer has
         self.max_containers = max_containers
         self.max_per_tenant = max_per_tenant or max_containers
         self._sandboxes: dict[str, Sandbox] = {}
@@ -30,7 +32,7 @@ class SandboxRegistry:
         """The tenant's sandbox; another tenant's is answered exactly as one that does not exist."""
         sandbox = self.live(container_id)
         if sandbox is None or sandbox.tenant != tenant:
-            raise SandboxNotFound(str(container_id))
+            raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
         if sandbox.expires_at <= time.time() or sandbox.destroying:
             raise SandboxNotFound(container_id, " (it is being destroyed)")
         return sandbox

@@ -80,6 +80,8 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
         if names:
             podman("rm", "-f", "-v", "-t", "0", *names, check=False)
         release_disks(namespace)
+        # What the servers of this run kept on the host: snapshots, allow-lists.
+        shutil.rmtree(Path(server.sandboxes.settings.state_dir) / namespace, ignore_errors=True)
     remove_image_holders(holders_before)
 
 
