@@ -11,6 +11,7 @@ same file system. The folder is read and written on the host, never through the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -43,7 +44,8 @@ async def pack(upper: Path, archive: Path, cap_bytes: int, env: dict[str, str] |
                 size = _size(archive)
                 if size > cap_bytes:
                     too_large = size
-                    process.kill()
+                    with contextlib.suppress(ProcessLookupError):  # it may have just ended
+                        process.kill()
                     await process.wait()
     except OSError as exc:
         archive.unlink(missing_ok=True)

@@ -27,18 +27,18 @@ printf 'hello\n' > /root/text.txt
 head -c 300000 /dev/urandom > /root/blob.bin
 chmod 640 /root/text.txt; chmod 4755 /root/blob.bin
 ln /root/text.txt /root/hard.txt
-mkdir -p /srv/empty/nested-empty
-ln -s /root/text.txt /srv/link-abs; ln -s ../root/text.txt /srv/link-rel
-mkfifo /srv/fifo
+mkdir -p /home/srv/empty/nested-empty
+ln -s /root/text.txt /home/srv/link-abs; ln -s ../root/text.txt /home/srv/link-rel
+mkfifo /home/srv/fifo
 echo appended >> /etc/group
 rm /etc/os-release
 rm -rf /usr/sbin; mkdir /usr/sbin; echo mine > /usr/sbin/only-this
 """
 STATE = r"""cd /
-for p in root/text.txt root/blob.bin root/hard.txt root/owned.txt srv/empty srv/empty/nested-empty srv/link-abs \
-         srv/link-rel srv/fifo etc/group usr/sbin; do stat -c '%n %a %u %g %F %h' $p; done
+for p in root/text.txt root/blob.bin root/hard.txt root/owned.txt home/srv/empty home/srv/empty/nested-empty home/srv/link-abs \
+         home/srv/link-rel home/srv/fifo etc/group usr/sbin; do stat -c '%n %a %u %g %F %h' $p; done
 md5sum root/blob.bin etc/group root/text.txt
-readlink srv/link-abs srv/link-rel
+readlink home/srv/link-abs home/srv/link-rel
 ls -a usr/sbin
 test -e etc/os-release && echo os-release-present || echo os-release-gone
 """
@@ -80,7 +80,7 @@ async def fidelity_and_forks(client: Client, disk_base: str, namespace: str) -> 
     and forks of forks work."""
     source = await create(client)
     made = await run(client, source, CHANGES)
-    assert made["exit_code"] == 0, made
+    assert made["exit_code"] == 0, (made["stdout"], made["stderr"])
     # Sandboxes run as root without CAP_CHOWN, so files of other owners come from elsewhere (an
     # image, a package): give one such file its owner on the host, as that would.
     assert (await run(client, source, "echo owned > /root/owned.txt"))["exit_code"] == 0
