@@ -14,6 +14,9 @@ same flags and image, prints one table, and removes every container it made.
              1 KB requests and a 50 MB download through the allow_domains proxy  vs  directly
              (SANDBOX_EGRESS_ALLOW_CIDRS opens the target); create with allow_domains vs a pooled create.
              The target's name is put in /etc/hosts while the bench runs (the proxy resolves names).
+  snapshot   snapshot_container of a sandbox holding 100 MB of new files  vs  tar of the same files on the host;
+             a fork, create_container(snapshot_id=, network=false), of a snapshot of 1 MB  vs  an unpooled
+             create_container(network=false) from the image, and podman run -d
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
-ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy"]
+ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -342,6 +345,50 @@ class Bench:
                  note=f"server RSS change during a download {peak_growth:+.0f} MB")
 
 
+    async def snapshot(self, client: Client, rounds: int = 7, size_mb: int = 100) -> None:
+        source = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("execute_command", {"container_id": source, "timeout_seconds": 600, "command":
+                               f"mkdir /root/data; for i in $(seq {size_mb}); do head -c 1048576 /dev/urandom "
+                               "> /root/data/$i; done"})
+        upper = snapshot_upper(SandboxSettings.from_env().disk_dir, self.namespace, source)
+        ours, raw, sizes = [], [], []
+        archive = Path(f"/tmp/bench-snapshot-{self.namespace}.tar")
+        try:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                await anyio.run_process(["tar", "--create", "--file", str(archive), "--directory", str(upper), "."])
+                raw.append((time.perf_counter() - started) * 1000)
+                archive.unlink()
+                started = time.perf_counter()
+                taken = structured(await client.call_tool("snapshot_container", {"container_id": source}))
+                ours.append((time.perf_counter() - started) * 1000)
+                sizes.append(taken["size_bytes"])
+                await client.call_tool("delete_snapshot", {"snapshot_id": taken["snapshot_id"]})
+        finally:
+            archive.unlink(missing_ok=True)
+        self.row(f"snapshot_container {size_mb} MB / tar of the same", ours, raw,
+                 note=f"snapshot {statistics.median(sizes) / 1e6:.0f} MB; the sandbox is frozen meanwhile")
+
+        await client.call_tool("execute_command", {"container_id": source, "command": "rm -rf /root/data; "
+                               "head -c 1048576 /dev/urandom > /root/one.bin; mkdir -p /root/src; echo hi > /root/src/a"})
+        small = structured(await client.call_tool("snapshot_container", {"container_id": source}))["snapshot_id"]
+        forks, fresh, raw_runs, ids = [], [], [], []
+
+        async def create_one(arguments: dict[str, Any]) -> None:
+            ids.append(structured(await client.call_tool("create_container", arguments))["container_id"])
+
+        for _ in range(rounds):
+            raw_runs.append(await self.timed(self.raw_create))
+            forks.append(await self.timed(lambda: create_one({"snapshot_id": small, "network": False})))
+            fresh.append(await self.timed(lambda: create_one({"network": False})))
+            for container_id in ids:
+                await client.call_tool("destroy_container", {"container_id": container_id})
+            ids.clear()
+        self.row("fork (snapshot 1 MB) / unpooled create", forks, fresh, note="both network=false, not from the pool")
+        self.row("fork (snapshot 1 MB) / podman run -d", forks, raw_runs)
+        await client.call_tool("delete_snapshot", {"snapshot_id": small})
+        await client.call_tool("destroy_container", {"container_id": source})
+
     async def proxy(self, client: Client, requests: int = 20, rounds: int = 5, size_mb: int = 50) -> None:
         assert self.target is not None
         name, direct_ip = TARGET_NAME, self.target.ip
@@ -400,6 +447,16 @@ def structured(result: Any) -> dict[str, Any]:
     return result.structured_content
 
 
+def snapshot_upper(disk_base: str, namespace: str, container_id: str) -> Path:
+    """A sandbox's writable layer on the host: on its own disk, or in Podman's overlay storage."""
+    on_disk = Path(disk_base) / namespace / f"mcp-sandbox-{container_id}" / "fs" / "upper"
+    if on_disk.is_dir():
+        return on_disk
+    found = subprocess.run(["podman", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}",
+                            f"mcp-sandbox-{container_id}"], capture_output=True, text=True).stdout.strip()
+    return Path(found)
+
+
 async def run(rows: list[str], creates: int, execs: int, live: int, image: str) -> Bench:
     bench = Bench(image, Target() if "proxy" in rows else None)
     bench.start_server()
@@ -426,6 +483,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 await bench.download(client, container_id, raw_name)
             if "proxy" in rows:
                 await bench.proxy(client)
+            if "snapshot" in rows:
+                await bench.snapshot(client)
     finally:
         bench.cleanup()
         if bench.target is not None:

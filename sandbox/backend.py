@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
+
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from .errors import DiskUnavailable, PodmanError
 from .layers import unpack
@@ -26,6 +28,8 @@ from .podman import Podman, PodmanResult, is_missing_container
 # would delete the layers under running sandboxes. A stopped container per image (never
 # started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
 LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+FREEZE_SECONDS = 10  # a process in uninterruptible sleep can hold a freeze up
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Container:
     labels: Mapping[str, str]
     running: bool
     image: str
+    paused: bool = False  # frozen by Podman (a server stopped while taking a snapshot)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class Backend(Protocol):
         """Stop every process of the container where it stands (False: it was not running)."""
 
     async def thaw(self, name: str) -> None:
-        """Let a frozen container's processes carry on."""
+        """Let the container's processes carry on if they are frozen (also when a server that
+        stopped meanwhile froze them); costs next to nothing when they are not."""
 
     async def restart(self, name: str) -> None:
         """Start a stopped container again (after a reboot of the host)."""
@@ -143,13 +149,18 @@ class PodmanBackend:
 
     def __init__(self, podman: Podman) -> None:
         self.podman = podman
+        self._ids: dict[str, str] = {}  # container name -> Podman's full id, as start and list learn them
+        self._frozen: dict[str, Freezer | None] = {}  # how each frozen container was frozen (None: podman pause)
+        self._paused: set[str] = set()  # containers list() saw paused
 
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         if layer is None:
             started = await self.podman.run(*run_args(spec), timeout=300)
+            self._ids[spec.name] = started.stdout.decode(errors="replace").strip()
             return started.stderr
         # Made, filled and then started: an overlay's upper folder is written only while unmounted.
         created = await self.podman.run("create", *run_args(spec)[2:], timeout=300)
+        self._ids[spec.name] = created.stdout.decode(errors="replace").strip()
         upper, _ = await self.writable_layer(spec.name)
         if not upper:
             raise PodmanError(["podman", "create"], 0, "", "Podman's storage keeps no overlay layer to fill from "
@@ -166,15 +177,33 @@ class PodmanBackend:
         return (upper if driver.get("Name") == "overlay" else ""), str(entry.get("Image") or "")
 
     async def freeze(self, name: str) -> bool:
+        # The container's cgroup freezer directly where it is found (~1 ms), else `podman pause`
+        # (~80 ms: a second Podman process on each side of a snapshot).
+        freezer = Freezer.of(self._ids.get(name, ""))
+        if freezer is not None:
+            try:
+                await freezer.freeze()
+            except OSError as exc:
+                raise PodmanError(["podman", "pause"], None, str(exc), "Try again.") from None
+            self._frozen[name] = freezer
+            return True
         result = await self.podman.run("pause", "--", name, check=False, timeout=60)
         if result.exit_code != 0:
             if "is not running" in result.stderr or "state improper" in result.stderr:
                 return False
             raise PodmanError(result.argv, result.exit_code, result.stderr, "Try again.")
+        self._frozen[name] = None
         return True
 
     async def thaw(self, name: str) -> None:
-        await self.podman.run("unpause", "--", name, check=False, timeout=60)
+        paused = name in self._frozen or name in self._paused
+        freezer = self._frozen.pop(name, None) or Freezer.of(self._ids.get(name, ""))
+        self._paused.discard(name)
+        if freezer is not None:
+            if freezer.frozen():
+                freezer.thaw()
+        elif paused:
+            await self.podman.run("unpause", "--", name, check=False, timeout=60)
 
     async def restart(self, name: str) -> None:
         await self.podman.run("start", name, timeout=60)
@@ -188,8 +217,13 @@ class PodmanBackend:
         containers = []
         for entry in json.loads(result.stdout or b"[]") or []:
             names = entry.get("Names") or []
-            containers.append(Container(names[0] if names else entry.get("Id", ""), entry.get("Labels") or {},
-                                        entry.get("State") == "running", entry.get("Image", "")))
+            name = names[0] if names else entry.get("Id", "")
+            if entry.get("Id"):
+                self._ids[name] = entry["Id"]
+            if entry.get("State") == "paused":
+                self._paused.add(name)
+            containers.append(Container(name, entry.get("Labels") or {}, entry.get("State") == "running",
+                                        entry.get("Image", ""), entry.get("State") == "paused"))
         return containers
 
     async def status(self, name: str) -> PodmanResult:
@@ -311,6 +345,44 @@ class PodmanBackend:
         )
         if result.exit_code != 0 and "already in use" not in result.stderr:
             raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
+
+
+@dataclass(frozen=True)
+class Freezer:
+    """A container's cgroup freezer: cgroup v1's freezer.state, or v2's cgroup.freeze."""
+
+    control: Path
+    v2: bool
+
+    @classmethod
+    def of(cls, container_id: str) -> Freezer | None:
+        """Where Podman's cgroupfs and systemd managers put the container's cgroup (None elsewhere)."""
+        if not container_id:
+            return None
+        for root, v2 in ((CGROUP_ROOT / "freezer", False), (CGROUP_ROOT, True)):
+            for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
+                control = root / folder / ("cgroup.freeze" if v2 else "freezer.state")
+                if control.exists():
+                    return cls(control, v2)
+        return None
+
+    def frozen(self) -> bool:
+        if self.v2:
+            return "frozen 1" in (self.control.parent / "cgroup.events").read_text()
+        return self.control.read_text().strip() == "FROZEN"
+
+    async def freeze(self) -> None:
+        """Freeze, and wait until every process is (the kernel does it in the background)."""
+        self.control.write_text("1" if self.v2 else "FROZEN")
+        with anyio.move_on_after(FREEZE_SECONDS):
+            while not self.frozen():
+                await anyio.sleep(0.001)
+            return
+        self.thaw()
+        raise OSError(f"the sandbox's processes did not freeze within {FREEZE_SECONDS} s")
+
+    def thaw(self) -> None:
+        self.control.write_text("0" if self.v2 else "THAWED")
 
 
 def run_args(spec: ContainerSpec) -> list[str]:

@@ -79,7 +79,9 @@ class Lifecycle:
                     await self.snapshots.take_at_expiry(sandbox, running=entry.running)
                 await self.containers.remove(name)
                 continue
-            if not entry.running:
+            if entry.running or entry.paused:  # frozen, if a server stopped while taking its snapshot
+                await self.backend.thaw(name)
+            if not entry.running and not entry.paused:
                 try:
                     await self.containers.restart(sandbox)
                 except (PodmanError, DiskUnavailable) as exc:

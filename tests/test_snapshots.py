@@ -227,12 +227,22 @@ async def test_expiry_quotas_ttl_and_restart(start_server) -> None:  # type: ign
         assert "SANDBOX_SNAPSHOT_MAX_BYTES" in text and "delete_snapshot" in text, text
         assert [p.name for p in store.iterdir() if p.name.endswith(".part")] == []
         assert (await run(client, fork, "echo thawed", timeout_seconds=5))["stdout"] == "thawed\n"
-        await client.call_tool("destroy_container", {"container_id": fork})
+        # A server that stops while a snapshot is taken leaves its sandbox frozen: freeze this
+        # one as that would, and the next server thaws it.
+        frozen = fork
+        full_id = podman("inspect", "--format", "{{.Id}}", f"mcp-sandbox-{frozen}").stdout.strip()
+        freezer = Path(f"/sys/fs/cgroup/freezer/libpod_parent/libpod-{full_id}/freezer.state")
+        assert freezer.exists(), "cgroup v1 with Podman's cgroupfs manager, as on hosts of this kind"
+        freezer.write_text("FROZEN")
+        assert freezer.read_text().strip() in ("FROZEN", "FREEZING")
     assert proc.stop(signal.SIGTERM) == 0
 
     # A restart keeps snapshots; one taken under a short TTL is removed when it expires.
     again: ServerProcess = start_server({**env, "SANDBOX_NAMESPACE": namespace, "SANDBOX_SNAPSHOT_TTL_SECONDS": "3"})
     async with Client(again.url + "/mcp") as client:
+        assert freezer.read_text().strip() == "THAWED"
+        assert (await run(client, frozen, "echo thawed again", timeout_seconds=5))["stdout"] == "thawed again\n"
+        await client.call_tool("destroy_container", {"container_id": frozen})
         listed = structured(await client.call_tool("list_snapshots", {}))["snapshots"]
         assert [s["snapshot_id"] for s in listed] == [kept]
         fork = await create(client, snapshot_id=kept)
