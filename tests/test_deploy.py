@@ -107,6 +107,16 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
             link = structured(await client.call_tool("get_file_url", {"container_id": container_id, "path": "/tmp/hello.txt"}))
             assert link["url"].startswith(url + "/files/")
             assert httpx.get(link["url"]).content == b"Hello from a nested sandbox\n"
+            # Snapshots: on the sandbox's disk's overlay; without disks, VFS storage keeps no layer of changes.
+            taken = await client.call_tool("snapshot_container", {"container_id": container_id}, raise_on_error=False)
+            if mode == "privileged":
+                snapshot_id = structured(taken)["snapshot_id"]
+                fork = structured(await client.call_tool("create_container", {"snapshot_id": snapshot_id}))["container_id"]
+                seen = structured(await client.call_tool("execute_command", {"container_id": fork, "command": "cat /tmp/hello.txt"}))
+                assert seen["stdout"] == "Hello from a nested sandbox\n", seen
+                await client.call_tool("destroy_container", {"container_id": fork})
+            else:
+                assert taken.is_error and "Snapshots need the sandbox's files in an overlay" in taken.content[0].text, taken
             assert structured(await client.call_tool("destroy_container", {"container_id": container_id}))["destroyed"]
         assert httpx.get(link["url"]).status_code == 404
 
@@ -119,6 +129,14 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
         wait_healthy(url, name)
         kept = podman("exec", name, "podman", "image", "exists", SANDBOX_IMAGE, check=False)
         assert kept.returncode == 0, "the sandbox image did not survive the restart on the volume"
+        if mode == "privileged":  # and the snapshot, kept on the volume, did too
+            async with Client(url + "/mcp", auth="deploy-test-token") as client:
+                listed = structured(await client.call_tool("list_snapshots", {}))["snapshots"]
+                assert [s["snapshot_id"] for s in listed] == [snapshot_id], listed
+                fork = structured(await client.call_tool("create_container", {"snapshot_id": snapshot_id}))["container_id"]
+                seen = structured(await client.call_tool("execute_command", {"container_id": fork, "command": "cat /tmp/hello.txt"}))
+                assert seen["stdout"] == "Hello from a nested sandbox\n", seen
+                await client.call_tool("destroy_container", {"container_id": fork})
     finally:
         podman("rm", "-f", "-v", "-t", "0", name, check=False)
         podman("volume", "rm", "-f", volume, check=False)
