@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -151,7 +152,9 @@ class Bench:
                                capture_output=True, text=True).stdout.split()
         for start in range(0, len(names), 50):
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *names[start:start + 50]], capture_output=True)
-        release_namespace(SandboxSettings.from_env().disk_dir, self.namespace)
+        settings = SandboxSettings.from_env()
+        release_namespace(settings.disk_dir, self.namespace)
+        shutil.rmtree(Path(settings.state_dir) / self.namespace, ignore_errors=True)  # snapshots, allow-lists
         remove_image_holders(self.holders_before)
 
     async def raw_create(self) -> str:
