@@ -37,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from guards import McpOriginGuard, RequestSizeLimit
+from preview import PreviewProxy, PreviewRouter
 from results import command_result
 from sandbox import (
     LIMITS,
@@ -49,6 +50,7 @@ from sandbox import (
     FileLinkNotFound,
     SandboxError,
     SandboxManager,
+    PortLink,
     SandboxSettings,
     ServerSettings,
     Snapshot,
@@ -111,6 +113,25 @@ class BearerTokens(TokenVerifier):
         return AccessToken(token=token, client_id=tenant, scopes=[])
 
 
+def _authorize_preview(scope: Scope, link: PortLink) -> bool:
+    """With PREVIEW_REQUIRE_AUTH, a preview request carries the bearer token of the link's tenant."""
+    if not SETTINGS.preview_require_auth:
+        return True
+    authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    matched = False
+    for known in AUTH_TOKENS:  # no early exit: timing says nothing
+        if hmac.compare_digest(token.encode(), known.encode()) and tenant_id_for(known) == link.tenant:
+            matched = True
+    return matched
+
+
+preview = PreviewProxy(sandboxes.open_port, lambda token: sandboxes.ports.find(token)[0], _authorize_preview,
+                       SETTINGS.preview_domain)
+
+
 def current_tenant() -> str:
     """The calling client's tenant: its token's, over authenticated HTTP; otherwise (no auth
     configured, or stdio, where whoever started the process is the only client) the local one."""
@@ -147,6 +168,7 @@ async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
     finally:
         # Sandboxes and the commands in them keep running for the next start.
         await side_server.stop()
+        await preview.pool.aclose()
         await sandboxes.stop()
 
 
@@ -332,7 +354,8 @@ async def check_container(
         status = await sandboxes.container_status(container_id, tenant)
         result: dict[str, Any] = {"container_id": container_id, "status": status, **times,
                                   "egress": sandboxes.egress_of(container_id, tenant),
-                                  "snapshot_on_expiry": sandboxes.snapshots.marked(container_id)}
+                                  "snapshot_on_expiry": sandboxes.snapshots.marked(container_id),
+                                  "ports": [_port_link(link) for link in sandboxes.port_links(container_id, tenant)]}
         if command_id is not None:
             result["command"] = _command_result(container_id, state)
         else:
@@ -481,9 +504,37 @@ async def delete_snapshot(snapshot_id: SnapshotId) -> dict[str, Any]:
     return {"snapshot_id": snapshot_id, "deleted": True}
 
 
+def _port_link(link: PortLink) -> dict[str, Any]:
+    shown: dict[str, Any] = {"port": link.port, "url": f"{base_url()}/ports/{link.token}/"}
+    if SETTINGS.preview_domain:
+        shown["host_url"] = f"{urlsplit(base_url()).scheme}://{link.token}.{SETTINGS.preview_domain}/"
+    return shown
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Share a port as a URL", read_only_hint=False, destructive_hint=False, open_world_hint=False))
+async def expose_port(
+    container_id: ContainerId,
+    port: Annotated[int, Field(description="The TCP port a server in the sandbox listens on (on 0.0.0.0 or 127.0.0.1).", ge=1, le=65535)],
+) -> dict[str, Any]:
+    """Make a URL for a web server, API or notebook running in a sandbox, to open in a browser or call from outside.
+
+    Requests to the URL (any method, WebSockets too) reach the port inside the sandbox; start the
+    server first (in the background, e.g. 'python3 -m http.server 8000 &'). The URL works until the
+    sandbox is destroyed; asking again for the same port returns the same URL. Apps that build
+    absolute links work best at host_url, when the server offers one.
+    """
+    with _tool_errors():
+        tenant = current_tenant()
+        if _stdio_file_server_error:
+            raise SandboxError(_stdio_file_server_error.replace("File URLs", "Preview URLs"))
+        link = sandboxes.expose_port(container_id, port, tenant)
+        expires_at = utc_iso(sandboxes.get(container_id, tenant).expires_at)
+    return {**_port_link(link), "expires_at": expires_at}
+
+
 TOOL_NAMES = [
     "create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
-    "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
+    "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot", "expose_port",
 ]
 
 
@@ -578,6 +629,7 @@ def allowed_origins() -> list[str]:
 
 def http_app() -> Starlette:
     return mcp.http_app(path=MCP_PATH, middleware=[
+        Middleware(PreviewRouter, proxy=preview),  # the apps sandboxes serve: before the MCP endpoint's guards
         Middleware(McpOriginGuard, mcp_path=MCP_PATH, hosts=allowed_hosts(), origins=allowed_origins()),
         Middleware(RequestSizeLimit, limit=MAX_REQUEST_BYTES),
     ])
@@ -600,13 +652,13 @@ _stdio_file_server_error = ""
 
 
 async def _serve_files_beside_stdio() -> None:
-    """In stdio mode, serve /files and /health on $HOST:$PORT so file URLs still work."""
+    """In stdio mode, serve /files, /ports and /health on $HOST:$PORT so file and preview URLs still work."""
     global _stdio_file_server_error
     app = Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/files/{file_id}", download_file, methods=["GET", "HEAD"]),
     ])
-    config = uvicorn.Config(app, host=HOST, port=PORT, log_level="warning", lifespan="off")
+    config = uvicorn.Config(PreviewRouter(app, preview), host=HOST, port=PORT, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     try:

@@ -22,6 +22,12 @@
  *   list <req> <len>\n<lines>         link <req> <verdict>\n
  * A report is the MCPSB2 frame parsed by records.parse_report.
  *
+ * `agent relay <port>` is another use of the same binary: it connects to 127.0.0.1:<port>
+ * (else [::1]:<port>) inside the sandbox, says "ok\n" on stdout, and then relays stdin to the
+ * connection and the connection to stdout until both ends close; a refused connection exits 3
+ * with the reason on stderr. The server forwards a preview URL's connections through it where it
+ * cannot enter the sandbox's network namespace itself (gVisor, rootless Podman).
+ *
  * Output files are bounded: `agent [<output_file_max>]`. While a command runs (and for a
  * while after, for background processes still writing), a stream file longer than that keeps
  * its first and its last half; the middle is punched out (a sparse hole, so byte offsets stay
@@ -38,6 +44,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -825,7 +834,66 @@ static void on_sigchld(int sig) {
     errno = saved;
 }
 
+static int relay(const char *port_text) {
+    long port = atol(port_text);
+    if (port < 1 || port > 65535) {
+        fprintf(stderr, "relay: no such port %s\n", port_text);
+        return 2;
+    }
+    struct sockaddr_in v4;
+    memset(&v4, 0, sizeof v4);
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons((unsigned short)port);
+    v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&v4, sizeof v4) < 0) {
+        int first = errno;
+        if (fd >= 0) close(fd);
+        struct sockaddr_in6 v6;
+        memset(&v6, 0, sizeof v6);
+        v6.sin6_family = AF_INET6;
+        v6.sin6_port = htons((unsigned short)port);
+        v6.sin6_addr = in6addr_loopback;
+        fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&v6, sizeof v6) < 0) {
+            fprintf(stderr, "relay: %s\n", strerror(first));
+            return 3;
+        }
+    }
+    if (write_all(1, "ok\n", 3) < 0) return 1;
+    char buf[65536];
+    int in_open = 1, out_open = 1;
+    while (out_open) {
+        struct pollfd fds[2] = {{in_open ? 0 : -1, POLLIN, 0}, {fd, POLLIN, 0}};
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (in_open && (fds[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t n = read(0, buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                in_open = 0;
+                shutdown(fd, SHUT_WR);
+            } else if (write_all(fd, buf, (size_t)n) < 0) {
+                break;
+            }
+        }
+        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0 || write_all(1, buf, (size_t)n) < 0) out_open = 0;
+        }
+    }
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "relay") == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        return relay(argv[2]);
+    }
     if (argc > 1 && atol(argv[1]) >= 65536) output_file_max = atol(argv[1]);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import os
 import socket
 import struct
 from collections.abc import Mapping, Sequence
@@ -18,15 +20,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+from anyio.abc import ByteReceiveStream, ByteStream, Process
 
+from . import netns
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
-from .errors import DiskUnavailable, PodmanError
+from .errors import DiskUnavailable, PodmanError, PortClosed, SandboxStopped
 from .layers import unpack
-from .podman import Podman, PodmanResult, is_missing_container
+from .layout import AGENT_PATH
+from .podman import Podman, PodmanResult, is_missing_container, kill_process
 
 # A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
 # would delete the layers under running sandboxes. A stopped container per image (never
 # started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
+logger = logging.getLogger("mcp_sandbox.backend")
+
 LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 FREEZE_SECONDS = 10  # a process in uninterruptible sleep can hold a freeze up
@@ -92,6 +99,10 @@ class Backend(Protocol):
     async def freeze(self, name: str) -> bool:
         """Stop every process of the container where it stands (False: it was not running)."""
 
+    async def connect(self, name: str, port: int) -> ByteStream:
+        """A TCP connection to 127.0.0.1:port inside the container's own network namespace (no
+        port published anywhere); PortClosed when nothing listens there."""
+
     async def thaw(self, name: str) -> None:
         """Let the container's processes carry on if they are frozen (also when a server that
         stopped meanwhile froze them); costs next to nothing when they are not."""
@@ -152,6 +163,8 @@ class PodmanBackend:
         self._ids: dict[str, str] = {}  # container name -> Podman's full id, as start and list learn them
         self._frozen: dict[str, Freezer | None] = {}  # how each frozen container was frozen (None: podman pause)
         self._paused: set[str] = set()  # containers list() saw paused
+        self._netns: dict[str, netns.Netns] = {}  # network namespaces entered for preview connections
+        self._enter_netns: bool | None = None  # decided at the first connection
 
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         if layer is None:
@@ -195,6 +208,59 @@ class PodmanBackend:
         self._frozen[name] = None
         return True
 
+    async def connect(self, name: str, port: int) -> ByteStream:
+        # From the host into the container's network namespace (microseconds) where the server
+        # may and the runtime's network is the kernel's; else the agent relays it (podman exec).
+        if self._enter_netns is None:
+            runtime = os.path.basename(self.podman.runtime or "runc")
+            self._enter_netns = runtime in ("runc", "crun") and netns.usable()
+            logger.info("preview connections %s", "enter sandboxes' network namespaces" if self._enter_netns
+                        else "go through the sandbox agent's relay")
+        if self._enter_netns:
+            return await (await self._netns_of(name)).connect(port)
+        return await self._relay(name, port)
+
+    async def _netns_of(self, name: str) -> netns.Netns:
+        held = self._netns.get(name)
+        if held is not None and held.current():
+            return held
+        if held is not None:
+            held.close()
+            del self._netns[name]
+        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", name,
+                                       check=False, timeout=30)
+        pid = int(result.stdout.strip() or 0) if result.exit_code == 0 else 0
+        if pid <= 0:
+            raise SandboxStopped(f"The sandbox is not running, so nothing can be served from it ({result.stderr.strip()[-200:]}).")
+        try:
+            self._netns[name] = netns.Netns(pid)
+        except OSError as exc:
+            raise SandboxStopped(f"The sandbox's network could not be entered: {exc}.") from None
+        return self._netns[name]
+
+    async def _relay(self, name: str, port: int) -> ByteStream:
+        process = await anyio.open_process(self.exec_argv(name, AGENT_PATH, "relay", str(port), interactive=True),
+                                           **self.podman.spawn_options)
+        said = b""
+        with anyio.move_on_after(30):
+            assert process.stdout is not None
+            while len(said) < 3:
+                try:
+                    said += await process.stdout.receive(3 - len(said))
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+        if said != b"ok\n":
+            why = b""
+            if process.stderr is not None:
+                with anyio.move_on_after(5):
+                    why = await _read_all(process.stderr)
+            await kill_process(process)
+            reason = why.decode(errors="replace").strip().removeprefix("relay: ") or "no answer"
+            if "refused" in reason.lower():
+                raise PortClosed(port, reason)
+            raise PodmanError(self.exec_argv(name, AGENT_PATH, "relay"), None, reason, "Try again.")
+        return RelayStream(process)
+
     async def thaw(self, name: str) -> None:
         paused = name in self._frozen or name in self._paused
         freezer = self._frozen.pop(name, None) or Freezer.of(self._ids.get(name, ""))
@@ -209,6 +275,10 @@ class PodmanBackend:
         await self.podman.run("start", name, timeout=60)
 
     async def remove(self, name: str) -> PodmanResult:
+        held = self._netns.pop(name, None)
+        if held is not None:
+            held.close()
+        self._ids.pop(name, None)
         return await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120)
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
@@ -383,6 +453,36 @@ class Freezer:
 
     def thaw(self) -> None:
         self.control.write_text("0" if self.v2 else "THAWED")
+
+
+class RelayStream(ByteStream):
+    """A connection inside a sandbox, relayed by ``sandbox-agent relay`` over podman exec's stdin and stdout."""
+
+    def __init__(self, process: Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process, self._stdin, self._stdout = process, process.stdin, process.stdout
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stdout.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stdin.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stdin.aclose()
+
+    async def aclose(self) -> None:
+        await kill_process(self.process)
+
+
+async def _read_all(stream: ByteReceiveStream) -> bytes:
+    data = b""
+    try:
+        while len(data) < 4096:
+            data += await stream.receive()
+    except (anyio.EndOfStream, anyio.ClosedResourceError):
+        pass
+    return data
 
 
 def run_args(spec: ContainerSpec) -> list[str]:

@@ -117,6 +117,7 @@ class SandboxSettings:
     snapshot_ttl_seconds: int = 7 * 24 * 3600
     max_snapshots_per_tenant: int = 10
     snapshot_max_bytes: int = 4 * 1024 * 1024 * 1024  # what one tenant's snapshots may hold together
+    max_ports: int = 10  # preview links per sandbox
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -160,6 +161,7 @@ class SandboxSettings:
             snapshot_ttl_seconds=_env_int(env, "SANDBOX_SNAPSHOT_TTL_SECONDS", 7 * 24 * 3600, minimum=1),
             max_snapshots_per_tenant=_env_int(env, "SANDBOX_MAX_SNAPSHOTS_PER_TENANT", 10, minimum=0),
             snapshot_max_bytes=_env_int(env, "SANDBOX_SNAPSHOT_MAX_BYTES", 4 * 1024 * 1024 * 1024, minimum=0),
+            max_ports=_env_int(env, "SANDBOX_MAX_PORTS", 10, minimum=0),
         )
 
     @property
@@ -196,6 +198,23 @@ def _cidrs(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(cidrs)
 
 
+def _preview_domain(environ: Mapping[str, str]) -> str:
+    domain = environ.get("PREVIEW_DOMAIN", "").strip().lower().strip(".")
+    if domain and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?", domain):
+        raise ValueError(f"PREVIEW_DOMAIN must be a domain name like preview.example.com (a wildcard DNS record "
+                         f"*.preview.example.com pointing at this server), got {domain[:80]!r}")
+    return domain
+
+
+def _env_bool(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be true or false, got {raw[:40]!r}")
+
+
 def _env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
 
@@ -211,6 +230,8 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
+    preview_domain: str = ""  # <token>.<preview_domain> serves a preview link at its root
+    preview_require_auth: bool = False  # preview links also need the link's tenant's bearer token
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -226,4 +247,6 @@ class ServerSettings:
             allowed_hosts=_env_list(env, "ALLOWED_HOSTS"),
             allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "").strip().lower() or "info",
+            preview_domain=_preview_domain(env),
+            preview_require_auth=_env_bool(env, "PREVIEW_REQUIRE_AUTH"),
         )

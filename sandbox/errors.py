@@ -155,3 +155,17 @@ class SnapshotTooLarge(SandboxError):
 
 class SnapshotLimitReached(SandboxError):
     pass
+
+
+class PortClosed(SandboxError):
+    """Nothing accepts connections on that port inside the sandbox."""
+
+    def __init__(self, port: int, why: str = "refused") -> None:
+        self.port = port
+        super().__init__(f"Nothing is listening on port {port} inside the sandbox ({why}). Start the server there "
+                         f"(on 0.0.0.0 or 127.0.0.1, port {port}), e.g. in the background with execute_command, "
+                         "then load the URL again.")
+
+
+class PortLinkNotFound(SandboxError):
+    pass

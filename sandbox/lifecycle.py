@@ -35,6 +35,7 @@ from .model import (
 from .podman import is_missing_container
 from .pool import WarmPool, changed_settings
 from .registry import SandboxRegistry
+from .ports import PortLinks
 from .runtime import AgentChannels
 from .snapshots import Snapshots
 
@@ -47,11 +48,11 @@ SYNC_SECONDS = 30
 class Lifecycle:
     def __init__(
         self, containers: SandboxContainers, registry: SandboxRegistry, pool: WarmPool, links: FileLinks,
-        channels: AgentChannels, snapshots: Snapshots, destroy: Callable[[str, str, str], Awaitable[None]],
+        channels: AgentChannels, snapshots: Snapshots, ports: PortLinks, destroy: Callable[[str, str, str], Awaitable[None]],
         forget: Callable[[str, str], None],
     ) -> None:
         self.containers, self.registry, self.pool, self.links, self.channels = containers, registry, pool, links, channels
-        self.snapshots = snapshots
+        self.snapshots, self.ports = snapshots, ports
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
         self._destroy, self._forget = destroy, forget
 
@@ -99,6 +100,7 @@ class Lifecycle:
         egress = self.containers.egress
         egress.forget_saved({sandbox.container_id for sandbox in adopted})
         self.snapshots.keep_marks({sandbox.container_id for sandbox in adopted})
+        self.ports.keep({sandbox.container_id for sandbox in adopted})
         async with anyio.create_task_group() as tg:
             for sandbox in adopted:
                 tg.start_soon(self.links.adopt, sandbox)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+from anyio.abc import ByteStream
 
 from .backend import Backend, PodmanBackend
 from .channel import find_agent_binary
@@ -36,6 +37,7 @@ from .pool import WarmPool
 from .records import CommandState, CommandSummary, helpers_digest, helpers_tar
 from .registry import SandboxRegistry
 from .runtime import AgentChannels, ExecRuntime, Runtimes
+from .ports import PortLink, PortLinks
 from .snapshots import Snapshot, Snapshots
 from .tasks import BackgroundTasks
 
@@ -86,10 +88,12 @@ class SandboxManager:
             settings.file_max_bytes, settings.write_max_bytes, self.registry.get, self.registry.live, self.runtimes,
             self.backend.exec_argv, lambda: self.podman.spawn_options,
         )
+        self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
+                               self.registry.get, self.registry.live, self.backend)
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits.problem)
         self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
-                                   self.snapshots, self.destroy, self._forget)
+                                   self.snapshots, self.ports, self.destroy, self._forget)
 
     # ----- the server's own life
 
@@ -115,6 +119,7 @@ class SandboxManager:
         await self.limits.check_host()
         await self.egress.start()
         await anyio.to_thread.run_sync(self.snapshots.load)
+        await anyio.to_thread.run_sync(self.ports.load)
         try:
             await self.lifecycle.adopt()
         except SandboxError as exc:
@@ -145,6 +150,7 @@ class SandboxManager:
         self.channels.forget(container_id)
         self.links.forget(container_id)
         self.snapshots.unmark(container_id)
+        self.ports.forget(container_id)
         self._background.start_soon(self.egress.release, container_id)
 
     # ----- sandboxes
@@ -267,6 +273,17 @@ class SandboxManager:
 
     def delete_snapshot(self, snapshot_id: str, tenant: str = LOCAL_TENANT) -> None:
         self.snapshots.delete(snapshot_id, tenant)
+
+    # ----- preview links (ports.py)
+
+    def expose_port(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
+        return self.ports.expose(container_id, port, tenant)
+
+    def port_links(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[PortLink]:
+        return self.ports.of(self.get(container_id, tenant).container_id)
+
+    async def open_port(self, token: str) -> tuple[PortLink, ByteStream]:
+        return await self.ports.open(token)
 
     # ----- commands (commands.py)
 

@@ -1,0 +1,341 @@
+"""Preview URLs over HTTP: a request to ``/ports/<token>/<path>`` (or to ``<token>.<PREVIEW_DOMAIN>``)
+is proxied to the port of the link's sandbox, inside the sandbox's own network namespace.
+
+An ASGI middleware in front of everything else (the MCP endpoint's guards and request-size
+limit concern MCP, not the apps that sandboxes serve). HTTP/1.1 goes through httpcore, whose
+network backend opens each connection inside the sandbox (``SandboxManager.open_port``), so
+keep-alive connections to an app are pooled and reused, and bodies stream both ways (chunked,
+large, server-sent events as they are written). WebSocket upgrades are relayed message by
+message with the sans-I/O protocol of ``websockets`` over the same kind of connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpcore
+from anyio.abc import ByteStream, SocketAttribute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response as WsResponse
+from websockets.uri import parse_uri
+
+from sandbox import PortClosed, PortLink, PortLinkNotFound, SandboxError
+
+logger = logging.getLogger("mcp_sandbox.preview")
+
+TOKEN_RE = re.compile(r"^[0-9a-f]{40}$")
+PREFIX = "/ports/"
+# Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+              b"transfer-encoding", b"upgrade", b"host"}
+WS_OWN = {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-accept"}
+
+OpenPort = Callable[[str], Awaitable[tuple[PortLink, ByteStream]]]
+FindLink = Callable[[str], PortLink]
+Authorize = Callable[[Scope, PortLink], bool]
+
+
+class _Connection(httpcore.AsyncNetworkStream):
+    """A byte stream into a sandbox, as httpcore's connections take it."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            return await self.stream.receive(max_bytes)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            await self.stream.send(buffer)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise NotImplementedError("preview connections are plain HTTP inside the sandbox")
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # an idle keep-alive connection the app closed is not reused
+            sock = self.stream.extra(SocketAttribute.raw_socket, None)
+            if sock is None:
+                return False
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable)
+        return None
+
+
+class _IntoSandboxes(httpcore.AsyncNetworkBackend):
+    """httpcore's way out: the URL's host is a preview link's token."""
+
+    def __init__(self, open_port: OpenPort) -> None:
+        self.open_port = open_port
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        _, stream = await self.open_port(host)
+        return _Connection(stream)
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise NotImplementedError
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+class PreviewRouter:
+    """Sends preview requests to the proxy and everything else to the app."""
+
+    def __init__(self, app: ASGIApp, proxy: PreviewProxy) -> None:
+        self.app, self.proxy = app, proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            matched = self.proxy.match(scope)
+            if matched is not None:
+                await self.proxy.serve(scope, receive, send, *matched)
+                return
+        await self.app(scope, receive, send)
+
+
+class PreviewProxy:
+    def __init__(self, open_port: OpenPort, find: FindLink, authorize: Authorize, domain: str = "") -> None:
+        self.open_port, self.find, self.authorize, self.domain = open_port, find, authorize, domain
+        self.pool = httpcore.AsyncConnectionPool(network_backend=_IntoSandboxes(open_port), max_connections=512,
+                                                 keepalive_expiry=30)
+
+    def match(self, scope: Scope) -> tuple[str, bytes, str] | None:
+        """(token, the path and query for the app, the URL prefix it is served under), or None."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string") or b""
+        target = raw_path + (b"?" + query if query else b"")
+        if self.domain:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower().split(":")[0]
+            label, dot, rest = host.partition(".")
+            if dot and rest == self.domain.split(":")[0] and TOKEN_RE.match(label):
+                return label, target, ""
+        if raw_path.startswith(PREFIX.encode()):
+            token, slash, rest_path = raw_path[len(PREFIX):].decode("latin-1").partition("/")
+            return token, ("/" + rest_path).encode("latin-1") + (b"?" + query if query else b"") if slash else b"", \
+                PREFIX + token
+        return None
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, token: str, target: bytes, prefix: str) -> None:
+        try:
+            link = self.find(token) if TOKEN_RE.match(token) else None
+            if link is None:
+                raise PortLinkNotFound("Unknown preview link. Preview links come from the expose_port tool.")
+        except PortLinkNotFound as exc:
+            await self._refuse(scope, receive, send, 404, str(exc))
+            return
+        if not self.authorize(scope, link):
+            await self._refuse(scope, receive, send, 401, "This server requires the bearer token of the link's "
+                               "owner for preview links (Authorization: Bearer <token>; PREVIEW_REQUIRE_AUTH).")
+            return
+        if not target:  # /ports/<token>: the app's root is /ports/<token>/
+            await RedirectResponse(prefix + "/", status_code=308)(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._websocket(WebSocket(scope, receive, send), link, target)
+        else:
+            response = await self._http(Request(scope, receive), link, target, prefix)
+            await response(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+        if scope["type"] == "websocket":
+            await WebSocket(scope, receive, send).close(code=1008 if status in (401, 404) else 1011, reason=message[:120])
+        else:
+            await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+    # ----- HTTP
+
+    async def _http(self, request: Request, link: PortLink, target: bytes, prefix: str) -> Response:
+        headers = [(k, v) for k, v in request.headers.raw if k not in HOP_BY_HOP]
+        headers += _forwarded(request.scope, link, prefix)
+        sized = any(k == b"content-length" for k, _ in request.headers.raw)
+        has_body = sized or any(k == b"transfer-encoding" for k, _ in request.headers.raw)
+        if has_body and not sized:  # streamed on as it comes, chunked
+            headers.append((b"transfer-encoding", b"chunked"))
+        url = httpcore.URL(scheme=b"http", host=link.token.encode(), port=link.port, target=target)
+        upstream = httpcore.Request(request.method.encode(), url, headers=headers,
+                                    content=request.stream() if has_body else b"")
+        try:
+            response = await self.pool.handle_async_request(upstream)
+        except PortClosed as exc:
+            return JSONResponse({"error": str(exc), "port": link.port}, status_code=502)
+        except PortLinkNotFound as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except SandboxError as exc:
+            return JSONResponse({"error": str(exc), "port": link.port}, status_code=502)
+        except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
+            return JSONResponse({"error": f"The app on port {link.port} broke the connection before answering "
+                                          f"({type(exc).__name__}: {exc}). Check its log in the sandbox.",
+                                 "port": link.port}, status_code=502)
+        raw = [(k.lower(), v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
+        if prefix:
+            raw = [(k, _rewrite_location(v, link.port, prefix) if k == b"location" else v) for k, v in raw]
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_stream():
+                    yield chunk
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+
+        streamed = StreamingResponse(body(), status_code=response.status)
+        streamed.raw_headers = raw
+        return streamed
+
+    # ----- WebSocket
+
+    async def _websocket(self, client: WebSocket, link: PortLink, target: bytes) -> None:
+        try:
+            _, stream = await self.open_port(link.token)
+        except (PortClosed, SandboxError) as exc:
+            await client.close(code=1011, reason=str(exc)[:120])
+            return
+        async with stream:
+            protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{link.port}{target.decode('latin-1')}"), max_size=None)
+            request = protocol.connect()
+            offered = client.headers.get("sec-websocket-protocol")
+            for key, value in client.headers.raw:
+                if key not in HOP_BY_HOP and key not in WS_OWN:
+                    request.headers[key.decode("latin-1")] = value.decode("latin-1")
+            for key, value in _forwarded(client.scope, link, ""):
+                request.headers[key.decode()] = value.decode("latin-1")
+            protocol.send_request(request)
+            await _flush(protocol, stream)
+            answer = await _handshake(protocol, stream)
+            if answer is None or answer.status_code != 101:
+                why = f"the app answered {answer.status_code}" if answer is not None else "the app closed the connection"
+                await client.close(code=1011, reason=f"WebSocket upgrade refused on port {link.port}: {why}")
+                return
+            await client.accept(subprotocol=answer.headers.get("Sec-WebSocket-Protocol") if offered else None)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_client_to_app, client, protocol, stream, tg.cancel_scope)
+                tg.start_soon(_app_to_client, client, protocol, stream, tg.cancel_scope)
+
+
+def _forwarded(scope: Scope, link: PortLink, prefix: str) -> list[tuple[bytes, bytes]]:
+    """What the app is told of the original request (and the Host it expects from a local browser)."""
+    host = dict(scope.get("headers") or []).get(b"host", b"")
+    scheme = scope.get("scheme", "http").replace("ws", "http")
+    extra = [(b"host", f"127.0.0.1:{link.port}".encode()), (b"x-forwarded-host", host),
+             (b"x-forwarded-proto", scheme.encode())]
+    if prefix:
+        extra.append((b"x-forwarded-prefix", prefix.encode()))
+    return extra
+
+
+def _rewrite_location(value: bytes, port: int, prefix: str) -> bytes:
+    """A redirect the app meant for its own root, or for itself at 127.0.0.1/localhost, under the prefix."""
+    text = value.decode("latin-1")
+    for local in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        if text.startswith(local):
+            text = text[len(local):] or "/"
+    if text.startswith("/") and not text.startswith("//") and not text.startswith(prefix + "/"):
+        text = prefix + text
+    return text.encode("latin-1")
+
+
+async def _flush(protocol: ClientProtocol, stream: ByteStream) -> None:
+    for data in protocol.data_to_send():
+        if data:
+            await stream.send(data)
+        else:  # the protocol wants the connection half-closed
+            await stream.send_eof()
+
+
+async def _handshake(protocol: ClientProtocol, stream: ByteStream) -> WsResponse | None:
+    with anyio.move_on_after(30):
+        while True:
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return None
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, WsResponse):
+                    return event
+    return None
+
+
+async def _client_to_app(client: WebSocket, protocol: ClientProtocol, stream: ByteStream, scope: anyio.CancelScope) -> None:
+    try:
+        while True:
+            message = await client.receive()
+            if message["type"] == "websocket.disconnect":
+                protocol.send_close(message.get("code", 1000))
+                await _flush(protocol, stream)
+                break
+            if message.get("bytes") is not None:
+                protocol.send_binary(message["bytes"])
+            else:
+                protocol.send_text((message.get("text") or "").encode())
+            await _flush(protocol, stream)
+    except (WebSocketDisconnect, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+    scope.cancel()
+
+
+async def _app_to_client(client: WebSocket, protocol: ClientProtocol, stream: ByteStream, scope: anyio.CancelScope) -> None:
+    parts: list[bytes] = []
+    kind = Opcode.TEXT
+    code, reason = 1000, ""
+    try:
+        while True:
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                protocol.receive_eof()
+                code = 1006 if protocol.close_code is None else protocol.close_code
+                break
+            protocol.receive_data(data)
+            await _flush(protocol, stream)  # pongs, and the answer to a close
+            for frame in protocol.events_received():
+                if not isinstance(frame, Frame):
+                    continue
+                if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    kind, parts = frame.opcode, [frame.data]
+                elif frame.opcode == Opcode.CONT:
+                    parts.append(frame.data)
+                elif frame.opcode == Opcode.CLOSE:
+                    code, reason = protocol.close_rcvd.code if protocol.close_rcvd else 1000, \
+                        protocol.close_rcvd.reason if protocol.close_rcvd else ""
+                    raise _Closed
+                else:
+                    continue
+                if frame.fin and frame.opcode != Opcode.CLOSE:
+                    payload = b"".join(parts)
+                    if kind == Opcode.TEXT:
+                        await client.send_text(payload.decode("utf-8", errors="replace"))
+                    else:
+                        await client.send_bytes(payload)
+    except _Closed:
+        pass
+    except (WebSocketDisconnect, RuntimeError):
+        scope.cancel()
+        return
+    try:
+        await client.close(code=1000 if code in (1005, 1006) else code, reason=reason)
+    except RuntimeError:
+        pass
+    scope.cancel()
+
+
+class _Closed(Exception):
+    """The app closed the WebSocket."""
