@@ -27,7 +27,8 @@ def test_root_answers_server_info(http_server: ServerProcess) -> None:
     assert info["name"] == "mcp-container-sandbox"
     assert info["mcp_endpoint"] == "/"
     assert info["tools"] == ["create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
-                             "list_containers", "write_file"]
+                             "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
+                             "expose_port"]
 
 
 def test_root_hands_event_stream_requests_to_mcp(http_server: ServerProcess) -> None:
