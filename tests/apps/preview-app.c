@@ -244,6 +244,7 @@ static void serve(void) {
             sendf("HTTP/1.1 200 OK\r\nContent-Length: %lu\r\nContent-Type: application/octet-stream\r\n\r\n", n);
             static char block[65536];
             for (size_t i = 0; i < sizeof block; i++) block[i] = (char)('a' + i % 26);
+            if (strcmp(method, "HEAD") == 0) n = 0;  /* the headers only */
             while (n) { size_t take = n < sizeof block ? n : sizeof block; if (send_all(block, take)) return; n -= take; }
         } else if (strcmp(target, "/chunked") == 0) {
             sendf("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\none, \r\n5\r\ntwo, \r\n5\r\nthree\r\n0\r\n\r\n");
