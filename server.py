@@ -636,6 +636,8 @@ def http_app() -> Starlette:
 
 
 def warn_if_exposed() -> None:
+    if SETTINGS.preview_require_auth and not AUTH_TOKENS:
+        logger.warning("PREVIEW_REQUIRE_AUTH is set but AUTH_TOKENS is not: every preview request will be refused (401)")
     loopback = HOST in ("127.0.0.1", "localhost", "::1") or HOST.startswith("127.")
     if not loopback and not AUTH_TOKENS:
         banner = "!" * 78

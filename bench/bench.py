@@ -17,11 +17,14 @@ same flags and image, prints one table, and removes every container it made.
   snapshot   snapshot_container of a sandbox holding 100 MB of new files  vs  tar of the same files on the host;
              a fork, create_container(snapshot_id=, network=false), of a snapshot of 1 MB  vs  an unpooled
              create_container(network=false) from the image, and podman run -d
+  preview    1 KB GETs and a 50 MB GET through a preview URL (expose_port; keep-alive, httpx)  vs  the same
+             requests from inside the sandbox to its own port (tests/apps/preview-app.c, client and server)
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import secrets
 import shutil
@@ -41,10 +44,10 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from sandbox.sweep import build_static, image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
-ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot"]
+ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -392,6 +395,44 @@ class Bench:
         await client.call_tool("delete_snapshot", {"snapshot_id": small})
         await client.call_tool("destroy_container", {"container_id": source})
 
+    async def preview(self, client: Client, requests: int = 200, rounds: int = 5, size_mb: int = 50) -> None:
+        app = build_static(ROOT / "tests" / "apps" / "preview-app.c", ROOT / "build" / "preview-app")
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app", "mode": "755",
+                                              "content": base64.b64encode(app).decode(), "encoding": "base64"})
+        await client.call_tool("execute_command", {"container_id": container_id,
+                                                   "command": "/root/preview-app 8000 >/dev/null 2>&1 & sleep 0.3"})
+        url = structured(await client.call_tool("expose_port", {"container_id": container_id, "port": 8000}))["url"]
+        size = size_mb * 1024 * 1024
+
+        async def inside(path: str, count: int) -> list[float]:
+            ran = structured(await client.call_tool("execute_command", {
+                "container_id": container_id, "command": f"/root/preview-app fetch 8000 {path} {count}",
+                "timeout_seconds": 300}))
+            return [int(line.split()[0]) / 1000 for line in ran["stdout"].splitlines()]
+
+        ours, ours_rates, inside_rates = [], [], []
+        async with httpx.AsyncClient(timeout=120) as http:
+            await http.get(url + "big/1024")  # the connection and the sandbox's network namespace, once
+            for _ in range(requests):
+                started = time.perf_counter()
+                got = await http.get(url + "big/1024")
+                ours.append((time.perf_counter() - started) * 1000)
+                assert len(got.content) == 1024
+            raw = await inside("/big/1024", requests)
+            for _ in range(rounds):
+                started, received = time.perf_counter(), 0
+                async with http.stream("GET", url + f"big/{size}") as big:
+                    async for chunk in big.aiter_raw():
+                        received += len(chunk)
+                assert received == size
+                ours_rates.append(size / (time.perf_counter() - started) / 1e6)
+                inside_rates.append(size / ((await inside(f"/big/{size}", 1))[0] / 1000) / 1e6)
+        added = statistics.median(ours) - statistics.median(raw)
+        self.row("preview 1 KB GET / in-sandbox GET", ours, raw, note=f"added {added:.1f} ms at p50")
+        self.row(f"preview {size_mb} MB GET, MB/s / in-sandbox", ours_rates, inside_rates, unit="MB/s")
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
     async def proxy(self, client: Client, requests: int = 20, rounds: int = 5, size_mb: int = 50) -> None:
         assert self.target is not None
         name, direct_ip = TARGET_NAME, self.target.ip
@@ -488,6 +529,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 await bench.proxy(client)
             if "snapshot" in rows:
                 await bench.snapshot(client)
+            if "preview" in rows:
+                await bench.preview(client)
     finally:
         bench.cleanup()
         if bench.target is not None:

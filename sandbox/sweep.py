@@ -1,5 +1,6 @@
 """For tests and benchmarks: remove what a run left on the host after its sandboxes were removed
-behind the server's back (``podman rm`` by label). Not used by the server."""
+behind the server's back (``podman rm`` by label), and build the test app they put into
+sandboxes. Not used by the server."""
 
 from __future__ import annotations
 
@@ -37,3 +38,15 @@ def remove_image_holders(keep: set[str]) -> None:
     made = image_holders() - keep
     if made:
         subprocess.run(["podman", "rm", "-f", *made], capture_output=True)
+
+
+def build_static(source: Path, dest: Path) -> bytes:
+    """A static binary of a C program (musl-gcc, else gcc), which runs in any sandbox image."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    said = ""
+    for compiler in ("musl-gcc", "gcc"):
+        built = subprocess.run([compiler, "-static", "-O2", "-o", str(dest), str(source)], capture_output=True, text=True)
+        if built.returncode == 0:
+            return dest.read_bytes()
+        said = built.stderr
+    raise RuntimeError(f"could not build {source.name}: {said[-2000:]}")

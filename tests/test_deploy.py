@@ -4,6 +4,7 @@ gives, used through a real MCP client, stopped with SIGTERM, and started again o
 
 from __future__ import annotations
 
+import base64
 import secrets
 import subprocess
 import time
@@ -12,6 +13,8 @@ import httpx
 import pytest
 from conftest import ROOT, free_port, podman, structured
 from fastmcp import Client
+
+from sandbox.sweep import build_static
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -117,6 +120,15 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
                 await client.call_tool("destroy_container", {"container_id": fork})
             else:
                 assert taken.is_error and "Snapshots need the sandbox's files in an overlay" in taken.content[0].text, taken
+            # A preview URL reaches a port inside the nested sandbox, through the deployment's one port.
+            app = build_static(ROOT / "tests" / "apps" / "preview-app.c", ROOT / ".pytest_cache" / "preview-app")
+            await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app", "mode": "755",
+                                                  "content": base64.b64encode(app).decode(), "encoding": "base64"})
+            await client.call_tool("execute_command", {"container_id": container_id,
+                                                       "command": "/root/preview-app 8000 >/dev/null 2>&1 & sleep 0.3"})
+            preview = structured(await client.call_tool("expose_port", {"container_id": container_id, "port": 8000}))
+            assert preview["url"].startswith(url + "/ports/")
+            assert httpx.get(preview["url"] + "hello", timeout=30).text.startswith("hello ")
             assert structured(await client.call_tool("destroy_container", {"container_id": container_id}))["destroyed"]
         assert httpx.get(link["url"]).status_code == 404
 

@@ -8,7 +8,6 @@ import base64
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from conftest import ROOT, ServerProcess, structured
 from fastmcp import Client
 from websockets.asyncio.client import connect as ws_connect
 
+from sandbox.sweep import build_static
+
 pytestmark = pytest.mark.anyio
 
 APP_SOURCE = ROOT / "tests" / "apps" / "preview-app.c"
@@ -28,12 +29,7 @@ APP = ROOT / ".pytest_cache" / "preview-app"
 
 @pytest.fixture(scope="module")
 def app_binary() -> bytes:
-    APP.parent.mkdir(parents=True, exist_ok=True)
-    for compiler in ("musl-gcc", "gcc"):
-        built = subprocess.run([compiler, "-static", "-O2", "-o", str(APP), str(APP_SOURCE)], capture_output=True, text=True)
-        if built.returncode == 0:
-            return APP.read_bytes()
-    raise AssertionError(f"could not build the preview test app: {built.stderr[-2000:]}")
+    return build_static(APP_SOURCE, APP)
 
 
 async def start_app(client: Client, container_id: str, app: bytes, *listen: str) -> None:

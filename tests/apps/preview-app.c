@@ -10,11 +10,15 @@
  *   /sse              text/event-stream: five events, 300 ms apart
  *   /redirect         302 to /hello
  *   /ws               WebSocket: echoes text and binary messages
+ *
+ * `preview-app fetch <port> <path> <count>` is a client for the bench: <count> GETs of <path> on
+ * 127.0.0.1:<port> over one keep-alive connection; prints each one's microseconds and bytes.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -24,6 +28,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int fd;
@@ -262,7 +267,45 @@ static void serve(void) {
     }
 }
 
+static long long now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static int fetch(int port, const char *path, int count) {
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("connect"); return 1; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    for (int i = 0; i < count; i++) {
+        long long started = now_us();
+        sendf("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", path, port);
+        char *end;
+        while (!(end = memmem(buf, have, "\r\n\r\n", 4))) if (fill() < 0) return 1;
+        char head[4096];
+        size_t head_len = (size_t)(end - buf) + 4;
+        if (head_len >= sizeof head) return 1;
+        memcpy(head, buf, head_len);
+        head[head_len] = 0;
+        consume(head_len);
+        const char *cl = header(head, "Content-Length");
+        unsigned long left = cl ? strtoul(cl, NULL, 10) : 0, size = left;
+        while (left) {
+            if (!have && fill() < 0) return 1;
+            size_t take = have < left ? have : left;
+            consume(take);
+            left -= take;
+        }
+        printf("%lld %lu\n", now_us() - started, size);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 4 && strcmp(argv[1], "fetch") == 0) return fetch(atoi(argv[2]), argv[3], atoi(argv[4]));
     signal(SIGCHLD, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     int port = argc > 1 ? atoi(argv[1]) : 8000;
@@ -274,6 +317,7 @@ int main(int argc, char **argv) {
     for (;;) {
         fd = accept(server, NULL, NULL);
         if (fd < 0) continue;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  /* as web servers do */
         if (fork() == 0) { close(server); serve(); _exit(0); }
         close(fd);
     }
