@@ -32,11 +32,15 @@ class PodmanUnavailable(PodmanError):
     """The ``podman`` program is missing or does not answer."""
 
 
+def shown(identifier: str) -> str:
+    """An id a client gave, quoted, and cut short when it is long."""
+    return repr(identifier if len(identifier) <= 80 else identifier[:77] + "...")
+
+
 class SandboxNotFound(SandboxError):
     def __init__(self, container_id: str, why: str = "") -> None:
-        shown = container_id if len(container_id) <= 80 else container_id[:77] + "..."
         super().__init__(
-            f"No sandbox with container_id {shown!r}{why or ''}. Sandboxes are destroyed "
+            f"No sandbox with container_id {shown(container_id)}{why or ''}. Sandboxes are destroyed "
             "by destroy_container or when their lifetime ends; call create_container for a new one."
         )
 
@@ -134,9 +138,8 @@ class InvalidAllowList(SandboxError):
 
 class SnapshotNotFound(SandboxError):
     def __init__(self, snapshot_id: str, why: str = "") -> None:
-        shown = snapshot_id if len(snapshot_id) <= 80 else snapshot_id[:77] + "..."
         super().__init__(
-            f"No snapshot with snapshot_id {shown!r}{why}. Snapshots are removed by delete_snapshot and when "
+            f"No snapshot with snapshot_id {shown(snapshot_id)}{why}. Snapshots are removed by delete_snapshot and when "
             "they expire; list_snapshots shows yours."
         )
 
