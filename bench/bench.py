@@ -46,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox.sweep import build_static, image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
+from sandbox.backend import PodmanBackend  # noqa: E402
+from sandbox.podman import Podman  # noqa: E402
 
 ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
@@ -431,6 +433,28 @@ class Bench:
         added = statistics.median(ours) - statistics.median(raw)
         self.row("preview 1 KB GET / in-sandbox GET", ours, raw, note=f"added {added:.1f} ms at p50")
         self.row(f"preview {size_mb} MB GET, MB/s / in-sandbox", ours_rates, inside_rates, unit="MB/s")
+        # The two ways into a sandbox, for a new connection: from the host into its network
+        # namespace (what runc sandboxes get) and the agent's relay over podman exec (gVisor's).
+        backend = PodmanBackend(Podman())
+        name = f"mcp-sandbox-{container_id}"
+        request = b"GET /big/1024 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+        async def one_connection(relay: bool) -> None:
+            stream = await (backend._relay(name, 8000) if relay else backend.connect(name, 8000))
+            await stream.send(request)
+            got = b""
+            try:
+                while True:
+                    got += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+            await stream.aclose()
+            assert got.startswith(b"HTTP/1.1 200 OK") and len(got) > 1024, got[:200]
+
+        direct = [await self.timed(lambda: one_connection(False)) for _ in range(20)]
+        relayed = [await self.timed(lambda: one_connection(True)) for _ in range(20)]
+        self.row("new connection + 1 KB GET: netns / agent relay", direct, relayed,
+                 note="into the sandbox from the host vs podman exec sandbox-agent relay")
         await client.call_tool("destroy_container", {"container_id": container_id})
 
     async def proxy(self, client: Client, requests: int = 20, rounds: int = 5, size_mb: int = 50) -> None:
