@@ -38,6 +38,7 @@ PREFIX = "/ports/"
 # Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
               b"transfer-encoding", b"upgrade", b"host"}
+READ_BYTES = 1024 * 1024
 WS_OWN = {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-accept"}
 
 OpenPort = Callable[[str], Awaitable[tuple[PortLink, ByteStream]]]
@@ -52,8 +53,8 @@ class _Connection(httpcore.AsyncNetworkStream):
         self.stream = stream
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            return await self.stream.receive(max_bytes)
+        try:  # whatever the socket holds, up to READ_BYTES: fewer trips through h11 and the event loop
+            return await self.stream.receive(max(max_bytes, READ_BYTES))
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             return b""
 
