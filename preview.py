@@ -2,10 +2,9 @@
 is proxied to the port of the link's sandbox, inside the sandbox's own network namespace.
 
 An ASGI middleware in front of everything else (the MCP endpoint's guards and request-size
-limit concern MCP, not the apps that sandboxes serve). HTTP/1.1 goes through httpcore, whose
-network backend opens each connection inside the sandbox (``SandboxManager.open_port``), so
-keep-alive connections to an app are pooled and reused, and bodies stream both ways (chunked,
-large, server-sent events as they are written). WebSocket upgrades are relayed message by
+limit concern MCP, not the apps that sandboxes serve). HTTP/1.1 goes over connections opened
+inside the sandbox (``SandboxManager.open_port``, upstream.py), kept alive and reused per link,
+and bodies stream both ways (chunked, large, server-sent events as they are written). WebSocket upgrades are relayed message by
 message with the sans-I/O protocol of ``websockets`` over the same kind of connection.
 """
 
@@ -13,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
-import select
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import anyio
-import httpcore
-from anyio.abc import ByteStream, SocketAttribute
+from anyio.abc import ByteStream
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +26,7 @@ from websockets.http11 import Response as WsResponse
 from websockets.uri import parse_uri
 
 from sandbox import PortClosed, PortLink, PortLinkNotFound, SandboxError
+from upstream import Upstreams, UpstreamError
 
 logger = logging.getLogger("mcp_sandbox.preview")
 
@@ -38,62 +35,11 @@ PREFIX = "/ports/"
 # Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
               b"transfer-encoding", b"upgrade", b"host"}
-READ_BYTES = 1024 * 1024
 WS_OWN = {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-accept"}
 
 OpenPort = Callable[[str], Awaitable[tuple[PortLink, ByteStream]]]
 FindLink = Callable[[str], PortLink]
 Authorize = Callable[[Scope, PortLink], bool]
-
-
-class _Connection(httpcore.AsyncNetworkStream):
-    """A byte stream into a sandbox, as httpcore's connections take it."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        self.stream = stream
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:  # whatever the socket holds, up to READ_BYTES: fewer trips through h11 and the event loop
-            return await self.stream.receive(max(max_bytes, READ_BYTES))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return b""
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if buffer:
-            await self.stream.send(buffer)
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError("preview connections are plain HTTP inside the sandbox")
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":  # an idle keep-alive connection the app closed is not reused
-            sock = self.stream.extra(SocketAttribute.raw_socket, None)
-            if sock is None:
-                return False
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable)
-        return None
-
-
-class _IntoSandboxes(httpcore.AsyncNetworkBackend):
-    """httpcore's way out: the URL's host is a preview link's token."""
-
-    def __init__(self, open_port: OpenPort) -> None:
-        self.open_port = open_port
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        _, stream = await self.open_port(host)
-        return _Connection(stream)
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
 
 
 class PreviewRouter:
@@ -114,8 +60,10 @@ class PreviewRouter:
 class PreviewProxy:
     def __init__(self, open_port: OpenPort, find: FindLink, authorize: Authorize, domain: str = "") -> None:
         self.open_port, self.find, self.authorize, self.domain = open_port, find, authorize, domain
-        self.pool = httpcore.AsyncConnectionPool(network_backend=_IntoSandboxes(open_port), max_connections=512,
-                                                 keepalive_expiry=30)
+        self.upstreams = Upstreams(self._open_stream)
+
+    async def _open_stream(self, token: str) -> ByteStream:
+        return (await self.open_port(token))[1]
 
     def match(self, scope: Scope) -> tuple[str, bytes, str] | None:
         """(token, the path and query for the app, the URL prefix it is served under), or None."""
@@ -164,40 +112,52 @@ class PreviewProxy:
     # ----- HTTP
 
     async def _http(self, request: Request, link: PortLink, target: bytes, prefix: str) -> Response:
-        headers = [(k, v) for k, v in request.headers.raw if k not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.raw if k not in HOP_BY_HOP and k != b"expect"]
         headers += _forwarded(request.scope, link, prefix)
         sized = any(k == b"content-length" for k, _ in request.headers.raw)
-        has_body = sized or any(k == b"transfer-encoding" for k, _ in request.headers.raw)
-        if has_body and not sized:  # streamed on as it comes, chunked
+        chunked = not sized and any(k == b"transfer-encoding" for k, _ in request.headers.raw)
+        if chunked:  # streamed on as it comes
             headers.append((b"transfer-encoding", b"chunked"))
-        url = httpcore.URL(scheme=b"http", host=link.token.encode(), port=link.port, target=target)
-        upstream = httpcore.Request(request.method.encode(), url, headers=headers,
-                                    content=request.stream() if has_body else b"")
-        try:
-            response = await self.pool.handle_async_request(upstream)
-        except PortClosed as exc:
-            return JSONResponse({"error": str(exc), "port": link.port}, status_code=502)
-        except PortLinkNotFound as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        except SandboxError as exc:
-            return JSONResponse({"error": str(exc), "port": link.port}, status_code=502)
-        except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
-            return JSONResponse({"error": f"The app on port {link.port} broke the connection before answering "
-                                          f"({type(exc).__name__}: {exc}). Check its log in the sandbox.",
-                                 "port": link.port}, status_code=502)
-        raw = [(k.lower(), v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
+        method = request.method.encode()
+        # A kept connection the app has closed meanwhile fails at once: a request without a body
+        # is then sent again on a new one (as browsers do); one with a body cannot be replayed.
+        attempts = 1 if sized or chunked else 2
+        for attempt in range(attempts):
+            try:
+                connection, kept = await self.upstreams.connection(link.token)
+            except PortLinkNotFound as exc:
+                return JSONResponse({"error": str(exc)}, status_code=404)
+            except SandboxError as exc:  # PortClosed among them: nothing listens there
+                return JSONResponse({"error": str(exc), "port": link.port}, status_code=502)
+            try:
+                await connection.send_request(method, target, headers, request.stream() if sized or chunked else None,
+                                              chunked)
+                head = await connection.read_head(method)
+                break
+            except (UpstreamError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                await connection.stream.aclose()
+                if kept and attempt + 1 < attempts:
+                    continue
+                return JSONResponse({"error": f"The app on port {link.port} broke the connection before answering "
+                                              f"({exc or type(exc).__name__}). Check its log in the sandbox.",
+                                     "port": link.port}, status_code=502)
+        raw = [(k, v) for k, v in head.headers if k not in HOP_BY_HOP]
         if prefix:
             raw = [(k, _rewrite_location(v, link.port, prefix) if k == b"location" else v) for k, v in raw]
 
         async def body() -> AsyncIterator[bytes]:
+            finished = False
             try:
-                async for chunk in response.aiter_stream():
-                    yield chunk
+                async for piece in connection.body(head, method):
+                    yield piece
+                finished = True
+            except UpstreamError as exc:  # the client sees the body cut short, as the app left it
+                logger.info("preview link %s: %s", link.token[:8], exc)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await response.aclose()
+                    await self.upstreams.release(link.token, connection, finished and head.reusable)
 
-        streamed = StreamingResponse(body(), status_code=response.status)
+        streamed = StreamingResponse(body(), status_code=head.status)
         streamed.raw_headers = raw
         return streamed
 

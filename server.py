@@ -168,7 +168,7 @@ async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
     finally:
         # Sandboxes and the commands in them keep running for the next start.
         await side_server.stop()
-        await preview.pool.aclose()
+        await preview.upstreams.close()
         await sandboxes.stop()
 
 
