@@ -4,8 +4,8 @@ per link and reused.
 
 A small client of its own rather than a general one: a response body with a Content-Length (the
 common case, and large downloads) is handed on as the bytes arrive, without being parsed, and a
-chunked one is de-chunked in place: 540 MB/s for a 50 MB download in the bench, against about
-320 MB/s through httpcore's h11.
+chunked one is de-chunked in place: with the large reads of netns.SocketBytes, 665 MB/s for a
+50 MB download in the bench, against about 320 MB/s through httpcore's h11.
 """
 
 from __future__ import annotations

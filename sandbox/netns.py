@@ -18,7 +18,8 @@ import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-from anyio.abc import SocketStream
+import anyio
+from anyio.abc import ByteStream, SocketAttribute
 
 from .errors import PortClosed
 
@@ -76,7 +77,7 @@ class Netns:
     def close(self) -> None:
         os.close(self.fd)
 
-    async def connect(self, port: int) -> SocketStream:
+    async def connect(self, port: int) -> SocketBytes:
         """A connection to 127.0.0.1:port (else [::1]:port) in the namespace; PortClosed if refused."""
         refused: OSError | None = None
         loop = asyncio.get_running_loop()
@@ -90,8 +91,62 @@ class Netns:
                 refused = refused or exc
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return await SocketStream.from_socket(sock)
+            return SocketBytes(sock)
         raise PortClosed(port, os.strerror(refused.errno) if refused and refused.errno else "refused")
+
+
+class SocketBytes(ByteStream):
+    """A connected socket as an anyio byte stream, read in large pieces: each receive takes what
+    the socket holds, up to max_bytes, so a download is passed on in few, large pieces (asyncio's
+    own transports read 256 KiB at a time, and a sender's 64 KiB writes arrive one by one)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self._eof = sock, False
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def extra_attributes(self):  # type: ignore[no-untyped-def]
+        return {SocketAttribute.raw_socket: lambda: self.sock}
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._eof:
+            raise anyio.EndOfStream
+        try:
+            data = await self._loop.sock_recv(self.sock, max_bytes)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if not data:
+            self._eof = True
+            raise anyio.EndOfStream
+        parts, size = [data], len(data)
+        while size < max_bytes:
+            try:
+                more = self.sock.recv(max_bytes - size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # the next receive says so
+            if not more:
+                self._eof = True
+                break
+            parts.append(more)
+            size += len(more)
+        return data if len(parts) == 1 else b"".join(parts)
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._loop.sock_sendall(self.sock, item)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def send_eof(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    async def aclose(self) -> None:
+        self.sock.close()
 
 
 def usable() -> bool:
