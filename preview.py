@@ -65,6 +65,19 @@ class PreviewProxy:
     async def _open_stream(self, token: str) -> ByteStream:
         return (await self.open_port(token))[1]
 
+    def _live(self, token: str) -> bool:
+        try:
+            self.find(token)
+            return True
+        except PortLinkNotFound:
+            return False
+
+    async def close_idle_forever(self) -> None:
+        """Every few seconds, close the connections to apps that idled too long or whose link is gone."""
+        while True:
+            await anyio.sleep(5)
+            await self.upstreams.close_idle(self._live)
+
     def match(self, scope: Scope) -> tuple[str, bytes, str] | None:
         """(token, the path and query for the app, the URL prefix it is served under), or None."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()

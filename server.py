@@ -160,8 +160,9 @@ def _is_stdio_transport() -> bool:
 async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
     await sandboxes.start()
     side_server = BackgroundTasks()
+    await side_server.start()
+    side_server.start_soon(preview.close_idle_forever)
     if _is_stdio_transport():
-        await side_server.start()
         side_server.start_soon(_serve_files_beside_stdio)
     try:
         yield {}

@@ -11,6 +11,7 @@ chunked one is de-chunked in place: with the large reads of netns.SocketBytes, 6
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from anyio.abc import ByteStream, SocketAttribute
 READ_BYTES = 1024 * 1024
 MAX_HEAD = 64 * 1024
 IDLE_PER_LINK = 16  # keep-alive connections kept per preview link
+IDLE_SECONDS = 30  # and for this long unused (each holds a socket in the sandbox, or a podman exec relay)
 NO_BODY_STATUS = (204, 304)
 
 
@@ -45,6 +47,7 @@ class Connection:
 
     def __init__(self, stream: ByteStream) -> None:
         self.stream, self.buffer = stream, bytearray()
+        self.idle_since = 0.0
 
     def idle_but_readable(self) -> bool:
         """An idle connection with something to read was closed (or broken) by the app."""
@@ -196,9 +199,25 @@ class Upstreams:
     async def release(self, token: str, connection: Connection, reusable: bool) -> None:
         idle = self._idle.setdefault(token, [])
         if reusable and not connection.buffer and len(idle) < IDLE_PER_LINK:
+            connection.idle_since = time.monotonic()
             idle.append(connection)
         else:
             await connection.stream.aclose()
+
+    async def close_idle(self, live: Callable[[str], bool]) -> None:
+        """Close connections unused for IDLE_SECONDS, and every one of a link that is gone."""
+        cutoff = time.monotonic() - IDLE_SECONDS
+        for token in list(self._idle):
+            keep = live(token)
+            idle = self._idle[token]
+            for connection in [c for c in idle if not keep or c.idle_since < cutoff]:
+                idle.remove(connection)
+                await connection.stream.aclose()
+            if not idle:
+                del self._idle[token]
+
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
 
     async def close(self, token: str | None = None) -> None:
         for key in [token] if token is not None else list(self._idle):
