@@ -102,15 +102,23 @@ class BearerTokens(TokenVerifier):
         super().__init__()
         self._tokens = [(token.encode(), tenant_id_for(token)) for token in tokens]
 
-    async def verify_token(self, token: str) -> AccessToken | None:
+    def tenant_of(self, token: str) -> str | None:
+        """The token's tenant, or None for a token that is not ours."""
         offered = token.encode()
         tenant = None
         for known, known_tenant in self._tokens:  # no early exit: timing says nothing
             if hmac.compare_digest(offered, known):
                 tenant = known_tenant
+        return tenant
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        tenant = self.tenant_of(token)
         if tenant is None:
             return None
         return AccessToken(token=token, client_id=tenant, scopes=[])
+
+
+TOKENS = BearerTokens(AUTH_TOKENS)
 
 
 def _authorize_preview(scope: Scope, link: PortLink) -> bool:
@@ -119,13 +127,7 @@ def _authorize_preview(scope: Scope, link: PortLink) -> bool:
         return True
     authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
-    matched = False
-    for known in AUTH_TOKENS:  # no early exit: timing says nothing
-        if hmac.compare_digest(token.encode(), known.encode()) and tenant_id_for(known) == link.tenant:
-            matched = True
-    return matched
+    return scheme.lower() == "bearer" and bool(token) and TOKENS.tenant_of(token) == link.tenant
 
 
 preview = PreviewProxy(sandboxes.open_port, lambda token: sandboxes.ports.find(token)[0], _authorize_preview,
@@ -187,7 +189,7 @@ mcp = FastMCP(
         "continues from them, and create_container(snapshot_on_expiry=true) takes one when the sandbox expires."
     ),
     lifespan=lifespan,
-    auth=BearerTokens(AUTH_TOKENS) if AUTH_TOKENS else None,
+    auth=TOKENS if AUTH_TOKENS else None,
 )
 
 

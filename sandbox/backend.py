@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ByteReceiveStream, ByteStream, Process
+from anyio.abc import ByteStream, Process
 
 from . import netns
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from .errors import DiskUnavailable, PodmanError, PortClosed, SandboxStopped
 from .layers import unpack
 from .layout import AGENT_PATH
-from .podman import Podman, PodmanResult, is_missing_container, kill_process
+from .podman import Podman, PodmanResult, _read_capped, is_missing_container, is_not_running, kill_process
 
 # A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
 # would delete the layers under running sandboxes. A stopped container per image (never
@@ -202,7 +202,7 @@ class PodmanBackend:
             return True
         result = await self.podman.run("pause", "--", name, check=False, timeout=60)
         if result.exit_code != 0:
-            if "is not running" in result.stderr or "state improper" in result.stderr:
+            if is_not_running(result.stderr):
                 return False
             raise PodmanError(result.argv, result.exit_code, result.stderr, "Try again.")
         self._frozen[name] = None
@@ -251,9 +251,8 @@ class PodmanBackend:
                     break
         if said != b"ok\n":
             why = b""
-            if process.stderr is not None:
-                with anyio.move_on_after(5):
-                    why = await _read_all(process.stderr)
+            with anyio.move_on_after(5):
+                why, _ = await _read_capped(process.stderr, 4096)
             await kill_process(process)
             reason = why.decode(errors="replace").strip().removeprefix("relay: ") or "no answer"
             if "refused" in reason.lower():
@@ -473,16 +472,6 @@ class RelayStream(ByteStream):
 
     async def aclose(self) -> None:
         await kill_process(self.process)
-
-
-async def _read_all(stream: ByteReceiveStream) -> bytes:
-    data = b""
-    try:
-        while len(data) < 4096:
-            data += await stream.receive()
-    except (anyio.EndOfStream, anyio.ClosedResourceError):
-        pass
-    return data
 
 
 def run_args(spec: ContainerSpec) -> list[str]:

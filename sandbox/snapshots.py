@@ -220,7 +220,6 @@ class Snapshots:
             cap, binding = self._room(sandbox.tenant)
             upper, image_id = await self._layer(sandbox)
             snapshot_id = "snap-" + secrets.token_hex(16)
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             part = self.dir / f"{snapshot_id}.tar.part"
             if image_id not in self._kept_images:  # forks need its layers
                 await self.backend.keep_image(sandbox.image, image_id)
@@ -261,7 +260,8 @@ class Snapshots:
                 f"Your snapshots already hold {used} bytes, the most one client may keep (SANDBOX_SNAPSHOT_MAX_BYTES "
                 f"= {self.max_bytes}). Delete snapshots you no longer need with delete_snapshot.")
         try:
-            stat = os.statvfs(self.dir if self.dir.exists() else self.dir.parent if self.dir.parent.exists() else "/")
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            stat = os.statvfs(self.dir)
             host_left = stat.f_bavail * stat.f_frsize - int(stat.f_blocks * stat.f_frsize * KEEP_FREE_FRACTION)
         except OSError:
             host_left = left
