@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox import MEMORY_MB, CommandState
+from sandbox import MEMORY_MB, CommandState, killed_by
 
 # What to do about a command that did not simply exit, by its reason (records.py finds it).
 _REASON_ADVICE = {
@@ -22,7 +22,8 @@ _REASON_ADVICE = {
 
 
 def command_result(
-    container_id: str, state: CommandState, output_limit_bytes: int, output_file_max_bytes: int
+    container_id: str, state: CommandState, output_limit_bytes: int, output_file_max_bytes: int,
+    stdin_open: bool = False,
 ) -> dict[str, Any]:
     """A command's state as execute_command and check_container return it, with what to do next."""
     result: dict[str, Any] = {
@@ -60,7 +61,14 @@ def command_result(
             f"bytes: {spans} were not kept (SANDBOX_OUTPUT_FILE_MAX_BYTES). Redirect large output to a file of "
             "your own (command > /tmp/out.log) to keep all of it."
         )
-    if state.status == "running":
+    if state.status == "running" and stdin_open:
+        result["stdin_open"] = True
+        notes.append(
+            "The command is running with its stdin open (the output so far is above). Type into it with "
+            f"write_stdin(container_id={container_id!r}, command_id={state.command_id!r}, data='...\\n'); "
+            "close=true ends its input, send_signal stops it."
+        )
+    elif state.status == "running":
         notes.append(
             "The command is still running in the background; the output so far is above. Call check_container "
             f"with container_id={container_id!r}, command_id={state.command_id!r} and wait_seconds=30 to get "
@@ -71,6 +79,9 @@ def command_result(
             exit_code="none" if state.exit_code is None else state.exit_code, detail=state.detail
         ))
         result["reason"] = state.reason
+        signal = killed_by(state.exit_code) if state.reason == "killed" else None
+        if signal:
+            result["signal"] = signal
     if notes:
         result["message"] = " ".join(notes)
     return result

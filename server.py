@@ -233,9 +233,9 @@ def _sandbox_times(container_id: str, tenant: str) -> dict[str, Any]:
     }
 
 
-def _command_result(container_id: str, state: CommandState) -> dict[str, Any]:
+def _command_result(container_id: str, state: CommandState, stdin_open: bool = False) -> dict[str, Any]:
     return command_result(container_id, state, sandboxes.settings.output_limit_bytes,
-                          sandboxes.settings.output_file_max_bytes)
+                          sandboxes.settings.output_file_max_bytes, stdin_open)
 
 
 @mcp.tool(
@@ -300,23 +300,150 @@ async def execute_command(
     container_id: ContainerId,
     command: Annotated[
         str,
-        Field(description="Shell command line, run with /bin/sh -c in the sandbox; stdin is empty."),
+        Field(description="Shell command line, run with /bin/sh -c in the sandbox."),
     ],
     timeout_seconds: Annotated[
         int,
         Field(description="Stop the command (and its child processes) after this many seconds.", ge=1, le=86400),
     ] = 600,
+    stdin: Annotated[
+        str | None,
+        Field(description="Text given to the command's standard input, then end-of-file. Omit for empty input."),
+    ] = None,
+    keep_stdin_open: Annotated[
+        bool,
+        Field(description="true: stdin stays open after the stdin text, for write_stdin (REPLs, programs that "
+                          "ask questions); the result comes as soon as the command's output settles."),
+    ] = False,
+    tty: Annotated[
+        bool,
+        Field(description="true: run on a pseudo-terminal (programs that need one, python -i); stdout and stderr "
+                          "are then one stream, and write_stdin types into it."),
+    ] = False,
     ctx: Context | None = None,
 ) -> dict[str, Any]:
     """Run a shell command in a sandbox and return its exit_code, stdout and stderr.
 
     A non-zero exit_code is a normal result. If the command is still running after a few seconds,
     the result has status 'running' and a command_id: call check_container(container_id, command_id,
-    wait_seconds=30) to get its result as soon as it ends. Use write_file to create files.
+    wait_seconds=30) to get its result as soon as it ends. Use write_file to create files, read_file
+    and list_files to look at them.
     """
     with _tool_errors():
-        state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant(), _progress(ctx))
-    return _command_result(container_id, state)
+        data = None if stdin is None else stdin.encode("utf-8", errors="surrogatepass")
+        state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant(), _progress(ctx),
+                                        data, keep_stdin_open, tty)
+    result = _command_result(container_id, state, stdin_open=keep_stdin_open)
+    if tty:
+        result["tty"] = True
+    return result
+
+
+CommandId = Annotated[str, Field(description="The command_id from execute_command.", max_length=200)]
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Type into a running command", read_only_hint=False, destructive_hint=True, open_world_hint=False))
+async def write_stdin(
+    container_id: ContainerId,
+    command_id: CommandId,
+    data: Annotated[str, Field(description="What to write: text (end a line with \\n to send it), or base64 "
+                                           "when encoding is 'base64'. May be empty with close=true.")],
+    encoding: Annotated[
+        str, Field(description="'text' (UTF-8) or 'base64' (binary input).", pattern="^(text|base64)$")
+    ] = "text",
+    close: Annotated[bool, Field(description="true: end-of-file after the data (on a terminal: Ctrl-D).")] = False,
+) -> dict[str, Any]:
+    """Write to the stdin of a command started with keep_stdin_open=true (or tty=true) and return
+    the output it printed in answer (once its output settles), its status and bytes_written."""
+    if encoding == "base64":
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ToolError("data is not valid base64. Encode the bytes with standard base64, or use encoding='text'.") from None
+    else:
+        raw = data.encode("utf-8", errors="surrogatepass")
+    with _tool_errors():
+        state, written = await sandboxes.write_stdin(container_id, command_id, raw, close, current_tenant())
+    result = _command_result(container_id, state, stdin_open=not close and written == len(raw))
+    result["bytes_written"] = written
+    if written < len(raw):
+        result["message"] = (f"The command took {written:,} of {len(raw):,} bytes within 2 s: it is not reading "
+                             "its input now. Its stdin stays open; send the rest later with write_stdin. "
+                             + result.get("message", ""))
+    return result
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Signal a running command", read_only_hint=False, destructive_hint=True, open_world_hint=False))
+async def send_signal(
+    container_id: ContainerId,
+    command_id: CommandId,
+    signal: Annotated[str, Field(description="INT (Ctrl-C), TERM, KILL, HUP, QUIT, USR1, USR2, STOP or CONT; "
+                                             "with or without SIG.", max_length=20)],
+) -> dict[str, Any]:
+    """Send a signal to a running command and its child processes (its process group), then
+    return its status: once it ended (up to 3 s), or as it is now."""
+    with _tool_errors():
+        state, name = await sandboxes.send_signal(container_id, command_id, signal, current_tenant())
+    result = _command_result(container_id, state)
+    result["signal_sent"] = name
+    return result
+
+
+@mcp.tool(annotations=ToolAnnotations(title="Read a file", read_only_hint=True, open_world_hint=False))
+async def read_file(
+    container_id: ContainerId,
+    path: Annotated[str, Field(description="Absolute path of a file in the sandbox.", max_length=4096)],
+    offset: Annotated[int, Field(description="Byte offset to start at (to page through a large file).", ge=0)] = 0,
+    length: Annotated[
+        int | None, Field(description="Bytes to read; omit for as much as one call returns (1 MiB by default).", ge=0)
+    ] = None,
+    encoding: Annotated[
+        str, Field(description="'text' (UTF-8) or 'base64' (binary files).", pattern="^(text|base64)$")
+    ] = "text",
+) -> dict[str, Any]:
+    """Read a file in a sandbox (up to 1 MiB per call; page with offset): content, size_bytes, eof."""
+    with _tool_errors():
+        piece = await sandboxes.read_file(container_id, path, offset, length, current_tenant())
+    data, end = piece.data, piece.offset + len(piece.data)
+    if encoding == "text":
+        content = _utf8_text(data, eof=end >= piece.size_bytes, path=path)
+        data = content.encode("utf-8", errors="surrogatepass")  # a character cut at the end waits for the next call
+        end = piece.offset + len(data)
+    else:
+        content = base64.b64encode(data).decode("ascii")
+    result = {"path": path, "content": content, "encoding": encoding, "size_bytes": piece.size_bytes,
+              "offset": piece.offset, "length": len(data), "eof": end >= piece.size_bytes}
+    if not result["eof"]:
+        result["message"] = (f"Bytes {piece.offset:,} to {end:,} of {piece.size_bytes:,}; call read_file again with "
+                             f"offset={end} for the next part.")
+    return result
+
+
+def _utf8_text(data: bytes, eof: bool, path: str) -> str:
+    """The bytes as UTF-8 text; a character cut by the end of the slice is left for the next call."""
+    for cut in range(0, 4 if not eof else 1):
+        try:
+            return data[: len(data) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    raise ToolError(f"{path[:200]!r} is not UTF-8 text at these bytes. Read it with encoding='base64'.")
+
+
+@mcp.tool(annotations=ToolAnnotations(title="List a folder", read_only_hint=True, open_world_hint=False))
+async def list_files(
+    container_id: ContainerId,
+    path: Annotated[str, Field(description="Absolute path of a folder in the sandbox, e.g. /root.", max_length=4096)],
+    depth: Annotated[int, Field(description="1: the folder's own entries; more: that many levels deep.", ge=1, le=10)] = 1,
+) -> dict[str, Any]:
+    """List a folder in a sandbox: each entry's name, path, type (file, dir, symlink, other), size_bytes,
+    mode (octal) and modified_at; at most 1,000 entries (truncated says when more were left out)."""
+    with _tool_errors():
+        entries, truncated = await sandboxes.list_files(container_id, path, depth, current_tenant())
+    result: dict[str, Any] = {"path": path, "entries": [vars(entry) for entry in entries], "truncated": truncated}
+    if truncated:
+        result["message"] = (f"Only the first {len(entries):,} entries are listed. List a smaller depth or a "
+                             "subfolder, or use execute_command (find) with a filter.")
+    return result
 
 
 @mcp.tool(annotations=ToolAnnotations(title="Check sandbox or command", read_only_hint=True, open_world_hint=False))

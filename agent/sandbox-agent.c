@@ -8,8 +8,14 @@
  * started until they end, so their results are recorded even if the server is gone.
  *
  * Requests (stdin), one header line each, then a payload of the given length:
- *   run <cmd_id> <timeout_s> <started_ms> <cap> <len>\n<command>   (started_ms: unused, kept for
- *                                   older servers; the agent records the start on its own clock)
+ *   run <cmd_id> <timeout_s> <started_ms> <cap> <len> [<flags>]\n<command>   (started_ms: unused,
+ *                                   kept for older servers; the agent records the start on its own
+ *                                   clock. flags: 1 stdin kept open, 2 a terminal, 4 stdin from
+ *                                   <output>/<cmd_id>.stdin, written before with put)
+ *   stdin <req> <cmd_id> <close> <len>\n<data>   (to a command's kept-open stdin or terminal)
+ *   signal <req> <cmd_id> <signum>\n             (to the command's process group)
+ *   read <req> <offset> <length> <path_len>\n<path>
+ *   ls <req> <depth> <max_entries> <path_len>\n<path>
  *   report <req> <cmd_id> <cap> [<stdout_offset> <stderr_offset>]\n
  *   put <req> <mode_octal> <path_len> <data_len>\n<path><data>
  *   list <req>\n                      (the sandbox's commands, as list_commands in records.py)
@@ -20,7 +26,18 @@
  *   exit <cmd_id> <len>\n<report>     report <req> <len>\n<report>
  *   put <req> ok\n | put <req> error <reason>\n     pong <req>\n
  *   list <req> <len>\n<lines>         link <req> <verdict>\n
+ *   stdin <req> ok <written>\n | stdin <req> error <why>\n   signal <req> ok\n | signal <req> error <why>\n
+ *   read <req> <len>\n<frame>          ls <req> <len>\n<frame>   (frames as read_file and list_files
+ *                                     of records.py print them)
  * A report is the MCPSB2 frame parsed by records.parse_report.
+ *
+ * A command whose stdin is kept open (or that runs on a terminal) reads a FIFO, <dir>/stdin, which
+ * anyone may write (this agent, one started after a restart of the server, or the shell library
+ * over podman exec). `agent wrap <plain|hold|tty> <dir> <argv...>` runs such a command: it keeps
+ * the FIFO open until <dir>/stdin_closed appears (hold), or runs the command on a pseudo-terminal
+ * whose input is the FIFO and whose output goes to its own stdout (tty, recording the terminal's
+ * process group in <dir>/pgid); it exits as the command did. `plain` only resets the signals a shell's
+ * background job ignores, so that INT reaches the command.
  *
  * `agent relay <port>` is another use of the same binary: it connects to 127.0.0.1:<port>
  * (else [::1]:<port>) inside the sandbox, says "ok\n" on stdout, and then relays stdin to the
@@ -44,8 +61,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <termios.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -504,8 +523,150 @@ static void load_env(void) {
     }
 }
 
+
+/* Signals a shell's background job ignores (INT, QUIT) and those the agent handles: back to default. */
+static void default_signals(void) {
+    static const int sigs[] = {SIGPIPE, SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGTSTP, SIGTTIN, SIGTTOU};
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], SIG_DFL);
+}
+
+enum { WRAP_PLAIN, WRAP_HOLD, WRAP_TTY };
+static volatile pid_t wrapped_child = 0;
+static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+static void forward_signal(int sig) {
+    if (wrapped_child > 0) kill(-wrapped_child, sig);
+}
+
+static void on_sigchld(int sig);
+
+/* Copies what the terminal's command wrote to our stdout (its output file), until nothing is left. */
+static void copy_terminal_output(int master) {
+    char chunk[65536];
+    for (;;) {
+        ssize_t n = read(master, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return; /* EAGAIN: all for now; EIO: every process left the terminal */
+        if (write_all(STDOUT_FILENO, chunk, (size_t)n) < 0) return;
+    }
+}
+
+/* Runs argv with its stdin kept open (a FIFO held until <dir>/stdin_closed appears) or on a
+ * pseudo-terminal fed from that FIFO; returns the command's exit status as a shell reports it. */
+static int wrap(int mode, const char *dir, char *const argv[]) {
+    default_signals();
+    if (mode == WRAP_PLAIN) {
+        execv(argv[0], argv);
+        return 127;
+    }
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/stdin", dir);
+    /* Opened for reading and writing: never blocks, and the command never sees end-of-file while held. */
+    int hold = open(fifo, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (hold < 0) return 126;
+    fcntl(hold, F_SETPIPE_SZ, 1 << 20); /* up to the system's limit; a smaller pipe works as well */
+    int master = -1;
+    char slave_name[128] = "";
+    if (mode == WRAP_TTY) {
+        master = posix_openpt(O_RDWR | O_NOCTTY);
+        char *name = master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 ? NULL : ptsname(master);
+        if (!name) return 126;
+        snprintf(slave_name, sizeof slave_name, "%s", name);
+        fcntl(master, F_SETFD, FD_CLOEXEC);
+        struct winsize ws = {.ws_row = 40, .ws_col = 120};
+        ioctl(master, TIOCSWINSZ, &ws);
+    }
+    if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) return 126;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_flags = SA_RESTART;
+    /* hold: the command shares our process group and gets a signal itself; tty: it has a session
+     * of its own (the terminal's), so a signal sent to ours is passed on. */
+    sa.sa_handler = mode == WRAP_TTY ? forward_signal : SIG_IGN;
+    for (size_t i = 0; i < sizeof FORWARDED / sizeof *FORWARDED; i++) sigaction(FORWARDED[i], &sa, NULL);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    pid_t child = fork();
+    if (child < 0) return 126;
+    if (child == 0) {
+        default_signals();
+        if (mode == WRAP_TTY) {
+            setsid();
+            int slave = open(slave_name, O_RDWR);
+            if (slave < 0) _exit(126);
+            ioctl(slave, TIOCSCTTY, 0);
+            dup2(slave, 0);
+            dup2(slave, 1);
+            dup2(slave, 2);
+            if (slave > 2) close(slave);
+            if (!getenv("TERM")) setenv("TERM", "xterm", 1);
+        } else {
+            int in = open(fifo, O_RDONLY | O_CLOEXEC); /* a writer (hold) exists: does not block */
+            if (in < 0) _exit(126);
+            dup2(in, 0);
+            if (in != 0) close(in);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    wrapped_child = child;
+    if (mode == WRAP_TTY) {
+        char line[24];
+        snprintf(line, sizeof line, "%d\n", (int)child);
+        write_text(dir, "pgid", "%d\n", (int)child); /* signals go to the terminal's session */
+        fcntl(master, F_SETFL, O_NONBLOCK);
+    }
+    char input[4096];
+    size_t in_len = 0, in_off = 0;
+    int status = 0;
+    for (;;) {
+        struct pollfd fds[3] = {{wake_pipe[0], POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
+        if (mode == WRAP_TTY) {
+            if (in_len == in_off) fds[1].fd = hold;
+            fds[2].fd = master;
+            fds[2].events = POLLIN | (in_len > in_off ? POLLOUT : 0);
+        }
+        poll(fds, 3, mode == WRAP_HOLD ? 50 : 1000);
+        char drain[64];
+        while (read(wake_pipe[0], drain, sizeof drain) > 0) {}
+        pid_t got = waitpid(child, &status, WNOHANG);
+        if (mode == WRAP_HOLD) {
+            if (hold >= 0 && file_exists(dir, "stdin_closed")) {
+                close(hold); /* end-of-file for the command once it has read what is left */
+                hold = -1;
+            }
+        } else {
+            if (fds[1].revents & POLLIN) {
+                ssize_t n = read(hold, input, sizeof input);
+                if (n > 0) in_len = (size_t)n, in_off = 0;
+            }
+            if (in_len > in_off) {
+                ssize_t n = write(master, input + in_off, in_len - in_off);
+                if (n > 0) in_off += (size_t)n;
+                if (in_off == in_len) in_len = in_off = 0;
+            }
+            copy_terminal_output(master);
+        }
+        if (got == child) break;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Sends sig to a command's process group, and to the group its record names (a terminal's). */
+static void signal_group(pid_t pid, const char *dir, int sig) {
+    char pid_text[16];
+    kill(-pid, sig);
+    read_digits(dir, "pgid", pid_text, 9);
+    pid_t recorded = pid_text[0] ? (pid_t)atol(pid_text) : 0;
+    if (recorded > 0 && recorded != pid) kill(-recorded, sig);
+}
+
 static void start_command(const char *id, long timeout_s, const char *started_ms, long cap,
-                          const char *command, size_t len) {
+                          const char *command, size_t len, long flags) {
     char dir[256], path[300];
     if (!valid_command_id(id)) {
         emitf("failed %s bad-id\n", "-");
@@ -539,6 +700,14 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         emitf("failed %s state-unwritable\n", id);
         return;
     }
+    if (flags & 3) { /* stdin kept open, or a terminal: a FIFO anyone may write (see wrap) */
+        char fifo[300];
+        snprintf(fifo, sizeof fifo, "%s/stdin", dir);
+        if ((mkfifo(fifo, 0600) < 0 && errno != EEXIST) || ((flags & 2) && write_text(dir, "tty", "1\n") < 0)) {
+            emitf("failed %s state-unwritable\n", id);
+            return;
+        }
+    }
     /* The output files are opened here, not in the child: a sandbox where they cannot be
      * written is the server's failure to report, not a command that exited 126. */
     int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -556,15 +725,13 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         return;
     }
     if (pid == 0) {
-        /* The command: its own session and process group, no stdin, output to files. */
+        /* The command: its own session and process group, output to files, stdin empty, from
+         * the file the server wrote, or kept open (wrap). */
         setsid();
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        signal(SIGCHLD, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        int in = open("/dev/null", O_RDONLY);
+        default_signals();
+        char stdin_path[300] = "/dev/null";
+        if (flags & 4) snprintf(stdin_path, sizeof stdin_path, "%s/%s.stdin", OUTPUT_DIR, id);
+        int in = open(stdin_path, O_RDONLY);
         if (in < 0) _exit(126);
         dup2(in, 0);
         dup2(out, 1);
@@ -575,12 +742,11 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
         if (out > 2) close(out);
         if (err > 2) close(err);
         load_env();
-        if (len <= INLINE_COMMAND_MAX) {
-            execl("/bin/sh", "sh", "-c", command, (char *)NULL);
-        } else {
-            snprintf(path, sizeof path, "%s/command", dir);
-            execl("/bin/sh", "sh", path, (char *)NULL);
-        }
+        snprintf(path, sizeof path, "%s/command", dir);
+        char *inline_argv[] = {"/bin/sh", "-c", (char *)command, NULL}, *script_argv[] = {"/bin/sh", path, NULL};
+        char **argv = len <= INLINE_COMMAND_MAX ? inline_argv : script_argv;
+        if (flags & 3) _exit(wrap((flags & 2) ? WRAP_TTY : WRAP_HOLD, dir, argv));
+        execv(argv[0], argv);
         _exit(127);
     }
     close(out);
@@ -641,17 +807,32 @@ static void enforce_deadlines(long long now) {
             char dir[256];
             snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, c->id);
             write_text(dir, "timed_out", "1\n");
-            kill(-c->pid, SIGTERM);
+            signal_group(c->pid, dir, SIGTERM);
             c->deadline_ms = 0;
             c->kill_at_ms = now + KILL_GRACE_MS;
         }
         if (c->kill_at_ms && now >= c->kill_at_ms) {
-            kill(-c->pid, SIGKILL);
+            char dir[256];
+            snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, c->id);
+            signal_group(c->pid, dir, SIGKILL);
             c->kill_at_ms = 0;
             if (c->exited) c->used = 0;
         }
     }
 }
+
+/* Writes to commands' stdin that the command has not taken in yet (its pipe is full): finished
+ * when it has, or after STDIN_WAIT_MS with what it took (the server says so). */
+#define MAX_PENDING 32
+#define STDIN_WAIT_MS 2000
+struct pending {
+    int used, fd, close_after, tty;
+    char req[32], dir[256];
+    char *data;
+    size_t len, off;
+    long long deadline_ms;
+};
+static struct pending pendings[MAX_PENDING];
 
 static int next_wait_ms(long long now) {
     long long soonest = -1;
@@ -663,6 +844,8 @@ static int next_wait_ms(long long now) {
         if (t && (soonest < 0 || t < soonest)) soonest = t;
     }
     if (watching() && (soonest < 0 || next_watch_ms < soonest)) soonest = next_watch_ms;
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pendings[i].used && (soonest < 0 || pendings[i].deadline_ms < soonest)) soonest = pendings[i].deadline_ms;
     if (soonest < 0) return -1;
     return soonest <= now ? 0 : (int)(soonest - now > 60000 ? 60000 : soonest - now);
 }
@@ -752,6 +935,166 @@ static void link_file(const char *req, long max_size, const char *file_id, const
     emitf("link %s file %ld\n", req, (long)st.st_size);
 }
 
+
+
+static void finish_pending(struct pending *p) {
+    if (p->close_after && p->off == p->len) write_text(p->dir, "stdin_closed", "1\n");
+    close(p->fd);
+    emitf("stdin %s ok %zu\n", p->req, p->off - (p->tty && p->close_after && p->off == p->len ? 1 : 0));
+    free(p->data);
+    p->used = 0;
+}
+
+static void progress_pending(struct pending *p, long long now) {
+    int broken = 0;
+    while (p->off < p->len) {
+        ssize_t n = write(p->fd, p->data + p->off, p->len - p->off);
+        if (n > 0) {
+            p->off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            broken = n < 0 && errno != EAGAIN;
+            break;
+        }
+    }
+    if (p->off == p->len || broken || now >= p->deadline_ms) finish_pending(p);
+}
+
+static void stdin_request(const char *req, const char *id, int close_after, const char *data, size_t len) {
+    char dir[256], fifo[300];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
+    snprintf(fifo, sizeof fifo, "%s/stdin", dir);
+    const char *why = NULL;
+    if (!valid_command_id(id) || stat(dir, &st) < 0) why = "no-such-command";
+    else if (lstat(fifo, &st) < 0 || !S_ISFIFO(st.st_mode)) why = "not-kept-open";
+    else if (file_exists(dir, "stdin_closed")) why = "closed";
+    else if (file_exists(dir, "exit")) why = "finished";
+    struct pending *p = NULL;
+    for (int i = 0; i < MAX_PENDING && !why && !p; i++)
+        if (!pendings[i].used) p = &pendings[i];
+    if (!why && !p) why = "busy";
+    int fd = why ? -1 : open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (!why && fd < 0) why = errno == ENXIO ? "finished" : "unwritable";
+    if (why) {
+        emitf("stdin %s error %s\n", req, why);
+        return;
+    }
+    memset(p, 0, sizeof *p);
+    p->tty = file_exists(dir, "tty");
+    p->data = malloc(len + 1);
+    if (!p->data) {
+        close(fd);
+        emitf("stdin %s error no-memory\n", req);
+        return;
+    }
+    memcpy(p->data, data, len);
+    p->len = len;
+    if (close_after && p->tty) p->data[p->len++] = 4; /* end-of-file on a terminal: ^D */
+    p->used = 1;
+    p->fd = fd;
+    p->close_after = close_after;
+    snprintf(p->req, sizeof p->req, "%s", req);
+    snprintf(p->dir, sizeof p->dir, "%s", dir);
+    p->deadline_ms = monotonic_ms() + STDIN_WAIT_MS;
+    progress_pending(p, monotonic_ms());
+}
+
+static void signal_request(const char *req, const char *id, int sig) {
+    char dir[256], pid_text[16];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
+    if (!valid_command_id(id) || stat(dir, &st) < 0) {
+        emitf("signal %s error no-such-command\n", req);
+        return;
+    }
+    read_digits(dir, "pgid", pid_text, 9); /* a terminal's session, else the command's own group */
+    if (!pid_text[0]) read_digits(dir, "pid", pid_text, 9);
+    pid_t pid = pid_text[0] ? (pid_t)atol(pid_text) : 0;
+    if (file_exists(dir, "exit") || pid <= 0 || (kill(-pid, sig) < 0 && kill(pid, sig) < 0)) {
+        emitf("signal %s error finished\n", req);
+        return;
+    }
+    emitf("signal %s ok\n", req);
+}
+
+/* "ok <size> <n>\n" and n bytes of the file from offset, or "error <why>\n" (read_file in records.py). */
+static void read_request(const char *req, long offset, long length, const char *path) {
+    struct buffer b = {0};
+    struct stat st, lst;
+    int fd = -1;
+    const char *why = NULL;
+    if (path[0] != '/') why = "missing";
+    else if (stat(path, &st) < 0) why = lstat(path, &lst) == 0 ? "broken-link" : errno == EACCES ? "unreadable" : "missing";
+    else if (S_ISDIR(st.st_mode)) why = "directory";
+    else if (!S_ISREG(st.st_mode)) why = "special";
+    else if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0 || fstat(fd, &st) < 0) why = "unreadable";
+    if (why) {
+        buf_printf(&b, "error %s\n", why);
+    } else {
+        long size = (long)st.st_size, n = size > offset ? size - offset : 0;
+        if (n > length) n = length;
+        struct buffer data = {0};
+        buf_append(&data, "", 0);
+        if (n > 0 && data.size < (size_t)n) {
+            data.data = realloc(data.data, (size_t)n);
+            data.size = data.data ? (size_t)n : 0;
+        }
+        long got = 0;
+        while (data.data && got < n) {
+            ssize_t r = pread(fd, data.data + got, (size_t)(n - got), offset + got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            got += r;
+        }
+        buf_printf(&b, "ok %ld %ld\n", size, got);
+        buf_append(&b, data.data ? data.data : "", (size_t)got);
+        free(data.data);
+    }
+    if (fd >= 0) close(fd);
+    emit_buffer("read", req, &b);
+}
+
+/* Lines "<mode hex> <size> <mtime s> ./<relative path>" under abs, depth levels deep, up to max. */
+static void list_tree(struct buffer *b, const char *abs, const char *rel, int depth, long max, long *count) {
+    DIR *d = opendir(abs);
+    if (!d) return;
+    struct dirent *e;
+    while (*count < max && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char full[4200], shown[4200];
+        struct stat st;
+        snprintf(full, sizeof full, "%s%s%s", abs, abs[strlen(abs) - 1] == '/' ? "" : "/", e->d_name);
+        snprintf(shown, sizeof shown, "%s/%s", rel, e->d_name);
+        if (lstat(full, &st) < 0) continue;
+        buf_printf(b, "%x %ld %ld ", (unsigned)st.st_mode, (long)st.st_size, (long)st.st_mtime);
+        buf_append(b, shown, strlen(shown));
+        buf_append(b, "\n", 1);
+        (*count)++;
+        if (S_ISDIR(st.st_mode) && depth > 1) list_tree(b, full, shown, depth - 1, max, count);
+    }
+    closedir(d);
+}
+
+static void ls_request(const char *req, int depth, long max, const char *path) {
+    struct buffer b = {0};
+    struct stat st, lst;
+    const char *why = NULL;
+    if (path[0] != '/') why = "missing";
+    else if (stat(path, &st) < 0) why = lstat(path, &lst) == 0 ? "broken-link" : errno == EACCES ? "unreadable" : "missing";
+    else if (!S_ISDIR(st.st_mode)) why = "not-directory";
+    else if (access(path, R_OK | X_OK) < 0) why = "unreadable";
+    if (why) {
+        buf_printf(&b, "error %s\n", why);
+    } else {
+        long count = 0;
+        buf_append(&b, "ok\n", 3);
+        list_tree(&b, path, ".", depth, max + 1, &count); /* one more than max: the server sees the cut */
+    }
+    emit_buffer("ls", req, &b);
+}
+
 /* A request's payload as a string of its own (NUL-terminated), or NULL without memory. */
 static char *copy_string(const char *data, size_t n) {
     char *copy = malloc(n + 1);
@@ -776,13 +1119,13 @@ static size_t handle_requests(char *buf, size_t len) {
         header[header_len] = 0;
         char *payload = nl + 1;
         size_t available = len - (size_t)(payload - buf);
-        char kind[16] = "", a[64] = "", b[64] = "", c[64] = "", d[64] = "", e[64] = "";
-        sscanf(header, "%15s %63s %63s %63s %63s %63s", kind, a, b, c, d, e);
+        char kind[16] = "", a[64] = "", b[64] = "", c[64] = "", d[64] = "", e[64] = "", f[64] = "";
+        sscanf(header, "%15s %63s %63s %63s %63s %63s %63s", kind, a, b, c, d, e, f);
         if (strcmp(kind, "run") == 0) {
             size_t n = (size_t)atol(e);
             if (available < n) break;
             char *command = copy_string(payload, n);
-            if (command) start_command(a, atol(b), c, atol(d), command, n);
+            if (command) start_command(a, atol(b), c, atol(d), command, n, atol(f));
             free(command);
             used = (size_t)(payload - buf) + n;
         } else if (strcmp(kind, "report") == 0) {
@@ -814,6 +1157,23 @@ static size_t handle_requests(char *buf, size_t len) {
             char *path = copy_string(payload, path_len);
             if (path && (path_len == 0 || path[0] != '/' || strlen(path) != path_len)) emitf("link %s missing\n", a);
             else if (path) link_file(a, atol(b), c, path);
+            free(path);
+            used = (size_t)(payload - buf) + path_len;
+        } else if (strcmp(kind, "stdin") == 0) {
+            size_t n = (size_t)atol(d);
+            if (available < n) break;
+            stdin_request(a, b, atol(c) != 0, payload, n);
+            used = (size_t)(payload - buf) + n;
+        } else if (strcmp(kind, "signal") == 0) {
+            signal_request(a, b, atoi(c));
+            used = (size_t)(payload - buf);
+        } else if (strcmp(kind, "read") == 0 || strcmp(kind, "ls") == 0) {
+            size_t path_len = (size_t)atol(d);
+            if (available < path_len) break;
+            char *path = copy_string(payload, path_len);
+            int whole = path && strlen(path) == path_len;
+            if (strcmp(kind, "read") == 0) read_request(a, atol(b), atol(c), whole ? path : "");
+            else ls_request(a, atoi(b), atol(c), whole ? path : "");
             free(path);
             used = (size_t)(payload - buf) + path_len;
         } else if (strcmp(kind, "ping") == 0) {
@@ -890,6 +1250,10 @@ static int relay(const char *port_text) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 4 && strcmp(argv[1], "wrap") == 0) {
+        int mode = strcmp(argv[2], "tty") == 0 ? WRAP_TTY : strcmp(argv[2], "hold") == 0 ? WRAP_HOLD : WRAP_PLAIN;
+        return wrap(mode, argv[3], argv + 4);
+    }
     if (argc > 2 && strcmp(argv[1], "relay") == 0) {
         signal(SIGPIPE, SIG_IGN);
         return relay(argv[2]);
@@ -911,10 +1275,14 @@ int main(int argc, char **argv) {
     prepare_spare();
     emitf("ready %d\n", (int)getpid());
     while (input_open || active_commands() > 0 || watching()) {
-        struct pollfd fds[2] = {{wake_pipe[0], POLLIN, 0}, {input_open ? 0 : -1, POLLIN, 0}};
+        struct pollfd fds[2 + MAX_PENDING] = {{wake_pipe[0], POLLIN, 0}, {input_open ? 0 : -1, POLLIN, 0}};
+        for (int i = 0; i < MAX_PENDING; i++)
+            fds[2 + i] = (struct pollfd){pendings[i].used ? pendings[i].fd : -1, POLLOUT, 0};
         int timeout = next_wait_ms(monotonic_ms());
-        int ready = poll(fds, 2, timeout);
+        int ready = poll(fds, 2 + MAX_PENDING, timeout);
         if (ready < 0 && errno != EINTR) break;
+        for (int i = 0; i < MAX_PENDING; i++)
+            if (pendings[i].used) progress_pending(&pendings[i], monotonic_ms());
         if (fds[0].revents & POLLIN) {
             char drain[64];
             while (read(wake_pipe[0], drain, sizeof drain) > 0) {}

@@ -11,7 +11,7 @@ from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, utc_iso
 from .podman import system_env
 from .pool import changed_settings
 from .ports import PortLink
-from .records import CommandState
+from .records import CommandState, killed_by
 from .snapshots import Snapshot
 from .tasks import BackgroundTasks
 
@@ -19,5 +19,5 @@ __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "MEMORY_MB", "LOCAL_TENANT", "TENANT_RE", "ULIMIT_FLAGS", "BackgroundTasks",
     "CommandState", "FileLinkNotFound", "PortClosed", "PortLinkNotFound", "PortLink", "SandboxError", "SandboxManager", "SandboxSettings", "ServerSettings", "Snapshot",
     "changed_settings",
-    "machinery_failure", "system_env", "utc_iso", "why_limits_fail",
+    "killed_by", "machinery_failure", "system_env", "utc_iso", "why_limits_fail",
 ]

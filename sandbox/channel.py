@@ -134,12 +134,12 @@ class AgentChannel:
                     self._pop(self._started, header[1]).resolve(int(header[2]))
                 elif kind == "failed" and len(header) == 3:
                     self._pop(self._started, header[1]).resolve(error=ChannelRequestFailed(header[2]))
-                elif kind in ("exit", "report", "list") and len(header) == 3:
+                elif kind in ("exit", "report", "list", "read", "ls") and len(header) == 3:
                     size = int(header[2])
                     payload = await self._stdout.receive_exactly(size) if size else b""
                     table = self._exits if kind == "exit" else self._replies
                     self._pop(table, header[1]).resolve(payload)
-                elif kind == "link" and len(header) >= 3:
+                elif kind in ("link", "stdin", "signal") and len(header) >= 3:
                     self._pop(self._replies, header[1]).resolve(" ".join(header[2:]))
                 elif kind == "put" and len(header) >= 3:
                     reply = self._pop(self._replies, header[1])
@@ -204,10 +204,12 @@ class AgentChannel:
     def forget_exit(self, command_id: str) -> None:
         self._exits.pop(command_id, None)
 
-    async def run(self, command_id: str, timeout_seconds: int, started_ms: int, cap: int, command: bytes) -> int:
-        """Start a command; returns its pid in the sandbox once it runs."""
+    async def run(self, command_id: str, timeout_seconds: int, started_ms: int, cap: int, command: bytes,
+                  flags: int = 0) -> int:
+        """Start a command; returns its pid in the sandbox once it runs. flags: records.STDIN_* bits."""
         started = self._started[command_id] = Reply()
-        await self._send(f"run {command_id} {timeout_seconds} {started_ms} {cap} {len(command)}\n".encode() + command)
+        await self._send(
+            f"run {command_id} {timeout_seconds} {started_ms} {cap} {len(command)} {flags}\n".encode() + command)
         try:
             return await started.wait(30)
         except TimeoutError:
@@ -227,6 +229,22 @@ class AgentChannel:
         """The agent's verdict on sharing a path, as link_file in the shell library prints it."""
         encoded = path.encode("utf-8", errors="surrogatepass")
         return await self._request(f"link {{id}} {max_size} {file_id} {len(encoded)}", encoded)
+
+    async def write_stdin(self, command_id: str, data: bytes, close: bool) -> str:
+        """Write to a command's kept-open stdin: "ok <written>" or "error <why>" (write_stdin in records.py)."""
+        return await self._request(f"stdin {{id}} {command_id} {int(close)} {len(data)}", data)
+
+    async def signal(self, command_id: str, signum: int) -> str:
+        """Signal a command's process group: "ok" or "error <why>"."""
+        return await self._request(f"signal {{id}} {command_id} {signum}")
+
+    async def read_file(self, path: str, offset: int, length: int) -> bytes:
+        encoded = path.encode("utf-8", errors="surrogatepass")
+        return await self._request(f"read {{id}} {offset} {length} {len(encoded)}", encoded, timeout=60)
+
+    async def list_files(self, path: str, depth: int, max_entries: int) -> bytes:
+        encoded = path.encode("utf-8", errors="surrogatepass")
+        return await self._request(f"ls {{id}} {depth} {max_entries} {len(encoded)}", encoded, timeout=60)
 
     async def ping(self) -> None:
         await self._request("ping {id}", timeout=10)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import secrets
 import time
+
+import anyio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -19,15 +21,53 @@ from .errors import (
 )
 from .gone import GoneCommands
 from .model import LOCAL_TENANT, Sandbox
+from .layout import OUTPUT_DIR
 from .records import (
     COMMAND_ID_RE,
+    SIGNALS,
+    STDIN_FROM_FILE,
+    STDIN_KEPT_OPEN,
+    STDIN_TERMINAL,
     CommandState,
     CommandSummary,
     last_line,
     parse_command_list,
     parse_report,
 )
-from .runtime import ExecRuntime, Runtimes
+from .runtime import NO_TERMINAL_MESSAGE, ExecRuntime, Runtimes
+
+# A command that waits for input is answered once its output stops growing: this long after it
+# last grew, or after SILENT_SECONDS when nothing came; looked at every SETTLE_POLL_SECONDS.
+SETTLE_SECONDS = 0.3
+SILENT_SECONDS = 1.0
+SETTLE_POLL_SECONDS = 0.05
+# How long send_signal waits for the command to end (for a signal that ends it).
+SIGNAL_WAIT_SECONDS = 3.0
+# How long a write to a command just started over podman exec waits for its FIFO.
+STARTING_SECONDS = 10.0
+
+_STDIN_REFUSALS = {
+    "no-such-command": "Sandbox {container_id} has no command {command_id}. Call check_container without "
+                       "command_id to list its commands.",
+    "not-kept-open": "Command {command_id} was not started with keep_stdin_open=true or tty=true, so its stdin "
+                     "is not open. Run it again with keep_stdin_open=true to write to it, or pass all input at "
+                     "once with execute_command's stdin.",
+    "closed": "The stdin of command {command_id} was closed (close=true) and cannot be opened again. Run the "
+              "command again to give it more input.",
+    "finished": "Command {command_id} has ended, so nothing can be written to it. check_container with its "
+                "command_id shows its result.",
+    "busy": "The sandbox is writing to too many commands at once; try again in a moment.",
+    "not-reading": "Command {command_id} did not take the data within 2 s (it is not reading its input); part of "
+                   "it may have arrived. Its stdin stays open: look with check_container, then write again.",
+    "interrupted": "The connection to the sandbox broke while writing to command {command_id}; the data may or "
+                   "may not have arrived. Look with check_container before writing again.",
+}
+_SIGNAL_REFUSALS = {
+    "finished": "Command {command_id} has already ended; there is nothing to signal. check_container with its "
+                "command_id shows its result.",
+    "interrupted": "The connection to the sandbox broke while signalling command {command_id}; the signal may or "
+                   "may not have arrived. Look with check_container before sending it again.",
+}
 
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
@@ -57,20 +97,178 @@ class CommandRunner:
             )
         return encoded
 
+    def _validate_stdin(self, data: bytes | None, what: str) -> None:
+        if data is not None and len(data) > self.settings.stdin_max_bytes:
+            raise InvalidCommand(
+                f"{what} is {len(data):,} bytes; the limit is {self.settings.stdin_max_bytes:,} "
+                "(SANDBOX_STDIN_MAX_BYTES). Write it into a file with write_file and redirect it (command < file), "
+                "or send it in parts with write_stdin."
+            )
+
     async def execute(
         self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
-        on_progress: ProgressCallback | None = None,
+        on_progress: ProgressCallback | None = None, stdin: bytes | None = None, keep_stdin_open: bool = False,
+        tty: bool = False,
     ) -> CommandState:
-        """Start a command and wait up to the sync wait for it; then it goes on in the background."""
+        """Start a command and wait up to the sync wait for it; then it goes on in the background.
+        stdin is its input, then end-of-file unless keep_stdin_open (write_stdin goes on); tty runs
+        it on a terminal fed the same way. A command that waits for input is answered as soon as
+        its output settles (a prompt), not at the end of the sync wait."""
         sandbox = self._get(container_id, tenant)
         encoded = self._validate_command(command)
+        self._validate_stdin(stdin, "stdin")
+        if tty and not self.runtimes.channels.enabled:
+            raise InvalidCommand(NO_TERMINAL_MESSAGE)
         command_id = "cmd_" + secrets.token_hex(8)
         started_ms = int(time.time() * 1000)
+        flags = (STDIN_KEPT_OPEN if keep_stdin_open else 0) | (STDIN_TERMINAL if tty else 0)
         try:
-            state = await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms, on_progress)
+            if stdin and not flags:
+                await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
+                    sandbox, f"{OUTPUT_DIR}/{command_id}.stdin", stdin, 0o600))
+                flags = STDIN_FROM_FILE
+            if not flags & (STDIN_KEPT_OPEN | STDIN_TERMINAL):
+                state = await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms,
+                                                   on_progress, flags)
+                return self._seen(container_id, await self._head_and_tail(sandbox, state))
+            started = await self._start(sandbox, command_id, encoded, timeout_seconds, started_ms, flags)
+            if stdin or not keep_stdin_open:  # a terminal without kept-open stdin gets ^D after it
+                written = await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open, starting=True)
+                if written < len(stdin or b""):
+                    raise InvalidCommand(
+                        f"Command {command_id} started but took only {written:,} of the {len(stdin or b''):,} "
+                        "bytes of stdin (it is not reading its input). Send the rest with write_stdin, or stop "
+                        "it with send_signal.")
+            if keep_stdin_open:
+                state = await self._settle(sandbox, command_id, 0, 0, self.settings.sync_wait_seconds)
+            else:
+                state = await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, on_progress, started)
             return self._seen(container_id, await self._head_and_tail(sandbox, state))
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant)
+
+    async def write_stdin(
+        self, container_id: str, command_id: str, data: bytes, close: bool, tenant: str = LOCAL_TENANT
+    ) -> tuple[CommandState, int]:
+        """Write to a command's kept-open stdin (then end-of-file with close); returns the command's
+        state once its output settles, with the output that came after the write, and how many bytes
+        it took in."""
+        sandbox = self._get(container_id, tenant)
+        self._check_command_id(command_id)
+        self._validate_stdin(data, "data")
+        if not data and not close:
+            raise InvalidCommand("data is empty and close is false: nothing to do. Pass the text to type "
+                                 "(end lines with \\n), or close=true to end the command's input.")
+        try:
+            before = await self._slice(sandbox, command_id, 0, 0, 0)
+            written = await self._write(sandbox, command_id, data, close)
+            if close:  # its input ended: most commands end now, so wait for that as execute_command does
+                await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, None)
+                state = await self._slice(sandbox, command_id, self.settings.output_limit_bytes,
+                                          before.stdout_bytes, before.stderr_bytes)
+            else:
+                state = await self._settle(sandbox, command_id, before.stdout_bytes, before.stderr_bytes,
+                                           self.settings.sync_wait_seconds)
+        except (SandboxNotFound, SandboxStopped) as exc:
+            return self._gone_or_raise(exc, container_id, command_id, tenant), 0
+        return self._seen(container_id, state), written
+
+    async def _write(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool, starting: bool = False) -> int:
+        """Write to the command's stdin FIFO; how many bytes it took in (all, unless it stopped reading)."""
+
+        async def interrupted(_: ExecRuntime) -> str:  # never write twice: the first may have arrived
+            return "error interrupted"
+
+        deadline = time.monotonic() + (STARTING_SECONDS if starting else 0)
+        while True:
+            verdict = (await self.runtimes.ask(
+                sandbox, lambda runtime: runtime.write_stdin(sandbox, command_id, data, close),
+                after_close=interrupted)).strip().split()
+            # Just started over podman exec: its FIFO may not be made yet.
+            if verdict[:2] == ["error", "no-such-command"] and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+                continue
+            break
+        if verdict[:1] == ["ok"] and len(verdict) == 2 and verdict[1].isdigit():
+            return int(verdict[1])
+        why = verdict[1] if len(verdict) > 1 else "refused"
+        raise InvalidCommand(_STDIN_REFUSALS.get(why, "The command's stdin could not be written ({why}); check "
+                                                 "the command with check_container.").format(
+            command_id=command_id, container_id=sandbox.container_id, why=why))
+
+    async def send_signal(self, container_id: str, command_id: str, signal: str, tenant: str = LOCAL_TENANT
+                          ) -> tuple[CommandState, str]:
+        """Send a signal to the command's process group; the command's state once it ended (for a
+        signal that ends it), or as it is now; and the signal's name."""
+        name = signal.strip().upper() if isinstance(signal, str) else ""
+        name = name[3:] if name.startswith("SIG") else name
+        if name not in SIGNALS:
+            raise InvalidCommand(f"{str(signal)[:40]!r} is not a signal send_signal knows. Use one of "
+                                 f"{', '.join(SIGNALS)} (with or without SIG).")
+        sandbox = self._get(container_id, tenant)
+        self._check_command_id(command_id)
+
+        async def interrupted(_: ExecRuntime) -> str:  # never signal twice: the first may have arrived
+            return "error interrupted"
+
+        try:
+            verdict = (await self.runtimes.ask(
+                sandbox, lambda runtime: runtime.signal(sandbox, command_id, SIGNALS[name]),
+                after_close=interrupted)).strip().split()
+            if verdict[:1] != ["ok"]:
+                why = verdict[1] if len(verdict) > 1 else "refused"
+                if why == "no-such-command":
+                    self._not_found(sandbox, command_id)
+                raise InvalidCommand(_SIGNAL_REFUSALS.get(why, "The signal could not be sent ({why}).").format(
+                    command_id=command_id, container_id=container_id, why=why))
+            ends = name not in ("STOP", "CONT")
+            state = await self._follow(sandbox, command_id, SIGNAL_WAIT_SECONDS if ends else 0.2, None)
+        except (SandboxNotFound, SandboxStopped) as exc:
+            return self._gone_or_raise(exc, container_id, command_id, tenant), name
+        return self._seen(container_id, await self._head_and_tail(sandbox, state)), name
+
+    async def _settle(self, sandbox: Sandbox, command_id: str, stdout_offset: int, stderr_offset: int,
+                      max_seconds: float) -> CommandState:
+        """The command's output after the offsets once it ends, or once its output stopped growing
+        (a prompt, an answer: SETTLE_SECONDS after it last grew, or SILENT_SECONDS if nothing
+        came), or after max_seconds."""
+        cap = self.settings.output_limit_bytes
+        started = last_change = time.monotonic()
+        seen: tuple[int, int] | None = None
+        grew = False
+        while True:
+            try:
+                state = await self._slice(sandbox, command_id, cap, stdout_offset, stderr_offset)
+            except CommandNotFound:
+                if not self.runtimes.exec_runtime.launching(sandbox.container_id, command_id):
+                    raise
+                await anyio.sleep(SETTLE_POLL_SECONDS)  # podman exec is still starting it
+                continue
+            now = time.monotonic()
+            sizes = (state.stdout_bytes, state.stderr_bytes)
+            if seen is not None and sizes != seen:
+                grew, last_change = True, now
+            if seen is None:
+                grew = sizes != (stdout_offset, stderr_offset)
+            seen = sizes
+            quiet = now - last_change
+            if (state.status != "running" or now - started >= max_seconds
+                    or (grew and quiet >= SETTLE_SECONDS) or quiet >= SILENT_SECONDS):
+                return state
+            await anyio.sleep(SETTLE_POLL_SECONDS)
+
+    def _check_command_id(self, command_id: str) -> None:
+        if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
+            raise CommandNotFound(
+                f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
+                "call check_container without command_id to list the sandbox's commands."
+            )
+
+    def _not_found(self, sandbox: Sandbox, command_id: str) -> None:
+        raise CommandNotFound(
+            f"Sandbox {sandbox.container_id} has no command {command_id}. Call check_container without "
+            "command_id to list its commands."
+        )
 
     def _started(self, container_id: str, command_id: str) -> None:
         """A command began (or may have): if its sandbox goes, it ends with reason sandbox_gone."""
@@ -99,23 +297,30 @@ class CommandRunner:
             raise exc
         return gone
 
-    async def _start_and_wait(
-        self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
-        on_progress: ProgressCallback | None,
-    ) -> CommandState:
+    async def _start(
+        self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int, flags: int,
+    ) -> object:
         cap = self.settings.output_limit_bytes
 
         async def start_unless_started(exec_runtime: ExecRuntime) -> object:
             # The channel closed while starting it: the command may have started, never run it twice.
             if parse_report(command_id, await exec_runtime.report(sandbox, command_id, cap, 0, 0)) is not None:
                 return None
-            return await exec_runtime.start(sandbox, command_id, encoded, timeout_seconds, started_ms, cap)
+            return await exec_runtime.start(sandbox, command_id, encoded, timeout_seconds, started_ms, cap, flags)
 
         started = await self.runtimes.ask(
-            sandbox, lambda runtime: runtime.start(sandbox, command_id, encoded, timeout_seconds, started_ms, cap),
+            sandbox, lambda runtime: runtime.start(sandbox, command_id, encoded, timeout_seconds, started_ms, cap,
+                                                   flags),
             after_close=start_unless_started,
         )
         self._started(sandbox.container_id, command_id)
+        return started
+
+    async def _start_and_wait(
+        self, sandbox: Sandbox, command_id: str, encoded: bytes, timeout_seconds: int, started_ms: int,
+        on_progress: ProgressCallback | None, flags: int = 0,
+    ) -> CommandState:
+        started = await self._start(sandbox, command_id, encoded, timeout_seconds, started_ms, flags)
         return await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, on_progress, started)
 
     async def _follow(
@@ -165,11 +370,7 @@ class CommandRunner:
         """A command's state: with byte offsets (a client's cursors), exactly the output after
         them; without, the output with its head and tail kept when it is too long."""
         sandbox = self._get(container_id, tenant)
-        if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
-            raise CommandNotFound(
-                f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
-                "call check_container without command_id to list the sandbox's commands."
-            )
+        self._check_command_id(command_id)
         cursors = stdout_offset is not None or stderr_offset is not None
         state = await self._slice(
             sandbox, command_id, self.settings.output_limit_bytes, stdout_offset or 0, stderr_offset or 0
@@ -224,10 +425,7 @@ class CommandRunner:
         except ValueError as exc:
             raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
         if state is None:
-            raise CommandNotFound(
-                f"Sandbox {sandbox.container_id} has no command {command_id}. Call check_container without "
-                "command_id to list its commands."
-            )
+            self._not_found(sandbox, command_id)
         if state.status == "killed" and self.runtimes.exec_runtime.launching(sandbox.container_id, command_id):
             # Still being launched by podman exec: the pid file is not written yet.
             state = replace(state, status="running")

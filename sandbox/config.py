@@ -118,6 +118,8 @@ class SandboxSettings:
     max_snapshots_per_tenant: int = 10
     snapshot_max_bytes: int = 4 * 1024 * 1024 * 1024  # what one tenant's snapshots may hold together
     max_ports: int = 10  # preview links per sandbox
+    stdin_max_bytes: int = 1024 * 1024  # execute_command's stdin, and one write_stdin
+    read_max_bytes: int = 1024 * 1024  # one read_file
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -143,6 +145,8 @@ class SandboxSettings:
             max_command_bytes=_env_int(env, "SANDBOX_MAX_COMMAND_BYTES", 1024 * 1024, minimum=1024),
             file_max_bytes=_env_int(env, "SANDBOX_FILE_MAX_BYTES", 1024 * 1024 * 1024, minimum=1),
             write_max_bytes=_env_int(env, "SANDBOX_WRITE_MAX_BYTES", 4 * 1024 * 1024, minimum=1),
+            stdin_max_bytes=_env_int(env, "SANDBOX_STDIN_MAX_BYTES", 1024 * 1024, minimum=1),
+            read_max_bytes=_env_int(env, "SANDBOX_READ_MAX_BYTES", 1024 * 1024, minimum=1),
             namespace=namespace,
             podman=env.get("PODMAN", "").strip() or "podman",
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),

@@ -18,5 +18,5 @@ LINKS_DIR = f"{DATA_DIR}/links"
 CLAIM_PATH = f"{DATA_DIR}/claim"
 ENV_PATH = f"{DATA_DIR}/env"  # NAME=value lines every command gets (the egress proxy)
 AGENT_PATH = f"{STATE_DIR}/agent"
-LIB_PATH = f"{STATE_DIR}/lib-5.sh"  # a new name whenever the library changes: old sandboxes get it anew
+LIB_PATH = f"{STATE_DIR}/lib-6.sh"  # a new name whenever the library changes: old sandboxes get it anew
 STATE_TMPFS = f"{STATE_DIR}:rw,exec,nosuid,nodev,size=64m,mode=0755"

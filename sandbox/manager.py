@@ -31,6 +31,7 @@ from .layout import CLAIM_PATH, ENV_PATH
 from .lifecycle import Lifecycle
 from .limits import LimitsCheck
 from .links import FileLinks
+from .reading import Entry, FileReader, FileSlice
 from .model import LABEL_MANAGED, LOCAL_TENANT, FileLink, Sandbox
 from .podman import Podman, system_env
 from .pool import WarmPool
@@ -84,6 +85,7 @@ class SandboxManager:
             settings, self.backend, self.disks, self.limits, self.egress, exec_runtime, lambda: self._helpers_digest
         )
         self.commands = CommandRunner(settings, self.registry.get, self.registry.live, self.runtimes, self._gone)
+        self.reader = FileReader(settings.read_max_bytes, self.registry.get, self.runtimes)
         self.links = FileLinks(
             settings.file_max_bytes, settings.write_max_bytes, self.registry.get, self.registry.live, self.runtimes,
             self.backend.exec_argv, lambda: self.podman.spawn_options,
@@ -289,9 +291,20 @@ class SandboxManager:
 
     async def execute(
         self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
-        on_progress: ProgressCallback | None = None,
+        on_progress: ProgressCallback | None = None, stdin: bytes | None = None, keep_stdin_open: bool = False,
+        tty: bool = False,
     ) -> CommandState:
-        return await self.commands.execute(container_id, command, timeout_seconds, tenant, on_progress)
+        return await self.commands.execute(container_id, command, timeout_seconds, tenant, on_progress, stdin,
+                                           keep_stdin_open, tty)
+
+    async def write_stdin(
+        self, container_id: str, command_id: str, data: bytes, close: bool, tenant: str = LOCAL_TENANT
+    ) -> tuple[CommandState, int]:
+        return await self.commands.write_stdin(container_id, command_id, data, close, tenant)
+
+    async def send_signal(self, container_id: str, command_id: str, signal: str, tenant: str = LOCAL_TENANT
+                          ) -> tuple[CommandState, str]:
+        return await self.commands.send_signal(container_id, command_id, signal, tenant)
 
     async def wait_for_command(
         self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
@@ -328,6 +341,14 @@ class SandboxManager:
 
     async def open_file(self, file_id: str) -> FileDownload:
         return await self.links.open_file(file_id)
+
+    async def read_file(self, container_id: str, path: str, offset: int = 0, length: int | None = None,
+                        tenant: str = LOCAL_TENANT) -> FileSlice:
+        return await self.reader.read(container_id, path, offset, length, tenant)
+
+    async def list_files(self, container_id: str, path: str, depth: int = 1, tenant: str = LOCAL_TENANT
+                         ) -> tuple[list[Entry], bool]:
+        return await self.reader.list(container_id, path, depth, tenant)
 
     # ----- health
 

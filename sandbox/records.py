@@ -20,6 +20,19 @@ from .layout import AGENT_PATH, LIB_PATH, OUTPUT_DIR, STATE_DIR
 
 COMMAND_ID_RE = re.compile(r"^cmd_[0-9a-f]{16}$")
 
+# How a command's stdin is set up (the run request's flags, for the agent and the library alike).
+STDIN_KEPT_OPEN = 1  # a FIFO that write_stdin writes, until closed
+STDIN_TERMINAL = 2  # a pseudo-terminal fed from that FIFO; its output is stdout
+STDIN_FROM_FILE = 4  # OUTPUT_DIR/<id>.stdin, written before the run
+# Exit code 122 of run: a terminal was asked for where no agent can make one.
+NO_TERMINAL = 122
+
+# The signals send_signal knows, by name: Linux numbers (the sandbox's kernel is the host's).
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "CONT": 18, "STOP": 19}
+SIGNAL_NAMES = {number: name for name, number in SIGNALS.items()}
+# Signals whose default action ends a process: an exit code of 128 + one of them reads as killed by it.
+_ENDING_SIGNALS = {number for name, number in SIGNALS.items() if name not in ("CONT", "STOP")}
+
 MAX_LISTED_COMMANDS = 100
 
 
@@ -110,30 +123,48 @@ now_ms() {  # wall-clock milliseconds: date's %N, else when a file of ours ($1) 
   case "$1$f" in ''|*[!0-9]*) echo "$(date +%s)000";; *) echo "$1$f";; esac
 }
 
-run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's start); stdin: the command
-  d=/run/mcp-sandbox/commands/$1; o=/var/lib/mcp-sandbox/output/$1
+run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's start), $5 flags
+  # (1 stdin kept open, 2 a terminal, 4 stdin from $o.stdin); stdin: the command
+  d=/run/mcp-sandbox/commands/$1; o=/var/lib/mcp-sandbox/output/$1; tmo=$2; sf=${5:-0}; a=/run/mcp-sandbox/agent
+  # A terminal needs the agent (a shell cannot make one).
+  if [ $((sf & 2)) -ne 0 ] && [ ! -x "$a" ]; then exit 122; fi
   mkdir -p "$d" /var/lib/mcp-sandbox/output && cat > "$d/command" && now_ms "$d/clock" > "$d/started" \
     && true > "$o.stdout" && true > "$o.stderr" || exit 121
+  inp=/dev/null; [ $((sf & 4)) -ne 0 ] && inp=$o.stdin
+  if [ $((sf & 3)) -ne 0 ]; then  # a FIFO anyone may write (write_stdin below, the agent)
+    mkfifo -m 600 "$d/stdin" || exit 121
+    [ $((sf & 2)) -eq 0 ] || true > "$d/tty" || exit 121
+  fi
   (
     # The environment the server gives every command (an egress proxy, say).
     if [ -r /var/lib/mcp-sandbox/env ]; then
       while IFS= read -r kv; do case "$kv" in ?*=*) export "$kv" ;; esac; done < /var/lib/mcp-sandbox/env
     fi
-    # Its own process group, so a timeout stops the command's children too.
+    # Its own process group, so a timeout stops the command's children too. Through the agent's
+    # wrap when it is here: a shell's background job ignores INT and QUIT, which wrap undoes,
+    # and wrap holds a kept-open stdin or runs a terminal.
+    wm=plain; [ $((sf & 1)) -ne 0 ] && wm=hold; [ $((sf & 2)) -ne 0 ] && wm=tty
+    if [ -x "$a" ]; then set -- "$a" wrap "$wm" "$d"; else set --; fi
+    if [ $((sf & 3)) -ne 0 ] && [ ! -x "$a" ]; then  # hold the FIFO open here until stdin_closed
+      ( exec 3<> "$d/stdin"; while [ ! -e "$d/stdin_closed" ] && [ ! -e "$d/exit" ]; do sleep 0.2 3>&- 2>/dev/null || sleep 1 3>&-; done ) \
+        < /dev/null > /dev/null 2>&1 &
+      inp=$d/stdin
+    fi
     if [ "$(wc -c < "$d/command")" -le 100000 ]; then
-      setsid /bin/sh -c "$(cat "$d/command")" < /dev/null > "$o.stdout" 2> "$o.stderr" &
+      setsid "$@" /bin/sh -c "$(cat "$d/command")" < "$inp" > "$o.stdout" 2> "$o.stderr" &
     else  # too long for one argument: run it as a script
-      setsid /bin/sh "$d/command" < /dev/null > "$o.stdout" 2> "$o.stderr" &
+      setsid "$@" /bin/sh "$d/command" < "$inp" > "$o.stdout" 2> "$o.stderr" &
     fi
     p=$!
     echo "$p" > "$d/pid"
     ob=$(oom_kills)
     (
-      sleep "$2" & s=$!
+      sleep "$tmo" & s=$!
       trap 'kill $s 2>/dev/null; exit 0' TERM
       wait $s
       true > "$d/timed_out"
-      kill -TERM -"$p" 2>/dev/null; sleep 2; kill -KILL -"$p" 2>/dev/null
+      g=$(tr -dc 0-9 < "$d/pgid" 2>/dev/null)  # a terminal's session (see the agent's wrap)
+      kill -TERM -"$p" ${g:+-"$g"} 2>/dev/null; sleep 2; kill -KILL -"$p" ${g:+-"$g"} 2>/dev/null
     ) < /dev/null > /dev/null 2>&1 &
     w=$!
     wait "$p"; rc=$?
@@ -150,6 +181,61 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's s
 
 read_command() {  # $1 command id, $2 output cap, $3 $4 stdout/stderr offsets
   if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2" "$3" "$4"; else echo MCPSB-NONE; fi
+}
+
+write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the data. "ok N" or "error WHY"
+  d=/run/mcp-sandbox/commands/$1
+  if [ ! -d "$d" ]; then echo "error no-such-command"
+  elif [ ! -p "$d/stdin" ]; then echo "error not-kept-open"
+  elif [ -e "$d/stdin_closed" ]; then echo "error closed"
+  elif [ -f "$d/exit" ]; then echo "error finished"
+  else
+    # A command that does not read its input leaves a full pipe: give up after 2 s (how much of the
+    # data it took is then unknown: the agent, which writes without blocking, can tell).
+    if command -v timeout > /dev/null 2>&1; then timeout 2 cat > "$d/stdin"; else cat > "$d/stdin"; fi \
+      || { echo "error not-reading"; return 0; }
+    if [ "$2" = 1 ]; then
+      if [ -e "$d/tty" ]; then printf '\004' > "$d/stdin"; fi  # end-of-file on a terminal: ^D
+      true > "$d/stdin_closed"
+    fi
+    echo "ok $3"; return 0
+  fi
+  cat > /dev/null
+}
+
+signal_command() {  # $1 command id, $2 signal number: "ok" or "error WHY"
+  d=/run/mcp-sandbox/commands/$1
+  [ -d "$d" ] || { echo "error no-such-command"; return 0; }
+  g=$(tr -dc 0-9 < "$d/pgid" 2>/dev/null | head -c 9)
+  [ -n "$g" ] || g=$(tr -dc 0-9 < "$d/pid" 2>/dev/null | head -c 9)
+  if [ -f "$d/exit" ] || [ -z "$g" ]; then echo "error finished"; return 0; fi
+  if kill -"$2" -"$g" 2>/dev/null || kill -"$2" "$g" 2>/dev/null; then echo ok; else echo "error finished"; fi
+}
+
+read_file() {  # $1 path, $2 offset, $3 length: "ok SIZE N" and N bytes, or "error WHY"
+  p=$1
+  if [ ! -e "$p" ]; then
+    if [ -L "$p" ]; then echo "error broken-link"; else echo "error missing"; fi; return 0
+  fi
+  if [ -d "$p" ]; then echo "error directory"; return 0; fi
+  if [ ! -f "$p" ]; then echo "error special"; return 0; fi
+  exec 3< "$p" 2>/dev/null || { echo "error unreadable"; return 0; }
+  s=$(stat -L -c %s /proc/self/fd/3 2>/dev/null | tr -dc 0-9)
+  [ -n "$s" ] || { echo "error unreadable"; return 0; }
+  n=$((s - $2)); [ "$n" -gt 0 ] || n=0; [ "$n" -le "$3" ] || n=$3
+  echo "ok $s $n"
+  tail -c +$(($2 + 1)) <&3 | head -c "$n"
+}
+
+list_files() {  # $1 path, $2 depth, $3 max: "ok" and lines "MODE(hex) SIZE MTIME ./PATH", or "error WHY"
+  p=$1
+  if [ ! -e "$p" ]; then
+    if [ -L "$p" ]; then echo "error broken-link"; else echo "error missing"; fi; return 0
+  fi
+  [ -d "$p" ] || { echo "error not-directory"; return 0; }
+  cd "$p" 2>/dev/null && [ -r . ] || { echo "error unreadable"; return 0; }
+  echo ok
+  find . -mindepth 1 -maxdepth "$2" -exec stat -c '%f %s %Y %n' {} + 2>/dev/null | head -n $(($3 + 1))
 }
 
 list_commands() {  # lines of: id TAB exit TAB timed_out TAB alive TAB started TAB command preview
@@ -332,8 +418,15 @@ def _reason(status: str, exit_code: int | None, flag: str) -> str | None:
         return "killed"
     if flag == "oom":
         return "oom_killed"
-    if exit_code is not None and exit_code > 128 and exit_code - 128 in (1, 2, 9, 15):  # HUP INT KILL TERM
+    if killed_by(exit_code) is not None:
         return "killed"
+    return None
+
+
+def killed_by(exit_code: int | None) -> str | None:
+    """The signal an exit code says ended a command, as shells report it (128 + its number)."""
+    if exit_code is not None and exit_code - 128 in _ENDING_SIGNALS:
+        return SIGNAL_NAMES[exit_code - 128]
     return None
 
 

@@ -36,7 +36,7 @@ from .files import write_refusal
 from .layout import AGENT_PATH, LIB_PATH
 from .model import Sandbox
 from .podman import PodmanResult, is_missing_container, is_not_running
-from .records import BOOTSTRAP, INSTALL_HELPERS, LIB_MISSING, RECORDS_UNWRITABLE, parse_report
+from .records import BOOTSTRAP, INSTALL_HELPERS, LIB_MISSING, NO_TERMINAL, RECORDS_UNWRITABLE, parse_report
 
 T = TypeVar("T")
 
@@ -45,6 +45,12 @@ logger = logging.getLogger("mcp_sandbox.runtime")
 LIST_LIMIT_BYTES = 4 * 1024 * 1024
 # How often the exec runtime looks at a command it did not start (it has nobody to announce its end).
 EXEC_POLL_SECONDS = 0.5
+# How long a write to a command's stdin over podman exec may wait for the command to take it in.
+STDIN_WRITE_SECONDS = 30
+NO_TERMINAL_MESSAGE = (
+    "tty=true needs the sandbox agent (sandbox-agent, see SANDBOX_AGENT), which this server does not have, "
+    "and a shell alone cannot make a terminal. Run the command without tty, or give the server the agent."
+)
 
 
 class Runtime(Protocol):
@@ -63,8 +69,20 @@ class Runtime(Protocol):
         """Record a file link; the verdict line of link_file (records.py)."""
 
     async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
-                    cap: int) -> object:
-        """Start a command; returns a handle for ``wait`` (the runtime's own business)."""
+                    cap: int, flags: int = 0) -> object:
+        """Start a command (flags: records.STDIN_*); returns a handle for ``wait`` (the runtime's own business)."""
+
+    async def write_stdin(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool) -> str:
+        """Write to a command's kept-open stdin: "ok <written>" or "error <why>"."""
+
+    async def signal(self, sandbox: Sandbox, command_id: str, signum: int) -> str:
+        """Signal a command's process group: "ok" or "error <why>"."""
+
+    async def read_file(self, sandbox: Sandbox, path: str, offset: int, length: int) -> bytes:
+        """A frame of read_file (records.py): "ok <size> <n>" and n bytes, or "error <why>"."""
+
+    async def list_files(self, sandbox: Sandbox, path: str, depth: int, max_entries: int) -> bytes:
+        """A frame of list_files (records.py): "ok" and a line per entry, or "error <why>"."""
 
     async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
         """The command's report if it ends within seconds (or has ended), else None; ``started`` is
@@ -81,14 +99,14 @@ class AgentRuntime:
         self.channel = channel
 
     async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
-                    cap: int) -> object:
+                    cap: int, flags: int = 0) -> object:
         exit_reply = self.channel.expect_exit(command_id)  # registered first: no exit slips by
         # A sandbox at its process limit (a fork bomb dying out) cannot fork the command yet; it
         # did not start, so trying again a little later is safe.
         deadline = time.monotonic() + FORK_RETRY_SECONDS
         while True:
             try:
-                await self.channel.run(command_id, int(timeout_seconds), started_ms, cap, command)
+                await self.channel.run(command_id, int(timeout_seconds), started_ms, cap, command, flags)
                 return exit_reply
             except ChannelRequestFailed as exc:
                 if str(exc) == FORK_AT_PROCESS_LIMIT and time.monotonic() < deadline:
@@ -135,6 +153,18 @@ class AgentRuntime:
     async def link(self, sandbox: Sandbox, path: str, max_size: int, file_id: str) -> str:
         return await self.channel.link(path, max_size, file_id)
 
+    async def write_stdin(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool) -> str:
+        return await self.channel.write_stdin(command_id, data, close)
+
+    async def signal(self, sandbox: Sandbox, command_id: str, signum: int) -> str:
+        return await self.channel.signal(command_id, signum)
+
+    async def read_file(self, sandbox: Sandbox, path: str, offset: int, length: int) -> bytes:
+        return await self.channel.read_file(path, offset, length)
+
+    async def list_files(self, sandbox: Sandbox, path: str, depth: int, max_entries: int) -> bytes:
+        return await self.channel.list_files(path, depth, max_entries)
+
 
 @dataclass
 class _Launch:
@@ -160,16 +190,16 @@ class ExecRuntime:
         self._launching: dict[tuple[str, str], _Launch] = {}
 
     async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
-                    cap: int) -> object:
+                    cap: int, flags: int = 0) -> object:
         launch = self._launching[(sandbox.container_id, command_id)] = _Launch()
-        self._spawn(self._launch, sandbox, command_id, command, timeout_seconds, started_ms, cap, launch)
+        self._spawn(self._launch, sandbox, command_id, command, timeout_seconds, started_ms, cap, flags, launch)
         return launch
 
     async def _launch(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int,
-                      started_ms: int, cap: int, launch: _Launch) -> None:
+                      started_ms: int, cap: int, flags: int, launch: _Launch) -> None:
         try:
             result = await self.call(
-                sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms),
+                sandbox, "run", command_id, str(int(timeout_seconds)), str(cap), str(started_ms), str(flags),
                 stdin=command, stdout_limit=2 * cap + 4096, timeout=timeout_seconds + 120,
             )
             if parse_report(command_id, result.stdout) is None:
@@ -222,6 +252,8 @@ class ExecRuntime:
                 continue
             if result.exit_code == RECORDS_UNWRITABLE and not is_missing_container(result.stderr):
                 raise machinery_failure(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "")
+            if result.exit_code == NO_TERMINAL:
+                raise SandboxError(NO_TERMINAL_MESSAGE)
             if result.exit_code != 0:
                 self.raise_failure(sandbox, result)
             return result
@@ -270,6 +302,24 @@ class ExecRuntime:
     async def link(self, sandbox: Sandbox, path: str, max_size: int, file_id: str) -> str:
         result = await self.call(sandbox, "link_file", path, str(max_size), file_id, stdout_limit=4096)
         return result.stdout.decode(errors="replace")
+
+    async def write_stdin(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool) -> str:
+        result = await self.call(sandbox, "write_stdin", command_id, str(int(close)), str(len(data)), stdin=data,
+                                 stdout_limit=4096, timeout=STDIN_WRITE_SECONDS)
+        return result.stdout.decode(errors="replace")
+
+    async def signal(self, sandbox: Sandbox, command_id: str, signum: int) -> str:
+        result = await self.call(sandbox, "signal_command", command_id, str(signum), stdout_limit=4096)
+        return result.stdout.decode(errors="replace")
+
+    async def read_file(self, sandbox: Sandbox, path: str, offset: int, length: int) -> bytes:
+        result = await self.call(sandbox, "read_file", path, str(offset), str(length), stdout_limit=length + 4096)
+        return result.stdout
+
+    async def list_files(self, sandbox: Sandbox, path: str, depth: int, max_entries: int) -> bytes:
+        result = await self.call(sandbox, "list_files", path, str(depth), str(max_entries),
+                                 stdout_limit=LIST_LIMIT_BYTES)
+        return result.stdout
 
 
 class AgentChannels:
