@@ -182,7 +182,9 @@ mcp = FastMCP(
         "Isolated Linux sandboxes. Call create_container, then execute_command with its container_id. "
         "A command still running after a few seconds returns status 'running' and a command_id: follow it "
         "with check_container(container_id, command_id, wait_seconds=30), which returns as soon as it ends. "
-        "Use write_file for file contents (no shell quoting). To give the user a file, write it in the "
+        "Use write_file for file contents (no shell quoting), read_file and list_files to look at files. "
+        "Programs that ask for input: execute_command(keep_stdin_open=true, tty=true for a terminal), then "
+        "write_stdin; send_signal(INT) interrupts one. To give the user a file, write it in the "
         "sandbox and call get_file_url. "
         "Sandboxes are destroyed automatically two hours after creation; destroy_container frees one sooner. "
         "snapshot_container keeps a sandbox's files (not its processes); create_container(snapshot_id=...) "
@@ -665,6 +667,7 @@ async def expose_port(
 TOOL_NAMES = [
     "create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
     "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot", "expose_port",
+    "write_stdin", "send_signal", "read_file", "list_files",
 ]
 
 

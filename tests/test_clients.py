@@ -74,7 +74,7 @@ def test_mcp_inspector_cli_lists_schemas_and_runs_the_date_example(http_server: 
     tools = {tool["name"]: tool for tool in inspector(url, "--method", "tools/list")["tools"]}
     assert set(tools) == {"create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
                           "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
-                          "expose_port"}
+                          "expose_port", "write_stdin", "send_signal", "read_file", "list_files"}
     timeout = tools["execute_command"]["inputSchema"]["properties"]["timeout_seconds"]
     assert (timeout["minimum"], timeout["default"]) == (1, 600)
     assert tools["destroy_container"]["annotations"]["destructiveHint"] is True

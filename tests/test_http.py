@@ -28,7 +28,7 @@ def test_root_answers_server_info(http_server: ServerProcess) -> None:
     assert info["mcp_endpoint"] == "/"
     assert info["tools"] == ["create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
                              "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
-                             "expose_port"]
+                             "expose_port", "write_stdin", "send_signal", "read_file", "list_files"]
 
 
 def test_root_hands_event_stream_requests_to_mcp(http_server: ServerProcess) -> None:

@@ -24,7 +24,7 @@ async def test_lists_the_contracts_five_tools_and_the_others_with_annotations(cl
     tools = {tool.name: tool for tool in await client.list_tools()}
     assert set(tools) == {"create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
                           "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
-                          "expose_port"}
+                          "expose_port", "write_stdin", "send_signal", "read_file", "list_files"}
     assert tools["destroy_container"].annotations.destructive_hint is True
     assert tools["check_container"].annotations.read_only_hint is True
     assert tools["get_file_url"].annotations.read_only_hint is True
