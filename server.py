@@ -235,6 +235,16 @@ def _sandbox_times(container_id: str, tenant: str) -> dict[str, Any]:
     }
 
 
+def _decoded(text: str, encoding: str, name: str) -> bytes:
+    """A tool's text argument as bytes: UTF-8, or base64 when encoding says so."""
+    if encoding != "base64":
+        return text.encode("utf-8", errors="surrogatepass")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ToolError(f"{name} is not valid base64. Encode the bytes with standard base64, or use encoding='text'.") from None
+
+
 def _command_result(container_id: str, state: CommandState, stdin_open: bool = False) -> dict[str, Any]:
     return command_result(container_id, state, sandboxes.settings.output_limit_bytes,
                           sandboxes.settings.output_file_max_bytes, stdin_open)
@@ -357,13 +367,7 @@ async def write_stdin(
 ) -> dict[str, Any]:
     """Write to the stdin of a command started with keep_stdin_open=true (or tty=true) and return
     the output it printed in answer (once its output settles), its status and bytes_written."""
-    if encoding == "base64":
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ToolError("data is not valid base64. Encode the bytes with standard base64, or use encoding='text'.") from None
-    else:
-        raw = data.encode("utf-8", errors="surrogatepass")
+    raw = _decoded(data, encoding, "data")
     with _tool_errors():
         state, written = await sandboxes.write_stdin(container_id, command_id, raw, close, current_tenant())
     result = _command_result(container_id, state, stdin_open=not close and written == len(raw))
@@ -574,13 +578,7 @@ async def write_file(
     ] = None,
 ) -> dict[str, Any]:
     """Write a file into a sandbox without shell quoting (source code, data, scripts); replaces an existing file."""
-    if encoding == "base64":
-        try:
-            data = base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            raise ToolError("content is not valid base64. Encode the bytes with standard base64, or use encoding='text'.") from None
-    else:
-        data = content.encode("utf-8", errors="surrogatepass")
+    data = _decoded(content, encoding, "content")
     with _tool_errors():
         size = await sandboxes.write_file(container_id, path, data, int(mode, 8) if mode else None, current_tenant())
     return {"container_id": container_id, "path": path, "size_bytes": size, "mode": mode or "644"}

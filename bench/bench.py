@@ -49,7 +49,7 @@ from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 from sandbox.backend import PodmanBackend  # noqa: E402
 from sandbox.podman import Podman  # noqa: E402
 
-ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview"]
+ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -464,6 +464,50 @@ class Bench:
                  note="into the sandbox from the host vs podman exec sandbox-agent relay")
         await client.call_tool("destroy_container", {"container_id": container_id})
 
+    async def interactive(self, client: Client, rounds: int = 50) -> None:
+        """read_file of 1 MB next to podman exec cat of the same file; a write_stdin round trip (a line
+        written to cat, its echo back) next to a podman exec -i write of a line into the same FIFO."""
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        name = f"mcp-sandbox-{container_id}"
+        await client.call_tool("execute_command", {"container_id": container_id,
+                                                   "command": "head -c 1048576 /dev/urandom > /root/one.bin"})
+        ours, raw = [], []
+
+        async def read_ours() -> None:
+            got = structured(await client.call_tool("read_file", {"container_id": container_id, "path": "/root/one.bin",
+                                                                  "encoding": "base64"}))
+            assert got["length"] == 1048576 and got["eof"]
+
+        async def read_raw() -> None:
+            got = await anyio.run_process(["podman", "exec", name, "cat", "/root/one.bin"])
+            assert len(got.stdout) == 1048576
+
+        for _ in range(rounds):
+            raw.append(await self.timed(read_raw))
+            ours.append(await self.timed(read_ours))
+        self.row("read_file 1 MB / podman exec cat", ours, raw, note="base64 through MCP vs raw bytes")
+        cat = structured(await client.call_tool("execute_command", {
+            "container_id": container_id, "command": "cat", "keep_stdin_open": True}))["command_id"]
+        sink = structured(await client.call_tool("execute_command", {  # the raw writes go to a FIFO of its own
+            "container_id": container_id, "command": "cat > /dev/null", "keep_stdin_open": True}))["command_id"]
+        fifo = f"/run/mcp-sandbox/commands/{sink}/stdin"
+        ours, raw = [], []
+
+        async def write_ours() -> None:
+            got = structured(await client.call_tool("write_stdin", {"container_id": container_id, "command_id": cat,
+                                                                    "data": "ping\n"}))
+            assert got["stdout"] == "ping\n", got
+
+        async def write_raw() -> None:
+            await anyio.run_process(["podman", "exec", "-i", name, "sh", "-c", f"cat > {fifo}"], input=b"ping\n")
+
+        for _ in range(rounds):
+            raw.append(await self.timed(write_raw))
+            ours.append(await self.timed(write_ours))
+        self.row("write_stdin + echo back / podman exec -i write", ours, raw,
+                 note="ours waits for cat's answer; raw only writes")
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
     async def proxy(self, client: Client, requests: int = 20, rounds: int = 5, size_mb: int = 50) -> None:
         assert self.target is not None
         name, direct_ip = TARGET_NAME, self.target.ip
@@ -562,6 +606,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 await bench.snapshot(client)
             if "preview" in rows:
                 await bench.preview(client)
+            if "interactive" in rows:
+                await bench.interactive(client)
     finally:
         bench.cleanup()
         if bench.target is not None:

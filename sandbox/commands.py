@@ -38,9 +38,9 @@ from .runtime import NO_TERMINAL_MESSAGE, ExecRuntime, Runtimes
 
 # A command that waits for input is answered once its output stops growing: this long after it
 # last grew, or after SILENT_SECONDS when nothing came; looked at every SETTLE_POLL_SECONDS.
-SETTLE_SECONDS = 0.3
+SETTLE_SECONDS = 0.03
 SILENT_SECONDS = 1.0
-SETTLE_POLL_SECONDS = 0.05
+SETTLE_POLL_SECONDS = 0.01
 # How long send_signal waits for the command to end (for a signal that ends it).
 SIGNAL_WAIT_SECONDS = 3.0
 # How long a write to a command just started over podman exec waits for its FIFO.
@@ -237,8 +237,8 @@ class CommandRunner:
         seen: tuple[int, int] | None = None
         grew = False
         while True:
-            try:
-                state = await self._slice(sandbox, command_id, cap, stdout_offset, stderr_offset)
+            try:  # sizes only (cap 0) while waiting; the output once
+                state = await self._slice(sandbox, command_id, 0, stdout_offset, stderr_offset)
             except CommandNotFound:
                 if not self.runtimes.exec_runtime.launching(sandbox.container_id, command_id):
                     raise
@@ -254,7 +254,7 @@ class CommandRunner:
             quiet = now - last_change
             if (state.status != "running" or now - started >= max_seconds
                     or (grew and quiet >= SETTLE_SECONDS) or quiet >= SILENT_SECONDS):
-                return state
+                return await self._slice(sandbox, command_id, cap, stdout_offset, stderr_offset)
             await anyio.sleep(SETTLE_POLL_SECONDS)
 
     def _check_command_id(self, command_id: str) -> None:
