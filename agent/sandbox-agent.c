@@ -26,7 +26,7 @@
  *   exit <cmd_id> <len>\n<report>     report <req> <len>\n<report>
  *   put <req> ok\n | put <req> error <reason>\n     pong <req>\n
  *   list <req> <len>\n<lines>         link <req> <verdict>\n
- *   stdin <req> ok <written>\n | stdin <req> error <why>\n   signal <req> ok\n | signal <req> error <why>\n
+ *   stdin <req> ok <written> <tty 0|1>\n | stdin <req> error <why>\n   signal <req> ok\n | signal <req> error <why>\n
  *   read <req> <len>\n<frame>          ls <req> <len>\n<frame>   (frames as read_file and list_files
  *                                     of records.py print them)
  * A report is the MCPSB2 frame parsed by records.parse_report.
@@ -940,7 +940,7 @@ static void link_file(const char *req, long max_size, const char *file_id, const
 static void finish_pending(struct pending *p) {
     if (p->close_after && p->off == p->len) write_text(p->dir, "stdin_closed", "1\n");
     close(p->fd);
-    emitf("stdin %s ok %zu\n", p->req, p->off - (p->tty && p->close_after && p->off == p->len ? 1 : 0));
+    emitf("stdin %s ok %zu %d\n", p->req, p->off - (p->tty && p->close_after && p->off == p->len ? 1 : 0), p->tty);
     free(p->data);
     p->used = 0;
 }

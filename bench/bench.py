@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 from sandbox.sweep import build_static, image_holders, release_namespace, remove_image_holders  # noqa: E402
 from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 from sandbox.backend import PodmanBackend  # noqa: E402
+from sandbox.channel import AgentChannel  # noqa: E402
+from sandbox.layout import AGENT_PATH  # noqa: E402
 from sandbox.podman import Podman  # noqa: E402
 
 ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
@@ -486,6 +488,30 @@ class Bench:
             raw.append(await self.timed(read_raw))
             ours.append(await self.timed(read_ours))
         self.row("read_file 1 MB / podman exec cat", ours, raw, note="base64 through MCP vs raw bytes")
+        # Where that time goes: the same read in the server (the agent's channel, no MCP), and the
+        # same result (1.4 MB of base64) from a tool that reads nothing: FastMCP's own cost.
+        in_server = []
+        async with anyio.create_task_group() as tasks:
+            channel = AgentChannel(PodmanBackend(Podman()).exec_argv(name, AGENT_PATH, interactive=True))
+            await channel.open(tasks.start_soon)
+            for _ in range(rounds):
+                in_server.append(await self.timed(lambda: channel.read_file("/root/one.bin", 0, 1048576)))
+            await channel.close()
+        self.row("  the read in the server / podman exec cat", in_server, raw, note="the agent's read request")
+        floor = await self.mcp_floor(rounds)
+        self.row("  FastMCP alone, same result / podman exec cat", floor, raw,
+                 note="a tool returning 1.4 MB of text: the floor")
+        await client.call_tool("write_file", {"container_id": container_id, "path": "/root/small.txt", "content": "k" * 1024})
+        small, raw_small = [], []
+
+        async def read_small() -> None:
+            got = structured(await client.call_tool("read_file", {"container_id": container_id, "path": "/root/small.txt"}))
+            assert got["length"] == 1024
+
+        for _ in range(rounds):
+            raw_small.append(await self.timed(lambda: anyio.run_process(["podman", "exec", name, "cat", "/root/small.txt"])))
+            small.append(await self.timed(read_small))
+        self.row("read_file 1 KB / podman exec cat", small, raw_small)
         cat = structured(await client.call_tool("execute_command", {
             "container_id": container_id, "command": "cat", "keep_stdin_open": True}))["command_id"]
         sink = structured(await client.call_tool("execute_command", {  # the raw writes go to a FIFO of its own
@@ -507,6 +533,30 @@ class Bench:
         self.row("write_stdin + echo back / podman exec -i write", ours, raw,
                  note="ours waits for cat's answer; raw only writes")
         await client.call_tool("destroy_container", {"container_id": container_id})
+
+    async def mcp_floor(self, rounds: int) -> list[float]:
+        """A FastMCP server of one tool that returns read_file's result for 1 MB without reading
+        anything, over the same transport: what MCP itself costs for such a result here."""
+        port = free_port()
+        script = (
+            "import sys\nfrom fastmcp import FastMCP\nmcp = FastMCP('floor')\nBLOB = 'A' * 1398104\n"
+            "@mcp.tool\ndef big() -> dict:\n    return {'path': '/root/one.bin', 'content': BLOB, 'encoding': "
+            "'base64', 'size_bytes': 1048576, 'offset': 0, 'length': 1048576, 'eof': True}\n"
+            f"mcp.run(transport='http', host='127.0.0.1', port={port}, log_level='warning', show_banner=False)\n")
+        floor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    await anyio.sleep(0.1)
+            async with Client(f"http://127.0.0.1:{port}/mcp") as floor_client:
+                await floor_client.call_tool("big", {})
+                return [await self.timed(lambda: floor_client.call_tool("big", {})) for _ in range(rounds)]
+        finally:
+            floor.terminate()
+            floor.wait(timeout=10)
 
     async def proxy(self, client: Client, requests: int = 20, rounds: int = 5, size_mb: int = 50) -> None:
         assert self.target is not None

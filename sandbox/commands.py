@@ -36,11 +36,16 @@ from .records import (
 )
 from .runtime import NO_TERMINAL_MESSAGE, ExecRuntime, Runtimes
 
-# A command that waits for input is answered once its output stops growing: this long after it
-# last grew, or after SILENT_SECONDS when nothing came; looked at every SETTLE_POLL_SECONDS.
-SETTLE_SECONDS = 0.03
+# A command that waits for input is answered once its output stops growing: after a quiet spell as
+# long as its first answer took (a quick echo: SETTLE_MIN_SECONDS; a slow program: up to
+# SETTLE_MAX_SECONDS), or after SILENT_SECONDS when nothing came. Looked at every
+# SETTLE_POLL_SECONDS (sizes only: through the agent, a fraction of a millisecond).
+SETTLE_MIN_SECONDS = 0.005
+SETTLE_MAX_SECONDS = 0.3
+# On a terminal the first output is the terminal's echo of what was typed, at once: wait longer.
+SETTLE_MIN_TERMINAL_SECONDS = 0.05
 SILENT_SECONDS = 1.0
-SETTLE_POLL_SECONDS = 0.01
+SETTLE_POLL_SECONDS = 0.003
 # How long send_signal waits for the command to end (for a signal that ends it).
 SIGNAL_WAIT_SECONDS = 3.0
 # How long a write to a command just started over podman exec waits for its FIFO.
@@ -133,14 +138,14 @@ class CommandRunner:
                 return self._seen(container_id, await self._head_and_tail(sandbox, state))
             started = await self._start(sandbox, command_id, encoded, timeout_seconds, started_ms, flags)
             if stdin or not keep_stdin_open:  # a terminal without kept-open stdin gets ^D after it
-                written = await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open, starting=True)
+                written, _ = await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open, starting=True)
                 if written < len(stdin or b""):
                     raise InvalidCommand(
                         f"Command {command_id} started but took only {written:,} of the {len(stdin or b''):,} "
                         "bytes of stdin (it is not reading its input). Send the rest with write_stdin, or stop "
                         "it with send_signal.")
             if keep_stdin_open:
-                state = await self._settle(sandbox, command_id, 0, 0, self.settings.sync_wait_seconds)
+                state = await self._settle(sandbox, command_id, 0, 0, self.settings.sync_wait_seconds, tty)
             else:
                 state = await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, on_progress, started)
             return self._seen(container_id, await self._head_and_tail(sandbox, state))
@@ -161,20 +166,22 @@ class CommandRunner:
                                  "(end lines with \\n), or close=true to end the command's input.")
         try:
             before = await self._slice(sandbox, command_id, 0, 0, 0)
-            written = await self._write(sandbox, command_id, data, close)
+            written, tty = await self._write(sandbox, command_id, data, close)
             if close:  # its input ended: most commands end now, so wait for that as execute_command does
                 await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, None)
                 state = await self._slice(sandbox, command_id, self.settings.output_limit_bytes,
                                           before.stdout_bytes, before.stderr_bytes)
             else:
                 state = await self._settle(sandbox, command_id, before.stdout_bytes, before.stderr_bytes,
-                                           self.settings.sync_wait_seconds)
+                                           self.settings.sync_wait_seconds, tty)
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant), 0
         return self._seen(container_id, state), written
 
-    async def _write(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool, starting: bool = False) -> int:
-        """Write to the command's stdin FIFO; how many bytes it took in (all, unless it stopped reading)."""
+    async def _write(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool, starting: bool = False
+                     ) -> tuple[int, bool]:
+        """Write to the command's stdin FIFO; how many bytes it took in (all, unless it stopped reading),
+        and whether it runs on a terminal."""
 
         async def interrupted(_: ExecRuntime) -> str:  # never write twice: the first may have arrived
             return "error interrupted"
@@ -189,8 +196,8 @@ class CommandRunner:
                 await anyio.sleep(0.05)
                 continue
             break
-        if verdict[:1] == ["ok"] and len(verdict) == 2 and verdict[1].isdigit():
-            return int(verdict[1])
+        if verdict[:1] == ["ok"] and len(verdict) >= 2 and verdict[1].isdigit():
+            return int(verdict[1]), verdict[2:3] == ["1"]
         why = verdict[1] if len(verdict) > 1 else "refused"
         raise InvalidCommand(_STDIN_REFUSALS.get(why, "The command's stdin could not be written ({why}); check "
                                                  "the command with check_container.").format(
@@ -228,14 +235,17 @@ class CommandRunner:
         return self._seen(container_id, await self._head_and_tail(sandbox, state)), name
 
     async def _settle(self, sandbox: Sandbox, command_id: str, stdout_offset: int, stderr_offset: int,
-                      max_seconds: float) -> CommandState:
+                      max_seconds: float, tty: bool = False) -> CommandState:
         """The command's output after the offsets once it ends, or once its output stopped growing
-        (a prompt, an answer: SETTLE_SECONDS after it last grew, or SILENT_SECONDS if nothing
+        (a prompt, an answer: a quiet spell as long as the first answer took, within SETTLE_MIN_SECONDS
+        and SETTLE_MAX_SECONDS; or SILENT_SECONDS if nothing
         came), or after max_seconds."""
         cap = self.settings.output_limit_bytes
         started = last_change = time.monotonic()
         seen: tuple[int, int] | None = None
         grew = False
+        shortest = SETTLE_MIN_TERMINAL_SECONDS if tty else SETTLE_MIN_SECONDS
+        settle = shortest
         while True:
             try:  # sizes only (cap 0) while waiting; the output once
                 state = await self._slice(sandbox, command_id, 0, stdout_offset, stderr_offset)
@@ -246,14 +256,14 @@ class CommandRunner:
                 continue
             now = time.monotonic()
             sizes = (state.stdout_bytes, state.stderr_bytes)
-            if seen is not None and sizes != seen:
+            if sizes != (seen or (stdout_offset, stderr_offset)):
+                if not grew:  # the first answer: wait for the rest about as long as it took
+                    settle = min(SETTLE_MAX_SECONDS, max(shortest, now - started))
                 grew, last_change = True, now
-            if seen is None:
-                grew = sizes != (stdout_offset, stderr_offset)
             seen = sizes
             quiet = now - last_change
             if (state.status != "running" or now - started >= max_seconds
-                    or (grew and quiet >= SETTLE_SECONDS) or quiet >= SILENT_SECONDS):
+                    or (grew and quiet >= settle) or quiet >= SILENT_SECONDS):
                 return await self._slice(sandbox, command_id, cap, stdout_offset, stderr_offset)
             await anyio.sleep(SETTLE_POLL_SECONDS)
 

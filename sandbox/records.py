@@ -183,7 +183,7 @@ read_command() {  # $1 command id, $2 output cap, $3 $4 stdout/stderr offsets
   if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2" "$3" "$4"; else echo MCPSB-NONE; fi
 }
 
-write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the data. "ok N" or "error WHY"
+write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the data. "ok N TTY" or "error WHY"
   d=/run/mcp-sandbox/commands/$1
   if [ ! -d "$d" ]; then echo "error no-such-command"
   elif [ ! -p "$d/stdin" ]; then echo "error not-kept-open"
@@ -198,7 +198,7 @@ write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the dat
       if [ -e "$d/tty" ]; then printf '\004' > "$d/stdin"; fi  # end-of-file on a terminal: ^D
       true > "$d/stdin_closed"
     fi
-    echo "ok $3"; return 0
+    if [ -e "$d/tty" ]; then echo "ok $3 1"; else echo "ok $3 0"; fi; return 0
   fi
   cat > /dev/null
 }
