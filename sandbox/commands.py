@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import secrets
 import time
-
-import anyio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+
+import anyio
 
 from .config import SandboxSettings
 from .errors import (
@@ -20,8 +20,8 @@ from .errors import (
     SandboxStopped,
 )
 from .gone import GoneCommands
-from .model import LOCAL_TENANT, Sandbox
 from .layout import OUTPUT_DIR
+from .model import LOCAL_TENANT, Sandbox
 from .records import (
     COMMAND_ID_RE,
     SIGNALS,
