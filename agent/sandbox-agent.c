@@ -26,7 +26,7 @@
  *   exit <cmd_id> <len>\n<report>     report <req> <len>\n<report>
  *   put <req> ok\n | put <req> error <reason>\n     pong <req>\n
  *   list <req> <len>\n<lines>         link <req> <verdict>\n
- *   stdin <req> ok <written> <tty 0|1>\n | stdin <req> error <why>\n   signal <req> ok\n | signal <req> error <why>\n
+ *   stdin <req> ok <written> <tty 0|1> <stdout size> <stderr size>\n (sizes before the write) | stdin <req> error <why>\n   signal <req> ok\n | signal <req> error <why>\n
  *   read <req> <len>\n<frame>          ls <req> <len>\n<frame>   (frames as read_file and list_files
  *                                     of records.py print them)
  * A report is the MCPSB2 frame parsed by records.parse_report.
@@ -562,6 +562,10 @@ static int wrap(int mode, const char *dir, char *const argv[]) {
         execv(argv[0], argv);
         return 127;
     }
+    /* Forked from the agent without an exec: let go of what the agent holds (its channel, a FIFO
+     * of another command it is writing to, which would otherwise never see end-of-file). */
+    long open_max = sysconf(_SC_OPEN_MAX);
+    for (int fd = 3; fd < (open_max > 0 && open_max < 65536 ? open_max : 65536); fd++) close(fd);
     char fifo[300];
     snprintf(fifo, sizeof fifo, "%s/stdin", dir);
     /* Opened for reading and writing: never blocks, and the command never sees end-of-file while held. */
@@ -827,6 +831,7 @@ static void enforce_deadlines(long long now) {
 #define STDIN_WAIT_MS 2000
 struct pending {
     int used, fd, close_after, tty;
+    long sizes[2]; /* the command's stdout and stderr before the write: where its answer starts */
     char req[32], dir[256];
     char *data;
     size_t len, off;
@@ -940,7 +945,8 @@ static void link_file(const char *req, long max_size, const char *file_id, const
 static void finish_pending(struct pending *p) {
     if (p->close_after && p->off == p->len) write_text(p->dir, "stdin_closed", "1\n");
     close(p->fd);
-    emitf("stdin %s ok %zu %d\n", p->req, p->off - (p->tty && p->close_after && p->off == p->len ? 1 : 0), p->tty);
+    emitf("stdin %s ok %zu %d %ld %ld\n", p->req, p->off - (p->tty && p->close_after && p->off == p->len ? 1 : 0),
+          p->tty, p->sizes[0], p->sizes[1]);
     free(p->data);
     p->used = 0;
 }
@@ -976,13 +982,19 @@ static void stdin_request(const char *req, const char *id, int close_after, cons
         if (!pendings[i].used) p = &pendings[i];
     if (!why && !p) why = "busy";
     int fd = why ? -1 : open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-    if (!why && fd < 0) why = errno == ENXIO ? "finished" : "unwritable";
+    /* No reader yet: the command's wrap has not opened the FIFO (it is starting), or it has ended. */
+    if (!why && fd < 0) why = errno != ENXIO ? "unwritable" : file_exists(dir, "exit") ? "finished" : "starting";
     if (why) {
         emitf("stdin %s error %s\n", req, why);
         return;
     }
     memset(p, 0, sizeof *p);
     p->tty = file_exists(dir, "tty");
+    for (int s = 0; s < 2; s++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s.%s", id, STREAMS[s]);
+        p->sizes[s] = file_size(OUTPUT_DIR, name);
+    }
     p->data = malloc(len + 1);
     if (!p->data) {
         close(fd);

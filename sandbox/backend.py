@@ -65,6 +65,7 @@ class ContainerSpec:
     workdir: str = ""
     tmpfs: Sequence[str] = ()  # path:options
     volumes: Sequence[str] = ()  # host:path, or a path alone for a volume that goes with the container
+    dns: Sequence[str] = ()  # name servers for the sandbox's resolv.conf; () for the network's own
 
 
 @dataclass(frozen=True)
@@ -482,6 +483,8 @@ def run_args(spec: ContainerSpec) -> list[str]:
         args += ["--label", f"{key}={value}"]
     if spec.network:
         args += ["--network", spec.network]
+    for server in spec.dns:
+        args += ["--dns", server]
     for option, values in (("--env", spec.env), ("--tmpfs", spec.tmpfs), ("--volume", spec.volumes)):
         args += [arg for value in values for arg in (option, value)]
     if spec.workdir:

@@ -231,7 +231,7 @@ class AgentChannel:
         return await self._request(f"link {{id}} {max_size} {file_id} {len(encoded)}", encoded)
 
     async def write_stdin(self, command_id: str, data: bytes, close: bool) -> str:
-        """Write to a command's kept-open stdin: "ok <written> <tty>" or "error <why>" (write_stdin in records.py)."""
+        """Write to a command's kept-open stdin: "ok <written> <tty> <stdout size> <stderr size>" or "error <why>" (write_stdin in records.py)."""
         return await self._request(f"stdin {{id}} {command_id} {int(close)} {len(data)}", data)
 
     async def signal(self, command_id: str, signum: int) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -48,8 +48,10 @@ SILENT_SECONDS = 1.0
 SETTLE_POLL_SECONDS = 0.003
 # How long send_signal waits for the command to end (for a signal that ends it).
 SIGNAL_WAIT_SECONDS = 3.0
-# How long a write to a command just started over podman exec waits for its FIFO.
+# How long a write to a command just started over podman exec waits for its FIFO; and how long
+# any write waits for the FIFO's holder to open it.
 STARTING_SECONDS = 10.0
+OPENING_SECONDS = 2.0
 
 _STDIN_REFUSALS = {
     "no-such-command": "Sandbox {container_id} has no command {command_id}. Call check_container without "
@@ -62,6 +64,7 @@ _STDIN_REFUSALS = {
     "finished": "Command {command_id} has ended, so nothing can be written to it. check_container with its "
                 "command_id shows its result.",
     "busy": "The sandbox is writing to too many commands at once; try again in a moment.",
+    "starting": "Command {command_id} has not opened its stdin yet; try again in a moment.",
     "not-reading": "Command {command_id} did not take the data within 2 s (it is not reading its input); part of "
                    "it may have arrived. Its stdin stays open: look with check_container, then write again.",
     "interrupted": "The connection to the sandbox broke while writing to command {command_id}; the data may or "
@@ -76,6 +79,16 @@ _SIGNAL_REFUSALS = {
 
 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write to a command's stdin did."""
+
+    bytes: int  # taken in by the command (all, unless it stopped reading)
+    tty: bool  # the command runs on a terminal
+    stdout_before: int  # its output's sizes just before the write: where the answer starts
+    stderr_before: int
 
 
 class CommandRunner:
@@ -138,7 +151,8 @@ class CommandRunner:
                 return self._seen(container_id, await self._head_and_tail(sandbox, state))
             started = await self._start(sandbox, command_id, encoded, timeout_seconds, started_ms, flags)
             if stdin or not keep_stdin_open:  # a terminal without kept-open stdin gets ^D after it
-                written, _ = await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open, starting=True)
+                written = (await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open,
+                                             starting=True)).bytes
                 if written < len(stdin or b""):
                     raise InvalidCommand(
                         f"Command {command_id} started but took only {written:,} of the {len(stdin or b''):,} "
@@ -165,39 +179,41 @@ class CommandRunner:
             raise InvalidCommand("data is empty and close is false: nothing to do. Pass the text to type "
                                  "(end lines with \\n), or close=true to end the command's input.")
         try:
-            before = await self._slice(sandbox, command_id, 0, 0, 0)
-            written, tty = await self._write(sandbox, command_id, data, close)
+            written = await self._write(sandbox, command_id, data, close)
             if close:  # its input ended: most commands end now, so wait for that as execute_command does
                 await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, None)
                 state = await self._slice(sandbox, command_id, self.settings.output_limit_bytes,
-                                          before.stdout_bytes, before.stderr_bytes)
+                                          written.stdout_before, written.stderr_before)
             else:
-                state = await self._settle(sandbox, command_id, before.stdout_bytes, before.stderr_bytes,
-                                           self.settings.sync_wait_seconds, tty)
+                state = await self._settle(sandbox, command_id, written.stdout_before, written.stderr_before,
+                                           self.settings.sync_wait_seconds, written.tty)
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant), 0
-        return self._seen(container_id, state), written
+        return self._seen(container_id, state), written.bytes
 
     async def _write(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool, starting: bool = False
-                     ) -> tuple[int, bool]:
-        """Write to the command's stdin FIFO; how many bytes it took in (all, unless it stopped reading),
-        and whether it runs on a terminal."""
+                     ) -> Written:
+        """Write to the command's stdin FIFO: how many bytes it took in (all, unless it stopped
+        reading), whether it runs on a terminal, and its output's sizes before the write."""
 
         async def interrupted(_: ExecRuntime) -> str:  # never write twice: the first may have arrived
             return "error interrupted"
 
-        deadline = time.monotonic() + (STARTING_SECONDS if starting else 0)
+        now = time.monotonic()
+        deadline, opening = now + (STARTING_SECONDS if starting else 0), now + OPENING_SECONDS
         while True:
             verdict = (await self.runtimes.ask(
                 sandbox, lambda runtime: runtime.write_stdin(sandbox, command_id, data, close),
                 after_close=interrupted)).strip().split()
-            # Just started over podman exec: its FIFO may not be made yet.
-            if verdict[:2] == ["error", "no-such-command"] and time.monotonic() < deadline:
-                await anyio.sleep(0.05)
+            # Just started over podman exec, its FIFO may not be made yet; just started anyhow, the
+            # program that holds it open may not have opened it yet (nothing was written then).
+            if ((verdict[:2] == ["error", "no-such-command"] and time.monotonic() < deadline)
+                    or (verdict[:2] == ["error", "starting"] and time.monotonic() < max(deadline, opening))):
+                await anyio.sleep(0.005)
                 continue
             break
-        if verdict[:1] == ["ok"] and len(verdict) >= 2 and verdict[1].isdigit():
-            return int(verdict[1]), verdict[2:3] == ["1"]
+        if verdict[:1] == ["ok"] and len(verdict) == 5 and all(field.isdigit() for field in verdict[1:]):
+            return Written(int(verdict[1]), verdict[2] == "1", int(verdict[3]), int(verdict[4]))
         why = verdict[1] if len(verdict) > 1 else "refused"
         raise InvalidCommand(_STDIN_REFUSALS.get(why, "The command's stdin could not be written ({why}); check "
                                                  "the command with check_container.").format(

@@ -53,6 +53,7 @@ class SandboxContainers:
                 "runtime": self.settings.runtime,
                 "network": self.egress.network,
                 "egress": " ".join((self.egress.policy, *self.egress.allow_cidrs)),
+                "dns": " ".join(self.egress.dns),
                 "flags": " ".join((*LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS, STATE_TMPFS)),
                 "disk_bytes": str(self.disks.limit_bytes if self.disks.enabled else 0),
                 "helpers": self._helpers_digest(),
@@ -86,8 +87,9 @@ class SandboxContainers:
             # The server's own files (DATA_DIR) live on a mount of their own, never in the image's
             # tree, which may be read-only to the sandbox's root: on the sandbox's disk, or on an
             # anonymous volume that goes with the container (podman rm -v).
+            dns = self.egress.dns if sandbox.network == self.egress.network else ()
             spec = ContainerSpec(sandbox.name, labels, ("sleep", "2147483647"), image=image,
-                                 network=sandbox.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,))
+                                 network=sandbox.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,), dns=dns)
             if self.disks.enabled:
                 root = await self.disks.create(sandbox.name, image, layer)
                 spec = replace(spec, image="", rootfs=str(self.disks.root(sandbox.name)), env=root.env,

@@ -7,8 +7,15 @@ bridge, so the host's other traffic never meets it) decides:
 * to the host itself, on any of its addresses (the ``input`` hook): only DNS to the bridge's
   gateway, where Podman's resolver answers; nothing else;
 * through the host (the ``forward`` hook, which also sees traffic between sandboxes on the
-  bridge): the operator's SANDBOX_EGRESS_ALLOW_CIDRS, then nothing private, loopback,
-  link-local (cloud metadata), shared, multicast or broadcast; the rest of the internet.
+  bridge): DNS (port 53) to the host's own resolvers; the operator's SANDBOX_EGRESS_ALLOW_CIDRS;
+  then nothing private, loopback, link-local (cloud metadata), shared, multicast or broadcast;
+  the rest of the internet.
+
+Sandboxes ask the host's resolvers (those of /etc/resolv.conf that a sandbox can reach: not
+loopback) directly, with ``--dns``, rather than Podman's resolver on the gateway (aardvark-dns),
+which drops queries while containers come and go on its network (containers/aardvark-dns#389):
+under a busy server a sandbox's name lookups failed for seconds at a time. Where the host has no
+such resolver, the gateway's answers as before.
 
 A sandbox cannot change this from inside: it has no capabilities (--cap-drop=ALL), so it can
 change neither its addresses nor its routes, nor send raw packets; the rules live in the host's
@@ -91,7 +98,29 @@ def _chain(table: str, name: str, hook: str, rules: Sequence[str]) -> str:
             f"flush chain inet {table} {name}\n" + "".join(f"add rule inet {table} {name} {rule}\n" for rule in rules))
 
 
-def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port: int = 0) -> str:
+def upstream_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The host's name servers that a sandbox can reach through the host: not loopback (a local
+    stub resolver), link-local or unspecified."""
+    found = []
+    try:
+        lines = Path(resolv_conf).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            address = ipaddress.ip_address(fields[1].split("%")[0])
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast):
+            found.append(str(address))
+    return tuple(dict.fromkeys(found))
+
+
+def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port: int = 0,
+            resolvers: Sequence[str] = ()) -> str:
     """The nft script (one transaction) that makes or refreshes the table for sandboxes on
     ``network``. Sandboxes in the set ``proxied`` (those with allow_domains) reach only the proxy
     ports on the gateway. The sets ``proxied`` and ``proxy_ports`` are kept as they are, since other
@@ -111,10 +140,16 @@ def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port:
     if gateways_v6:
         input_rules.append(f"ip6 daddr {{ {', '.join(gateways_v6)} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
     input_rules.append("counter drop")
+    resolvers_v4 = [r for r in resolvers if ipaddress.ip_address(r).version == 4]
+    resolvers_v6 = [r for r in resolvers if ipaddress.ip_address(r).version == 6]
     forward_rules = [
         f"iifname != {iface} accept",
         "ip saddr @proxied counter drop",
         "ct state established,related accept",
+        *([f"ip daddr {{ {', '.join(resolvers_v4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"]
+          if resolvers_v4 else []),
+        *([f"ip6 daddr {{ {', '.join(resolvers_v6)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"]
+          if resolvers_v6 else []),
         "ip daddr @allowed_v4 accept",
         "ip6 daddr @allowed_v6 accept",
         "ip daddr @blocked_v4 counter drop",
@@ -173,6 +208,7 @@ class Egress:
         self.network = "none"  # until start decides
         self.bridge: BridgeNetwork | None = None
         self.why_not = ""  # why the public policy could not be put in force ("" while it is)
+        self.dns: tuple[str, ...] = ()  # the resolvers sandboxes on the public network ask (--dns)
         self.proxy = EgressProxy((*BLOCKED_V4, *BLOCKED_V6), self.allow_cidrs, host_addresses)
         self.proxy_why_not = "the proxy runs only under SANDBOX_EGRESS=public"
         self._proxy_port, self._max_domains = settings.proxy_port, settings.max_allow_domains
@@ -204,7 +240,7 @@ class Egress:
         return {"policy": "open", "network": network or "podman"}
 
     async def start(self) -> None:
-        self.why_not, self.bridge = "", None
+        self.why_not, self.bridge, self.dns = "", None, ()
         if self.policy == "none" or self._wanted_network == "none":
             self.network = "none"
         elif self.policy == "open":
@@ -213,6 +249,7 @@ class Egress:
                 await self._drop_rules(self._wanted_network)
         else:
             self.why_not = self._cannot_install()
+            self.dns = upstream_resolvers()
             if not self.why_not:
                 try:
                     self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK,
@@ -224,7 +261,7 @@ class Egress:
             if self.why_not:
                 logger.warning("SANDBOX_EGRESS=public cannot be enforced (%s): sandboxes get NO network. Run the "
                                "server as root with nft, or choose SANDBOX_EGRESS=none or open.", self.why_not)
-                self.network = "none"
+                self.network, self.dns = "none", ()
                 return
             assert self.bridge is not None
             self.network = self.bridge.name
@@ -257,7 +294,7 @@ class Egress:
     async def _install(self) -> None:
         assert self.bridge is not None
         await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
-                                                  0 if self.proxy_why_not else self.proxy.port))
+                                                  0 if self.proxy_why_not else self.proxy.port, self.dns))
         await self._add_proxied(address for address, _ in self._restricted.values())
 
     async def _add_proxied(self, addresses: Iterable[str]) -> None:

@@ -183,13 +183,16 @@ read_command() {  # $1 command id, $2 output cap, $3 $4 stdout/stderr offsets
   if [ -d "/run/mcp-sandbox/commands/$1" ]; then report "/run/mcp-sandbox/commands/$1" "$2" "$3" "$4"; else echo MCPSB-NONE; fi
 }
 
-write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the data. "ok N TTY" or "error WHY"
+write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the data.
+  # "ok WRITTEN TTY STDOUT_SIZE STDERR_SIZE" (the sizes before the write) or "error WHY"
   d=/run/mcp-sandbox/commands/$1
   if [ ! -d "$d" ]; then echo "error no-such-command"
   elif [ ! -p "$d/stdin" ]; then echo "error not-kept-open"
   elif [ -e "$d/stdin_closed" ]; then echo "error closed"
   elif [ -f "$d/exit" ]; then echo "error finished"
   else
+    o=/var/lib/mcp-sandbox/output/$1
+    so=$(wc -c < "$o.stdout" 2>/dev/null | tr -dc 0-9); se=$(wc -c < "$o.stderr" 2>/dev/null | tr -dc 0-9)
     # A command that does not read its input leaves a full pipe: give up after 2 s (how much of the
     # data it took is then unknown: the agent, which writes without blocking, can tell).
     if command -v timeout > /dev/null 2>&1; then timeout 2 cat > "$d/stdin"; else cat > "$d/stdin"; fi \
@@ -198,7 +201,8 @@ write_stdin() {  # $1 command id, $2 1 to close after, $3 length; stdin: the dat
       if [ -e "$d/tty" ]; then printf '\004' > "$d/stdin"; fi  # end-of-file on a terminal: ^D
       true > "$d/stdin_closed"
     fi
-    if [ -e "$d/tty" ]; then echo "ok $3 1"; else echo "ok $3 0"; fi; return 0
+    t=0; [ -e "$d/tty" ] && t=1
+    echo "ok $3 $t ${so:-0} ${se:-0}"; return 0
   fi
   cat > /dev/null
 }

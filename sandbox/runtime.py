@@ -73,7 +73,7 @@ class Runtime(Protocol):
         """Start a command (flags: records.STDIN_*); returns a handle for ``wait`` (the runtime's own business)."""
 
     async def write_stdin(self, sandbox: Sandbox, command_id: str, data: bytes, close: bool) -> str:
-        """Write to a command's kept-open stdin: "ok <written> <on a terminal: 0|1>" or "error <why>"."""
+        """Write to a command's kept-open stdin: "ok <written> <on a terminal: 0|1> <stdout size> <stderr size>" or "error <why>"."""
 
     async def signal(self, sandbox: Sandbox, command_id: str, signum: int) -> str:
         """Signal a command's process group: "ok" or "error <why>"."""

@@ -9,7 +9,7 @@ import pytest
 
 from sandbox.backend import BridgeNetwork
 from sandbox.config import SandboxSettings
-from sandbox.egress import BLOCKED_V4, BLOCKED_V6, ruleset, table_name
+from sandbox.egress import BLOCKED_V4, BLOCKED_V6, ruleset, table_name, upstream_resolvers
 from sandbox.errors import InvalidAllowList
 from sandbox.proxy import address_blocked, check_allow_domains, domain_allowed
 
@@ -76,9 +76,31 @@ def test_an_operators_ranges_are_accepted_before_the_blocked_ones() -> None:
     assert forward.index("ip daddr @allowed_v4 accept") < forward.index("ip daddr @blocked_v4 counter drop")
 
 
+def test_dns_to_the_hosts_resolvers_passes_before_the_blocked_ranges_and_only_on_port_53() -> None:
+    script = ruleset(BRIDGE, resolvers=("10.255.255.53", "fd00::53"))
+    forward = _rules(script, "forward")
+    dns_v4 = "ip daddr { 10.255.255.53 } meta l4proto { tcp, udp } th dport 53 accept"
+    dns_v6 = "ip6 daddr { fd00::53 } meta l4proto { tcp, udp } th dport 53 accept"
+    assert forward.index("ip saddr @proxied counter drop") < forward.index(dns_v4)  # not behind the proxy
+    assert forward.index(dns_v4) < forward.index("ip daddr @blocked_v4 counter drop")
+    assert forward.index(dns_v6) < forward.index("ip6 daddr @blocked_v6 counter drop")
+    assert not any("10.255.255.53" in rule and "dport 53" not in rule for rule in forward)
+    assert "dport 53 accept" not in " ".join(_rules(ruleset(BRIDGE), "forward"))  # no resolvers, no rule
+
+
+def test_the_hosts_resolvers_that_a_sandbox_can_reach(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# comment\nsearch example.org\nnameserver 127.0.0.53\nnameserver 10.255.255.53\n"
+                    "nameserver fe80::1%eth0\nnameserver 2001:db8::53\nnameserver 10.255.255.53\nnameserver bad\n"
+                    "options edns0\n")
+    assert upstream_resolvers(str(conf)) == ("10.255.255.53", "2001:db8::53")
+    assert upstream_resolvers(str(tmp_path / "missing")) == ()
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed")
 def test_nft_accepts_the_rules() -> None:
-    checked = subprocess.run(["nft", "-c", "-f", "-"], input=ruleset(BRIDGE, ("10.1.2.0/24",)).encode(),
+    checked = subprocess.run(["nft", "-c", "-f", "-"], input=ruleset(BRIDGE, ("10.1.2.0/24",), 3128,
+                                                                      ("10.255.255.53", "2001:db8::53")).encode(),
                              capture_output=True)
     if checked.returncode != 0 and b"Operation not permitted" in checked.stderr:
         pytest.skip("nft -c needs CAP_NET_ADMIN here")
