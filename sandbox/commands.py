@@ -40,12 +40,12 @@ from .runtime import NO_TERMINAL_MESSAGE, ExecRuntime, Runtimes
 # long as its first answer took (a quick echo: SETTLE_MIN_SECONDS; a slow program: up to
 # SETTLE_MAX_SECONDS), or after SILENT_SECONDS when nothing came. Looked at every
 # SETTLE_POLL_SECONDS (sizes only: through the agent, a fraction of a millisecond).
-SETTLE_MIN_SECONDS = 0.005
+SETTLE_MIN_SECONDS = 0.003
 SETTLE_MAX_SECONDS = 0.3
 # On a terminal the first output is the terminal's echo of what was typed, at once: wait longer.
 SETTLE_MIN_TERMINAL_SECONDS = 0.05
 SILENT_SECONDS = 1.0
-SETTLE_POLL_SECONDS = 0.003
+SETTLE_POLL_SECONDS = 0.002
 # How long send_signal waits for the command to end (for a signal that ends it).
 SIGNAL_WAIT_SECONDS = 3.0
 # How long a write to a command just started over podman exec waits for its FIFO; and how long
