@@ -11,8 +11,8 @@ bridge, so the host's other traffic never meets it) decides:
   then nothing private, loopback, link-local (cloud metadata), shared, multicast or broadcast;
   the rest of the internet.
 
-Sandboxes ask the host's resolvers (those of /etc/resolv.conf that a sandbox can reach: not
-loopback) directly, with ``--dns``, rather than Podman's resolver on the gateway (aardvark-dns),
+Sandboxes ask the host's resolvers (those of /etc/resolv.conf that a sandbox can reach through
+the host: not loopback, not one of the host's own addresses) directly, with ``--dns``, rather than Podman's resolver on the gateway (aardvark-dns),
 which drops queries while containers come and go on its network (containers/aardvark-dns#389):
 under a busy server a sandbox's name lookups failed for seconds at a time. Where the host has no
 such resolver, the gateway's answers as before.
@@ -249,7 +249,9 @@ class Egress:
                 await self._drop_rules(self._wanted_network)
         else:
             self.why_not = self._cannot_install()
-            self.dns = upstream_resolvers()
+            # One of the host's own addresses (a local dnsmasq) is the input hook's business, which
+            # lets DNS reach only the gateway: such a host keeps the gateway's resolver.
+            self.dns = tuple(r for r in upstream_resolvers() if r not in host_addresses())
             if not self.why_not:
                 try:
                     self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK,
