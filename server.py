@@ -412,9 +412,9 @@ async def read_file(
         piece = await sandboxes.read_file(container_id, path, offset, length, current_tenant())
     data, end = piece.data, piece.offset + len(piece.data)
     if encoding == "text":
-        content = _utf8_text(data, eof=end >= piece.size_bytes, path=path)
-        data = content.encode("utf-8", errors="surrogatepass")  # a character cut at the end waits for the next call
-        end = piece.offset + len(data)
+        content, kept = _utf8_text(data, eof=end >= piece.size_bytes, path=path)
+        data = data[:kept]  # a character cut at the end waits for the next call
+        end = piece.offset + kept
     else:
         content = base64.b64encode(data).decode("ascii")
     result = {"path": path, "content": content, "encoding": encoding, "size_bytes": piece.size_bytes,
@@ -425,11 +425,12 @@ async def read_file(
     return result
 
 
-def _utf8_text(data: bytes, eof: bool, path: str) -> str:
-    """The bytes as UTF-8 text; a character cut by the end of the slice is left for the next call."""
+def _utf8_text(data: bytes, eof: bool, path: str) -> tuple[str, int]:
+    """The bytes as UTF-8 text, and how many of them it holds: a character cut by the end of the
+    slice is left for the next call."""
     for cut in range(0, 4 if not eof else 1):
         try:
-            return data[: len(data) - cut].decode("utf-8")
+            return data[: len(data) - cut].decode("utf-8"), len(data) - cut
         except UnicodeDecodeError:
             continue
     raise ToolError(f"{path[:200]!r} is not UTF-8 text at these bytes. Read it with encoding='base64'.")
