@@ -145,6 +145,9 @@ class Backend(Protocol):
     async def address(self, name: str, network: str) -> str:
         """The container's IPv4 address on the network ("" when it has none)."""
 
+    async def network_addresses(self, network: str) -> set[str]:
+        """The addresses the network's containers hold now."""
+
     async def image_root(self, image: str) -> ImageRoot:
         """The image's layers on this host (pulled when absent), for a sandbox disk to sit on;
         DiskUnavailable when the storage keeps them where an overlay cannot reach them."""
@@ -382,6 +385,18 @@ class PodmanBackend:
         result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
         networks = ((json.loads(result.stdout or b"[{}]") or [{}])[0].get("NetworkSettings") or {}).get("Networks") or {}
         return str((networks.get(network) or {}).get("IPAddress") or "")
+
+    async def network_addresses(self, network: str) -> set[str]:
+        names = await self.network_users(network)
+        if not names:
+            return set()
+        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", *names,
+                                       check=False, timeout=60)
+        found = set()
+        for entry in json.loads(result.stdout or b"[]") or []:
+            networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
+            found.add(str((networks.get(network) or {}).get("IPAddress") or ""))
+        return found - {""}
 
     async def network_names(self) -> list[str]:
         result = await self.podman.run("network", "ls", "--format", "{{.Name}}", check=False, timeout=60)

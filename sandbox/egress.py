@@ -12,10 +12,10 @@ bridge, so the host's other traffic never meets it) decides:
   the rest of the internet.
 
 Sandboxes ask the host's resolvers (those of /etc/resolv.conf that a sandbox can reach through
-the host: not loopback, not one of the host's own addresses) directly, with ``--dns``, rather than Podman's resolver on the gateway (aardvark-dns),
-which drops queries while containers come and go on its network (containers/aardvark-dns#389):
-under a busy server a sandbox's name lookups failed for seconds at a time. Where the host has no
-such resolver, the gateway's answers as before.
+the host: not loopback, not one of the host's own addresses) directly, with ``--dns``, before
+Podman's resolver on the gateway (aardvark-dns), which drops queries while containers come and go
+on its network (containers/aardvark-dns#389) and stays second, for when those do not answer.
+Where the host has no such resolver, the gateway's answers alone, as Podman sets it.
 
 A sandbox cannot change this from inside: it has no capabilities (--cap-drop=ALL), so it can
 change neither its addresses nor its routes, nor send raw packets; the rules live in the host's
@@ -119,6 +119,16 @@ def upstream_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]
     return tuple(dict.fromkeys(found))
 
 
+def sandbox_resolvers(upstream: Sequence[str], own: set[str], gateways: Sequence[str]) -> tuple[str, ...]:
+    """The name servers of a sandbox on the public network: the host's resolvers it can reach,
+    then the gateway's (Podman's aardvark-dns, which asks the host's resolvers from the host) for
+    when those do not answer; () leaves the gateway's alone, as Podman sets it. A resolver at one
+    of the host's own addresses (a local dnsmasq) is the input hook's business, which lets DNS reach
+    only the gateway: such a host keeps the gateway's resolver."""
+    reachable = tuple(r for r in upstream if r not in own)
+    return (*reachable, *(g for g in gateways if ipaddress.ip_address(g).version == 4)) if reachable else ()
+
+
 def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port: int = 0,
             resolvers: Sequence[str] = ()) -> str:
     """The nft script (one transaction) that makes or refreshes the table for sandboxes on
@@ -168,6 +178,22 @@ def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port:
         + _chain(table, "input", "input", input_rules)
         + _chain(table, "forward", "forward", forward_rules)
     )
+
+
+def listening_ports(addresses: Sequence[str], proc_net_tcp: str = "/proc/net/tcp") -> set[int]:
+    """The TCP ports with a listener bound to one of these IPv4 addresses (in this network namespace)."""
+    found: set[int] = set()
+    try:
+        lines = Path(proc_net_tcp).read_text().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+            address, _, port = fields[1].partition(":")
+            if socket.inet_ntoa(struct.pack("=I", int(address, 16))) in addresses:  # in the host's byte order
+                found.add(int(port, 16))
+    return found
 
 
 _HOST_ADDRESSES: tuple[float, set[str]] = (0.0, set())
@@ -249,13 +275,11 @@ class Egress:
                 await self._drop_rules(self._wanted_network)
         else:
             self.why_not = self._cannot_install()
-            # One of the host's own addresses (a local dnsmasq) is the input hook's business, which
-            # lets DNS reach only the gateway: such a host keeps the gateway's resolver.
-            self.dns = tuple(r for r in upstream_resolvers() if r not in host_addresses())
             if not self.why_not:
                 try:
                     self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK,
                                                                     {LABEL_MANAGED: "true"})
+                    self.dns = sandbox_resolvers(upstream_resolvers(), host_addresses(), self.bridge.gateways)
                     await self._start_proxy()
                     await self._install()
                 except SandboxError as exc:
@@ -295,9 +319,37 @@ class Egress:
 
     async def _install(self) -> None:
         assert self.bridge is not None
+        upstream = [r for r in self.dns if r not in self.bridge.gateways]
         await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
-                                                  0 if self.proxy_why_not else self.proxy.port, self.dns))
+                                                  0 if self.proxy_why_not else self.proxy.port, upstream))
         await self._add_proxied(address for address, _ in self._restricted.values())
+        await self._prune()
+
+    async def _prune(self) -> None:
+        """Take out what servers that ended without cleaning up left in the shared sets: addresses
+        no container on the network holds (Podman hands them out again, and a public sandbox given
+        one would be cut off from everything, DNS included), and proxy ports nothing listens on at
+        the gateway (a sandbox behind the proxy could reach whatever listens there later)."""
+        assert self.bridge is not None
+        table = table_name(self.bridge)
+        ours = {address for address, _ in self._restricted.values()}
+        proxied = {str(e) for e in await self._elements("proxied")} - ours
+        if proxied:
+            stale = proxied - await self.backend.network_addresses(self.bridge.name)
+            if stale:
+                logger.info("taking %d addresses of sandboxes that are gone out of the proxied set", len(stale))
+                await self._nft("delete", "element", "inet", table, "proxied", f"{{ {', '.join(sorted(stale))} }}")
+        gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
+        ports = {int(e) for e in await self._elements("proxy_ports")} - {self.proxy.port}
+        idle = ports - listening_ports(gateways)
+        if idle:
+            await self._nft("delete", "element", "inet", table, "proxy_ports",
+                            f"{{ {', '.join(str(p) for p in sorted(idle))} }}")
+
+    async def _elements(self, name: str) -> list[object]:
+        assert self.bridge is not None
+        listed = json.loads(await self._nft("-j", "list", "set", "inet", table_name(self.bridge), name))
+        return next((item["set"].get("elem", []) for item in listed.get("nftables", []) if "set" in item), [])
 
     async def _add_proxied(self, addresses: Iterable[str]) -> None:
         assert self.bridge is not None
@@ -315,9 +367,11 @@ class Egress:
                 logger.warning("the egress rules of network %s were removed outside this server; installing them "
                                "again", self.bridge.name)
                 await self._install()
-            elif self._restricted:  # another server on the network may have made the table anew
-                await self._add_proxied(address for address, _ in self._restricted.values())
-        except SandboxError as exc:
+            else:
+                if self._restricted:  # another server on the network may have made the table anew
+                    await self._add_proxied(address for address, _ in self._restricted.values())
+                await self._prune()
+        except (SandboxError, ValueError, KeyError) as exc:
             logger.error("could not install the egress rules again: %s", exc)
 
     # ----- allow-lists

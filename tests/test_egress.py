@@ -165,6 +165,22 @@ def gateway_of(network: str) -> str:
     return entry["subnets"][0]["gateway"]
 
 
+async def dns_failure(client: Client, container_id: str, name: str, nameservers: list[str], network: str,
+                      result: dict[str, Any]) -> str:
+    """What a failed lookup in a sandbox is told with: each name server asked alone, the
+    sandbox's address, and the rules with their counters."""
+    said = [f"nslookup {name} failed: {result}"]
+    for nameserver in nameservers:
+        alone = await run(client, container_id, f"nslookup {name} {nameserver}")
+        said.append(f"asked {nameserver} alone: exit {alone['exit_code']}: {alone['stdout']!r}")
+    said.append("address: " + (await run(client, container_id, "ip -4 -o addr show eth0"))["stdout"])
+    try:
+        said.append(f"the host resolves it: {socket.getaddrinfo(name, 80)[0][4]}")
+    except OSError as exc:
+        said.append(f"the host does not resolve it either: {exc}")
+    return "\n".join([*said, rules_of(network)])
+
+
 def rules_of(network: str) -> str:
     interface = json.loads(podman("network", "inspect", network).stdout)[0]["network_interface"]
     listed = subprocess.run(["nft", "list", "table", "inet", f"mcp_sandbox_{interface}"], capture_output=True, text=True)
@@ -191,16 +207,16 @@ async def test_public_sandboxes_reach_the_internet_but_nothing_of_the_host_or_ar
         assert not await reaches(client, a, b_ip, 8080)
         assert listener.peers == []
         # DNS works, and so does the internet: one small request to this machine's package archive.
-        # Names are asked of the host's own resolvers (not Podman's aardvark-dns on the gateway,
-        # which misses queries while containers come and go: containers/aardvark-dns#389).
+        # Names are asked of the host's own resolvers first, then of Podman's aardvark-dns on the
+        # gateway (which misses queries while containers come and go: containers/aardvark-dns#389).
         archive = package_archive_host()
         resolvers = upstream_resolvers()
+        resolv_conf = (await run(client, a, "cat /etc/resolv.conf"))["stdout"]
+        nameservers = [line.split()[1] for line in resolv_conf.splitlines() if line.startswith("nameserver")]
         if resolvers:
-            resolv_conf = await run(client, a, "cat /etc/resolv.conf")
-            assert [line.split()[1] for line in resolv_conf["stdout"].splitlines()
-                    if line.startswith("nameserver")] == list(resolvers), resolv_conf
+            assert nameservers == [*resolvers, gateway_of(network)], resolv_conf
         looked_up = await run(client, a, f"nslookup {archive}")
-        assert looked_up["exit_code"] == 0, looked_up
+        assert looked_up["exit_code"] == 0, await dns_failure(client, a, archive, nameservers, network, looked_up)
         answer = await run(client, a, http_request("HEAD /", archive, f"{archive} 80"))
         assert answer["stdout"].startswith("HTTP/1."), answer
         # What must not be probed is read from the rules: metadata, private ranges, loopback.
@@ -213,6 +229,35 @@ async def test_public_sandboxes_reach_the_internet_but_nothing_of_the_host_or_ar
     finally:
         for container_id in (a, b):
             await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_what_servers_gone_without_cleaning_up_left_in_the_shared_sets_is_taken_out(client: Client) -> None:
+    """A server killed while it had sandboxes behind the proxy leaves their addresses in the
+    proxied set, and its proxy port open to them; Podman hands the addresses out again, so a public
+    sandbox given one would have no network at all. The reaper's check takes both out."""
+    egress = server.sandboxes.egress
+    network = egress.network
+    table = f"mcp_sandbox_{json.loads(podman('network', 'inspect', network).stdout)[0]['network_interface']}"
+    subnet = ipaddress.ip_network(json.loads(podman("network", "inspect", network).stdout)[0]["subnets"][0]["subnet"])
+    stale_address = str(subnet[-2])  # held by no container
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        stale_port = free.getsockname()[1]  # nothing listens on it at the gateway
+    held = structured(await client.call_tool("create_container", {}))["container_id"]
+    try:
+        held_address = (await run(client, held, "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1"))["stdout"]
+        held_address = held_address.strip()
+        # A live container's address stays (another server may have put it behind its proxy).
+        for name, element in (("proxied", stale_address), ("proxied", held_address), ("proxy_ports", str(stale_port))):
+            subprocess.run(["nft", "add", "element", "inet", table, name, f"{{ {element} }}"], check=True)
+        await egress.keep()
+        proxied = subprocess.run(["nft", "list", "set", "inet", table, "proxied"], capture_output=True, text=True).stdout
+        ports = subprocess.run(["nft", "list", "set", "inet", table, "proxy_ports"], capture_output=True, text=True).stdout
+        assert stale_address not in proxied and held_address in proxied, proxied
+        assert not re.search(rf"\b{stale_port}\b", ports), ports
+    finally:
+        subprocess.run(["nft", "delete", "element", "inet", table, "proxied", f"{{ {held_address} }}"], check=False)
+        await client.call_tool("destroy_container", {"container_id": held})
 
 
 async def test_the_open_policy_reaches_the_same_listeners(start_server: Any, listener: Listener,

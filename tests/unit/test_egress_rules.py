@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 
 import pytest
 
 from sandbox.backend import BridgeNetwork
 from sandbox.config import SandboxSettings
-from sandbox.egress import BLOCKED_V4, BLOCKED_V6, ruleset, table_name, upstream_resolvers
+from sandbox.egress import BLOCKED_V4, BLOCKED_V6, listening_ports, ruleset, sandbox_resolvers, table_name, upstream_resolvers
 from sandbox.errors import InvalidAllowList
 from sandbox.proxy import address_blocked, check_allow_domains, domain_allowed
 
@@ -95,6 +96,27 @@ def test_the_hosts_resolvers_that_a_sandbox_can_reach(tmp_path) -> None:  # type
                     "options edns0\n")
     assert upstream_resolvers(str(conf)) == ("10.255.255.53", "2001:db8::53")
     assert upstream_resolvers(str(tmp_path / "missing")) == ()
+
+
+def test_sandboxes_ask_the_hosts_resolvers_then_the_gateways() -> None:
+    gateways = ("10.90.0.1", "fd00:90::1")
+    assert sandbox_resolvers(("10.255.255.53", "2001:db8::53"), set(), gateways) == (
+        "10.255.255.53", "2001:db8::53", "10.90.0.1")
+    # A resolver at one of the host's own addresses, or none: the gateway's alone, as Podman sets it.
+    assert sandbox_resolvers(("192.0.2.2",), {"192.0.2.2"}, gateways) == ()
+    assert sandbox_resolvers((), set(), gateways) == ()
+
+
+def test_listening_ports_are_read_by_address(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as bound, socket.socket() as connected:
+        bound.bind(("127.0.0.1", 0))
+        bound.listen()
+        port = bound.getsockname()[1]
+        connected.connect(("127.0.0.1", port))  # an established socket on the same port is not a listener
+        assert port in listening_ports(["127.0.0.1"])
+        assert port not in listening_ports(["10.90.0.1"])
+    assert port not in listening_ports(["127.0.0.1"])
+    assert listening_ports(["127.0.0.1"], str(tmp_path / "missing")) == set()
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed")
