@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from guards import McpOriginGuard, RequestSizeLimit
 from preview import PreviewProxy, PreviewRouter
 from results import command_result
+from schemas import PortableSchemas
 from sandbox import (
     LIMITS,
     LIMITS_IN_WORDS,
@@ -193,6 +194,7 @@ mcp = FastMCP(
     lifespan=lifespan,
     auth=TOKENS if AUTH_TOKENS else None,
 )
+mcp.add_middleware(PortableSchemas())  # schemas Gemini's, OpenAI's and LangChain's converters take whole
 
 
 @contextmanager
