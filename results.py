@@ -23,9 +23,10 @@ _REASON_ADVICE = {
 
 def command_result(
     container_id: str, state: CommandState, output_limit_bytes: int, output_file_max_bytes: int,
-    stdin_open: bool = False,
+    stdin_open: bool = False, wait_seconds: int = 30,
 ) -> dict[str, Any]:
-    """A command's state as execute_command and check_container return it, with what to do next."""
+    """A command's state as execute_command and check_container return it, with what to do next
+    (wait_seconds: how long to tell the model to wait for a running one)."""
     result: dict[str, Any] = {
         "status": state.status,
         "command_id": state.command_id,
@@ -71,7 +72,7 @@ def command_result(
     elif state.status == "running":
         notes.append(
             "The command is still running in the background; the output so far is above. Call check_container "
-            f"with container_id={container_id!r}, command_id={state.command_id!r} and wait_seconds=30 to get "
+            f"with container_id={container_id!r}, command_id={state.command_id!r} and wait_seconds={wait_seconds} to get "
             "its result as soon as it ends."
         )
     elif state.reason:

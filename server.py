@@ -40,6 +40,8 @@ from guards import McpOriginGuard, RequestSizeLimit
 from preview import PreviewProxy, PreviewRouter
 from results import command_result
 from schemas import PortableSchemas
+from waits import MAX_WAIT, WaitAdvisor, WaitTracking
+from waits import current as current_waits
 from sandbox import (
     LIMITS,
     LIMITS_IN_WORDS,
@@ -182,7 +184,8 @@ mcp = FastMCP(
     instructions=(
         "Isolated Linux sandboxes. Call create_container, then execute_command with its container_id. "
         "A command still running after a few seconds returns status 'running' and a command_id: follow it "
-        "with check_container(container_id, command_id, wait_seconds=30), which returns as soon as it ends. "
+        "with check_container(container_id, command_id, wait_seconds=...) as its message says, which returns as "
+        "soon as it ends. "
         "Use write_file for file contents (no shell quoting), read_file and list_files to look at files. "
         "Programs that ask for input: execute_command(keep_stdin_open=true, tty=true for a terminal), then "
         "write_stdin; send_signal(INT) interrupts one. To give the user a file, write it in the "
@@ -195,6 +198,8 @@ mcp = FastMCP(
     auth=TOKENS if AUTH_TOKENS else None,
 )
 mcp.add_middleware(PortableSchemas())  # schemas Gemini's, OpenAI's and LangChain's converters take whole
+WAITS = WaitAdvisor()  # how long each session is told to wait for a running command
+mcp.add_middleware(WaitTracking(WAITS))
 
 
 @contextmanager
@@ -248,8 +253,9 @@ def _decoded(text: str, encoding: str, name: str) -> bytes:
 
 
 def _command_result(container_id: str, state: CommandState, stdin_open: bool = False) -> dict[str, Any]:
+    waits, progress = current_waits()
     return command_result(container_id, state, sandboxes.settings.output_limit_bytes,
-                          sandboxes.settings.output_file_max_bytes, stdin_open)
+                          sandboxes.settings.output_file_max_bytes, stdin_open, waits.suggested(progress))
 
 
 @mcp.tool(
@@ -340,10 +346,10 @@ async def execute_command(
 
     A non-zero exit_code is a normal result. If the command is still running after a few seconds,
     the result has status 'running' and a command_id: call check_container(container_id, command_id,
-    wait_seconds=30) to get its result as soon as it ends. Use write_file to create files, read_file
-    and list_files to look at them.
+    wait_seconds) as its message says to get its result as soon as it ends. Use write_file to create
+    files, read_file and list_files to look at them.
     """
-    with _tool_errors():
+    with _tool_errors(), WAITS.waiting(current_waits()[0]):
         data = None if stdin is None else stdin.encode("utf-8", errors="surrogatepass")
         state = await sandboxes.execute(container_id, command, timeout_seconds, current_tenant(), _progress(ctx),
                                         data, keep_stdin_open, tty)
@@ -465,7 +471,7 @@ async def check_container(
     wait_seconds: Annotated[
         float,
         Field(description="With command_id: wait up to this many seconds for the command to finish, "
-                          "returning as soon as it does (instead of polling in a loop).", ge=0, le=60),
+                          "returning as soon as it does (instead of polling in a loop).", ge=0, le=MAX_WAIT),
     ] = 0,
     stdout_offset: Annotated[
         int | None, Field(description="With command_id: stdout bytes already seen; exactly what follows is "
@@ -479,14 +485,16 @@ async def check_container(
     """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far.
 
     To follow a command that went on in the background, call this with its command_id and
-    wait_seconds (up to 60): it returns as soon as the command ends.
+    wait_seconds (up to 50; the running command's message says how long): it returns as soon as the
+    command ends.
     """
     with _tool_errors():
         tenant = current_tenant()
         if command_id is not None:
-            state = await sandboxes.wait_for_command(
-                container_id, command_id, wait_seconds, tenant, _progress(ctx), stdout_offset, stderr_offset
-            )
+            waits, progress = current_waits()
+            with WAITS.waiting(waits):
+                state = await sandboxes.wait_for_command(container_id, command_id, waits.allowed(wait_seconds, progress),
+                                                         tenant, _progress(ctx), stdout_offset, stderr_offset)
             if state.reason == "sandbox_gone" and container_id not in {s.container_id for s in sandboxes.list(tenant)}:
                 return {"container_id": container_id, "status": "gone", "command": _command_result(container_id, state)}
         times = _sandbox_times(container_id, tenant)

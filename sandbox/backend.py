@@ -145,8 +145,8 @@ class Backend(Protocol):
     async def address(self, name: str, network: str) -> str:
         """The container's IPv4 address on the network ("" when it has none)."""
 
-    async def network_addresses(self, network: str) -> set[str]:
-        """The addresses the network's containers hold now."""
+    async def network_addresses(self, network: str) -> set[str] | None:
+        """The addresses the network's containers hold now; None when Podman could not say for sure."""
 
     async def image_root(self, image: str) -> ImageRoot:
         """The image's layers on this host (pulled when absent), for a sandbox disk to sit on;
@@ -386,12 +386,18 @@ class PodmanBackend:
         networks = ((json.loads(result.stdout or b"[{}]") or [{}])[0].get("NetworkSettings") or {}).get("Networks") or {}
         return str((networks.get(network) or {}).get("IPAddress") or "")
 
-    async def network_addresses(self, network: str) -> set[str]:
-        names = await self.network_users(network)
+    async def network_addresses(self, network: str) -> set[str] | None:
+        listed = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={network}",
+                                       check=False, timeout=60)
+        if listed.exit_code != 0:
+            return None
+        names = listed.stdout.decode(errors="replace").split()
         if not names:
             return set()
         result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", *names,
                                        check=False, timeout=60)
+        if result.exit_code != 0:  # one went away meanwhile, or worse: ask again next time
+            return None
         found = set()
         for entry in json.loads(result.stdout or b"[]") or []:
             networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}

@@ -241,6 +241,7 @@ class Egress:
         self._needed = settings.max_containers + settings.pool_size
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
+        self._stale: set[str] = set()  # proxied addresses no container held at the last look
 
     def describe(self) -> dict[str, object]:
         """What /health says of the policy."""
@@ -334,8 +335,11 @@ class Egress:
         table = table_name(self.bridge)
         ours = {address for address, _ in self._restricted.values()}
         proxied = {str(e) for e in await self._elements("proxied")} - ours
-        if proxied:
-            stale = proxied - await self.backend.network_addresses(self.bridge.name)
+        held = await self.backend.network_addresses(self.bridge.name) if proxied else set()
+        if proxied and held is not None:
+            # Seen stale twice in a row: an address is taken out only when no container held it at
+            # either look (never one of a sandbox another server is putting behind its proxy now).
+            stale, self._stale = (proxied - held) & self._stale, proxied - held
             if stale:
                 logger.info("taking %d addresses of sandboxes that are gone out of the proxied set", len(stale))
                 await self._nft("delete", "element", "inet", table, "proxied", f"{{ {', '.join(sorted(stale))} }}")

@@ -5,7 +5,8 @@
 #   - the sandbox image: $SANDBOX_IMAGE (default Alpine) from its registry, or, when no
 #     registry can provide the default image, a local busybox image built on the spot;
 #   - a Python virtual environment in .venv with the project installed;
-#   - with --test: the test extras and MCP Inspector's CLI (npm) for the end-to-end tests.
+#   - with --test: the test extras; MCP Inspector's CLI, the TypeScript SDK and mcp-remote (npm);
+#     and the agent frameworks in .venv-clients (tests/clients/requirements.txt).
 # Progress goes to stderr. With --env, the last line on stdout is an `export SANDBOX_IMAGE=...`
 # for the caller to eval.
 set -euo pipefail
@@ -124,10 +125,21 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ---- MCP Inspector for the end-to-end tests
-if [ "$WANT_TEST" -eq 1 ] && [ ! -x "$ROOT/tests/e2e/node_modules/.bin/mcp-inspector" ]; then
-  say "installing MCP Inspector's CLI (npm) into tests/e2e"
+# ---- MCP Inspector, the TypeScript SDK and mcp-remote for the end-to-end tests
+npm_stamp="$ROOT/tests/e2e/node_modules/.installed"
+if [ "$WANT_TEST" -eq 1 ] && { [ ! -f "$npm_stamp" ] || [ "$ROOT/tests/e2e/package-lock.json" -nt "$npm_stamp" ]; }; then
+  say "installing MCP Inspector's CLI, the TypeScript SDK and mcp-remote (npm) into tests/e2e"
   (cd "$ROOT/tests/e2e" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  touch "$npm_stamp"
+fi
+
+# ---- the agent frameworks, in a venv of their own (they pin their own mcp)
+clients_stamp="$ROOT/.venv-clients/.installed"
+if [ "$WANT_TEST" -eq 1 ] && { [ ! -f "$clients_stamp" ] || [ "$ROOT/tests/clients/requirements.txt" -nt "$clients_stamp" ]; }; then
+  say "installing the agent frameworks (tests/clients/requirements.txt) into .venv-clients"
+  [ -x "$ROOT/.venv-clients/bin/python" ] || "$PYTHON" -m venv "$ROOT/.venv-clients"
+  "$ROOT/.venv-clients/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/tests/clients/requirements.txt" >&2
+  touch "$clients_stamp"
 fi
 
 if [ "$PRINT_ENV" -eq 1 ]; then

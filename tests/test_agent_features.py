@@ -43,7 +43,7 @@ async def test_long_poll_returns_at_wait_seconds_for_a_command_still_running(cli
 
 async def test_wait_seconds_is_bounded(client: Client, sandbox: str) -> None:
     result = await client.call_tool("check_container", {"container_id": sandbox, "command_id": "cmd_" + "0" * 16,
-                                                        "wait_seconds": 61}, raise_on_error=False)
+                                                        "wait_seconds": 51}, raise_on_error=False)
     assert result.is_error and "wait_seconds" in result.content[0].text
 
 
@@ -249,7 +249,7 @@ async def test_output_files_are_bounded_keeping_head_and_tail(start_server) -> N
         result = await run(client, container_id, "seq 1 800000", timeout_seconds=120)
         if result["status"] == "running":
             result = structured(await client.call_tool("check_container", {
-                "container_id": container_id, "command_id": result["command_id"], "wait_seconds": 60}))["command"]
+                "container_id": container_id, "command_id": result["command_id"], "wait_seconds": 50}))["command"]
         assert result["status"] == "completed" and result["stdout_bytes"] == len(expected)
         start, end = result["stdout_dropped"]
         assert start == file_max // 2 and len(expected) - file_max // 2 - 4096 < end <= len(expected) - file_max // 2

@@ -234,7 +234,8 @@ async def test_public_sandboxes_reach_the_internet_but_nothing_of_the_host_or_ar
 async def test_what_servers_gone_without_cleaning_up_left_in_the_shared_sets_is_taken_out(client: Client) -> None:
     """A server killed while it had sandboxes behind the proxy leaves their addresses in the
     proxied set, and its proxy port open to them; Podman hands the addresses out again, so a public
-    sandbox given one would have no network at all. The reaper's check takes both out."""
+    sandbox given one would have no network at all. The reaper's check takes both out (an address
+    once no container held it at two of its looks in a row)."""
     egress = server.sandboxes.egress
     network = egress.network
     table = f"mcp_sandbox_{json.loads(podman('network', 'inspect', network).stdout)[0]['network_interface']}"
@@ -250,13 +251,18 @@ async def test_what_servers_gone_without_cleaning_up_left_in_the_shared_sets_is_
         # A live container's address stays (another server may have put it behind its proxy).
         for name, element in (("proxied", stale_address), ("proxied", held_address), ("proxy_ports", str(stale_port))):
             subprocess.run(["nft", "add", "element", "inet", table, name, f"{{ {element} }}"], check=True)
+        await egress.keep()  # an address is taken out when no container held it at two looks in a row
+        assert stale_address in subprocess.run(["nft", "list", "set", "inet", table, "proxied"], capture_output=True,
+                                               text=True).stdout
         await egress.keep()
         proxied = subprocess.run(["nft", "list", "set", "inet", table, "proxied"], capture_output=True, text=True).stdout
         ports = subprocess.run(["nft", "list", "set", "inet", table, "proxy_ports"], capture_output=True, text=True).stdout
         assert stale_address not in proxied and held_address in proxied, proxied
         assert not re.search(rf"\b{stale_port}\b", ports), ports
     finally:
-        subprocess.run(["nft", "delete", "element", "inet", table, "proxied", f"{{ {held_address} }}"], check=False)
+        for element in (held_address, stale_address):
+            subprocess.run(["nft", "delete", "element", "inet", table, "proxied", f"{{ {element} }}"], check=False,
+                           capture_output=True)
         await client.call_tool("destroy_container", {"container_id": held})
 
 
