@@ -104,7 +104,7 @@ async def main(url: str) -> None:
                         report[converter][tool.name] = {"params": compare(tool.inputSchema, theirs)}
                     except Exception as exc:  # noqa: BLE001 - the report says what failed
                         report[converter][tool.name] = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
