@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from typing import Any
 
@@ -83,3 +84,19 @@ def test_a_client_that_gave_up_on_a_long_wait_is_answered_in_time_afterwards(sta
     report = run_json([str(CLIENTS_PYTHON), "tests/clients/flow.py", "openai-agents", served.url + "/mcp", "14", "30"])
     assert report["errors"] == [] and all(report["steps"].values()), report
     assert report["timeouts"] == 1, report
+
+
+def test_the_readme_snippets_are_the_code_the_flows_run() -> None:
+    """Every line of each snippet in the README's "From your agent framework" (but comments and
+    lines marked as not run) is a line of tests/clients/flow.py or tests/e2e/flow.mjs."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### From your agent framework", 1)[1].split("\n## ", 1)[0].split("**Waiting", 1)[0]
+    snippets = re.findall(r"```(?:python|js)\n(.*?)```", section, re.DOTALL)
+    assert len(snippets) == 5
+    flows = {line.strip() for path in (ROOT / "tests" / "clients" / "flow.py", E2E / "flow.mjs")
+             for line in path.read_text().splitlines()}
+    for snippet in snippets:
+        for line in snippet.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "//")) and "not run in the tests" not in line:
+                assert line in flows, line

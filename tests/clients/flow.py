@@ -164,9 +164,11 @@ async def openai_agents(url: str, script: Script) -> None:
         def stream_response(self, *args: Any, **kwargs: Any) -> Any:
             raise NotImplementedError
 
+    model = ScriptedModel()
     async with MCPServerStreamableHttp({"url": url}) as server:
-        agent = Agent(name="sandbox user", model=ScriptedModel(), mcp_servers=[server])
-        await Runner.run(agent, "Use the sandbox.", max_turns=200)
+        agent = Agent(name="sandbox user", model=model, mcp_servers=[server])
+        result = await Runner.run(agent, "Use the sandbox.", max_turns=200)
+    assert result.final_output == "done"
 
 
 async def pydantic_ai(url: str, script: Script) -> None:
@@ -176,7 +178,7 @@ async def pydantic_ai(url: str, script: Script) -> None:
     from pydantic_ai.messages import ModelResponse, RetryPromptPart, TextPart, ToolCallPart, ToolReturnPart
     from pydantic_ai.models.function import FunctionModel
 
-    def model(messages: list[Any], info: Any) -> ModelResponse:  # the stand-in for a language model
+    def scripted(messages: list[Any], info: Any) -> ModelResponse:  # the stand-in for a language model
         outcome = None
         for part in messages[-1].parts:
             if isinstance(part, ToolReturnPart):
@@ -188,9 +190,11 @@ async def pydantic_ai(url: str, script: Script) -> None:
             return ModelResponse(parts=[TextPart("done")])
         return ModelResponse(parts=[ToolCallPart(call[0], call[1], tool_call_id=f"call_{script.report.calls}")])
 
-    agent = Agent(FunctionModel(model), toolsets=[MCPToolset(url)])
+    model = FunctionModel(scripted)
+    agent = Agent(model, toolsets=[MCPToolset(url)])
     async with agent:
-        await agent.run("Use the sandbox.")
+        result = await agent.run("Use the sandbox.")
+    assert result.output == "done"
 
 
 async def langchain(url: str, script: Script) -> None:

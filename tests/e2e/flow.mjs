@@ -24,7 +24,7 @@ const transport = mode === "mcp-remote"
   ? new StdioClientTransport({ command: path.join(here, "node_modules/.bin/mcp-remote"), args: [url, "--allow-http"],
                                stderr: "ignore" })
   : new StreamableHTTPClientTransport(new URL(url));
-const client = new Client({ name: "sandbox-flow-test", version: "1.0.0" });
+const client = new Client({ name: "my-agent", version: "1.0.0" });
 
 // One tool call as a model would see it: the structured result, or the error's text.
 async function call(name, args, retryOnTimeout = true) {
