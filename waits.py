@@ -9,6 +9,9 @@ google-genai) forever. A server cannot ask; it can only read what a session show
   framework sends unless told otherwise, the Agents SDK (5 s) among them, so such a session is told
   to wait a short while (FIRST_WAIT), unless its request asks for progress;
 * a request that asks for progress: the clients that do reset their timeout on it;
+* a wait it took: a call that waited d seconds and whose answer came before the session's next
+  request (a client that gave up would have asked again sooner) shows that waits of d are fine,
+  so a short session is told up to d (a model that asked for longer waits of its own accord);
 * a timeout: the client asked something new of the session while an earlier call (one that waits)
   was still being answered, seconds after it began. That call's age then bounds the client's
   timeout from above; later waits in the session stay under half of it, and a wait asked for
@@ -45,14 +48,17 @@ class SessionWaits:
 
     short: bool = False  # the client did not name itself: the Python SDK's default, whose users' timeouts vary
     gave_up_after: float | None = None  # the least age of a waiting call when the client asked something new
+    tolerated: float = 0.0  # the longest wait answered before the session's next request
     waiting: dict[int, float] = field(default_factory=dict)  # calls that wait: token -> when they began
+    answered: tuple[float, float] | None = None  # the last waiting call: (how long it waited, when it answered)
+    abandoned: set[int] = field(default_factory=set)  # waiting calls the client gave up on
 
     def suggested(self, progress: bool = False) -> int:
         """The wait_seconds to advise next."""
         if self.gave_up_after is not None:
             return max(1, min(LONG_WAIT, math.floor(self.gave_up_after / 2)))
         if self.short and not progress:
-            return FIRST_WAIT
+            return max(FIRST_WAIT, min(LONG_WAIT, math.floor(self.tolerated)))
         return LONG_WAIT
 
     def allowed(self, requested: float, progress: bool = False) -> float:
@@ -61,10 +67,15 @@ class SessionWaits:
         return requested if self.gave_up_after is None else min(requested, self.suggested(progress))
 
     def arrived(self, now: float) -> None:
-        """A request arrived: a waiting call older than OVERLAP_SECONDS was given up on."""
-        for began in self.waiting.values():
+        """A request arrived: a waiting call older than OVERLAP_SECONDS was given up on; the last
+        one answered before now was taken."""
+        if self.answered is not None and not self.waiting and now >= self.answered[1]:
+            self.tolerated = max(self.tolerated, self.answered[0])
+            self.answered = None
+        for token, began in self.waiting.items():
             age = now - began
-            if age >= OVERLAP_SECONDS:
+            if age >= OVERLAP_SECONDS and token not in self.abandoned:
+                self.abandoned.add(token)
                 self.gave_up_after = age if self.gave_up_after is None else min(self.gave_up_after, age)
 
 
@@ -97,7 +108,11 @@ class WaitAdvisor:
         try:
             yield
         finally:
-            waits.waiting.pop(token, None)
+            began = waits.waiting.pop(token, None)
+            if began is not None and token not in waits.abandoned:
+                now = time.monotonic()
+                waits.answered = (now - began, now)
+            waits.abandoned.discard(token)
 
 
 _CURRENT: ContextVar[tuple[SessionWaits, bool] | None] = ContextVar("session_waits", default=None)

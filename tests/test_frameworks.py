@@ -3,8 +3,8 @@
 The Python frameworks live in .venv-clients (tests/clients/requirements.txt: they pin their own
 `mcp`), the TypeScript SDK and mcp-remote in tests/e2e; scripts/setup.sh --test installs both.
 tests/clients/converters.py runs each framework's tool-schema converter over every tool;
-tests/clients/flow.py and tests/e2e/flow.mjs run the full flow (create, a command, write_file, a
-file URL downloaded, a command longer than the shortest client timeout followed as our messages
+tests/clients/flow.py and tests/e2e/flow.mjs run the full flow (create, list, a command, write_file,
+a file URL downloaded, a command longer than the shortest client timeout followed as our messages
 say, an error, destroy) with a scripted stand-in for the model (no language model runs here).
 """
 
@@ -69,8 +69,8 @@ def test_the_full_flow_through_each_framework_at_its_defaults(start_server: Any,
         argv = [str(CLIENTS_PYTHON), "tests/clients/flow.py", framework, url]
     report = run_json([*argv, str(LONG_COMMAND_SECONDS)])
     assert report["errors"] == [], report
-    assert report["steps"] == {step: True for step in ("create", "command", "write_file", "file_url", "long_command",
-                                                       "error", "destroy")}, report
+    assert report["steps"] == {step: True for step in ("create", "list", "command", "write_file", "file_url",
+                                                       "long_command", "error", "destroy")}, report
     assert report["timeouts"] == 0, report  # following our messages verbatim never meets the client's timeout
     assert report["waits"] and report["long_command_seconds"] < LONG_COMMAND_SECONDS + 5, report
     assert sandbox_names(served.env["SANDBOX_NAMESPACE"]) == []

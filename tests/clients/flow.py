@@ -82,6 +82,8 @@ def flow(report: Report, long_seconds: float, ask_wait: int | None = None) -> Ge
     created = yield from until_done(("create_container", {}))
     container_id = (created.data or {}).get("container_id", "")
     report.steps["create"] = bool(container_id)
+    listed = yield from until_done(("list_containers", {}))  # a tool without parameters
+    report.steps["list"] = container_id in [entry.get("container_id") for entry in (listed.data or {}).get("containers", [])]
     ran = yield from until_done(("execute_command", {"container_id": container_id, "command": "echo hello from the flow"}))
     report.steps["command"] = (ran.data or {}).get("stdout") == "hello from the flow\n"
     written = yield from until_done(("write_file", {"container_id": container_id, "path": "/tmp/report.txt",

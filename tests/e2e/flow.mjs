@@ -49,6 +49,8 @@ try {
   const created = await call("create_container", {});
   const containerId = created.data?.container_id ?? "";
   report.steps.create = Boolean(containerId);
+  const listed = await call("list_containers", {}); // a tool without parameters
+  report.steps.list = (listed.data?.containers ?? []).some((entry) => entry.container_id === containerId);
   const ran = await call("execute_command", { container_id: containerId, command: "echo hello from the flow" });
   report.steps.command = ran.data?.stdout === "hello from the flow\n";
   const written = await call("write_file", { container_id: containerId, path: "/tmp/report.txt", content: "a report\n" });

@@ -24,7 +24,19 @@ def test_a_client_that_gave_up_on_a_wait_is_told_waits_under_half_of_how_long_it
         again = advisor.of("s", "my-agent")  # and the client asks again: it gave up
     assert again is session and 6.2 <= session.gave_up_after < 7
     assert session.suggested() == 3 and session.allowed(30) == 3 and session.allowed(2) == 2
-    assert session.waiting == {}
+    assert session.waiting == {} and session.answered is None  # the wait given up on was not taken
+    advisor.of("s", "my-agent")
+    assert session.tolerated == 0
+
+
+def test_a_short_session_is_told_the_longest_wait_it_has_taken() -> None:
+    advisor = WaitAdvisor()
+    session = advisor.of("s", "mcp")
+    with advisor.waiting(session):
+        session.waiting[next(iter(session.waiting))] -= 12.0  # a wait of 12 s the model asked for itself
+    assert session.suggested() == FIRST_WAIT  # not yet known to have reached the client
+    advisor.of("s", "mcp")  # the next request came after the answer: the client took it
+    assert session.tolerated >= 12 and session.suggested() == 12 and session.gave_up_after is None
 
 
 def test_calls_made_together_are_not_taken_for_a_timeout() -> None:
