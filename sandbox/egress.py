@@ -349,6 +349,12 @@ class Egress:
         if idle:
             await self._nft("delete", "element", "inet", table, "proxy_ports",
                             f"{{ {', '.join(str(p) for p in sorted(idle))} }}")
+            # A server that started meanwhile listened before it added its port, which this
+            # deletion may have undone: a port listened on now goes back.
+            back = idle & listening_ports(gateways)
+            if back:
+                await self._nft("add", "element", "inet", table, "proxy_ports",
+                                f"{{ {', '.join(str(p) for p in sorted(back))} }}")
 
     async def _elements(self, name: str) -> list[object]:
         assert self.bridge is not None
@@ -374,6 +380,9 @@ class Egress:
             else:
                 if self._restricted:  # another server on the network may have made the table anew
                     await self._add_proxied(address for address, _ in self._restricted.values())
+                if self.proxy.port and not self.proxy_why_not:  # or taken this port out (see _prune)
+                    await self._nft("add", "element", "inet", table_name(self.bridge), "proxy_ports",
+                                    f"{{ {self.proxy.port} }}")
                 await self._prune()
         except (SandboxError, ValueError, KeyError) as exc:
             logger.error("could not install the egress rules again: %s", exc)
