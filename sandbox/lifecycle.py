@@ -35,6 +35,7 @@ from .model import (
 from .podman import is_missing_container
 from .pool import WarmPool, changed_settings
 from .registry import SandboxRegistry
+from .removals import Removals
 from .ports import PortLinks
 from .runtime import AgentChannels
 from .snapshots import Snapshots
@@ -49,12 +50,12 @@ class Lifecycle:
     def __init__(
         self, containers: SandboxContainers, registry: SandboxRegistry, pool: WarmPool, links: FileLinks,
         channels: AgentChannels, snapshots: Snapshots, ports: PortLinks, destroy: Callable[[str, str, str], Awaitable[None]],
-        forget: Callable[[str, str], None],
+        forget: Callable[[str, str], None], removals: Removals,
     ) -> None:
         self.containers, self.registry, self.pool, self.links, self.channels = containers, registry, pool, links, channels
         self.snapshots, self.ports = snapshots, ports
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
-        self._destroy, self._forget = destroy, forget
+        self._destroy, self._forget, self.removals = destroy, forget, removals
 
     async def adopt(self) -> list[str]:
         """Take over this namespace's sandboxes: expired or unreadable ones are destroyed, stopped
@@ -62,8 +63,12 @@ class Lifecycle:
         entries = await self.backend.list({LABEL_MANAGED: "true", LABEL_NAMESPACE: self.settings.namespace})
         adopted: list[Sandbox] = []
         now = time.time()
+        removing = self.removals.marked()
         for entry in entries:
             name, labels = entry.name, entry.labels
+            if name in removing:  # destroyed, and the server stopped before its container went
+                self.removals.start(name)
+                continue
             container_id = name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else ""
             try:
                 created = float(labels.get(LABEL_CREATED, "nan"))
@@ -94,7 +99,8 @@ class Lifecycle:
             self.registry.add(sandbox)
             adopted.append(sandbox)
         listed = {entry.name for entry in entries}
-        for name in self.disks.names() - listed:
+        self.removals.retry()  # marked ones whose container is already gone: their disks and marks go
+        for name in self.disks.names() - listed - removing:
             logger.info("removing the disk of sandbox %s, whose container is gone", name)
             await self.disks.release(name)
         egress = self.containers.egress
@@ -151,6 +157,7 @@ class Lifecycle:
         while True:
             await anyio.sleep(self.settings.reap_interval_seconds)
             await self.reap_expired()
+            self.removals.retry()
             await self.channels.close_idle()
             if time.monotonic() - last_sync > SYNC_SECONDS:
                 last_sync = time.monotonic()

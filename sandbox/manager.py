@@ -32,11 +32,12 @@ from .lifecycle import Lifecycle
 from .limits import LimitsCheck
 from .links import FileLinks
 from .reading import Entry, FileReader, FileSlice
-from .model import LABEL_MANAGED, LOCAL_TENANT, FileLink, Sandbox
+from .model import LABEL_MANAGED, LOCAL_TENANT, NAME_PREFIX, FileLink, Sandbox
 from .podman import Podman, system_env
 from .pool import WarmPool
 from .records import CommandState, CommandSummary, helpers_digest, helpers_tar
 from .registry import SandboxRegistry
+from .removals import DRAIN_SECONDS, Removals
 from .runtime import AgentChannels, ExecRuntime, Runtimes
 from .ports import PortLink, PortLinks
 from .snapshots import Snapshot, Snapshots
@@ -94,8 +95,11 @@ class SandboxManager:
                                self.registry.get, self.registry.live, self.backend)
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits.problem)
+        # destroy_container answers at once; the container goes in the background (removals.py).
+        self.removals = Removals(Path(settings.state_dir) / settings.namespace / "removing", self._remove_destroyed,
+                                 self._background)
         self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
-                                   self.snapshots, self.ports, self.destroy, self._forget)
+                                   self.snapshots, self.ports, self.destroy, self._forget, self.removals)
 
     # ----- the server's own life
 
@@ -131,7 +135,9 @@ class SandboxManager:
             self._background.start_soon(self.pool.fill_forever)
 
     async def stop(self) -> None:
-        """Stop following commands; sandboxes and their commands go on for the next start."""
+        """Stop following commands; sandboxes and their commands go on for the next start.
+        Removals under way get a while to finish; the next start finishes the rest."""
+        await self.removals.drain(DRAIN_SECONDS)
         await self.channels.close_all()
         await self.egress.stop()
         await self._background.stop()
@@ -143,8 +149,9 @@ class SandboxManager:
     async def reap_expired(self) -> list[str]:
         return await self.lifecycle.reap_expired()
 
-    def _forget(self, container_id: str, why: str) -> None:
-        """A sandbox is gone: its record, channel and links go; its running commands are buried."""
+    def _forget(self, container_id: str, why: str, release_egress: bool = True) -> None:
+        """A sandbox is gone: its record, channel and links go; its running commands are buried.
+        Without release_egress its address stays behind the proxy (its container still runs)."""
         sandbox = self.registry.pop(container_id)
         self._gone.bury(container_id, sandbox, why)
         if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
@@ -153,7 +160,14 @@ class SandboxManager:
         self.links.forget(container_id)
         self.snapshots.unmark(container_id)
         self.ports.forget(container_id)
-        self._background.start_soon(self.egress.release, container_id)
+        if release_egress:
+            self._background.start_soon(self.egress.release, container_id)
+
+    async def _remove_destroyed(self, name: str) -> None:
+        """A destroyed sandbox's container goes, then its place behind the proxy (not before:
+        what still runs in it must not reach past the proxy meanwhile)."""
+        await self.containers.remove(name, check=True)
+        await self.egress.release(name[len(NAME_PREFIX):])
 
     # ----- sandboxes
 
@@ -248,14 +262,12 @@ class SandboxManager:
         sandbox.destroying, sandbox.gone_why = True, why
         if why == GONE_EXPIRED:  # before anything of it goes
             sandbox.gone_why = why = why + await self.snapshots.take_at_expiry(sandbox)
-        await self.channels.close(container_id)
-        try:
-            await self.containers.remove(sandbox.name, check=True)
-        except SandboxError:
-            sandbox.destroying = False
-            raise
-        self._forget(container_id, why)
-        logger.info("destroyed sandbox %s", container_id)
+        # Marked first, so that a server that dies from here on leaves it to the next one to
+        # remove; forgotten, so that nothing reaches it any more; removed in the background.
+        self.removals.mark(sandbox.name)  # a file's creation: well under a millisecond
+        self._forget(container_id, why, release_egress=False)
+        self.removals.start(sandbox.name)
+        logger.info("destroyed sandbox %s (its container goes in the background)", container_id)
 
     def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
         return self.egress.of(self.get(container_id, tenant).network, container_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,22 @@ UNIT_TESTS = Path(__file__).resolve().parent / "unit"
 def sandbox_names(namespace: str = RUN_ID) -> list[str]:
     out = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=mcp-sandbox.namespace={namespace}").stdout
     return out.split()
+
+
+def sandboxes_left(namespace: str = RUN_ID, seconds: float = 30) -> list[str]:
+    """The namespace's containers once every removal under way has had up to ``seconds`` to
+    finish (destroy_container answers at once and removes in the background)."""
+    deadline = time.monotonic() + seconds
+    while (names := sandbox_names(namespace)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return names
+
+
+async def wait_until(predicate, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await anyio.sleep(0.2)
 
 
 def inspect(name: str) -> dict[str, Any]:

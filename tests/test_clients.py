@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import NAMESPACES, ROOT, RUN_ID, ServerProcess, free_port, sandbox_names, structured
+from conftest import NAMESPACES, ROOT, RUN_ID, ServerProcess, free_port, sandboxes_left, structured
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
@@ -39,7 +39,7 @@ async def test_stdio_transport_runs_commands_and_serves_file_urls() -> None:
         assert response.status_code == 200 and response.content == b"from stdio"
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
         await client.call_tool("destroy_container", {"container_id": container_id})
-    assert sandbox_names(namespace) == []
+    assert sandboxes_left(namespace) == []
 
 
 async def test_stdio_server_explains_when_its_file_port_is_taken(http_server: ServerProcess) -> None:
@@ -97,7 +97,7 @@ def test_mcp_inspector_cli_lists_schemas_and_runs_the_date_example(http_server: 
                     "--tool-arg", f"container_id={container_id}", "--tool-arg", "path=relative.txt", expect_tool_error=True)
     assert bad.get("isError") is True and "relative" in bad["content"][0]["text"]
     inspector(url, "--method", "tools/call", "--tool-name", "destroy_container", "--tool-arg", f"container_id={container_id}")
-    assert sandbox_names(http_server.env["SANDBOX_NAMESPACE"]) == []
+    assert sandboxes_left(http_server.env["SANDBOX_NAMESPACE"]) == []
 
 
 def test_fastmcp_run_over_http_gives_file_urls_on_its_own_port(start_server) -> None:

@@ -17,7 +17,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest import ROOT, sandbox_names
+from conftest import ROOT, sandboxes_left
 
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 E2E = ROOT / "tests" / "e2e"
@@ -73,7 +73,7 @@ def test_the_full_flow_through_each_framework_at_its_defaults(start_server: Any,
                                                        "long_command", "error", "destroy")}, report
     assert report["timeouts"] == 0, report  # following our messages verbatim never meets the client's timeout
     assert report["waits"] and report["long_command_seconds"] < LONG_COMMAND_SECONDS + 5, report
-    assert sandbox_names(served.env["SANDBOX_NAMESPACE"]) == []
+    assert sandboxes_left(served.env["SANDBOX_NAMESPACE"]) == []
 
 
 def test_a_client_that_gave_up_on_a_long_wait_is_answered_in_time_afterwards(start_server: Any) -> None:

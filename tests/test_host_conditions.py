@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import NAMESPACES, ROOT, RUN_ID, free_port, podman, sandbox_names, structured, wait_for_command
+from conftest import NAMESPACES, ROOT, RUN_ID, free_port, podman, sandboxes_left, structured, wait_for_command
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
@@ -52,7 +52,7 @@ async def test_a_desktop_clients_short_path_still_gives_sandboxes_a_network_and_
         assert int(disk[1]) <= DISK_BYTES // 1024, ran  # mkfs.ext4 was found: a disk of its own
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["sandbox_disk_bytes"] == DISK_BYTES
         await client.call_tool("destroy_container", {"container_id": container_id})
-    assert sandbox_names(namespace) == []
+    assert sandboxes_left(namespace) == []
 
 
 # --------------------------------------------------------------------------- an OOM kill
@@ -281,4 +281,4 @@ async def test_300_creates_in_a_row_and_16_at_once_all_succeed(start_server) -> 
             async with anyio.create_task_group() as group:
                 for container_id in made:
                     group.start_soon(destroy, container_id)
-    assert sandbox_names(server.env["SANDBOX_NAMESPACE"]) == []
+    assert sandboxes_left(server.env["SANDBOX_NAMESPACE"]) == []

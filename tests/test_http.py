@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, sandbox_names, structured
+from conftest import ServerProcess, sandboxes_left, structured
 from fastmcp import Client
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -128,4 +128,4 @@ async def test_official_sdk_client_runs_the_date_example(http_server: ServerProc
         assert bad.is_error and "empty" in bad.content[0].text
         destroyed = await session.call_tool("destroy_container", {"container_id": container_id})
         assert destroyed.structured_content["destroyed"] is True
-    assert sandbox_names(http_server.env["SANDBOX_NAMESPACE"]) == []
+    assert sandboxes_left(http_server.env["SANDBOX_NAMESPACE"]) == []

@@ -8,7 +8,10 @@ import time
 import anyio
 import httpx
 import pytest
-from conftest import RUN_ID, podman, sandbox_names, structured, wait_for_command
+from pathlib import Path
+
+import server as server_module
+from conftest import RUN_ID, podman, sandbox_names, sandboxes_left, structured, wait_for_command, wait_until
 from fastmcp import Client
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +33,7 @@ async def test_reaper_destroys_a_sandbox_soon_after_its_ttl(start_server) -> Non
         while sandbox_names(server.env["SANDBOX_NAMESPACE"]) and time.monotonic() - started < 20:
             await anyio.sleep(0.25)
         elapsed = time.monotonic() - started
-        assert sandbox_names(server.env["SANDBOX_NAMESPACE"]) == []
+        assert sandboxes_left(server.env["SANDBOX_NAMESPACE"]) == []
         assert 3 <= elapsed <= 4 + 5, f"destroyed {elapsed:.1f} s after creation with a 4 s TTL"
         result = await client.call_tool("execute_command", {"container_id": container_id, "command": "true"}, raise_on_error=False)
         assert result.is_error and "No sandbox" in result.content[0].text
@@ -74,7 +77,7 @@ async def test_sandbox_that_expired_while_the_server_was_down_is_destroyed_at_st
     assert sandbox_names(namespace) == [f"mcp-sandbox-{container_id}"]
     await anyio.sleep(3.5)
     start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_TTL_SECONDS": "3"})
-    assert sandbox_names(namespace) == []
+    assert sandboxes_left(namespace) == []
 
 
 async def test_sigterm_stops_the_server_cleanly_and_keeps_sandboxes(start_server) -> None:
@@ -120,3 +123,29 @@ async def test_sandbox_removed_outside_the_server_is_reported(start_server) -> N
         assert result.is_error and "removed outside this server" in result.content[0].text
         healthy = await client.call_tool("create_container", {})
         assert healthy.structured_content["status"] == "running"
+
+
+async def test_destroy_answers_at_once_and_what_a_dead_server_left_to_remove_the_next_one_removes(start_server) -> None:
+    """destroy_container answers as soon as the sandbox is unusable and removes its container in
+    the background, marked on the host first: a server that dies before the removal is done
+    leaves the mark, and the next server removes that container instead of adopting it."""
+    namespace = f"{RUN_ID}-removing"
+    first = start_server({"SANDBOX_NAMESPACE": namespace})
+    async with Client(first.url + "/mcp") as client:
+        gone_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        kept_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("destroy_container", {"container_id": gone_id})
+        refused = await client.call_tool("execute_command", {"container_id": gone_id, "command": "true"},
+                                         raise_on_error=False)
+        assert refused.is_error and "destroyed" in refused.content[0].text, refused.content[0].text
+        await wait_until(lambda: sandbox_names(namespace) == [f"mcp-sandbox-{kept_id}"])
+    marks = Path(server_module.sandboxes.settings.state_dir) / namespace / "removing"
+    assert not list(marks.iterdir()), "a finished removal leaves no mark"
+    first.stop(signal.SIGKILL)
+    # As if the server had died between answering destroy_container and removing the container.
+    (marks / f"mcp-sandbox-{kept_id}").touch()
+    second = start_server({"SANDBOX_NAMESPACE": namespace})
+    async with Client(second.url + "/mcp") as client:
+        refused = await client.call_tool("check_container", {"container_id": kept_id}, raise_on_error=False)
+        assert refused.is_error, "a sandbox marked for removal is not adopted"
+    assert sandboxes_left(namespace) == [] and not list(marks.iterdir())

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 import anyio
 import pytest
-from conftest import ROOT, RUN_ID, podman, sandbox_names, structured, wait_for_command
+from conftest import ROOT, RUN_ID, podman, sandbox_names, structured, wait_for_command, wait_until
 from fastmcp import Client
 
 pytestmark = pytest.mark.anyio
@@ -19,13 +18,6 @@ def pooled_names(namespace: str) -> set[str]:
     out = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=mcp-sandbox.namespace={namespace}",
                  "--filter", "label=mcp-sandbox.pooled=true").stdout
     return set(out.split())
-
-
-async def wait_until(predicate, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await anyio.sleep(0.2)
 
 
 def channel_processes(container_id: str) -> list[int]:

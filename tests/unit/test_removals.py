@@ -1,0 +1,59 @@
+"""removals.py: destroyed sandboxes marked on disk, removed in the background, retried, drained
+(the removal itself is a function of the test's: no Podman)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sandbox.errors import SandboxError
+from sandbox.removals import Removals
+from sandbox.tasks import BackgroundTasks
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_removal_is_marked_until_it_succeeds_and_the_reaper_tries_again(tmp_path: Path) -> None:
+    background = BackgroundTasks()
+    await background.start()
+    failing, removed = {"mcp-sandbox-b"}, []
+
+    async def remove(name: str) -> None:
+        await anyio.sleep(0.05)
+        if name in failing:
+            raise SandboxError("podman rm failed")
+        removed.append(name)
+
+    removals = Removals(tmp_path / "removing", remove, background)
+    try:
+        for name in ("mcp-sandbox-a", "mcp-sandbox-b"):
+            removals.mark(name)
+            removals.start(name)
+        removals.start("mcp-sandbox-a")  # once at a time
+        assert removals.marked() == {"mcp-sandbox-a", "mcp-sandbox-b"}
+        await removals.drain(5)
+        assert removed == ["mcp-sandbox-a"] and removals.marked() == {"mcp-sandbox-b"}  # the failed one stays marked
+        failing.clear()
+        removals.retry()
+        await removals.drain(5)
+        assert removed == ["mcp-sandbox-a", "mcp-sandbox-b"] and removals.marked() == set()
+    finally:
+        await background.stop()
+
+
+async def test_a_new_server_finds_the_marks_of_the_last(tmp_path: Path) -> None:
+    background = BackgroundTasks()
+    await background.start()
+
+    async def never(name: str) -> None:
+        await anyio.sleep(60)
+
+    first = Removals(tmp_path, never, background)
+    first.mark("mcp-sandbox-c")
+    first.start("mcp-sandbox-c")
+    await first.drain(0.1)  # a stopping server waits a while, then leaves the mark
+    await background.stop()
+    assert Removals(tmp_path, never, background).marked() == {"mcp-sandbox-c"}
+    assert Removals(tmp_path / "missing", never, background).marked() == set()
