@@ -4,7 +4,10 @@ Starts ``python server.py`` on a free port in a namespace of its own, measures e
 below for the server (over MCP Streamable HTTP, FastMCP's client) and for raw podman with the
 same flags and image, prints one table, and removes every container it made.
 
-  create     create_container, one every 0.5 s          vs  podman run -d
+  create     create_container, one every 0.5 s          vs  podman run -d;
+             then destroy_container of each                 vs  podman rm -f -t 0
+  life       a whole life: create_container + execute_command "echo hi" + destroy_container
+                                                            vs  podman run -d + podman exec + podman rm -f -t 0
   exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
   parallel   16 clients, each on its own sandbox, 10 s   vs  16 loops of podman exec
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
@@ -51,7 +54,7 @@ from sandbox.channel import AgentChannel  # noqa: E402
 from sandbox.layout import AGENT_PATH  # noqa: E402
 from sandbox.podman import Podman  # noqa: E402
 
-ROWS = ["create", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
+ROWS = ["create", "life", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -227,6 +230,29 @@ class Bench:
             ours.append(await self.timed(lambda cid=container_id: client.call_tool("destroy_container", {"container_id": cid})))
             await anyio.sleep(0.5)
         self.row("destroy_container / podman rm -f -t 0", ours, raw)
+
+    async def whole_life(self, client: Client, count: int) -> None:
+        """A sandbox's whole life: create, one command, destroy; next to the same through the CLI."""
+        ours, raw = [], []
+
+        async def ours_one() -> None:
+            container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+            result = await client.call_tool("execute_command", {"container_id": container_id, "command": "echo hi"})
+            assert structured(result)["stdout"] == "hi\n"
+            await client.call_tool("destroy_container", {"container_id": container_id})
+
+        async def raw_one() -> None:
+            name = await self.raw_create()
+            await anyio.run_process(["podman", "exec", name, "echo", "hi"])
+            await anyio.run_process(["podman", "rm", "-f", "-t", "0", name])
+
+        await anyio.sleep(5)  # let the pool fill
+        for _ in range(count):
+            raw.append(await self.timed(raw_one))
+            await anyio.sleep(0.5)
+            ours.append(await self.timed(ours_one))
+            await anyio.sleep(0.5)
+        self.row("whole life: create+echo+destroy / CLI", ours, raw)
 
     async def exec_sequential(self, client: Client, container_id: str, raw_name: str, count: int) -> list[float]:
         ours, raw = [], []
@@ -651,6 +677,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 raw_name = await bench.raw_create()
             if "create" in rows:
                 await bench.create(client, creates)
+            if "life" in rows:
+                await bench.whole_life(client, creates)
             if "exec" in rows:
                 await bench.exec_sequential(client, container_id, raw_name, execs)
             if "parallel" in rows:
