@@ -324,7 +324,10 @@ class Egress:
         await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
                                                   0 if self.proxy_why_not else self.proxy.port, upstream))
         await self._add_proxied(address for address, _ in self._restricted.values())
-        await self._prune()
+        try:
+            await self._prune()
+        except (SandboxError, ValueError, KeyError) as exc:  # tidying only: the rules are in place
+            logger.warning("could not tidy the shared sets of the egress rules: %s", exc)
 
     async def _prune(self) -> None:
         """Take out what servers that ended without cleaning up left in the shared sets: addresses
