@@ -26,7 +26,7 @@ import pytest
 from fastmcp import Client
 
 import server
-from conftest import podman, structured
+from conftest import podman, structured, wait_until
 from sandbox.egress import DEFAULT_NETWORK, upstream_resolvers
 from sandbox.lifecycle import SYNC_SECONDS
 
@@ -399,5 +399,5 @@ async def test_allow_domains_reach_only_those_hosts_through_the_proxy(start_serv
         gone = await client.call_tool("check_container", {"container_id": container_id}, raise_on_error=False)
         assert gone.is_error, gone
     assert "cannot be put in force again" in opened.log_text()
-    assert container_id not in " ".join(podman("ps", "-a", "--format", "{{.Names}}").stdout.split())
+    await wait_until(lambda: container_id not in podman("ps", "-a", "--format", "{{.Names}}").stdout)
     assert listener.peers == []

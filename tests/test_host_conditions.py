@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import NAMESPACES, ROOT, RUN_ID, free_port, podman, sandboxes_left, structured, wait_for_command
+from conftest import NAMESPACES, ROOT, RUN_ID, free_port, podman, sandboxes_left, structured, wait_for_command, wait_until
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
@@ -156,8 +156,9 @@ async def test_a_minimal_image_with_a_read_only_root_runs_commands(
         text = broken.content[0].text
         assert broken.is_error and "/var/lib/mcp-sandbox/output" in text and "did not run" in text, text
         await client.call_tool("destroy_container", {"container_id": container_id})
-    for volume in own_volumes:  # and it goes with the sandbox
-        assert podman("volume", "exists", volume, check=False).returncode != 0, volume
+    # and it goes with the sandbox (removed in the background)
+    await wait_until(lambda: all(podman("volume", "exists", volume, check=False).returncode != 0
+                                 for volume in own_volumes))
 
 
 # --------------------------------------------------------------------------- rootless Podman

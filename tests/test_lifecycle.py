@@ -138,9 +138,9 @@ async def test_destroy_answers_at_once_and_what_a_dead_server_left_to_remove_the
         refused = await client.call_tool("execute_command", {"container_id": gone_id, "command": "true"},
                                          raise_on_error=False)
         assert refused.is_error and "destroyed" in refused.content[0].text, refused.content[0].text
-        await wait_until(lambda: sandbox_names(namespace) == [f"mcp-sandbox-{kept_id}"])
-    marks = Path(server_module.sandboxes.settings.state_dir) / namespace / "removing"
-    assert not list(marks.iterdir()), "a finished removal leaves no mark"
+        marks = Path(server_module.sandboxes.settings.state_dir) / namespace / "removing"
+        # Removed, and then no mark is left of it.
+        await wait_until(lambda: sandbox_names(namespace) == [f"mcp-sandbox-{kept_id}"] and not list(marks.iterdir()))
     first.stop(signal.SIGKILL)
     # As if the server had died between answering destroy_container and removing the container.
     (marks / f"mcp-sandbox-{kept_id}").touch()
@@ -148,4 +148,4 @@ async def test_destroy_answers_at_once_and_what_a_dead_server_left_to_remove_the
     async with Client(second.url + "/mcp") as client:
         refused = await client.call_tool("check_container", {"container_id": kept_id}, raise_on_error=False)
         assert refused.is_error, "a sandbox marked for removal is not adopted"
-    assert sandboxes_left(namespace) == [] and not list(marks.iterdir())
+    await wait_until(lambda: not sandbox_names(namespace) and not list(marks.iterdir()))  # removed, then unmarked

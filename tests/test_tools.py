@@ -7,7 +7,7 @@ import time
 
 import anyio
 import pytest
-from conftest import inspect, podman, structured, wait_for_command
+from conftest import inspect, podman, structured, wait_for_command, wait_until
 from fastmcp import Client
 
 import server
@@ -171,7 +171,11 @@ async def test_destroy_removes_the_container(client: Client) -> None:
     assert podman("container", "exists", name, check=False).returncode == 0
     result = structured(await client.call_tool("destroy_container", {"container_id": created["container_id"]}))
     assert result == {"container_id": created["container_id"], "destroyed": True}
-    assert podman("container", "exists", name, check=False).returncode == 1
+    # Unusable at once; its container goes in the background.
+    gone = await client.call_tool("execute_command", {"container_id": created["container_id"], "command": "true"},
+                                  raise_on_error=False)
+    assert gone.is_error and "destroyed" in gone.content[0].text
+    await wait_until(lambda: podman("container", "exists", name, check=False).returncode == 1)
 
 
 # --------------------------------------------------------------------------- bad input
