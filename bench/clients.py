@@ -27,6 +27,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sandbox.config import SandboxSettings  # noqa: E402
+from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 E2E = ROOT / "tests" / "e2e"
 CLIENTS = {  # client: (flow command, package whose version is shown)
@@ -59,6 +63,7 @@ def main() -> None:
     port, namespace = free_port(), f"bench-clients-{secrets.token_hex(3)}"
     env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "0",
            "SANDBOX_PROXY_PORT": str(free_port()), "OPENAI_AGENTS_DISABLE_TRACING": "1"}
+    holders_before = image_holders()
     server = subprocess.Popen([sys.executable, "server.py", "--http"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -87,6 +92,13 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+        left = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={namespace}"],
+                              capture_output=True, text=True).stdout.split()
+        if left:
+            print(f"{len(left)} sandboxes were left behind; removing them")
+            subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *left], capture_output=True)
+        release_namespace(SandboxSettings.from_env().disk_dir, namespace)
+        remove_image_holders(holders_before)
 
 
 if __name__ == "__main__":
