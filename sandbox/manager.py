@@ -18,7 +18,7 @@ import anyio.to_thread
 from anyio.abc import ByteStream
 
 from .backend import Backend, PodmanBackend
-from .channel import find_agent_binary
+from .channel import AgentChannel, find_agent_binary
 from .commands import CommandRunner, ProgressCallback
 from .config import SandboxSettings
 from .containers import SandboxContainers
@@ -96,6 +96,7 @@ class SandboxManager:
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits.problem)
         # destroy_container answers at once; the container goes in the background (removals.py).
+        self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
         self.removals = Removals(Path(settings.state_dir) / settings.namespace / "removing", self._remove_destroyed,
                                  self._background)
         self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
@@ -166,6 +167,9 @@ class SandboxManager:
     async def _remove_destroyed(self, name: str) -> None:
         """A destroyed sandbox's container goes, then its place behind the proxy (not before:
         what still runs in it must not reach past the proxy meanwhile)."""
+        channel = self._closing.pop(name, None)
+        if channel is not None:
+            await channel.close()
         await self.containers.remove(name, check=True)
         await self.egress.release(name[len(NAME_PREFIX):])
 
@@ -265,6 +269,9 @@ class SandboxManager:
         # Marked first, so that a server that dies from here on leaves it to the next one to
         # remove; forgotten, so that nothing reaches it any more; removed in the background.
         self.removals.mark(sandbox.name)  # a file's creation: well under a millisecond
+        channel = self.channels.detach(container_id)  # closed by the removal, which a stopping server waits for
+        if channel is not None:
+            self._closing[sandbox.name] = channel
         self._forget(container_id, why, release_egress=False)
         self.removals.start(sandbox.name)
         logger.info("destroyed sandbox %s (its container goes in the background)", container_id)

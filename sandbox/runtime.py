@@ -400,6 +400,11 @@ class AgentChannels:
         for container_id in list(self._channels):
             await self.close(container_id)
 
+    def detach(self, container_id: str) -> AgentChannel | None:
+        """Take the sandbox's channel out of use without closing it (its caller closes it)."""
+        self._locks.pop(container_id, None)
+        return self._channels.pop(container_id, None)
+
     def forget(self, container_id: str) -> None:
         """The sandbox is gone: its channel closes in the background."""
         channel = self._channels.pop(container_id, None)

@@ -282,4 +282,5 @@ async def test_300_creates_in_a_row_and_16_at_once_all_succeed(start_server) -> 
             async with anyio.create_task_group() as group:
                 for container_id in made:
                     group.start_soon(destroy, container_id)
-    assert sandboxes_left(server.env["SANDBOX_NAMESPACE"]) == []
+    # destroy_container answers at once; the 316 containers go in the background, 4 at a time.
+    assert sandboxes_left(server.env["SANDBOX_NAMESPACE"], seconds=300) == []
