@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,7 +98,9 @@ def main() -> None:
         if left:
             print(f"{len(left)} sandboxes were left behind; removing them")
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *left], capture_output=True)
-        release_namespace(SandboxSettings.from_env().disk_dir, namespace)
+        settings = SandboxSettings.from_env()
+        release_namespace(settings.disk_dir, namespace)
+        shutil.rmtree(Path(settings.state_dir) / namespace, ignore_errors=True)  # removal marks, allow-lists
         remove_image_holders(holders_before)
 
 
