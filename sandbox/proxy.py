@@ -125,8 +125,8 @@ class EgressProxy:
             opened = await self._open(peer, head, writer)
             if opened is None:
                 return
-            up_reader, upstream = opened
-            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+            up_reader, upstream, silent = opened
+            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer, silent))
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -137,8 +137,10 @@ class EgressProxy:
                     stream.close()
 
     async def _open(self, peer: str, head: bytes, writer: asyncio.StreamWriter
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """Check the request and connect upstream; None when it was answered here."""
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+        """Check the request and connect upstream; None when it was answered here. With the
+        streams comes what to answer if the upstream ends without a byte (plain HTTP only: a
+        CONNECT tunnel carries whatever the two ends say)."""
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         entry = self._lists.get(peer)
@@ -192,16 +194,29 @@ class EgressProxy:
             return None
         if method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:
-            upstream.write(rest)
-        return up_reader, upstream
+            return up_reader, upstream, b""
+        upstream.write(rest)
+        return up_reader, upstream, _response(
+            "502 Bad Gateway", f"{host}:{port_text} closed the connection without answering; try again")
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, if_silent: bytes = b"") -> None:
+    """Copy until the end; ``if_silent`` is said instead when the reader ended (or broke) before
+    a single byte, so that a client is told why rather than met with a closed connection."""
+    moved, ended = False, "end of stream"
     try:
-        while chunk := await reader.read(CHUNK_BYTES):
-            writer.write(chunk)
-            await writer.drain()
+        try:
+            while chunk := await reader.read(CHUNK_BYTES):
+                writer.write(chunk)
+                moved = True
+                await writer.drain()
+        except (ConnectionError, OSError) as exc:
+            if moved or not if_silent:
+                raise
+            ended = repr(exc)
+        if not moved and if_silent:
+            logger.info("an upstream ended without answering (%s)", ended)
+            writer.write(if_silent)
         if writer.can_write_eof():
             writer.write_eof()
     except (ConnectionError, OSError):
