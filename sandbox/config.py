@@ -111,7 +111,9 @@ class SandboxSettings:
     agent_path: str = ""
     max_channels: int = 32
     channel_idle_seconds: float = 120.0
-    pool_size: int = 2
+    pool_size: int = 2  # the warm pool's floor; 0 turns it off
+    pool_max: int = 16  # what the pool may grow to after a burst of creates
+    pool_idle_seconds: float = 300.0  # how long it keeps what a burst called for
     disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
     disk_dir: str = "/var/lib/mcp-sandbox/disks"
     snapshot_ttl_seconds: int = 7 * 24 * 3600
@@ -160,6 +162,8 @@ class SandboxSettings:
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
             channel_idle_seconds=_env_float(env, "SANDBOX_CHANNEL_IDLE_SECONDS", 120.0, minimum=1),
             pool_size=_env_int(env, "SANDBOX_POOL_SIZE", 2, minimum=0),
+            pool_max=_env_int(env, "SANDBOX_POOL_MAX", 16, minimum=0),
+            pool_idle_seconds=_env_float(env, "SANDBOX_POOL_IDLE_SECONDS", 300.0, minimum=1),
             disk_limit_bytes=_disk_limit(env),
             disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
             snapshot_ttl_seconds=_env_int(env, "SANDBOX_SNAPSHOT_TTL_SECONDS", 7 * 24 * 3600, minimum=1),

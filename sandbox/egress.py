@@ -238,7 +238,7 @@ class Egress:
         self.proxy = EgressProxy((*BLOCKED_V4, *BLOCKED_V6), self.allow_cidrs, host_addresses)
         self.proxy_why_not = "the proxy runs only under SANDBOX_EGRESS=public"
         self._proxy_port, self._max_domains = settings.proxy_port, settings.max_allow_domains
-        self._needed = settings.max_containers + settings.pool_size
+        self._needed = settings.max_containers + (max(settings.pool_size, settings.pool_max) if settings.pool_size else 0)
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
         self._stale: set[str] = set()  # proxied addresses no container held at the last look

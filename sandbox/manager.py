@@ -94,7 +94,8 @@ class SandboxManager:
         self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
                                self.registry.get, self.registry.live, self.backend)
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
-                             lambda: not self.limits.problem)
+                             lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds,
+                             lambda: settings.max_containers - len(self.registry))
         # destroy_container answers at once; the container goes in the background (removals.py).
         self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
         self.removals = Removals(Path(settings.state_dir) / settings.namespace / "removing", self._remove_destroyed,
@@ -220,9 +221,10 @@ class SandboxManager:
                 layer = None
                 if snapshot is not None:
                     image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
-                sandbox = await self.containers.start(
-                    image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
-                )
+                async with self.pool.creating():  # the pool waits for this one to start
+                    sandbox = await self.containers.start(
+                        image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
+                    )
             if domains:
                 await self._behind_proxy(sandbox, domains)
             if snapshot_on_expiry:
@@ -377,5 +379,5 @@ class SandboxManager:
         self.limits.require()
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
         return {"podman_version": version, "sandboxes": len(self.registry), "egress": self.egress.describe(),
-                "sandbox_disk_bytes": disk, "limits": "enforced"}
+                "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe()}
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -31,27 +33,69 @@ def changed_settings(recorded: str, now: Mapping[str, str]) -> str:
     )
 
 
+BURST_SECONDS = 5.0  # creates this close together count as one burst
+FILL_AT_ONCE = 4  # pooled sandboxes started at the same time while the pool is short
+CHECK_SECONDS = 5.0  # how often the pool looks at its target without being asked
+
+
+def recent_peak(takes: Sequence[float], now: float, idle_seconds: float, burst_seconds: float = BURST_SECONDS) -> int:
+    """The most creates asked for within ``burst_seconds`` of each other during the last
+    ``idle_seconds`` (``takes``: their monotonic times, oldest first)."""
+    recent = [t for t in takes if t > now - idle_seconds]
+    peak, first = 0, 0
+    for last, at in enumerate(recent):
+        while at - recent[first] > burst_seconds:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
+
+
+def pool_target(floor: int, ceiling: int, peak: int, room: int) -> int:
+    """How many sandboxes the pool keeps: at least ``floor`` (SANDBOX_POOL_SIZE), as many as the
+    recent peak of demand within ``ceiling`` (SANDBOX_POOL_MAX), never more above the floor than
+    sandboxes may still be created (``room``: SANDBOX_MAX_CONTAINERS less the live ones)."""
+    if floor <= 0:
+        return 0
+    return max(floor, min(ceiling, peak, room))
+
+
 class WarmPool:
     """Sandboxes of the default kind started ahead of demand, each handed out once.
 
+    The pool keeps ``size`` sandboxes and follows demand above that: after a burst of creates it
+    grows toward the burst's size (up to ``ceiling``), and it shrinks back once ``idle_seconds``
+    pass without such a burst. It fills several at once while short, but never while a create
+    that found it empty is still starting its sandbox (that create comes first).
+
     The pool knows when to make, hand out and drop its members; the manager says how
     (``make`` starts one and opens its channel, ``claim`` records a hand-out inside the sandbox,
-    so that a restarted server adopts it as handed out, ``discard`` removes one), and whether
-    any can be made now (``can_fill``).
+    so that a restarted server adopts it as handed out, ``discard`` removes one), whether any can
+    be made now (``can_fill``) and how many more sandboxes may be created (``room``).
     """
 
     def __init__(
         self, size: int, make: Callable[[], Awaitable[Sandbox]], claim: Callable[[Sandbox, bytes], Awaitable[None]],
-        discard: Callable[[Sandbox], Awaitable[None]], can_fill: Callable[[], bool],
+        discard: Callable[[Sandbox], Awaitable[None]], can_fill: Callable[[], bool], ceiling: int | None = None,
+        idle_seconds: float = 300.0, room: Callable[[], int] = lambda: 1 << 30,
     ) -> None:
-        self.size = size
-        self._make, self._claim, self._discard, self._can_fill = make, claim, discard, can_fill
+        self.size, self.ceiling, self.idle_seconds = size, max(size, ceiling if ceiling is not None else size), idle_seconds
+        self._make, self._claim, self._discard, self._can_fill, self._room = make, claim, discard, can_fill, room
         self._members: list[Sandbox] = []
         self._filling = 0
+        self._creating = 0  # creates that found the pool empty and are starting a sandbox of their own
+        self._takes: deque[float] = deque(maxlen=4 * max(self.ceiling, 1))
         self._wanted = anyio.Event()
 
     def __len__(self) -> int:
         return len(self._members)
+
+    def target(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        return pool_target(self.size, self.ceiling, recent_peak(self._takes, now, self.idle_seconds), self._room())
+
+    def describe(self) -> dict[str, int]:
+        return {"ready": len(self._members), "starting": self._filling, "target": self.target(),
+                "size": self.size, "max": self.ceiling}
 
     def reset(self) -> None:
         """Empty, before adoption rebuilds it from what Podman still has."""
@@ -67,9 +111,12 @@ class WarmPool:
 
     async def take(self, tenant: str, ttl: int) -> Sandbox | None:
         """Hand out a pre-started sandbox, once only; its lifetime starts now. None when empty."""
+        if self.size <= 0:
+            return None
+        self._takes.append(time.monotonic())
+        self._wanted.set()
         while self._members:
             sandbox = self._members.pop(0)
-            self._wanted.set()
             sandbox.created_at = time.time()
             sandbox.expires_at = sandbox.created_at + ttl
             sandbox.tenant = tenant
@@ -82,6 +129,16 @@ class WarmPool:
                 await self._discard(sandbox)
         return None
 
+    @asynccontextmanager
+    async def creating(self) -> AsyncIterator[None]:
+        """Around a create that found the pool empty: the pool does not start its own meanwhile."""
+        self._creating += 1
+        try:
+            yield
+        finally:
+            self._creating -= 1
+            self._wanted.set()
+
     async def drop_expired(self, now: float) -> None:
         for member in [m for m in self._members if m.expires_at <= now]:
             self._members.remove(member)
@@ -89,18 +146,28 @@ class WarmPool:
             self._wanted.set()
 
     async def fill_forever(self) -> None:
-        while True:
-            if self.size - len(self._members) - self._filling <= 0:
-                await self._wanted.wait()
+        async with anyio.create_task_group() as group:
+            while True:
+                target = self.target()
+                while len(self._members) > target:  # demand went: the oldest go first
+                    group.start_soon(self._discard, self._members.pop(0))
+                if target - len(self._members) - self._filling > 0 and not self._creating:
+                    if not self._can_fill():
+                        group.cancel_scope.cancel()  # no sandbox can be made here; whoever asks is told why
+                        return
+                    for _ in range(min(target - len(self._members) - self._filling, FILL_AT_ONCE - self._filling)):
+                        self._filling += 1
+                        group.start_soon(self._fill_one)
+                with anyio.move_on_after(CHECK_SECONDS):
+                    await self._wanted.wait()
                 self._wanted = anyio.Event()
-                continue
-            if not self._can_fill():
-                return  # no sandbox can be made here; the error is told to whoever asks for one
-            self._filling += 1
-            try:
-                self._members.append(await self._make())
-            except SandboxError as exc:
-                logger.warning("could not add a sandbox to the pool: %s", exc)
-                await anyio.sleep(10)
-            finally:
-                self._filling -= 1
+
+    async def _fill_one(self) -> None:
+        try:
+            self._members.append(await self._make())
+        except SandboxError as exc:
+            logger.warning("could not add a sandbox to the pool: %s", exc)
+            await anyio.sleep(10)
+        finally:
+            self._filling -= 1
+            self._wanted.set()

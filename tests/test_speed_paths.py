@@ -7,6 +7,7 @@ import signal
 import subprocess
 
 import anyio
+import httpx
 import pytest
 from conftest import ROOT, RUN_ID, podman, sandbox_names, structured, wait_for_command, wait_until
 from fastmcp import Client
@@ -59,6 +60,41 @@ async def test_pool_hands_out_each_sandbox_once_with_lifetime_from_hand_out(star
         for container_id in [*handed_out, third["container_id"]]:
             await client.call_tool("destroy_container", {"container_id": container_id})
     await wait_until(lambda: len(sandbox_names(namespace)) == 2)  # just the refilled pool
+    assert set(sandbox_names(namespace)) == pooled_names(namespace)
+
+
+@pytest.mark.slow
+async def test_the_pool_grows_after_a_burst_of_creates_and_shrinks_back_when_idle(start_server) -> None:
+    namespace = f"{RUN_ID}-burst"
+    server = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "1", "SANDBOX_POOL_MAX": "4",
+                           "SANDBOX_POOL_IDLE_SECONDS": "10"})
+
+    def pool() -> dict:
+        return httpx.get(server.url + "/health", timeout=10).json()["pool"]
+
+    def unclaimed() -> int:  # pooled sandboxes in Podman, less the ones handed out (named in created)
+        return len(pooled_names(namespace) - {f"mcp-sandbox-{c}" for c in created})
+
+    created: list[str] = []
+    await wait_until(lambda: pool()["ready"] == 1)
+    assert pool() == {"ready": 1, "starting": 0, "target": 1, "size": 1, "max": 4}
+    async with Client(server.url + "/mcp") as client:
+        async def create() -> None:
+            created.append(structured(await client.call_tool("create_container", {}))["container_id"])
+
+        async with anyio.create_task_group() as group:  # a burst of 6: one from the pool, five it had not
+            for _ in range(6):
+                group.start_soon(create)
+        assert len(set(created)) == 6
+        assert pool()["target"] == 4  # the burst, within SANDBOX_POOL_MAX
+        await wait_until(lambda: pool()["ready"] == 4 and unclaimed() == 4, seconds=60)
+        # Idle for SANDBOX_POOL_IDLE_SECONDS: back to SANDBOX_POOL_SIZE, the extra ones removed.
+        await wait_until(lambda: pool()["ready"] == 1 and unclaimed() == 1, seconds=10 + 5 + 30)
+        for container_id in created:  # what was handed out is untouched by the shrinking
+            ran = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo up"}))
+            assert ran["stdout"] == "up\n"
+            await client.call_tool("destroy_container", {"container_id": container_id})
+    await wait_until(lambda: len(sandbox_names(namespace)) == 1)  # the pool's one: nothing else is left
     assert set(sandbox_names(namespace)) == pooled_names(namespace)
 
 

@@ -1,0 +1,114 @@
+"""The warm pool's rule for how many sandboxes it keeps (a floor, the recent peak of demand
+within a ceiling and the room left), and the pool run against stand-ins for Podman: its members
+here are plain records that ``make`` returns after a delay (the pool's own logic is what is
+tested; the real pool against Podman is in tests/test_speed_paths.py)."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+from sandbox.config import SandboxSettings
+from sandbox.model import Sandbox
+from sandbox.pool import WarmPool, pool_target, recent_peak
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_peak_counts_creates_close_together_within_the_recent_past() -> None:
+    assert recent_peak([], 100, 60) == 0
+    burst = [50.0 + i * 0.01 for i in range(16)]
+    assert recent_peak(burst, 100, 60) == 16
+    assert recent_peak(burst, 111, 60) == 0  # older than the idle time: forgotten
+    steady = [float(t) for t in range(40, 100)]  # one a second
+    assert recent_peak(steady, 100, 60, burst_seconds=5) == 6
+    assert recent_peak([*steady[:5], *burst], 100, 60, burst_seconds=5) == 16  # 40..44 s: more than 5 s before
+    assert recent_peak([*steady[:11], *burst], 100, 60, burst_seconds=5) == 16 + 5  # 46..50 s: within 5 s
+    assert recent_peak([10.0, 10.1, 10.2, 20.0], 30, 60, burst_seconds=5) == 3
+
+
+def test_the_target_is_the_floor_raised_to_the_peak_within_the_ceiling_and_the_room() -> None:
+    assert pool_target(2, 16, 0, 20) == 2
+    assert pool_target(2, 16, 9, 20) == 9
+    assert pool_target(2, 16, 40, 20) == 16
+    assert pool_target(2, 16, 40, 5) == 5  # only 5 more sandboxes may exist
+    assert pool_target(2, 16, 40, 0) == 2  # the floor stays, as before
+    assert pool_target(0, 16, 40, 20) == 0  # SANDBOX_POOL_SIZE=0: no pool at all
+
+
+def test_the_settings_and_their_defaults() -> None:
+    settings = SandboxSettings.from_env({})
+    assert (settings.pool_size, settings.pool_max, settings.pool_idle_seconds) == (2, 16, 300.0)
+    settings = SandboxSettings.from_env({"SANDBOX_POOL_SIZE": "1", "SANDBOX_POOL_MAX": "4",
+                                         "SANDBOX_POOL_IDLE_SECONDS": "1.5"})
+    assert (settings.pool_size, settings.pool_max, settings.pool_idle_seconds) == (1, 4, 1.5)
+    with pytest.raises(ValueError, match="SANDBOX_POOL_IDLE_SECONDS"):
+        SandboxSettings.from_env({"SANDBOX_POOL_IDLE_SECONDS": "0"})
+
+
+class StandIn:
+    """make/claim/discard for a pool, counting what it was asked to do."""
+
+    def __init__(self, make_seconds: float) -> None:
+        self.make_seconds, self.made, self.discarded, self.at_once, self.most_at_once = make_seconds, 0, [], 0, 0
+
+    async def make(self) -> Sandbox:
+        self.at_once += 1
+        self.most_at_once = max(self.most_at_once, self.at_once)
+        await anyio.sleep(self.make_seconds)
+        self.at_once -= 1
+        self.made += 1
+        return Sandbox(f"{self.made:032x}", "image", time.time(), time.time() + 3600)
+
+    async def claim(self, sandbox: Sandbox, claim: bytes) -> None:
+        pass
+
+    async def discard(self, sandbox: Sandbox) -> None:
+        self.discarded.append(sandbox.container_id)
+
+
+async def wait_for(condition, seconds: float = 5) -> None:
+    with anyio.fail_after(seconds):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_a_burst_grows_the_pool_several_at_a_time_and_idleness_shrinks_it_to_the_floor() -> None:
+    stand_in = StandIn(make_seconds=0.05)
+    pool = WarmPool(2, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=8, idle_seconds=1.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.fill_forever)
+        await wait_for(lambda: len(pool) == 2)
+        taken = [await pool.take("t", 60) for _ in range(6)]  # a burst: 2 from the pool, 4 it had not
+        assert sum(s is not None for s in taken) == 2
+        assert pool.target() == 6
+        await wait_for(lambda: len(pool) == 6)
+        assert stand_in.most_at_once > 1  # filled several at once
+        assert stand_in.discarded == []
+        await wait_for(lambda: len(pool) == 2, seconds=1.0 + 5 + 2)  # idle: back to the floor
+        assert len(stand_in.discarded) == 4 and pool.describe()["target"] == 2
+        group.cancel_scope.cancel()
+
+
+async def test_the_pool_starts_none_of_its_own_while_a_create_that_found_it_empty_is_starting() -> None:
+    stand_in = StandIn(make_seconds=0.01)
+    pool = WarmPool(1, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=4, idle_seconds=60)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.fill_forever)
+        await wait_for(lambda: len(pool) == 1)
+        assert await pool.take("t", 60) is not None
+        async with pool.creating():
+            assert await pool.take("t", 60) is None  # the second of a burst starts its own
+            made = stand_in.made
+            await anyio.sleep(0.3)
+            assert stand_in.made == made  # and the pool waits for it
+        await wait_for(lambda: len(pool) == 2)
+        group.cancel_scope.cancel()
+
+
+async def test_no_pool_when_its_size_is_zero() -> None:
+    stand_in = StandIn(make_seconds=0.01)
+    pool = WarmPool(0, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=16)
+    assert await pool.take("t", 60) is None and pool.target() == 0
