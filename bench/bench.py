@@ -8,6 +8,10 @@ same flags and image, prints one table, and removes every container it made.
              then destroy_container of each                 vs  podman rm -f -t 0
   life       a whole life: create_container + execute_command "echo hi" + destroy_container
                                                             vs  podman run -d + podman exec + podman rm -f -t 0
+  burst      16 create_container at once on a server at the default settings (pool of 2, up to 16), twice:
+             first with the pool at its floor, then once it has grown   vs  16 podman run -d at once
+  unpooled   create_container on a server without a pool, one every 0.5 s  vs  podman run -d; and the
+             first command in each new sandbox                               vs  podman exec echo hi
   exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
   parallel   16 clients, each on its own sandbox, 10 s   vs  16 loops of podman exec
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
@@ -54,7 +58,7 @@ from sandbox.channel import AgentChannel  # noqa: E402
 from sandbox.layout import AGENT_PATH  # noqa: E402
 from sandbox.podman import Podman  # noqa: E402
 
-ROWS = ["create", "life", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
+ROWS = ["create", "life", "burst", "unpooled", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -134,22 +138,30 @@ class Bench:
         self.raw_names: list[str] = []
         self.lines: list[str] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.namespaces = [self.namespace]  # the main server's, and those of the rows' own servers
         self.holders_before = image_holders()
 
     # ----- plumbing
 
     def start_server(self) -> None:
-        env = {**os.environ, "PORT": str(self.port), "SANDBOX_NAMESPACE": self.namespace, "SANDBOX_IMAGE": self.image,
-               "SANDBOX_MAX_CONTAINERS": "400", "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4"),
-               "LOG_LEVEL": "warning"}
+        env = {"SANDBOX_MAX_CONTAINERS": "400", "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4")}
         if self.target is not None:
             env["SANDBOX_EGRESS_ALLOW_CIDRS"] = f"{self.target.ip}/32"
-        self.server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.server = self.spawn_server(self.namespace, self.port, env)
+
+    def spawn_server(self, namespace: str, port: int, settings: dict[str, str]) -> subprocess.Popen[bytes]:
+        """``python server.py`` on ``port`` in ``namespace`` with these settings over the defaults."""
+        shaping = ("SANDBOX_POOL_SIZE", "SANDBOX_POOL_MAX", "SANDBOX_POOL_IDLE_SECONDS", "SANDBOX_MAX_CONTAINERS")
+        env = {**{k: v for k, v in os.environ.items() if k not in shaping}, "PORT": str(port),
+               "SANDBOX_NAMESPACE": namespace, "SANDBOX_IMAGE": self.image, "LOG_LEVEL": "warning", **settings}
+        if namespace not in self.namespaces:
+            self.namespaces.append(namespace)
+        server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(300):
             try:
-                httpx.get(self.url + "/health", timeout=2)
-                return
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                return server
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError("server did not start")
@@ -158,13 +170,14 @@ class Bench:
         if self.server is not None:
             self.server.terminate()
             self.server.wait(timeout=60)
-        names = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={self.namespace}"],
-                               capture_output=True, text=True).stdout.split()
-        for start in range(0, len(names), 50):
-            subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *names[start:start + 50]], capture_output=True)
         settings = SandboxSettings.from_env()
-        release_namespace(settings.disk_dir, self.namespace)
-        shutil.rmtree(Path(settings.state_dir) / self.namespace, ignore_errors=True)  # snapshots, allow-lists
+        for namespace in self.namespaces:
+            names = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={namespace}"],
+                                   capture_output=True, text=True).stdout.split()
+            for start in range(0, len(names), 50):
+                subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *names[start:start + 50]], capture_output=True)
+            release_namespace(settings.disk_dir, namespace)
+            shutil.rmtree(Path(settings.state_dir) / namespace, ignore_errors=True)  # snapshots, allow-lists
         remove_image_holders(self.holders_before)
 
     async def raw_create(self) -> str:
@@ -255,6 +268,85 @@ class Bench:
         await anyio.sleep(5)  # let the pool fill
         ours, raw = await self.interleaved(ours_one, raw_one, count)
         self.row("whole life: create+echo+destroy / CLI", ours, raw)
+
+    async def burst(self, size: int = 16) -> None:
+        """``size`` creates at once on a server at the default settings, twice: first with its pool at
+        the floor, then once the pool has followed the first burst; 16 raw podman run at once before each."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = self.spawn_server(f"{self.namespace}-burst", port, {})
+
+        def pool() -> dict[str, int]:
+            return httpx.get(url + "/health", timeout=10).json()["pool"]
+
+        async def until(condition: Callable[[dict[str, int]], bool], seconds: float = 180) -> dict[str, int]:
+            deadline = time.monotonic() + seconds
+            while not condition(state := pool()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the pool did not get there: {state}")
+                await anyio.sleep(0.5)
+            return state
+
+        async def at_once(one: Callable[[], Awaitable[Any]]) -> list[float]:
+            times: list[float] = []
+
+            async def timed_one() -> None:
+                times.append(await self.timed(one))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(size):
+                    group.start_soon(timed_one)
+            return times
+
+        try:
+            async with Client(url + "/mcp") as client:
+                for label in ("pool at its floor", "pool grown"):
+                    state = await until(lambda p: p["ready"] >= p["target"] and not p["starting"])
+                    raw_names: list[str] = []
+                    raw = await at_once(lambda: self.raw_create_into(raw_names))
+                    await anyio.run_process(["podman", "rm", "-f", "-t", "0", *raw_names])
+                    await anyio.sleep(2)
+                    state = await until(lambda p: p["ready"] >= p["target"] and not p["starting"])
+                    ids: list[str] = []
+                    ours = await at_once(lambda: self.create_into(client, ids))
+                    self.row(f"{size} creates at once, {label} / {size} runs", ours, raw,
+                             note=f"pool ready {state['ready']} before; p99 ratio "
+                                  f"{percentile(ours, 0.99) / percentile(raw, 0.99):.3f}")
+                    for container_id in ids:
+                        await client.call_tool("destroy_container", {"container_id": container_id})
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+    async def unpooled(self, count: int) -> None:
+        """Creates on a server without a pool, and the first command in each new sandbox."""
+        port = free_port()
+        server = self.spawn_server(f"{self.namespace}-unpooled", port, {"SANDBOX_POOL_SIZE": "0"})
+        try:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                ids: list[str] = []
+                names: list[str] = []
+                ours, raw = await self.interleaved(lambda: self.create_into(client, ids),
+                                                   lambda: self.raw_create_into(names), count)
+                self.row("create_container, no pool / podman run -d", ours, raw)
+                first, raw_first = [], []
+                for container_id, name in zip(ids, names):
+                    raw_first.append(await self.timed(lambda name=name: anyio.run_process(["podman", "exec", name, "echo", "hi"])))
+                    first.append(await self.timed(lambda cid=container_id: client.call_tool(
+                        "execute_command", {"container_id": cid, "command": "echo hi"})))
+                self.row("first command in a new sandbox, no pool / exec", first, raw_first)
+                for container_id in ids:
+                    await client.call_tool("destroy_container", {"container_id": container_id})
+                await anyio.run_process(["podman", "rm", "-f", "-t", "0", *names])
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+    async def create_into(self, client: Client, ids: list[str]) -> None:
+        ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
+
+    async def raw_create_into(self, names: list[str]) -> None:
+        names.append(await self.raw_create())
 
     async def exec_sequential(self, client: Client, container_id: str, raw_name: str, count: int) -> list[float]:
         ours, raw = [], []
@@ -681,6 +773,10 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 await bench.create(client, creates)
             if "life" in rows:
                 await bench.whole_life(client, creates)
+            if "burst" in rows:
+                await bench.burst()
+            if "unpooled" in rows:
+                await bench.unpooled(creates)
             if "exec" in rows:
                 await bench.exec_sequential(client, container_id, raw_name, execs)
             if "parallel" in rows:

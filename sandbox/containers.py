@@ -16,7 +16,7 @@ from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings
 from .disks import SandboxDisks
 from .egress import Egress
 from .errors import DiskUnavailable, PodmanError, SandboxError, SnapshotFailed
-from .layout import DATA_DIR, STATE_TMPFS
+from .layout import DATA_DIR, HELPERS_COPY, MAIN_WITH_HELPERS, STATE_TMPFS
 from .limits import LimitsCheck
 from .model import (
     LABEL_CREATED,
@@ -38,10 +38,11 @@ class SandboxContainers:
     def __init__(
         self, settings: SandboxSettings, backend: Backend, disks: SandboxDisks, limits: LimitsCheck, egress: Egress,
         exec_runtime: ExecRuntime, helpers_digest: Callable[[], str],
+        helper_files: Callable[[], list[tuple[str, bytes, int]]] = list,
     ) -> None:
         self.settings, self.backend, self.disks, self.limits, self.egress = settings, backend, disks, limits, egress
         self.exec_runtime = exec_runtime
-        self._helpers_digest = helpers_digest
+        self._helpers_digest, self._helper_files = helpers_digest, helper_files
         self._made_under: dict[str, str] | None = None
 
     async def made_under(self) -> dict[str, str]:
@@ -90,11 +91,18 @@ class SandboxContainers:
             dns = self.egress.dns if sandbox.network == self.egress.network else ()
             spec = ContainerSpec(sandbox.name, labels, ("sleep", "2147483647"), image=image,
                                  network=sandbox.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,), dns=dns)
+            helpers_placed = False
             if self.disks.enabled:
                 root = await self.disks.create(sandbox.name, image, layer)
                 spec = replace(spec, image="", rootfs=str(self.disks.root(sandbox.name)), env=root.env,
                                workdir=root.workdir, volumes=(f"{self.disks.data(sandbox.name)}:{DATA_DIR}",))
                 layer = None
+                # The helpers go onto the disk from here, and the container's main process puts
+                # them in place: a podman exec less for every new sandbox.
+                if self._helper_files():
+                    self.disks.place(sandbox.name, HELPERS_COPY, self._helper_files())
+                    spec = replace(spec, command=("/bin/sh", "-c", MAIN_WITH_HELPERS))
+                    helpers_placed = True
             warnings = await self.backend.start(spec, layer)
         except SnapshotFailed:
             await self.remove(sandbox.name)
@@ -113,7 +121,8 @@ class SandboxContainers:
             raise
         try:
             await self.limits.verify(sandbox, warnings)
-            await self.exec_runtime.install_helpers(sandbox)
+            if not helpers_placed:
+                await self.exec_runtime.install_helpers(sandbox)
         except SandboxError:
             await self.remove(sandbox.name)
             raise

@@ -23,13 +23,14 @@ import logging
 import os
 import shutil
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import anyio
 
 from .backend import Backend, ImageRoot
 from .errors import DiskUnavailable, SnapshotFailed
 from .layers import unpack
+from .layout import DATA_DIR
 from .podman import system_env
 
 logger = logging.getLogger("mcp_sandbox.disks")
@@ -155,6 +156,16 @@ class SandboxDisks:
     def upper(self, name: str) -> Path:
         """What the sandbox changed since its image (the overlay's upper folder, on its disk)."""
         return self.dir / name / "fs" / "upper"
+
+    def place(self, name: str, path_inside: str, files: list[tuple[str, bytes, int]]) -> None:
+        """Write files into a folder of the sandbox's data mount (DATA_DIR inside) before it starts."""
+        relative = PurePosixPath(path_inside).relative_to(DATA_DIR)
+        folder = self.data(name) / relative
+        folder.mkdir(parents=True, exist_ok=True)
+        for file_name, data, mode in files:
+            target = folder / file_name
+            target.write_bytes(data)
+            target.chmod(mode)
 
     def image_file(self, name: str) -> Path:
         return self.dir / f"{name}.img"

@@ -16,7 +16,12 @@ COMMANDS_DIR = f"{STATE_DIR}/commands"
 OUTPUT_DIR = f"{DATA_DIR}/output"
 LINKS_DIR = f"{DATA_DIR}/links"
 CLAIM_PATH = f"{DATA_DIR}/claim"
+HELPERS_COPY = f"{DATA_DIR}/.helpers"  # the helpers, written on the host before a sandbox with a disk starts
 ENV_PATH = f"{DATA_DIR}/env"  # NAME=value lines every command gets (the egress proxy)
 AGENT_PATH = f"{STATE_DIR}/agent"
 LIB_PATH = f"{STATE_DIR}/lib-6.sh"  # a new name whenever the library changes: old sandboxes get it anew
 STATE_TMPFS = f"{STATE_DIR}:rw,exec,nosuid,nodev,size=64m,mode=0755"
+# The main process of a sandbox with a disk: it puts the helpers where commands find them (the
+# tmpfs is empty at every start of the container) and then only waits. Should the copy fail or
+# come late, the server installs them through podman exec, as for a sandbox without a disk.
+MAIN_WITH_HELPERS = f"cp -p {HELPERS_COPY}/* {STATE_DIR}/ 2>/dev/null; exec sleep 2147483647"

@@ -35,7 +35,7 @@ from .reading import Entry, FileReader, FileSlice
 from .model import LABEL_MANAGED, LOCAL_TENANT, NAME_PREFIX, FileLink, Sandbox
 from .podman import Podman, system_env
 from .pool import WarmPool
-from .records import CommandState, CommandSummary, helpers_digest, helpers_tar
+from .records import CommandState, CommandSummary, helpers_digest, helpers_files, helpers_tar
 from .registry import SandboxRegistry
 from .removals import DRAIN_SECONDS, Removals
 from .runtime import AgentChannels, ExecRuntime, Runtimes
@@ -71,7 +71,8 @@ class SandboxManager:
         self._background = BackgroundTasks()
         # The agent binary and what each sandbox gets: found (or built) at start, never at import.
         self._agent: Path | None = None
-        self._helpers = b""
+        self._helpers = b""  # as a tar stream, for podman exec
+        self._helper_files: list[tuple[str, bytes, int]] = []  # as files, for a sandbox's disk
         self._helpers_digest = ""
         exec_runtime = ExecRuntime(
             self.backend, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED),
@@ -83,7 +84,8 @@ class SandboxManager:
         )
         self.runtimes = Runtimes(self.channels, exec_runtime)
         self.containers = SandboxContainers(
-            settings, self.backend, self.disks, self.limits, self.egress, exec_runtime, lambda: self._helpers_digest
+            settings, self.backend, self.disks, self.limits, self.egress, exec_runtime, lambda: self._helpers_digest,
+            lambda: self._helper_files,
         )
         self.commands = CommandRunner(settings, self.registry.get, self.registry.live, self.runtimes, self._gone)
         self.reader = FileReader(settings.read_max_bytes, self.registry.get, self.runtimes)
@@ -114,7 +116,8 @@ class SandboxManager:
                 "no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
                 "every command will cost a podman exec"
             )
-        self._helpers = helpers_tar(self._agent)
+        self._helper_files = helpers_files(self._agent)
+        self._helpers = helpers_tar(self._helper_files)
         self._helpers_digest = helpers_digest(self._agent)
         self.channels.enabled = self._agent is not None
         self.pool.reset()  # rebuilt from Podman by adopt()
@@ -217,6 +220,7 @@ class SandboxManager:
             offline = network is False and self.egress.network != "none"
             pooled = image == self.settings.image and not offline and snapshot is None
             sandbox = await self.pool.take(tenant, ttl) if pooled else None
+            fresh = sandbox is None
             if sandbox is None:
                 layer = None
                 if snapshot is not None:
@@ -230,8 +234,20 @@ class SandboxManager:
             if snapshot_on_expiry:
                 self.snapshots.mark(sandbox.container_id)
             self.registry.add(sandbox)
+        if fresh:  # a pooled one has its channel open already
+            self._background.start_soon(self._open_ahead, sandbox)
         logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
         return sandbox
+
+    async def _open_ahead(self, sandbox: Sandbox) -> None:
+        """A new sandbox's command channel, opened while its creator reads the answer: its first
+        command finds it open, or waits for the opening under way rather than start another."""
+        try:
+            await self.channels.get(sandbox)
+        except SandboxError:
+            return  # the first command opens it again, or says why it cannot
+        if self.registry.live(sandbox.container_id) is None:  # destroyed meanwhile
+            await self.channels.close(sandbox.container_id)
 
     async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
         """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""

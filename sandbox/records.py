@@ -302,13 +302,18 @@ def helpers_digest(agent: Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def helpers_tar(agent: Path | None) -> bytes:
-    """A tar stream of what every sandbox gets in STATE_DIR: the shell library and the agent."""
+def helpers_files(agent: Path | None) -> list[tuple[str, bytes, int]]:
+    """What every sandbox gets in STATE_DIR, as (name, content, mode): the shell library and the agent."""
+    files = [(posixpath.basename(LIB_PATH), SANDBOX_LIB.encode(), 0o644)]
+    if agent is not None:
+        files.append((posixpath.basename(AGENT_PATH), agent.read_bytes(), 0o755))
+    return files
+
+
+def helpers_tar(files: list[tuple[str, bytes, int]]) -> bytes:
+    """A tar stream of the helpers (helpers_files), for an install through podman exec."""
     stream = io.BytesIO()
     with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        files = [(posixpath.basename(LIB_PATH), SANDBOX_LIB.encode(), 0o644)]
-        if agent is not None:
-            files.append((posixpath.basename(AGENT_PATH), agent.read_bytes(), 0o755))
         for name, data, mode in files:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())

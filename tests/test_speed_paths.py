@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 from conftest import ROOT, RUN_ID, podman, sandbox_names, structured, wait_for_command, wait_until
 from fastmcp import Client
+
+import server
 
 pytestmark = pytest.mark.anyio
 
@@ -186,3 +189,27 @@ async def test_without_the_agent_commands_still_run_through_podman_exec(start_se
         listed = structured(await client.call_tool("check_container", {"container_id": container_id}))["commands"]
         assert [c["command_id"] for c in listed] == [result["command_id"]]
         await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_a_new_sandbox_gets_its_helpers_from_its_disk_and_its_channel_before_its_first_command(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not server.sandboxes.disks.enabled:
+        pytest.skip(f"no sandbox disks here: {server.sandboxes.disks.why_not}")
+    runtime = server.sandboxes.containers.exec_runtime
+    installs: list[str] = []
+    install = runtime.install_helpers
+
+    async def counted(sandbox: Any) -> None:
+        installs.append(sandbox.container_id)
+        await install(sandbox)
+
+    monkeypatch.setattr(runtime, "install_helpers", counted)
+    container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+    # The channel is opened in the background while the creator reads the answer.
+    await wait_until(lambda: server.sandboxes.channels.open_one(container_id) is not None, seconds=20)
+    ran = structured(await client.call_tool("execute_command", {
+        "container_id": container_id,
+        "command": "cmp /var/lib/mcp-sandbox/.helpers/agent /run/mcp-sandbox/agent && ls /run/mcp-sandbox"}))
+    assert ran["exit_code"] == 0 and "agent" in ran["stdout"] and "lib-" in ran["stdout"], ran
+    assert installs == []  # no podman exec put them there
+    await client.call_tool("destroy_container", {"container_id": container_id})
