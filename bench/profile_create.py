@@ -6,12 +6,13 @@ the helpers' install; the command channel's opening) and the first command after
 ``--count`` sandboxes one after another, and prints the median of each stage next to a raw
 ``podman run -d`` and ``podman exec`` of the same image in the same run. Removes what it made.
 
-    ./scripts/bench.sh --profile-create [--count 15]
+    ./scripts/bench.sh --profile-create [--count 15] [--at-once 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import shutil
@@ -44,7 +45,34 @@ def timed(label: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return wrapper
 
 
-async def main(count: int) -> None:
+async def burst(manager: SandboxManager, image: str, namespace: str, size: int) -> None:
+    """``size`` creates at once, next to ``size`` raw podman run at once, with the stages timed."""
+    async def raw_one() -> None:
+        started = time.perf_counter()
+        await anyio.run_process(["podman", "run", "-d", "--name", f"profile-raw-{secrets.token_hex(4)}", "--init",
+                                 *LIMIT_FLAGS, *ULIMIT_FLAGS, "--label", f"mcp-sandbox.namespace={namespace}",
+                                 "--entrypoint", "sleep", image, "2147483647"])
+        STAGES[f"raw: {size} podman run -d at once"].append((time.perf_counter() - started) * 1000)
+
+    ids: list[str] = []
+
+    async def ours_one() -> None:
+        started = time.perf_counter()
+        ids.append((await manager.create()).container_id)
+        STAGES[f"create: whole, {size} at once"].append((time.perf_counter() - started) * 1000)
+
+    await manager.destroy((await manager.create()).container_id)  # what the first create finds out, found
+    for one in (raw_one, ours_one):
+        async with anyio.create_task_group() as group:
+            for _ in range(size):
+                group.start_soon(one)
+        await anyio.sleep(3)
+    for container_id in ids:
+        await manager.destroy(container_id)
+
+
+async def main(count: int, at_once: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespace = f"profile-{secrets.token_hex(3)}"
     settings = SandboxSettings.from_env({**os.environ, "SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "0"})
     holders = image_holders()
@@ -58,7 +86,9 @@ async def main(count: int) -> None:
     runtime.install_helpers = timed("helpers install (podman exec)", runtime.install_helpers)  # type: ignore[method-assign]
     manager.channels.get = timed("channel open (podman exec -i agent)", manager.channels.get)  # type: ignore[method-assign]
     try:
-        for round_ in range(count):
+        if at_once:
+            await burst(manager, settings.image, namespace, at_once)
+        for round_ in range(count if not at_once else 0):
             name = f"profile-raw-{secrets.token_hex(4)}"
             started = time.perf_counter()
             await anyio.run_process(["podman", "run", "-d", "--name", name, "--init", *LIMIT_FLAGS, *ULIMIT_FLAGS,
@@ -104,4 +134,6 @@ async def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=15)
-    anyio.run(main, parser.parse_args().count)
+    parser.add_argument("--at-once", type=int, default=0, help="instead: this many creates at once (a burst)")
+    arguments = parser.parse_args()
+    anyio.run(main, arguments.count, arguments.at_once)

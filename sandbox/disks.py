@@ -103,6 +103,7 @@ class SandboxDisks:
         self.backend = backend
         self._env = system_env()
         self._images: dict[str, ImageRoot] = {}
+        self._image_locks: dict[str, anyio.Lock] = {}
 
     async def _run(self, *argv: str) -> None:
         await _run(*argv, env=self._env)
@@ -183,6 +184,13 @@ class SandboxDisks:
         cached = self._images.get(image)
         if cached is not None:
             return cached
+        async with self._image_locks.setdefault(image, anyio.Lock()):  # a burst asks Podman once
+            cached = self._images.get(image)
+            if cached is not None:
+                return cached
+            return await self._find_image_root(image)
+
+    async def _find_image_root(self, image: str) -> ImageRoot:
         root = await self.backend.image_root(image)
         if len(root.lowerdir) > MAX_LOWERDIR:
             raise DiskUnavailable(f"the image {image!r} has too many layers for one overlay mount")
