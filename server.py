@@ -64,6 +64,7 @@ __version__ = "0.1.0"
 SERVER_NAME = "mcp-container-sandbox"
 MCP_PATH = "/mcp"
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+LIST_AT_ONCE = 8  # list_containers asks this many sandboxes at a time (those it must ask)
 
 logger = logging.getLogger("mcp_sandbox.server")
 
@@ -556,23 +557,29 @@ async def list_containers() -> dict[str, Any]:
     """List your sandboxes: image, status, creation and expiry times, and their running commands."""
     with _tool_errors():
         tenant = current_tenant()
-        listed = []
-        for sandbox in sandboxes.list(tenant):
-            try:
-                running = [c.command_id for c in await sandboxes.list_commands(sandbox.container_id, tenant)
-                           if c.status == "running"]
-                status = "running"
-            except SandboxError:
-                running, status = [], "unavailable"
-            listed.append({
-                "container_id": sandbox.container_id,
-                "image": sandbox.image,
-                "status": status,
-                "created_at": utc_iso(sandbox.created_at),
-                "expires_at": utc_iso(sandbox.expires_at),
-                "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
-                "running_commands": running,
-            })
+        mine = sandboxes.list(tenant)
+        running: dict[str, list[str] | None] = {}
+        limit = anyio.Semaphore(LIST_AT_ONCE)
+
+        async def look(container_id: str) -> None:
+            async with limit:
+                try:
+                    running[container_id] = await sandboxes.running_commands(container_id, tenant)
+                except SandboxError:
+                    running[container_id] = None
+
+        async with anyio.create_task_group() as group:
+            for sandbox in mine:
+                group.start_soon(look, sandbox.container_id)
+        listed = [{
+            "container_id": sandbox.container_id,
+            "image": sandbox.image,
+            "status": "unavailable" if running.get(sandbox.container_id) is None else "running",
+            "created_at": utc_iso(sandbox.created_at),
+            "expires_at": utc_iso(sandbox.expires_at),
+            "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+            "running_commands": running.get(sandbox.container_id) or [],
+        } for sandbox in mine]
     return {"containers": listed}
 
 

@@ -15,6 +15,8 @@ same flags and image, prints one table, and removes every container it made.
   exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
   parallel   16 clients, each on its own sandbox, 10 s   vs  16 loops of podman exec
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
+  scale      10, 100, 300 ... --live sandboxes alive: at each, exec p50, create p50, list_containers p50,
+             how long an expired sandbox takes to go (reap), the server's CPU while idle, its RSS
   output     a command printing 300 MB: server RSS growth
   download   a 100 MB file by its URL, with curl          vs  podman exec NAME cat FILE > /dev/null
   proxy      from inside a sandbox, to an HTTP server in a network namespace the bench makes:
@@ -58,7 +60,7 @@ from sandbox.channel import AgentChannel  # noqa: E402
 from sandbox.layout import AGENT_PATH  # noqa: E402
 from sandbox.podman import Podman  # noqa: E402
 
-ROWS = ["create", "life", "burst", "unpooled", "exec", "parallel", "live300", "output", "download", "proxy", "snapshot", "preview", "interactive"]
+ROWS = ["create", "life", "burst", "unpooled", "exec", "parallel", "live300", "scale", "output", "download", "proxy", "snapshot", "preview", "interactive"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -138,13 +140,15 @@ class Bench:
         self.raw_names: list[str] = []
         self.lines: list[str] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.live = 0  # the most live sandboxes a row asks for (--live)
         self.namespaces = [self.namespace]  # the main server's, and those of the rows' own servers
         self.holders_before = image_holders()
 
     # ----- plumbing
 
     def start_server(self) -> None:
-        env = {"SANDBOX_MAX_CONTAINERS": "400", "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4")}
+        env = {"SANDBOX_MAX_CONTAINERS": str(max(400, self.live + 100)),
+               "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4")}
         if self.target is not None:
             env["SANDBOX_EGRESS_ALLOW_CIDRS"] = f"{self.target.ip}/32"
         self.server = self.spawn_server(self.namespace, self.port, env)
@@ -441,6 +445,78 @@ class Bench:
         async with anyio.create_task_group() as tg:
             for container_id in ids:
                 tg.start_soon(destroy_one, container_id)
+
+    async def scale(self, client: Client, most: int) -> None:
+        """What grows with the number of live sandboxes, measured at 10, 100, 300, 1000 ... most."""
+        assert self.server is not None
+        pid = self.server.pid
+        checkpoints = [n for n in (10, 100, 300, 1000, 3000) if n < most] + [most]
+        semaphore = anyio.Semaphore(4)
+        ids: list[str] = []
+
+        async def create_one(arguments: dict[str, Any] | None = None) -> str:
+            async with semaphore:
+                return structured(await client.call_tool("create_container", arguments or {}))["container_id"]
+
+        async def add_one() -> None:
+            ids.append(await create_one())
+
+        def cpu_seconds() -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        async def listed() -> set[str]:
+            return {c["container_id"] for c in structured(await client.call_tool("list_containers", {}))["containers"]}
+
+        header = (f"{'live':>6} {'made in s':>9} {'exec p50':>9} {'create p50':>10} {'list p50':>9} "
+                  f"{'reap s':>7} {'idle CPU %':>10} {'RSS MB':>7}")
+        self.lines.append(header)
+        print(header, flush=True)
+        first_exec = 0.0
+        for count in checkpoints:
+            started = time.monotonic()
+            async with anyio.create_task_group() as group:
+                for _ in range(count - len(ids)):
+                    group.start_soon(add_one)
+            made_in = time.monotonic() - started
+            await anyio.sleep(3)  # the pool refills; channels settle
+            execs = [await self.timed(lambda: client.call_tool(
+                "execute_command", {"container_id": ids[0], "command": "echo hi"})) for _ in range(40)]
+            first_exec = first_exec or statistics.median(execs)
+            creates = []
+            for _ in range(5):  # each destroyed at once: the count stays
+                started = time.perf_counter()
+                made = await create_one()
+                creates.append((time.perf_counter() - started) * 1000)
+                await client.call_tool("destroy_container", {"container_id": made})
+                await anyio.sleep(0.5)
+            lists = [await self.timed(lambda: client.call_tool("list_containers", {})) for _ in range(10)]
+            # Reap: three sandboxes with a lifetime of one second; how long until all three are gone.
+            short = [await create_one({"ttl_seconds": 1}) for _ in range(3)]
+            expired_at = time.monotonic() + 1
+            while set(short) & await listed():
+                await anyio.sleep(0.1)
+            reap = time.monotonic() - expired_at
+            cpu_before, idle_started = cpu_seconds(), time.monotonic()
+            await anyio.sleep(10)
+            idle_cpu = (cpu_seconds() - cpu_before) / (time.monotonic() - idle_started) * 100
+            line = (f"{count:>6} {made_in:>9.0f} {statistics.median(execs):>9.1f} {statistics.median(creates):>10.1f} "
+                    f"{statistics.median(lists):>9.1f} {reap:>7.1f} {idle_cpu:>10.1f} {rss_mb(pid):>7.0f}")
+            self.lines.append(line)
+            print(line, flush=True)
+        self.row(f"exec echo with {most} live / with {checkpoints[0]}", statistics.median(execs), first_exec,
+                 note=f"server RSS {rss_mb(pid):.0f} MB, peak {rss_mb(pid, 'VmHWM'):.0f} MB")
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            for container_id in ids:
+                group.start_soon(lambda cid=container_id: client.call_tool("destroy_container", {"container_id": cid}))
+        answered = time.monotonic() - started
+        ours = {f"mcp-sandbox-{container_id}" for container_id in ids}
+        while ours & set(subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}", "--filter",
+                                         f"label=mcp-sandbox.namespace={self.namespace}"],
+                                        capture_output=True, text=True).stdout.split()):
+            await anyio.sleep(1)
+        self.row(f"destroy {len(ids)} at once: answered / all removed", answered, time.monotonic() - started, unit="s")
 
     async def output(self, client: Client, container_id: str) -> None:
         assert self.server is not None
@@ -759,6 +835,7 @@ def snapshot_upper(disk_base: str, namespace: str, container_id: str) -> Path:
 
 async def run(rows: list[str], creates: int, execs: int, live: int, image: str) -> Bench:
     bench = Bench(image, Target() if "proxy" in rows else None)
+    bench.live = live
     bench.start_server()
     print(f"image {image}; namespace {bench.namespace}; times in ms unless marked")
     print(f"{'figure':44} {'unit':6} {'ours p50':>9} {'ours p99':>9} {'raw p50':>9} {'raw p99':>9} {'ratio':>8}")
@@ -783,6 +860,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
                 await bench.parallel()
             if "live300" in rows:
                 await bench.live300(client, live)
+            if "scale" in rows:
+                await bench.scale(client, live)
             if "output" in rows:
                 await bench.output(client, container_id)
             if "download" in rows:

@@ -101,6 +101,12 @@ class CommandRunner:
         self.settings = settings
         self._get, self._live = get, live  # a tenant's live sandbox (or SandboxNotFound); any record by id
         self.runtimes, self._gone = runtimes, gone
+        # Sandboxes whose commands this server knows all of: made by it, or listed since it started.
+        self._known: set[str] = set()
+
+    def know(self, container_id: str) -> None:
+        """A sandbox this server just made: no command of it runs that the server did not start."""
+        self._known.add(container_id)
 
     def _validate_command(self, command: str) -> bytes:
         if not isinstance(command, str) or not command.strip():
@@ -459,4 +465,27 @@ class CommandRunner:
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
         sandbox = self._get(container_id, tenant)
-        return parse_command_list(await self.runtimes.ask(sandbox, lambda runtime: runtime.list_commands(sandbox)))
+        listed = parse_command_list(await self.runtimes.ask(sandbox, lambda runtime: runtime.list_commands(sandbox)))
+        self._listed(container_id, listed)
+        return listed
+
+    async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
+        """The ids of the sandbox's running commands, asked without opening a channel: its agent
+        answers when its channel is open; a sandbox whose commands the server knows all of and saw
+        none of running has none (nothing asked); otherwise podman exec asks."""
+        sandbox = self._get(container_id, tenant)
+        if (self.runtimes.channels.open_one(container_id) is None and container_id in self._known
+                and not self._gone.running_ids(container_id)):
+            return []
+        listed = parse_command_list(await self.runtimes.ask(
+            sandbox, lambda runtime: runtime.list_commands(sandbox), open_channel=False))
+        self._listed(container_id, listed)
+        return [c.command_id for c in listed if c.status == "running"]
+
+    def _listed(self, container_id: str, listed: list[CommandSummary]) -> None:
+        if self._live(container_id) is not None:
+            self._known.add(container_id)
+            self._gone.settle(container_id, {c.command_id for c in listed if c.status == "running"})
+
+    def forget(self, container_id: str) -> None:
+        self._known.discard(container_id)

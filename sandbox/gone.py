@@ -72,6 +72,16 @@ class GoneCommands:
             self._seen.get(container_id, {}).pop(state.command_id, None)
         return state
 
+    def running_ids(self, container_id: str) -> list[str]:
+        """The commands last seen running in the sandbox (they may have ended since)."""
+        return list(self._seen.get(container_id, {}))
+
+    def settle(self, container_id: str, running: set[str]) -> None:
+        """The sandbox said which of its commands run now: the others are no longer running."""
+        seen = self._seen.get(container_id, {})
+        for command_id in [c for c in seen if c not in running]:
+            seen.pop(command_id)
+
     def bury(self, container_id: str, sandbox: Sandbox | None, why: str) -> None:
         """The sandbox went (why): keep what was running in it, within the bounds above."""
         running = self._seen.pop(container_id, {})

@@ -162,6 +162,7 @@ class SandboxManager:
         if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
             self._background.start_soon(self.disks.release, sandbox.name)
         self.channels.forget(container_id)
+        self.commands.forget(container_id)
         self.links.forget(container_id)
         self.snapshots.unmark(container_id)
         self.ports.forget(container_id)
@@ -234,6 +235,7 @@ class SandboxManager:
             if snapshot_on_expiry:
                 self.snapshots.mark(sandbox.container_id)
             self.registry.add(sandbox)
+            self.commands.know(sandbox.container_id)
         if fresh:  # a pooled one has its channel open already
             self._background.start_soon(self._open_ahead, sandbox)
         logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
@@ -360,6 +362,9 @@ class SandboxManager:
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
         return await self.commands.list_commands(container_id, tenant)
+
+    async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
+        return await self.commands.running_commands(container_id, tenant)
 
     def gone_command(
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False

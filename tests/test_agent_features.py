@@ -71,6 +71,29 @@ async def test_list_containers_shows_my_sandboxes_and_running_commands(client: C
     assert 7000 < entry["seconds_remaining"] <= 7200 and entry["expires_at"].endswith("Z")
 
 
+async def test_list_containers_opens_no_channel_and_still_tells_what_runs(client: Client, sandbox: str) -> None:
+    channels = server.sandboxes.channels
+    running = await run(client, sandbox, "sleep 6")
+    assert running["status"] == "running"
+    quiet = structured(await client.call_tool("create_container", {}))["container_id"]  # nothing ever ran in it
+    try:
+        await channels.close(sandbox)
+        await channels.close(quiet)
+
+        async def listed() -> dict[str, dict]:
+            return {c["container_id"]: c for c in structured(await client.call_tool("list_containers", {}))["containers"]}
+
+        entries = await listed()
+        # Without a channel, the sandbox with a command seen running is asked (by podman exec).
+        assert entries[sandbox]["running_commands"] == [running["command_id"]]
+        assert entries[quiet]["running_commands"] == [] and entries[quiet]["status"] == "running"
+        assert channels.open_one(sandbox) is None and channels.open_one(quiet) is None  # none was opened
+        await anyio.sleep(4)
+        assert (await listed())[sandbox]["running_commands"] == []  # it ended: asked again, told so
+    finally:
+        await client.call_tool("destroy_container", {"container_id": quiet})
+
+
 async def test_write_file_text_without_shell_quoting(client: Client, sandbox: str) -> None:
     content = "quotes ' \" `backticks` $HOME \\ and\nnewlines\n\ttabs ünïcödé\n"
     written = structured(await client.call_tool("write_file", {

@@ -51,6 +51,7 @@ async def test_restart_adopts_sandboxes_commands_and_file_links(start_server) ->
             "execute_command", {"container_id": container_id, "command": "echo before; sleep 6; echo after-restart"}
         ))
         assert running["status"] == "running"
+        lasting = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "sleep 60"}))
 
     assert first.stop(signal.SIGTERM) == 0
     # Stopping the server leaves sandboxes (and the command) running for the next start.
@@ -58,6 +59,11 @@ async def test_restart_adopts_sandboxes_commands_and_file_links(start_server) ->
 
     second = start_server({"SANDBOX_NAMESPACE": namespace}, port=first.port)
     async with Client(second.url + "/mcp") as client:
+        # The restarted server has not seen that command: list_containers asks the sandbox.
+        listed = structured(await client.call_tool("list_containers", {}))["containers"]
+        assert [lasting["command_id"] in c["running_commands"] for c in listed] == [True]
+        await client.call_tool("send_signal", {"container_id": container_id, "command_id": lasting["command_id"],
+                                               "signal": "KILL"})
         finished = await wait_for_command(client, container_id, running["command_id"])
         assert (finished["status"], finished["exit_code"], finished["stdout"]) == ("completed", 0, "before\nafter-restart\n")
         again = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "cat /tmp/kept.txt"}))
