@@ -468,7 +468,8 @@ class Bench:
         async def listed() -> set[str]:
             return {c["container_id"] for c in structured(await client.call_tool("list_containers", {}))["containers"]}
 
-        header = (f"{'live':>6} {'made in s':>9} {'exec p50':>9} {'create p50':>10} {'list p50':>9} "
+        raw_name = await self.raw_create()  # podman exec in it at each count: how the host itself slows
+        header = (f"{'live':>6} {'made in s':>9} {'exec p50':>9} {'raw exec':>9} {'create p50':>10} {'list p50':>9} "
                   f"{'reap s':>7} {'idle CPU %':>10} {'RSS MB':>7}")
         self.lines.append(header)
         print(header, flush=True)
@@ -483,6 +484,8 @@ class Bench:
             execs = [await self.timed(lambda: client.call_tool(
                 "execute_command", {"container_id": ids[0], "command": "echo hi"})) for _ in range(40)]
             first_exec = first_exec or statistics.median(execs)
+            raw_execs = [await self.timed(lambda: anyio.run_process(["podman", "exec", raw_name, "echo", "hi"]))
+                         for _ in range(10)]
             creates = []
             for _ in range(5):  # each destroyed at once: the count stays
                 started = time.perf_counter()
@@ -500,7 +503,8 @@ class Bench:
             cpu_before, idle_started = cpu_seconds(), time.monotonic()
             await anyio.sleep(10)
             idle_cpu = (cpu_seconds() - cpu_before) / (time.monotonic() - idle_started) * 100
-            line = (f"{count:>6} {made_in:>9.0f} {statistics.median(execs):>9.1f} {statistics.median(creates):>10.1f} "
+            line = (f"{count:>6} {made_in:>9.0f} {statistics.median(execs):>9.1f} {statistics.median(raw_execs):>9.1f} "
+                    f"{statistics.median(creates):>10.1f} "
                     f"{statistics.median(lists):>9.1f} {reap:>7.1f} {idle_cpu:>10.1f} {rss_mb(pid):>7.0f}")
             self.lines.append(line)
             print(line, flush=True)

@@ -470,12 +470,12 @@ class CommandRunner:
         return listed
 
     async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
-        """The ids of the sandbox's running commands, asked without opening a channel: its agent
-        answers when its channel is open; a sandbox whose commands the server knows all of and saw
-        none of running has none (nothing asked); otherwise podman exec asks."""
+        """The ids of the sandbox's running commands, without opening a channel: a sandbox whose
+        commands the server knows all of (it made it, or listed them since it started) and saw none
+        of running has none, and is not asked; any other is asked, through its agent when its
+        channel is open, else by podman exec."""
         sandbox = self._get(container_id, tenant)
-        if (self.runtimes.channels.open_one(container_id) is None and container_id in self._known
-                and not self._gone.running_ids(container_id)):
+        if container_id in self._known and not self._gone.running_ids(container_id):
             return []
         listed = parse_command_list(await self.runtimes.ask(
             sandbox, lambda runtime: runtime.list_commands(sandbox), open_channel=False))
