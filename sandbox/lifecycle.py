@@ -179,12 +179,19 @@ class Lifecycle:
         return [s.container_id for s in expired]
 
     async def forget_vanished(self) -> None:
-        """Drop sandboxes that were removed behind the server's back."""
+        """Drop sandboxes that were removed behind the server's back: those made before Podman was
+        asked (a listing of a thousand containers takes seconds) that it did not list, and that it
+        then says are gone when asked about each (a listing made while containers come and go may
+        leave one out)."""
+        asked_at = time.time()
         try:
             alive = {entry.name for entry in await self.backend.list({LABEL_NAMESPACE: self.settings.namespace})}
         except SandboxError as exc:
             logger.warning("could not list sandboxes: %s", exc)
             return
         for sandbox in self.registry.all():
-            if sandbox.name not in alive and sandbox.created_at < time.time() - 5:
+            if sandbox.name in alive or sandbox.created_at >= asked_at - 1:
+                continue
+            said = await self.backend.status(sandbox.name)
+            if said.exit_code != 0 and is_missing_container(said.stderr) and self.registry.live(sandbox.container_id):
                 self._forget(sandbox.container_id, GONE_REMOVED)

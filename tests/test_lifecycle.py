@@ -155,3 +155,24 @@ async def test_destroy_answers_at_once_and_what_a_dead_server_left_to_remove_the
         refused = await client.call_tool("check_container", {"container_id": kept_id}, raise_on_error=False)
         assert refused.is_error, "a sandbox marked for removal is not adopted"
     await wait_until(lambda: not sandbox_names(namespace) and not list(marks.iterdir()))  # removed, then unmarked
+
+
+async def test_the_reaper_forgets_only_sandboxes_podman_says_are_gone(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = server_module.sandboxes
+    kept = structured(await client.call_tool("create_container", {}))["container_id"]
+    removed = structured(await client.call_tool("create_container", {}))["container_id"]
+    for container_id in (kept, removed):  # made a while ago, before any listing
+        manager.get(container_id).created_at -= 60
+    podman("rm", "-f", "-v", "-t", "0", f"mcp-sandbox-{removed}")
+    # A stand-in for a listing that leaves containers out (Podman's does, while containers come and
+    # go around it): neither sandbox is listed; Podman, asked about each, says which one is gone.
+    real_list = manager.backend.list
+
+    async def listing_without_either(labels: dict[str, str]) -> list:
+        return [c for c in await real_list(labels) if c.name not in (f"mcp-sandbox-{kept}", f"mcp-sandbox-{removed}")]
+
+    monkeypatch.setattr(manager.backend, "list", listing_without_either)
+    await manager.lifecycle.forget_vanished()
+    assert manager.registry.live(kept) is not None and manager.registry.live(removed) is None
+    monkeypatch.setattr(manager.backend, "list", real_list)
+    await client.call_tool("destroy_container", {"container_id": kept})
