@@ -98,6 +98,7 @@ class SandboxManager:
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds,
                              lambda: settings.max_containers - len(self.registry))
+        self.channels.pooled = self.pool.holds
         # destroy_container answers at once; the container goes in the background (removals.py).
         self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
         self.removals = Removals(Path(settings.state_dir) / settings.namespace / "removing", self._remove_destroyed,

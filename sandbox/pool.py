@@ -89,6 +89,9 @@ class WarmPool:
     def __len__(self) -> int:
         return len(self._members)
 
+    def holds(self, container_id: str) -> bool:
+        return any(member.container_id == container_id for member in self._members)
+
     def target(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
         return pool_target(self.size, self.ceiling, recent_peak(self._takes, now, self.idle_seconds), self._room())

@@ -327,7 +327,8 @@ class AgentChannels:
 
     Each channel is a ``podman exec -i`` process of its own (about 35 MB): at most
     ``max_channels`` stay open, the least recently used closing first, and one unused for
-    ``idle_seconds`` closes (it reopens on the next request).
+    ``idle_seconds`` closes (it reopens on the next request); those of the warm pool's
+    sandboxes are kept besides.
     """
 
     def __init__(
@@ -341,6 +342,9 @@ class AgentChannels:
         self.enabled = False  # set once the server has an agent binary to put into sandboxes
         self._channels: dict[str, AgentChannel] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        # Whether a sandbox waits in the warm pool: its channel stays open, idle or not, and is not
+        # counted in max_channels (the pool's own bound, SANDBOX_POOL_MAX, keeps those few).
+        self.pooled: Callable[[str], bool] = lambda container_id: False
 
     def open_one(self, container_id: str) -> AgentChannel | None:
         """The sandbox's channel if one is open now (nothing is opened)."""
@@ -379,16 +383,17 @@ class AgentChannels:
         return channel
 
     async def _limit(self) -> None:
-        excess = len(self._channels) - self.max_channels
+        counted = [(cid, channel) for cid, channel in self._channels.items() if not self.pooled(cid)]
+        excess = len(counted) - self.max_channels
         if excess > 0:
-            oldest = sorted(self._channels.items(), key=lambda item: item[1].last_used)[:excess]
+            oldest = sorted(counted, key=lambda item: item[1].last_used)[:excess]
             for container_id, _ in oldest:
                 await self.close(container_id)
 
     async def close_idle(self) -> None:
         idle_before = time.monotonic() - self.idle_seconds
         for container_id, channel in list(self._channels.items()):
-            if channel.closed or channel.last_used < idle_before:
+            if channel.closed or (channel.last_used < idle_before and not self.pooled(container_id)):
                 await self.close(container_id)
 
     async def close(self, container_id: str) -> None:
