@@ -13,7 +13,7 @@ same flags and image, prints one table, and removes every container it made.
   unpooled   create_container on a server without a pool, one every 0.5 s  vs  podman run -d; and the
              first command in each new sandbox                               vs  podman exec echo hi
   exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
-  parallel   16 clients, each on its own sandbox, 10 s   vs  16 loops of podman exec
+  parallel   16 clients, each on its own sandbox, 10 s, once the pool refilled  vs  16 loops of podman exec
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
   scale      10, 100, 300 ... --live sandboxes alive: at each, exec p50, create p50, list_containers p50,
              how long an expired sandbox takes to go (reap), the server's CPU while idle, its RSS
@@ -280,17 +280,6 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         server = self.spawn_server(f"{self.namespace}-burst", port, {})
 
-        def pool() -> dict[str, int]:
-            return httpx.get(url + "/health", timeout=10).json()["pool"]
-
-        async def until(condition: Callable[[dict[str, int]], bool], seconds: float = 180) -> dict[str, int]:
-            deadline = time.monotonic() + seconds
-            while not condition(state := pool()):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the pool did not get there: {state}")
-                await anyio.sleep(0.5)
-            return state
-
         async def at_once(one: Callable[[], Awaitable[Any]]) -> list[float]:
             times: list[float] = []
 
@@ -305,12 +294,12 @@ class Bench:
         try:
             async with Client(url + "/mcp") as client:
                 for label in ("pool at its floor", "pool grown"):
-                    state = await until(lambda p: p["ready"] >= p["target"] and not p["starting"])
+                    await self.pool_settled(url)
                     raw_names: list[str] = []
                     raw = await at_once(lambda: self.raw_create_into(raw_names))
                     await anyio.run_process(["podman", "rm", "-f", "-t", "0", *raw_names])
                     await anyio.sleep(2)
-                    state = await until(lambda p: p["ready"] >= p["target"] and not p["starting"])
+                    state = await self.pool_settled(url)
                     ids: list[str] = []
                     ours = await at_once(lambda: self.create_into(client, ids))
                     self.row(f"{size} creates at once, {label} / {size} runs", ours, raw,
@@ -345,6 +334,18 @@ class Bench:
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+    @staticmethod
+    async def pool_settled(url: str, seconds: float = 180) -> dict[str, int]:
+        """Once the server's pool holds what it aims at and starts no more."""
+        deadline = time.monotonic() + seconds
+        while True:
+            state = httpx.get(url + "/health", timeout=10).json()["pool"]
+            if state["ready"] >= state["target"] and not state["starting"]:
+                return state
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pool did not settle: {state}")
+            await anyio.sleep(0.5)
 
     async def create_into(self, client: Client, ids: list[str]) -> None:
         ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
@@ -394,6 +395,7 @@ class Bench:
             ids = [structured(await client.call_tool("create_container", {}))["container_id"] for _ in range(clients)]
             for container_id in ids:  # open every channel first
                 await client.call_tool("execute_command", {"container_id": container_id, "command": "true"})
+            await self.pool_settled(self.url)  # steady state: the pool has refilled after these creates
             deadline = time.monotonic() + seconds
             async with anyio.create_task_group() as tg:
                 for container_id in ids:
