@@ -378,6 +378,9 @@ class AgentChannels:
                         continue
                     logger.warning("no command channel to sandbox %s (%s); using podman exec", sandbox.container_id, reason)
                     return None
+            if not self.enabled:  # the server stopped while it opened: it must not outlive the stop
+                await channel.close()
+                return None
             self._channels[sandbox.container_id] = channel
         await self._limit()
         return channel
@@ -402,6 +405,8 @@ class AgentChannels:
             await channel.close()
 
     async def close_all(self) -> None:
+        """At the server's stop: every channel closes, and none opens from now on (until start)."""
+        self.enabled = False
         for container_id in list(self._channels):
             await self.close(container_id)
 
