@@ -2,7 +2,11 @@
 
 Starts ``python server.py`` on a free port in a namespace of its own, measures each figure
 below for the server (over MCP Streamable HTTP, FastMCP's client) and for raw podman with the
-same flags and image, prints one table, and removes every container it made.
+same flags and image, prints one table, and removes every container it made. The rows create,
+life, burst, unpooled, exec and parallel also measure the peer, llm-sandbox 0.3.46 driving
+Podman's REST API (bench/peer.py, in a venv of its own, on a ``podman system service`` the bench
+starts), interleaved with ours and raw podman; ``--no-peer`` leaves it out. Columns: ours and raw
+p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better for ours).
 
   create     create_container, one every 0.5 s          vs  podman run -d;
              then destroy_container of each                 vs  podman rm -f -t 0
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -47,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 from fastmcp import Client
 
@@ -112,6 +118,65 @@ class Target:
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
 
+PEER = "llm-sandbox[podman]==0.3.46"
+PEER_ROWS = {"create", "life", "burst", "unpooled", "exec", "parallel"}  # the rows that measure the peer too
+PEER_VENV = ROOT / ".venv-peer"
+
+
+class PeerDriver:
+    """The peer (bench/peer.py) in a venv of its own, on ``podman system service`` at a socket of
+    the bench's own; one request at a time, answered in JSON."""
+
+    def __init__(self, image: str, namespace: str) -> None:
+        python = PEER_VENV / "bin" / "python"
+        if not python.exists() or subprocess.run([str(python), "-c", "import llm_sandbox.podman"]).returncode != 0:
+            print(f"installing the peer, {PEER}, into {PEER_VENV}", flush=True)
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER_VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", PEER], check=True)
+        self.version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('llm-sandbox'))"],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+        self.folder = Path(subprocess.run(["mktemp", "-d", "/tmp/mcp-sandbox-bench-peer-XXXXXX"], capture_output=True,
+                                          text=True, check=True).stdout.strip())
+        self.socket = self.folder / "podman.sock"
+        self.service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if self.socket.exists():
+                break
+            time.sleep(0.1)
+        self.worker = subprocess.Popen([str(python), str(ROOT / "bench" / "peer.py"), str(self.socket), image, namespace],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ask_now()  # {"ready": true}, once the library is imported
+
+    def ask_now(self, **request: Any) -> dict[str, Any]:
+        assert self.worker.stdin is not None and self.worker.stdout is not None
+        if request:
+            self.worker.stdin.write(json.dumps(request) + "\n")
+            self.worker.stdin.flush()
+        answer = json.loads(self.worker.stdout.readline() or '{"error": "the peer exited"}')
+        if "error" in answer:
+            raise RuntimeError(f"the peer ({PEER}) failed at {request}: {answer['error']}")
+        return answer
+
+    async def ask(self, **request: Any) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(lambda: self.ask_now(**request))
+
+    async def ms(self, **request: Any) -> float:
+        """The peer's own time for one request (taken in the peer, around the library's call)."""
+        return (await self.ask(**request))["ms"]
+
+    def close(self) -> None:
+        if self.worker.stdin is not None:
+            self.worker.stdin.close()  # the worker closes the sessions it still has
+        try:
+            self.worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+        self.service.terminate()
+        self.service.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -143,6 +208,7 @@ class Bench:
         self.live = 0  # the most live sandboxes a row asks for (--live)
         self.namespaces = [self.namespace]  # the main server's, and those of the rows' own servers
         self.holders_before = image_holders()
+        self.peer: PeerDriver | None = None  # llm-sandbox, when the run compares with it
 
     # ----- plumbing
 
@@ -194,7 +260,8 @@ class Bench:
         return name
 
     def row(self, label: str, ours: list[float] | float, raw: list[float] | float | None, unit: str = "ms",
-            note: str = "") -> None:
+            note: str = "", peer: list[float] | float | None = None) -> None:
+        """One line of the table: ours, raw podman, ours/raw; the peer's p50 and ours/peer where measured."""
         def cells(values: list[float] | float | None) -> tuple[str, str]:
             if values is None:
                 return "-", "-"
@@ -202,14 +269,16 @@ class Bench:
                 return f"{statistics.median(values):.1f}", f"{percentile(values, 0.99):.1f}"
             return f"{values:.1f}", "-"
 
+        def mid(values: list[float] | float) -> float:
+            return statistics.median(values) if isinstance(values, list) else values
+
         ours_p50, ours_p99 = cells(ours)
         raw_p50, raw_p99 = cells(raw)
-        ratio = "-"
-        if raw is not None:
-            ours_mid = statistics.median(ours) if isinstance(ours, list) else ours
-            raw_mid = statistics.median(raw) if isinstance(raw, list) else raw
-            ratio = f"{ours_mid / raw_mid:.3f}"
-        line = f"{label:44} {unit:6} {ours_p50:>9} {ours_p99:>9} {raw_p50:>9} {raw_p99:>9} {ratio:>8}  {note}"
+        peer_p50, _ = cells(peer)
+        ratio = "-" if raw is None else f"{mid(ours) / mid(raw):.3f}"
+        peer_ratio = "-" if peer is None else f"{mid(ours) / mid(peer):.3f}"
+        line = (f"{label:44} {unit:6} {ours_p50:>9} {ours_p99:>9} {raw_p50:>9} {raw_p99:>9} {ratio:>8} "
+                f"{peer_p50:>9} {peer_ratio:>8}  {note}")
         self.lines.append(line)
         print(line, flush=True)
 
@@ -233,30 +302,39 @@ class Bench:
         async def raw_create_one() -> None:
             raw_names.append(await self.raw_create())
 
-        ours, raw = await self.interleaved(create_one, raw_create_one, count)
-        self.row("create_container / podman run -d", ours, raw)
+        peer_ids: list[str] = []
+        ours, raw, peer = await self.interleaved(create_one, raw_create_one, count, lambda: self.peer_create_into(peer_ids))
+        self.row("create_container / podman run -d", ours, raw, peer=peer)
         # destroy_container answers once the sandbox is unusable; its container goes in the background.
-        ours, raw = [], []
-        for container_id, name in zip(ids, raw_names):
+        ours, raw, peer = [], [], []
+        for index, (container_id, name) in enumerate(zip(ids, raw_names)):
             raw.append(await self.timed(lambda name=name: anyio.run_process(["podman", "rm", "-f", "-t", "0", name])))
             await anyio.sleep(0.5)
             ours.append(await self.timed(lambda cid=container_id: client.call_tool("destroy_container", {"container_id": cid})))
             await anyio.sleep(0.5)
-        self.row("destroy_container / podman rm -f -t 0", ours, raw)
+            if self.peer is not None:
+                peer.append(await self.peer.ms(op="destroy", id=peer_ids[index]))
+                await anyio.sleep(0.5)
+        self.row("destroy_container / podman rm -f -t 0", ours, raw, peer=peer or None)
 
     async def interleaved(self, ours_one: Callable[[], Awaitable[Any]], raw_one: Callable[[], Awaitable[Any]],
-                          count: int) -> tuple[list[float], list[float]]:
-        """Times of ours and raw, taken in turns, 0.5 s apart (for the pool to refill)."""
-        ours, raw = [], []
+                          count: int, peer_one: Callable[[], Awaitable[float]] | None = None,
+                          ) -> tuple[list[float], list[float], list[float] | None]:
+        """Times of ours, raw and the peer (when the bench has one), taken in turns, 0.5 s apart (for the
+        pool to refill); ``peer_one`` returns the peer's own time."""
+        ours, raw, peer = [], [], []
         for _ in range(count):
             raw.append(await self.timed(raw_one))
             await anyio.sleep(0.5)
             ours.append(await self.timed(ours_one))
             await anyio.sleep(0.5)
-        return ours, raw
+            if self.peer is not None and peer_one is not None:
+                peer.append(await peer_one())
+                await anyio.sleep(0.5)
+        return ours, raw, peer or None
 
     async def whole_life(self, client: Client, count: int) -> None:
-        """A sandbox's whole life: create, one command, destroy; next to the same through the CLI."""
+        """A sandbox's whole life: create, one command, destroy; next to the same through the CLI and the peer."""
 
         async def ours_one() -> None:
             container_id = structured(await client.call_tool("create_container", {}))["container_id"]
@@ -269,9 +347,13 @@ class Bench:
             await anyio.run_process(["podman", "exec", name, "echo", "hi"])
             await anyio.run_process(["podman", "rm", "-f", "-t", "0", name])
 
+        async def peer_one() -> float:
+            assert self.peer is not None
+            return await self.peer.ms(op="life")
+
         await anyio.sleep(5)  # let the pool fill
-        ours, raw = await self.interleaved(ours_one, raw_one, count)
-        self.row("whole life: create+echo+destroy / CLI", ours, raw)
+        ours, raw, peer = await self.interleaved(ours_one, raw_one, count, peer_one)
+        self.row("whole life: create+echo+destroy / CLI", ours, raw, peer=peer)
 
     async def burst(self, size: int = 16) -> None:
         """``size`` creates at once on a server at the default settings, twice: first with its pool at
@@ -302,9 +384,14 @@ class Bench:
                     state = await self.pool_settled(url)
                     ids: list[str] = []
                     ours = await at_once(lambda: self.create_into(client, ids))
-                    self.row(f"{size} creates at once, {label} / {size} runs", ours, raw,
+                    peer = None
+                    if self.peer is not None:  # the peer has no pool: each of its opens starts a container
+                        await anyio.sleep(2)
+                        peer = (await self.peer.ask(op="burst", n=size))["times"]
+                    self.row(f"{size} creates at once, {label} / {size} runs", ours, raw, peer=peer,
                              note=f"pool ready {state['ready']} before; p99 ratio "
-                                  f"{percentile(ours, 0.99) / percentile(raw, 0.99):.3f}")
+                                  f"{percentile(ours, 0.99) / percentile(raw, 0.99):.3f}"
+                                  + ("" if peer is None else f"; peer p99 {percentile(peer, 0.99):.1f}"))
                     for container_id in ids:
                         await client.call_tool("destroy_container", {"container_id": container_id})
         finally:
@@ -319,17 +406,23 @@ class Bench:
             async with Client(f"http://127.0.0.1:{port}/mcp") as client:
                 ids: list[str] = []
                 names: list[str] = []
-                ours, raw = await self.interleaved(lambda: self.create_into(client, ids),
-                                                   lambda: self.raw_create_into(names), count)
-                self.row("create_container, no pool / podman run -d", ours, raw)
-                first, raw_first = [], []
-                for container_id, name in zip(ids, names):
+                peer_ids: list[str] = []
+                ours, raw, peer = await self.interleaved(lambda: self.create_into(client, ids),
+                                                         lambda: self.raw_create_into(names), count,
+                                                         lambda: self.peer_create_into(peer_ids))
+                self.row("create_container, no pool / podman run -d", ours, raw, peer=peer)
+                first, raw_first, peer_first = [], [], []
+                for index, (container_id, name) in enumerate(zip(ids, names)):
                     raw_first.append(await self.timed(lambda name=name: anyio.run_process(["podman", "exec", name, "echo", "hi"])))
                     first.append(await self.timed(lambda cid=container_id: client.call_tool(
                         "execute_command", {"container_id": cid, "command": "echo hi"})))
-                self.row("first command in a new sandbox, no pool / exec", first, raw_first)
+                    if self.peer is not None:
+                        peer_first.append(await self.peer.ms(op="exec", id=peer_ids[index], command="echo hi"))
+                self.row("first command in a new sandbox, no pool / exec", first, raw_first, peer=peer_first or None)
                 for container_id in ids:
                     await client.call_tool("destroy_container", {"container_id": container_id})
+                for peer_id in peer_ids:
+                    await self.peer.ask(op="destroy", id=peer_id)
                 await anyio.run_process(["podman", "rm", "-f", "-t", "0", *names])
         finally:
             server.terminate()
@@ -353,6 +446,13 @@ class Bench:
     async def raw_create_into(self, names: list[str]) -> None:
         names.append(await self.raw_create())
 
+    async def peer_create_into(self, ids: list[str]) -> float:
+        """A session opened by the peer; its own time."""
+        assert self.peer is not None
+        made = await self.peer.ask(op="create")
+        ids.append(made["id"])
+        return made["ms"]
+
     async def exec_sequential(self, client: Client, container_id: str, raw_name: str, count: int) -> list[float]:
         ours, raw = [], []
 
@@ -364,10 +464,16 @@ class Bench:
             await anyio.run_process(["podman", "exec", raw_name, "echo", "hi"])
 
         await ours_one()  # the channel opens on the first call
+        peer: list[float] = []
+        peer_id = None if self.peer is None else (await self.peer.ask(op="create"))["id"]
         for _ in range(count):
             raw.append(await self.timed(raw_one))
             ours.append(await self.timed(ours_one))
-        self.row("execute_command echo / podman exec echo", ours, raw)
+            if self.peer is not None:
+                peer.append(await self.peer.ms(op="exec", id=peer_id, command="echo hi"))
+        if self.peer is not None:
+            await self.peer.ask(op="destroy", id=peer_id)
+        self.row("execute_command echo / podman exec echo", ours, raw, peer=peer or None)
         return ours
 
     async def parallel(self, seconds: float = 10, clients: int = 16) -> None:
@@ -406,9 +512,16 @@ class Bench:
                     tg.start_soon(raw_worker, name, deadline)
             for container_id in ids:
                 await client.call_tool("destroy_container", {"container_id": container_id})
+        await anyio.run_process(["podman", "rm", "-f", "-t", "0", *raw_names])
+        peer, peer_note = None, ""
+        if self.peer is not None:  # the same: its own sandbox for each of 16 threads, for as long
+            done = await self.peer.ask(op="parallel", n=clients, seconds=seconds)
+            peer = done["calls"] / seconds
+            peer_note = f"; peer errors {done['errors']}, latency p50 {statistics.median(done['latency']):.1f} ms"
         self.row(f"{clients} clients, calls/s (higher is better)", ours_calls[0] / seconds, raw_calls[0] / seconds,
-                 unit="call/s", note=f"errors {ours_errors[0]}; ours latency p50 {statistics.median(ours_latency):.1f} ms "
-                                     f"p99 {percentile(ours_latency, 0.99):.1f} ms")
+                 unit="call/s", peer=peer,
+                 note=f"errors {ours_errors[0]}; ours latency p50 {statistics.median(ours_latency):.1f} ms "
+                      f"p99 {percentile(ours_latency, 0.99):.1f} ms{peer_note}")
 
     async def live300(self, client: Client, count: int = 300) -> None:
         assert self.server is not None
@@ -839,13 +952,18 @@ def snapshot_upper(disk_base: str, namespace: str, container_id: str) -> Path:
     return Path(found)
 
 
-async def run(rows: list[str], creates: int, execs: int, live: int, image: str) -> Bench:
+async def run(rows: list[str], creates: int, execs: int, live: int, image: str, peer: bool) -> Bench:
     bench = Bench(image, Target() if "proxy" in rows else None)
     bench.live = live
     bench.start_server()
-    print(f"image {image}; namespace {bench.namespace}; times in ms unless marked")
-    print(f"{'figure':44} {'unit':6} {'ours p50':>9} {'ours p99':>9} {'raw p50':>9} {'raw p99':>9} {'ratio':>8}")
     try:
+        if peer and set(rows) & PEER_ROWS:
+            bench.namespaces.append(f"{bench.namespace}-peer")
+            bench.peer = PeerDriver(image, f"{bench.namespace}-peer")
+            print(f"peer: llm-sandbox {bench.peer.version} over podman system service (bench/peer.py)")
+        print(f"image {image}; namespace {bench.namespace}; times in ms unless marked")
+        print(f"{'figure':44} {'unit':6} {'ours p50':>9} {'ours p99':>9} {'raw p50':>9} {'raw p99':>9} {'ratio':>8} "
+              f"{'peer p50':>9} {'vs peer':>8}")
         async with Client(bench.url + "/mcp") as client:
             container_id = None
             raw_name = None
@@ -881,6 +999,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str) 
             if "interactive" in rows:
                 await bench.interactive(client)
     finally:
+        if bench.peer is not None:
+            bench.peer.close()
         bench.cleanup()
         if bench.target is not None:
             bench.target.close()
@@ -893,13 +1013,15 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=20)
     parser.add_argument("--execs", type=int, default=200)
     parser.add_argument("--live", type=int, default=300)
+    parser.add_argument("--no-peer", action="store_true",
+                        help=f"leave out the peer ({PEER}; installed into {PEER_VENV.name} on first use)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = set(rows) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
-    image = os.environ.get("SANDBOX_IMAGE") or "docker.io/library/alpine:3"
-    anyio.run(run, rows, args.creates, args.execs, args.live, image)
+    image = SandboxSettings.from_env().image
+    anyio.run(run, rows, args.creates, args.execs, args.live, image, not args.no_peer)
 
 
 if __name__ == "__main__":
