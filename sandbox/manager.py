@@ -44,6 +44,7 @@ from .snapshots import Snapshot, Snapshots
 from .tasks import BackgroundTasks
 
 logger = logging.getLogger("mcp_sandbox.manager")
+OPEN_AHEAD_WAIT_SECONDS = 10.0  # how long a new sandbox's channel waits for a burst of creates to end
 
 
 class SandboxManager:
@@ -244,7 +245,12 @@ class SandboxManager:
 
     async def _open_ahead(self, sandbox: Sandbox) -> None:
         """A new sandbox's command channel, opened while its creator reads the answer: its first
-        command finds it open, or waits for the opening under way rather than start another."""
+        command finds it open, or waits for the opening under way rather than start another.
+        During a burst it waits for the other creates first (its podman exec would slow them);
+        a command that comes meanwhile opens the channel itself."""
+        await self.pool.no_creates(OPEN_AHEAD_WAIT_SECONDS)
+        if self.registry.live(sandbox.container_id) is None:
+            return
         try:
             await self.channels.get(sandbox)
         except SandboxError:

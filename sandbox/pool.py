@@ -85,6 +85,8 @@ class WarmPool:
         self._creating = 0  # creates that found the pool empty and are starting a sandbox of their own
         self._takes: deque[float] = deque(maxlen=4 * max(self.ceiling, 1))
         self._wanted = anyio.Event()
+        self._no_creates = anyio.Event()
+        self._no_creates.set()
 
     def __len__(self) -> int:
         return len(self._members)
@@ -135,12 +137,22 @@ class WarmPool:
     @asynccontextmanager
     async def creating(self) -> AsyncIterator[None]:
         """Around a create that found the pool empty: the pool does not start its own meanwhile."""
+        if not self._creating:
+            self._no_creates = anyio.Event()
         self._creating += 1
         try:
             yield
         finally:
             self._creating -= 1
             self._wanted.set()
+            if not self._creating:
+                self._no_creates.set()
+
+    async def no_creates(self, seconds: float) -> None:
+        """Once no create is starting a sandbox of its own (at most ``seconds``): what can wait for a
+        burst to end (a new sandbox's channel opened ahead) leaves the CPU to the burst meanwhile."""
+        with anyio.move_on_after(seconds):
+            await self._no_creates.wait()
 
     async def drop_expired(self, now: float) -> None:
         for member in [m for m in self._members if m.expires_at <= now]:
