@@ -17,7 +17,10 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
   unpooled   create_container on a server without a pool, one every 0.5 s  vs  podman run -d; and the
              first command in each new sandbox                               vs  podman exec echo hi
   exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
-  parallel   16 clients, each on its own sandbox, 10 s, once the pool refilled  vs  16 loops of podman exec
+  parallel   16 clients, each on its own sandbox, 10 s, once the pool refilled  vs  16 loops of podman exec;
+             with the CPU a call costs the server and the clients
+  floor      execute_command, sequential and from 16 clients, next to a tool that does nothing on a bare
+             FastMCP server (bench/floor_server.py) called the same way: what any MCP call costs here
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
   scale      10, 100, 300 ... --live sandboxes alive: at each, exec p50, create p50, list_containers p50,
              how long an expired sandbox takes to go (reap), the server's CPU while idle, its RSS
@@ -40,6 +43,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -66,7 +70,7 @@ from sandbox.channel import AgentChannel  # noqa: E402
 from sandbox.layout import AGENT_PATH  # noqa: E402
 from sandbox.podman import Podman  # noqa: E402
 
-ROWS = ["create", "life", "burst", "unpooled", "exec", "parallel", "live300", "scale", "output", "download", "proxy", "snapshot", "preview", "interactive"]
+ROWS = ["create", "life", "burst", "unpooled", "exec", "parallel", "floor", "live300", "scale", "output", "download", "proxy", "snapshot", "preview", "interactive"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
 TARGET_SERVER = """
 import http.server, sys
@@ -186,6 +190,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -476,21 +491,37 @@ class Bench:
         self.row("execute_command echo / podman exec echo", ours, raw, peer=peer or None)
         return ours
 
-    async def parallel(self, seconds: float = 10, clients: int = 16) -> None:
-        raw_names = [await self.raw_create() for _ in range(clients)]
-        ours_calls, ours_errors, raw_calls = [0], [0], [0]
-        ours_latency: list[float] = []
+    @staticmethod
+    async def calls_from_clients(url: str, container_ids: list[str], seconds: float, server_pid: int) -> dict[str, Any]:
+        """One MCP client per sandbox calling ``execute_command`` "echo hi" in a loop for ``seconds``:
+        calls, errors, latencies, and the CPU each call cost the server and the clients (this process)."""
+        calls, errors, latency = [0], [0], []
 
-        async def ours_worker(container_id: str, deadline: float) -> None:
-            async with Client(self.url + "/mcp") as client:
+        async def worker(container_id: str, deadline: float) -> None:
+            async with Client(url + "/mcp") as client:
                 while time.monotonic() < deadline:
                     started = time.perf_counter()
                     result = await client.call_tool("execute_command", {"container_id": container_id, "command": "echo hi"},
                                                     raise_on_error=False)
-                    ours_latency.append((time.perf_counter() - started) * 1000)
+                    latency.append((time.perf_counter() - started) * 1000)
                     if result.is_error or structured(result)["stdout"] != "hi\n":
-                        ours_errors[0] += 1
-                    ours_calls[0] += 1
+                        errors[0] += 1
+                    calls[0] += 1
+
+        server_before, clients_before = cpu_seconds(server_pid), own_cpu_seconds()
+        deadline = time.monotonic() + seconds
+        async with anyio.create_task_group() as group:
+            for container_id in container_ids:
+                group.start_soon(worker, container_id, deadline)
+        per_call = 1000 / max(calls[0], 1)
+        return {"calls": calls[0], "errors": errors[0], "latency": latency,
+                "server_cpu": (cpu_seconds(server_pid) - server_before) * per_call,
+                "clients_cpu": (own_cpu_seconds() - clients_before) * per_call}
+
+    async def parallel(self, seconds: float = 10, clients: int = 16) -> None:
+        assert self.server is not None
+        raw_names = [await self.raw_create() for _ in range(clients)]
+        raw_calls = [0]
 
         async def raw_worker(name: str, deadline: float) -> None:
             while time.monotonic() < deadline:
@@ -502,10 +533,7 @@ class Bench:
             for container_id in ids:  # open every channel first
                 await client.call_tool("execute_command", {"container_id": container_id, "command": "true"})
             await self.pool_settled(self.url)  # steady state: the pool has refilled after these creates
-            deadline = time.monotonic() + seconds
-            async with anyio.create_task_group() as tg:
-                for container_id in ids:
-                    tg.start_soon(ours_worker, container_id, deadline)
+            ours = await self.calls_from_clients(self.url, ids, seconds, self.server.pid)
             deadline = time.monotonic() + seconds
             async with anyio.create_task_group() as tg:
                 for name in raw_names:
@@ -518,10 +546,59 @@ class Bench:
             done = await self.peer.ask(op="parallel", n=clients, seconds=seconds)
             peer = done["calls"] / seconds
             peer_note = f"; peer errors {done['errors']}, latency p50 {statistics.median(done['latency']):.1f} ms"
-        self.row(f"{clients} clients, calls/s (higher is better)", ours_calls[0] / seconds, raw_calls[0] / seconds,
+        self.row(f"{clients} clients, calls/s (higher is better)", ours["calls"] / seconds, raw_calls[0] / seconds,
                  unit="call/s", peer=peer,
-                 note=f"errors {ours_errors[0]}; ours latency p50 {statistics.median(ours_latency):.1f} ms "
-                      f"p99 {percentile(ours_latency, 0.99):.1f} ms{peer_note}")
+                 note=f"errors {ours['errors']}; ours latency p50 {statistics.median(ours['latency']):.1f} ms "
+                      f"p99 {percentile(ours['latency'], 0.99):.1f} ms; CPU a call: server {ours['server_cpu']:.1f} ms, "
+                      f"clients {ours['clients_cpu']:.1f} ms{peer_note}")
+
+    async def floor(self, client: Client, container_id: str, count: int, seconds: float = 10, clients: int = 16) -> None:
+        """What any tool call costs here: a tool that does nothing, on a bare FastMCP server over the same
+        transport with the same client (bench/floor_server.py), next to our execute_command "echo hi"."""
+        assert self.server is not None
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    httpx.post(url + "/mcp", timeout=2)
+                    break
+                except httpx.HTTPError:
+                    await anyio.sleep(0.1)
+            async with Client(url + "/mcp") as floor_client:
+                async def ours_one() -> None:
+                    await client.call_tool("execute_command", {"container_id": container_id, "command": "echo hi"})
+
+                async def floor_one() -> None:
+                    await floor_client.call_tool("execute_command", {"container_id": container_id, "command": "echo hi"})
+
+                await ours_one()
+                await floor_one()
+                ours, floor = [], []
+                for _ in range(count):
+                    floor.append(await self.timed(floor_one))
+                    ours.append(await self.timed(ours_one))
+                self.row("execute_command / a no-op tool, bare FastMCP", ours, floor)
+                ids = [structured(await client.call_tool("create_container", {}))["container_id"] for _ in range(clients)]
+                for made in ids:
+                    await client.call_tool("execute_command", {"container_id": made, "command": "true"})
+                await self.pool_settled(self.url)
+                ours_many = await self.calls_from_clients(self.url, ids, seconds, self.server.pid)
+                floor_many = await self.calls_from_clients(url, ids, seconds, bare.pid)
+                for made in ids:
+                    await client.call_tool("destroy_container", {"container_id": made})
+
+            def cpu(done: dict[str, Any]) -> str:
+                return f"server {done['server_cpu']:.1f} ms, clients {done['clients_cpu']:.1f} ms"
+
+            self.row(f"{clients} clients, calls/s / no-op tool, bare FastMCP", ours_many["calls"] / seconds,
+                     floor_many["calls"] / seconds, unit="call/s",
+                     note=f"CPU a call: ours {cpu(ours_many)}; bare {cpu(floor_many)}")
+        finally:
+            bare.terminate()
+            bare.wait(timeout=30)
 
     async def live300(self, client: Client, count: int = 300) -> None:
         assert self.server is not None
@@ -565,7 +642,7 @@ class Bench:
         """What grows with the number of live sandboxes, measured at 10, 100, 300, 1000 ... most."""
         assert self.server is not None
         pid = self.server.pid
-        checkpoints = [n for n in (10, 100, 300, 1000, 3000) if n < most] + [most]
+        checkpoints = [n for n in (1, 10, 100, 300, 1000, 3000) if n < most] + [most]
         semaphore = anyio.Semaphore(4)
         ids: list[str] = []
 
@@ -575,10 +652,6 @@ class Bench:
 
         async def add_one() -> None:
             ids.append(await create_one())
-
-        def cpu_seconds() -> float:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
         async def listed() -> set[str]:
             return {c["container_id"] for c in structured(await client.call_tool("list_containers", {}))["containers"]}
@@ -595,7 +668,10 @@ class Bench:
                 for _ in range(count - len(ids)):
                     group.start_soon(add_one)
             made_in = time.monotonic() - started
-            await anyio.sleep(3)  # the pool refills; channels settle
+            # Steady state: the pool has followed these creates (it grows after a burst; measured while
+            # it starts its sandboxes, an exec waited for the CPU: 42.8 ms at 100 live, 12-16 once it was full).
+            await self.pool_settled(self.url)
+            await anyio.sleep(2)
             execs = [await self.timed(lambda: client.call_tool(
                 "execute_command", {"container_id": ids[0], "command": "echo hi"})) for _ in range(40)]
             first_exec = first_exec or statistics.median(execs)
@@ -615,9 +691,9 @@ class Bench:
             while set(short) & await listed():
                 await anyio.sleep(0.1)
             reap = time.monotonic() - expired_at
-            cpu_before, idle_started = cpu_seconds(), time.monotonic()
+            cpu_before, idle_started = cpu_seconds(pid), time.monotonic()
             await anyio.sleep(10)
-            idle_cpu = (cpu_seconds() - cpu_before) / (time.monotonic() - idle_started) * 100
+            idle_cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - idle_started) * 100
             line = (f"{count:>6} {made_in:>9.0f} {statistics.median(execs):>9.1f} {statistics.median(raw_execs):>9.1f} "
                     f"{statistics.median(creates):>10.1f} "
                     f"{statistics.median(lists):>9.1f} {reap:>7.1f} {idle_cpu:>10.1f} {rss_mb(pid):>7.0f}")
@@ -967,7 +1043,7 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str, 
         async with Client(bench.url + "/mcp") as client:
             container_id = None
             raw_name = None
-            if {"exec", "output", "download"} & set(rows):
+            if {"exec", "floor", "output", "download"} & set(rows):
                 container_id = structured(await client.call_tool("create_container", {}))["container_id"]
                 raw_name = await bench.raw_create()
             if "create" in rows:
@@ -982,6 +1058,8 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str, 
                 await bench.exec_sequential(client, container_id, raw_name, execs)
             if "parallel" in rows:
                 await bench.parallel()
+            if "floor" in rows:
+                await bench.floor(client, container_id, execs)
             if "live300" in rows:
                 await bench.live300(client, live)
             if "scale" in rows:

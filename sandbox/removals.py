@@ -21,6 +21,7 @@ logger = logging.getLogger("mcp_sandbox.removals")
 
 DRAIN_SECONDS = 30  # how long a stopping server waits for the removals under way
 AT_ONCE = 4  # removals that run at once (more only queue up on Podman's locks)
+START_AFTER_SECONDS = 0.02  # a removal waits this long: the process it starts would hold up the answer
 
 
 class Removals:
@@ -55,6 +56,7 @@ class Removals:
         if self._at_once is None:
             self._at_once = anyio.CapacityLimiter(AT_ONCE)
         try:
+            await anyio.sleep(START_AFTER_SECONDS)  # the destroy's answer goes out first
             async with self._at_once:
                 await self._remove(name)
         except SandboxError as exc:

@@ -112,3 +112,29 @@ async def test_no_pool_when_its_size_is_zero() -> None:
     stand_in = StandIn(make_seconds=0.01)
     pool = WarmPool(0, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=16)
     assert await pool.take("t", 60) is None and pool.target() == 0
+
+
+async def test_what_waits_for_a_burst_of_creates_goes_on_when_the_last_one_ends_or_after_its_time() -> None:
+    stand_in = StandIn(make_seconds=0.01)
+    pool = WarmPool(1, stand_in.make, stand_in.claim, stand_in.discard, lambda: True)
+    with anyio.fail_after(0.5):
+        await pool.no_creates(10)  # none under way: at once
+    waited: list[float] = []
+
+    async def waiter() -> None:
+        started = time.monotonic()
+        await pool.no_creates(10)
+        waited.append(time.monotonic() - started)
+
+    async with anyio.create_task_group() as group:
+        async with pool.creating():
+            async with pool.creating():
+                group.start_soon(waiter)
+                await anyio.sleep(0.2)
+            await anyio.sleep(0.2)  # one of the two still starts its sandbox
+            assert waited == []
+    assert 0.35 < waited[0] < 2
+    async with pool.creating():
+        started = time.monotonic()
+        await pool.no_creates(0.2)  # a create that takes too long is not waited for
+        assert 0.15 < time.monotonic() - started < 2
