@@ -94,6 +94,11 @@ class GoneCommands:
         ):
             self._tombstones.popitem(last=False)
 
+    def why(self, container_id: str, tenant: str) -> str:
+        """Why the tenant's sandbox went ("" when the server does not remember it going)."""
+        tombstone = self._tombstones.get(container_id)
+        return tombstone.why if tombstone is not None and tombstone.tenant == tenant else ""
+
     def gone(
         self, container_id: str, command_id: str, tenant: str, sandbox: Sandbox | None, stopped: bool = False
     ) -> CommandState | None:

@@ -65,7 +65,7 @@ class SandboxManager:
             settings.runtime, system_env(),
         )
         # A tenant asking after a sandbox that expired hears where its files went.
-        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant, self.snapshots.kept_from)
+        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant, self._gone_note)
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
         self._gone = GoneCommands()
@@ -170,6 +170,13 @@ class SandboxManager:
         self.ports.forget(container_id)
         if release_egress:
             self._background.start_soon(self.egress.release, container_id)
+
+    def _gone_note(self, container_id: str, tenant: str) -> str:
+        """What the tenant is told of a sandbox it no longer has: where its files went at expiry, or
+        why it went (removed outside this server, say, as the reaper found it), when remembered."""
+        kept = self.snapshots.kept_from(container_id, tenant)
+        why = "" if kept else self._gone.why(container_id, tenant)
+        return kept or (f"; it {why}" if why else "")
 
     async def _remove_destroyed(self, name: str) -> None:
         """A destroyed sandbox's container goes, then its place behind the proxy (not before:
@@ -289,13 +296,20 @@ class SandboxManager:
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         sandbox = self.registry.live(container_id)
         if sandbox is None or sandbox.tenant != tenant:
-            raise SandboxNotFound(str(container_id), self.snapshots.kept_from(str(container_id), tenant))
+            raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
         sandbox.destroying, sandbox.gone_why = True, why
         if why == GONE_EXPIRED:  # before anything of it goes
             sandbox.gone_why = why = why + await self.snapshots.take_at_expiry(sandbox)
         # Marked first, so that a server that dies from here on leaves it to the next one to
         # remove; forgotten, so that nothing reaches it any more; removed in the background.
-        self.removals.mark(sandbox.name)  # a file's creation: well under a millisecond
+        try:
+            self.removals.mark(sandbox.name)  # a file's creation: well under a millisecond
+        except OSError as exc:
+            sandbox.destroying, sandbox.gone_why = False, ""
+            raise SandboxError(
+                f"Sandbox {container_id} was not destroyed: the server could not record its removal under "
+                f"{self.removals.folder} ({exc.strerror or exc}). The sandbox is unchanged; free space or fix the "
+                "permissions of SANDBOX_STATE_DIR, then try again.") from exc
         channel = self.channels.detach(container_id)  # closed by the removal, which a stopping server waits for
         if channel is not None:
             self._closing[sandbox.name] = channel

@@ -36,6 +36,7 @@ def changed_settings(recorded: str, now: Mapping[str, str]) -> str:
 BURST_SECONDS = 5.0  # creates this close together count as one burst
 FILL_AT_ONCE = 4  # pooled sandboxes started at the same time while the pool is short
 CHECK_SECONDS = 5.0  # how often the pool looks at its target without being asked
+TAKES_KEPT = 100_000  # the most creates remembered (over SANDBOX_POOL_IDLE_SECONDS), a bound on memory only
 
 
 def recent_peak(takes: Sequence[float], now: float, idle_seconds: float, burst_seconds: float = BURST_SECONDS) -> int:
@@ -83,7 +84,7 @@ class WarmPool:
         self._members: list[Sandbox] = []
         self._filling = 0
         self._creating = 0  # creates that found the pool empty and are starting a sandbox of their own
-        self._takes: deque[float] = deque(maxlen=4 * max(self.ceiling, 1))
+        self._takes: deque[float] = deque(maxlen=TAKES_KEPT)  # within idle_seconds: older ones are dropped
         self._wanted = anyio.Event()
         self._no_creates = anyio.Event()
         self._no_creates.set()
@@ -118,7 +119,10 @@ class WarmPool:
         """Hand out a pre-started sandbox, once only; its lifetime starts now. None when empty."""
         if self.size <= 0:
             return None
-        self._takes.append(time.monotonic())
+        now = time.monotonic()
+        while self._takes and self._takes[0] <= now - self.idle_seconds:
+            self._takes.popleft()
+        self._takes.append(now)
         self._wanted.set()
         while self._members:
             sandbox = self._members.pop(0)

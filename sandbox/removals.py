@@ -37,7 +37,12 @@ class Removals:
         except OSError:
             return set()
 
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
     def mark(self, name: str) -> None:
+        """Raises OSError when the mark cannot be written (the caller says so, and removes nothing)."""
         self._folder.mkdir(parents=True, exist_ok=True)
         (self._folder / name).touch()
 

@@ -174,5 +174,31 @@ async def test_the_reaper_forgets_only_sandboxes_podman_says_are_gone(client: Cl
     monkeypatch.setattr(manager.backend, "list", listing_without_either)
     await manager.lifecycle.forget_vanished()
     assert manager.registry.live(kept) is not None and manager.registry.live(removed) is None
+    told = await client.call_tool("execute_command", {"container_id": removed, "command": "true"}, raise_on_error=False)
+    assert told.is_error and "removed outside this server" in told.content[0].text, told.content[0].text
     monkeypatch.setattr(manager.backend, "list", real_list)
     await client.call_tool("destroy_container", {"container_id": kept})
+
+
+async def test_a_destroy_that_cannot_record_its_removal_says_so_and_leaves_the_sandbox_as_it_was(client: Client) -> None:
+    manager = server_module.sandboxes
+    container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+    marks = manager.removals.folder
+    held = marks.with_name("removing.held")
+    marks.parent.mkdir(parents=True, exist_ok=True)
+    if marks.exists():
+        marks.rename(held)
+    marks.write_text("not a folder")  # as a full or broken disk would: the mark cannot be written
+    try:
+        refused = await client.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+        assert refused.is_error
+        text = refused.content[0].text
+        assert f"Sandbox {container_id} was not destroyed" in text and "SANDBOX_STATE_DIR" in text, text
+    finally:
+        marks.unlink()
+        if held.exists():
+            held.rename(marks)
+    result = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo still"}))
+    assert result["stdout"] == "still\n"
+    await client.call_tool("destroy_container", {"container_id": container_id})
+    assert manager.registry.live(container_id) is None

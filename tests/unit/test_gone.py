@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sandbox.gone import GONE_DESTROYED, MAX_SEEN_RUNNING, MAX_TOMBSTONES, SEEN_OUTPUT_CHARS, TOMBSTONE_SECONDS, GoneCommands
+from sandbox.gone import GONE_DESTROYED, GONE_REMOVED, MAX_SEEN_RUNNING, MAX_TOMBSTONES, SEEN_OUTPUT_CHARS, TOMBSTONE_SECONDS, GoneCommands
 from sandbox.model import Sandbox
 
 CID = "a" * 32
@@ -68,3 +68,11 @@ def test_the_output_remembered_is_the_end_of_each_stream() -> None:
     gone.seen(CID, replace(running, status="running", reason=None, stdout=long))
     state = gone.gone(CID, CMD, "alice", sandbox(destroying=True))
     assert state is not None and state.stdout.endswith("END") and len(state.stdout) == SEEN_OUTPUT_CHARS and state.truncated
+
+
+def test_why_a_sandbox_went_is_told_to_its_tenant_only() -> None:
+    gone = GoneCommands()
+    assert gone.why(CID, "alice") == ""
+    gone.bury(CID, sandbox(), GONE_REMOVED)  # nothing was running in it: why it went is kept all the same
+    assert gone.why(CID, "alice") == GONE_REMOVED
+    assert gone.why(CID, "mallory") == ""

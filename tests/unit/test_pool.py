@@ -138,3 +138,23 @@ async def test_what_waits_for_a_burst_of_creates_goes_on_when_the_last_one_ends_
         started = time.monotonic()
         await pool.no_creates(0.2)  # a create that takes too long is not waited for
         assert 0.15 < time.monotonic() - started < 2
+
+
+
+async def test_a_burst_is_remembered_for_the_idle_time_however_many_creates_follow_it(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("sandbox.pool.time.monotonic", lambda: clock[0])
+    stand_in = StandIn(make_seconds=0.01)
+    pool = WarmPool(1, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=4, idle_seconds=300)
+    for _ in range(4):  # a burst
+        await pool.take("t", 60)
+    for _ in range(140):  # then a create every 2 s: 140, more than the old bound of 4 x the ceiling
+        clock[0] += 2
+        await pool.take("t", 60)
+    assert pool.target() == 4  # the burst, 280 s ago, still counts
+    clock[0] += 25  # 305 s after the burst: it no longer counts; 3 creates within 5 s of each other do
+    assert pool.target() == 3
+    clock[0] += 400  # nothing for 400 s: back to the floor, and the old creates are dropped at the next one
+    assert pool.target() == 1
+    await pool.take("t", 60)
+    assert len(pool._takes) == 1
