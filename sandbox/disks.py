@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import stat
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,10 @@ MAX_LOWERDIR = 3500
 STORAGE_DRIVERS = ("overlay", "vfs")
 # A new disk's mounts are tried this often before its create fails.
 MOUNT_ATTEMPTS = 3
+# Disks kept formatted and loop-mounted ahead, named SPARE_PREFIX + a token: a create renames one
+# to its sandbox's name and mounts only the overlay (mkfs and the loop mount cost ~50 ms a create).
+SPARES = 2
+SPARE_PREFIX = ".spare-"
 LOOP_CTL_GET_FREE = 0x4C82  # linux/loop.h
 LOOP_MAJOR = 7
 
@@ -104,6 +109,8 @@ class SandboxDisks:
         self._env = system_env()
         self._images: dict[str, ImageRoot] = {}
         self._image_locks: dict[str, anyio.Lock] = {}
+        self._spares: list[str] = []  # ready: formatted, mounted at <dir>/<spare>/fs
+        self._spare_taken = anyio.Event()
 
     async def _run(self, *argv: str) -> None:
         await _run(*argv, env=self._env)
@@ -178,7 +185,8 @@ class SandboxDisks:
         """Sandbox names that have a disk here."""
         if not self.dir.is_dir():
             return set()
-        return {p.stem for p in self.dir.glob("*.img")} | {p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        return ({p.stem for p in self.dir.glob("*.img") if not p.name.startswith(".")}
+                | {p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")})
 
     async def image_root(self, image: str) -> ImageRoot:
         cached = self._images.get(image)
@@ -201,17 +209,20 @@ class SandboxDisks:
     async def create(self, name: str, image: str, layer: Path | None = None) -> ImageRoot:
         """A fresh disk for a sandbox, mounted at root(name) over the image's layers (and a
         snapshot's, when given); returns what the container takes from the image besides (its
-        environment and working folder)."""
+        environment and working folder). A spare disk is used when one is ready."""
         root = await self.image_root(image)
+        spare = await self._take_spare(name)
         for attempt in range(1, MOUNT_ATTEMPTS + 1):
             try:
-                await self._mount(name, root.lowerdir, fresh=True, size=self.limit_bytes, layer=layer)
+                await self._mount(name, root.lowerdir, fresh=not spare, size=self.limit_bytes, layer=layer,
+                                  spare=spare)
                 break
             except SnapshotFailed:
                 await self.release(name)
                 raise
             except (DiskUnavailable, OSError) as exc:
                 await self.release(name)
+                spare = False  # made anew from here on
                 if attempt == MOUNT_ATTEMPTS:
                     raise DiskUnavailable(str(exc)) from None
                 # A loop device or mount that a concurrent one disturbed: the disk is new and
@@ -224,10 +235,25 @@ class SandboxDisks:
         """Mount an existing disk again (after a reboot of the host) before its container starts."""
         await self._mount(name, (await self.image_root(image)).lowerdir, fresh=False, size=self.limit_bytes)
 
-    async def _mount(self, name: str, lowerdir: str, fresh: bool, size: int, layer: Path | None = None) -> None:
-        image_file, fs, root = self.image_file(name), self.dir / name / "fs", self.root(name)
-        fs.mkdir(parents=True, exist_ok=True)
+    async def _mount(self, name: str, lowerdir: str, fresh: bool, size: int, layer: Path | None = None,
+                     spare: bool = False) -> None:
+        """The disk's file system at <name>/fs (made when fresh; a spare has it already), then the
+        overlay at <name>/root; a snapshot's layer is unpacked into a new disk before the overlay."""
+        if not spare:
+            await self._mount_fs(name, fresh, size)
+        fs, root = self.dir / name / "fs", self.root(name)
+        if (fresh or spare) and layer is not None:  # before the overlay is mounted over it
+            await unpack(layer, fs / "upper", self._env)
         root.mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(root):
+            await self._run(
+                "mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={lowerdir},upperdir={fs / 'upper'},workdir={fs / 'work'}", str(root),
+            )
+
+    async def _mount_fs(self, name: str, fresh: bool, size: int) -> None:
+        image_file, fs = self.image_file(name), self.dir / name / "fs"
+        fs.mkdir(parents=True, exist_ok=True)
         if fresh:
             with open(image_file, "wb") as handle:
                 handle.truncate(size)
@@ -240,13 +266,49 @@ class SandboxDisks:
             await self._run("mount", "-o", "loop,nodev", str(image_file), str(fs))
         for sub in ("upper", "work", "data"):
             (fs / sub).mkdir(exist_ok=True)
-        if fresh and layer is not None:  # before the overlay is mounted over it
-            await unpack(layer, fs / "upper", self._env)
-        if not os.path.ismount(root):
-            await self._run(
-                "mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={lowerdir},upperdir={fs / 'upper'},workdir={fs / 'work'}", str(root),
-            )
+
+    # ----- spares
+
+    async def keep_spares(self) -> None:
+        """Keep SPARES disks made ahead, one at a time, for as long as the server runs."""
+        while True:
+            while len(self._spares) < SPARES:
+                spare = f"{SPARE_PREFIX}{secrets.token_hex(4)}"
+                try:
+                    await self._mount_fs(spare, fresh=True, size=self.limit_bytes)
+                except (DiskUnavailable, OSError) as exc:
+                    logger.warning("could not make a spare sandbox disk (%s); creates make their own", exc)
+                    await self.release(spare)
+                    await anyio.sleep(30)
+                    continue
+                self._spares.append(spare)
+            self._spare_taken = anyio.Event()
+            await self._spare_taken.wait()
+
+    async def _take_spare(self, name: str) -> bool:
+        """A ready spare disk, renamed to be the sandbox's (its mount goes with its folder)."""
+        while self._spares:
+            spare = self._spares.pop(0)
+            self._spare_taken.set()
+            try:
+                os.rename(self.dir / spare, self.dir / name)
+                os.rename(self.image_file(spare), self.image_file(name))
+                return True
+            except OSError as exc:
+                logger.warning("could not use the spare disk %s (%s)", spare, exc)
+                await self.release(name)
+                await self.release(spare)
+        return False
+
+    async def release_spares(self) -> None:
+        """Unmount and delete the spare disks (a stopping server; also what one that died left)."""
+        self._spares = []
+        if self.dir.is_dir():
+            for path in self.dir.glob(f"{SPARE_PREFIX}*.img"):
+                await self.release(path.stem)
+            for path in self.dir.glob(f"{SPARE_PREFIX}*"):
+                if path.is_dir():
+                    await self.release(path.name)
 
     async def release(self, name: str) -> None:
         """Unmount and delete a sandbox's disk (its container must be gone); fine if there is none."""

@@ -137,6 +137,9 @@ class SandboxManager:
             await self.lifecycle.adopt()
         except SandboxError as exc:
             logger.warning("could not adopt existing sandboxes: %s", exc)
+        if self.disks.enabled:
+            await self.disks.release_spares()  # what a server that died left
+            self._background.start_soon(self.disks.keep_spares)
         self._background.start_soon(self.lifecycle.reap_forever)
         if self.settings.pool_size > 0:
             self._background.start_soon(self.pool.fill_forever)
@@ -148,6 +151,7 @@ class SandboxManager:
         await self.channels.close_all()
         await self.egress.stop()
         await self._background.stop()
+        await self.disks.release_spares()
         self.podman.close()
 
     async def adopt(self) -> list[str]:

@@ -3,6 +3,7 @@ including what happens when the channel dies or the server restarts."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from typing import Any
@@ -14,6 +15,7 @@ from conftest import ROOT, RUN_ID, podman, sandbox_names, structured, wait_for_c
 from fastmcp import Client
 
 import server
+from sandbox.disks import SPARE_PREFIX, SPARES
 
 pytestmark = pytest.mark.anyio
 
@@ -213,3 +215,46 @@ async def test_a_new_sandbox_gets_its_helpers_from_its_disk_and_its_channel_befo
     assert ran["exit_code"] == 0 and "agent" in ran["stdout"] and "lib-" in ran["stdout"], ran
     assert installs == []  # no podman exec put them there
     await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+async def test_a_create_takes_a_disk_made_ahead_and_another_is_made_for_the_next(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    disks = server.sandboxes.disks
+    if not disks.enabled:
+        pytest.skip(f"no sandbox disks here: {disks.why_not}")
+    pool = server.sandboxes.pool
+
+    def settled() -> bool:  # the pool makes its sandboxes (on spares too) in the background
+        state = pool.describe()
+        return state["ready"] >= state["target"] and not state["starting"] and len(disks._spares) == SPARES
+
+    await wait_until(settled, seconds=60)
+    spares = list(disks._spares)
+    for spare in spares:
+        assert os.path.ismount(disks.dir / spare / "fs")
+    ran: list[tuple[str, ...]] = []
+    run = disks._run
+
+    async def counted(*argv: str) -> None:
+        ran.append(argv)
+        await run(*argv)
+
+    monkeypatch.setattr(disks, "_run", counted)
+    # network=false: not from the pool, so the create makes its sandbox (and its disk) itself
+    container_id = structured(await client.call_tool("create_container", {"network": False}))["container_id"]
+    name = f"mcp-sandbox-{container_id}"
+    # No disk was made for it (what was made meanwhile is the next spare): only its overlay was mounted.
+    made = [" ".join(argv) for argv in ran if argv[0] == "mkfs.ext4" or "loop,nodev" in argv]
+    assert all(SPARE_PREFIX in line and name not in line for line in made), ran
+    assert [argv for argv in ran if "overlay" in argv and str(disks.root(name)) in argv], ran
+    assert not (disks.dir / spares[0]).exists() and disks.image_file(name).exists()
+    assert os.path.ismount(disks.dir / name / "fs") and os.path.ismount(disks.root(name))
+    wrote = structured(await client.call_tool("execute_command", {
+        "container_id": container_id, "command": "echo on-its-disk > /tmp/spare-check && df -k / | tail -1"}))
+    assert wrote["exit_code"] == 0, wrote
+    assert (disks.upper(name) / "tmp" / "spare-check").read_text() == "on-its-disk\n"
+    limit_kb = disks.limit_bytes // 1024
+    assert 0.9 * limit_kb < int(wrote["stdout"].split()[1]) <= limit_kb, wrote  # the sandbox's own disk, as before
+    await wait_until(lambda: len(disks._spares) == SPARES and spares[0] not in disks._spares, seconds=30)
+    await client.call_tool("destroy_container", {"container_id": container_id})
+    await wait_until(lambda: not disks.exists(name), seconds=30)
