@@ -172,18 +172,18 @@ class PodmanBackend:
 
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         if layer is None:
-            started = await self.podman.run(*run_args(spec), timeout=300)
+            started = await self.podman.run(*run_args(spec), timeout=300, whole=True)
             self._ids[spec.name] = started.stdout.decode(errors="replace").strip()
             return started.stderr
         # Made, filled and then started: an overlay's upper folder is written only while unmounted.
-        created = await self.podman.run("create", *run_args(spec)[2:], timeout=300)
+        created = await self.podman.run("create", *run_args(spec)[2:], timeout=300, whole=True)
         self._ids[spec.name] = created.stdout.decode(errors="replace").strip()
         upper, _ = await self.writable_layer(spec.name)
         if not upper:
             raise PodmanError(["podman", "create"], 0, "", "Podman's storage keeps no overlay layer to fill from "
                               "the snapshot; forks need sandbox disks or Podman's overlay storage.")
         await unpack(layer, Path(upper), self.podman.env)
-        await self.podman.run("start", spec.name, timeout=300)
+        await self.podman.run("start", spec.name, timeout=300, whole=True)
         return created.stderr
 
     async def writable_layer(self, name: str) -> tuple[str, str]:
@@ -275,14 +275,14 @@ class PodmanBackend:
             await self.podman.run("unpause", "--", name, check=False, timeout=60)
 
     async def restart(self, name: str) -> None:
-        await self.podman.run("start", name, timeout=60)
+        await self.podman.run("start", name, timeout=60, whole=True)
 
     async def remove(self, name: str) -> PodmanResult:
         held = self._netns.pop(name, None)
         if held is not None:
             held.close()
         self._ids.pop(name, None)
-        return await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120)
+        return await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120, whole=True)
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
         filters = [arg for key, value in labels.items() for arg in ("--filter", f"label={key}={value}")]

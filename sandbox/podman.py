@@ -101,7 +101,16 @@ class Podman:
         stdout_limit: int = 16 * 1024 * 1024,
         timeout: float = 120,
         check: bool = True,
+        whole: bool = False,
     ) -> PodmanResult:
+        """``podman ARGS``; with ``whole``, it runs to its end even when the caller is cancelled
+        (a stopping server): a ``podman run`` killed half way leaves a container's ``runc init``
+        and conmon behind, which Podman no longer lists, holding the sandbox's mounts."""
+        with anyio.CancelScope(shield=whole):
+            return await self._run(*args, stdin=stdin, stdout_limit=stdout_limit, timeout=timeout, check=check)
+
+    async def _run(self, *args: str, stdin: bytes | None, stdout_limit: int, timeout: float,
+                   check: bool) -> PodmanResult:
         argv = self.argv(*args)
         logger.debug("run %s", shlex.join(argv))
         try:

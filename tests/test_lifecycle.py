@@ -202,3 +202,38 @@ async def test_a_destroy_that_cannot_record_its_removal_says_so_and_leaves_the_s
     assert result["stdout"] == "still\n"
     await client.call_tool("destroy_container", {"container_id": container_id})
     assert manager.registry.live(container_id) is None
+
+
+def conmon_names() -> dict[str, str]:
+    """Container name -> container ID of every conmon on the host (one runs beside each container
+    Podman started, and stays when a half-started container is left behind)."""
+    found: dict[str, str] = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"conmon") and b"-n" in argv and b"-c" in argv:
+            found[argv[argv.index(b"-n") + 1].decode()] = argv[argv.index(b"-c") + 1].decode()
+    return found
+
+
+async def test_a_server_stopped_while_its_pool_starts_sandboxes_leaves_none_half_started(start_server) -> None:
+    before = set(conmon_names())
+    server = start_server({"SANDBOX_POOL_SIZE": "4"})
+    deadline = time.monotonic() + 60
+    while httpx.get(server.url + "/health", timeout=30).json()["pool"]["starting"] == 0:  # podman run under way
+        assert time.monotonic() < deadline, "the pool started nothing"
+        await anyio.sleep(0.05)
+    await anyio.sleep(0.15)
+    assert server.stop(signal.SIGTERM) == 0
+    # What the server left is whole: removing its containers (as the next server's adoption or a
+    # sweep does) ends every process Podman started for them.
+    names = sandbox_names(server.env["SANDBOX_NAMESPACE"])
+    if names:
+        podman("rm", "-f", "-v", "-t", "0", *names)
+    deadline = time.monotonic() + 30
+    while set(conmon_names()) - before and time.monotonic() < deadline:
+        await anyio.sleep(0.2)
+    left = set(conmon_names()) - before
+    assert not left, f"half-started containers left their conmon and runc init behind: {sorted(left)}"
