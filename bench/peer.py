@@ -17,6 +17,7 @@ library's ``close``, a stop without a timeout, would wait Podman's 10 s for ever
   {"op": "life"}                         -> {"ms"}             open + execute_command("echo hi") + close
   {"op": "burst", "n"}                   -> {"times"}          n opens at once (threads), then closes them
   {"op": "parallel", "n", "seconds"}     -> {"calls", "errors", "latency"}  n threads, each its own sandbox
+  end of input                           -> {"made"}           closes what is open; the IDs of all it made
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Peer:
         self.namespace = namespace
         self.sessions: dict[str, SandboxPodmanSession] = {}
         self.count = 0
+        self.made: list[str] = []  # the IDs of the containers it made, for the bench's sweep
 
     def session(self) -> SandboxPodmanSession:
         return SandboxPodmanSession(
@@ -56,7 +58,9 @@ class Peer:
         started = time.perf_counter()
         session = self.session()
         session.open()
-        return session, ms_since(started)
+        ms = ms_since(started)
+        self.made.append(session.container.id)
+        return session, ms
 
     def create(self) -> dict[str, Any]:
         session, ms = self.opened()
@@ -79,6 +83,7 @@ class Peer:
         started = time.perf_counter()
         session = self.session()
         session.open()
+        self.made.append(session.container.id)
         result = session.execute_command("echo hi")
         session.close()
         if result.stdout != "hi\n":
@@ -138,6 +143,7 @@ def main() -> None:
         print(json.dumps(answer), flush=True)
     for session in peer.sessions.values():
         session.close()
+    print(json.dumps({"made": peer.made}), flush=True)
 
 
 if __name__ == "__main__":

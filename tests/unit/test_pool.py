@@ -12,7 +12,7 @@ import pytest
 
 from sandbox.config import SandboxSettings
 from sandbox.model import Sandbox
-from sandbox.pool import WarmPool, pool_target, recent_peak
+from sandbox.pool import REFILL_AFTER_SECONDS, WarmPool, pool_target, recent_peak
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +158,21 @@ async def test_a_burst_is_remembered_for_the_idle_time_however_many_creates_foll
     assert pool.target() == 1
     await pool.take("t", 60)
     assert len(pool._takes) == 1
+
+
+async def test_a_hand_out_is_refilled_a_moment_later_while_the_pool_holds_others() -> None:
+    stand_in = StandIn(make_seconds=0.01)
+    pool = WarmPool(2, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=2, idle_seconds=60)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.fill_forever)
+        await wait_for(lambda: len(pool) == 2)
+        made = stand_in.made
+        taken_at = time.monotonic()
+        assert await pool.take("t", 60) is not None
+        await anyio.sleep(REFILL_AFTER_SECONDS * 0.6)
+        assert stand_in.made == made and len(pool) == 1  # the new sandbox's first commands have the CPU
+        await wait_for(lambda: len(pool) == 2)
+        assert time.monotonic() - taken_at >= REFILL_AFTER_SECONDS
+        assert await pool.take("t", 60) is not None and await pool.take("t", 60) is not None
+        await wait_for(lambda: len(pool) > 0, seconds=REFILL_AFTER_SECONDS * 0.6)  # emptied: refilled at once
+        group.cancel_scope.cancel()
