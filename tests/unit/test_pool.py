@@ -6,6 +6,9 @@ tested; the real pool against Podman is in tests/test_speed_paths.py)."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -68,6 +71,18 @@ class StandIn:
     async def discard(self, sandbox: Sandbox) -> None:
         self.discarded.append(sandbox.container_id)
 
+    def pool(self, size: int, **settings: Any) -> WarmPool:
+        return WarmPool(size, self.make, self.claim, self.discard, lambda: True, **settings)
+
+
+@asynccontextmanager
+async def filling(pool: WarmPool) -> AsyncIterator[None]:
+    """The pool filling itself in the background while the body runs."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.fill_forever)
+        yield
+        group.cancel_scope.cancel()
+
 
 async def wait_for(condition, seconds: float = 5) -> None:
     with anyio.fail_after(seconds):
@@ -77,9 +92,8 @@ async def wait_for(condition, seconds: float = 5) -> None:
 
 async def test_a_burst_grows_the_pool_several_at_a_time_and_idleness_shrinks_it_to_the_floor() -> None:
     stand_in = StandIn(make_seconds=0.05)
-    pool = WarmPool(2, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=8, idle_seconds=1.0)
-    async with anyio.create_task_group() as group:
-        group.start_soon(pool.fill_forever)
+    pool = stand_in.pool(2, ceiling=8, idle_seconds=1.0)
+    async with filling(pool):
         await wait_for(lambda: len(pool) == 2)
         taken = [await pool.take("t", 60) for _ in range(6)]  # a burst: 2 from the pool, 4 it had not
         assert sum(s is not None for s in taken) == 2
@@ -89,14 +103,12 @@ async def test_a_burst_grows_the_pool_several_at_a_time_and_idleness_shrinks_it_
         assert stand_in.discarded == []
         await wait_for(lambda: len(pool) == 2, seconds=1.0 + 5 + 2)  # idle: back to the floor
         assert len(stand_in.discarded) == 4 and pool.describe()["target"] == 2
-        group.cancel_scope.cancel()
 
 
 async def test_the_pool_starts_none_of_its_own_while_a_create_that_found_it_empty_is_starting() -> None:
     stand_in = StandIn(make_seconds=0.01)
-    pool = WarmPool(1, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=4, idle_seconds=60)
-    async with anyio.create_task_group() as group:
-        group.start_soon(pool.fill_forever)
+    pool = stand_in.pool(1, ceiling=4, idle_seconds=60)
+    async with filling(pool):
         await wait_for(lambda: len(pool) == 1)
         assert await pool.take("t", 60) is not None
         async with pool.creating():
@@ -105,18 +117,17 @@ async def test_the_pool_starts_none_of_its_own_while_a_create_that_found_it_empt
             await anyio.sleep(0.3)
             assert stand_in.made == made  # and the pool waits for it
         await wait_for(lambda: len(pool) == 2)
-        group.cancel_scope.cancel()
 
 
 async def test_no_pool_when_its_size_is_zero() -> None:
     stand_in = StandIn(make_seconds=0.01)
-    pool = WarmPool(0, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=16)
+    pool = stand_in.pool(0, ceiling=16)
     assert await pool.take("t", 60) is None and pool.target() == 0
 
 
 async def test_what_waits_for_a_burst_of_creates_goes_on_when_the_last_one_ends_or_after_its_time() -> None:
     stand_in = StandIn(make_seconds=0.01)
-    pool = WarmPool(1, stand_in.make, stand_in.claim, stand_in.discard, lambda: True)
+    pool = stand_in.pool(1)
     with anyio.fail_after(0.5):
         await pool.no_creates(10)  # none under way: at once
     waited: list[float] = []
@@ -145,7 +156,7 @@ async def test_a_burst_is_remembered_for_the_idle_time_however_many_creates_foll
     clock = [1000.0]
     monkeypatch.setattr("sandbox.pool.time.monotonic", lambda: clock[0])
     stand_in = StandIn(make_seconds=0.01)
-    pool = WarmPool(1, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=4, idle_seconds=300)
+    pool = stand_in.pool(1, ceiling=4, idle_seconds=300)
     for _ in range(4):  # a burst
         await pool.take("t", 60)
     for _ in range(140):  # then a create every 2 s: 140, more than the old bound of 4 x the ceiling
@@ -162,9 +173,8 @@ async def test_a_burst_is_remembered_for_the_idle_time_however_many_creates_foll
 
 async def test_a_hand_out_is_refilled_a_moment_later_while_the_pool_holds_others() -> None:
     stand_in = StandIn(make_seconds=0.01)
-    pool = WarmPool(2, stand_in.make, stand_in.claim, stand_in.discard, lambda: True, ceiling=2, idle_seconds=60)
-    async with anyio.create_task_group() as group:
-        group.start_soon(pool.fill_forever)
+    pool = stand_in.pool(2, ceiling=2, idle_seconds=60)
+    async with filling(pool):
         await wait_for(lambda: len(pool) == 2)
         made = stand_in.made
         taken_at = time.monotonic()
@@ -175,4 +185,3 @@ async def test_a_hand_out_is_refilled_a_moment_later_while_the_pool_holds_others
         assert time.monotonic() - taken_at >= REFILL_AFTER_SECONDS
         assert await pool.take("t", 60) is not None and await pool.take("t", 60) is not None
         await wait_for(lambda: len(pool) > 0, seconds=REFILL_AFTER_SECONDS * 0.6)  # emptied: refilled at once
-        group.cancel_scope.cancel()
