@@ -831,7 +831,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     logging.basicConfig(level=SETTINGS.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warn_if_exposed()
-    uvicorn.run(http_app(), host=HOST, port=PORT, log_level=SETTINGS.log_level, timeout_graceful_shutdown=3)
+    # asyncio's loop, not uvloop even when installed: see sandbox.podman.check_event_loop.
+    uvicorn.run(http_app(), host=HOST, port=PORT, log_level=SETTINGS.log_level, timeout_graceful_shutdown=3,
+                loop="asyncio")
 
 
 if __name__ == "__main__":

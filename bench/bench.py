@@ -20,7 +20,8 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
   parallel   16 clients, each on its own sandbox, 10 s, once the pool refilled  vs  16 loops of podman exec;
              with the CPU a call costs the server and the clients
   floor      execute_command, sequential and from 16 clients, next to a tool that does nothing on a bare
-             FastMCP server (bench/floor_server.py) called the same way: what any MCP call costs here
+             FastMCP server (bench/floor_server.py) called the same way: what any MCP call costs here;
+             and destroy_container next to that tool at the create row's pace (one call every 0.5 s)
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
   scale      10, 100, 300 ... --live sandboxes alive: at each, exec p50, create p50, list_containers p50,
              how long an expired sandbox takes to go (reap), the server's CPU while idle, its RSS
@@ -573,9 +574,11 @@ class Bench:
                       f"p99 {percentile(ours['latency'], 0.99):.1f} ms; CPU a call: server {ours['server_cpu']:.1f} ms, "
                       f"clients {ours['clients_cpu']:.1f} ms{peer_note}")
 
-    async def floor(self, client: Client, container_id: str, count: int, seconds: float = 10, clients: int = 16) -> None:
+    async def floor(self, client: Client, container_id: str, count: int, paced: int, seconds: float = 10,
+                    clients: int = 16) -> None:
         """What any tool call costs here: a tool that does nothing, on a bare FastMCP server over the same
-        transport with the same client (bench/floor_server.py), next to our execute_command "echo hi"."""
+        transport with the same client (bench/floor_server.py), next to our execute_command "echo hi"
+        in a tight loop, and next to destroy_container at the create row's pace (``paced`` of each)."""
         assert self.server is not None
         port = free_port()
         bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port)],
@@ -602,6 +605,18 @@ class Bench:
                     floor.append(await self.timed(floor_one))
                     ours.append(await self.timed(ours_one))
                 self.row("execute_command / a no-op tool, bare FastMCP", ours, floor)
+                # The create and destroy rows send one call every 0.5 s, and a call after a pause costs
+                # more than one of a tight loop (caches, idle CPUs): the floor at that pace, beside destroy.
+                ours, floor = [], []
+                for _ in range(paced):
+                    made = structured(await client.call_tool("create_container", {}))["container_id"]
+                    await anyio.sleep(0.5)
+                    floor.append(await self.timed(floor_one))
+                    await anyio.sleep(0.5)
+                    ours.append(await self.timed(
+                        lambda made=made: client.call_tool("destroy_container", {"container_id": made})))
+                    await anyio.sleep(0.5)
+                self.row("destroy_container / no-op tool, 1 per 0.5 s", ours, floor)
                 ids = [structured(await client.call_tool("create_container", {}))["container_id"] for _ in range(clients)]
                 for made in ids:
                     await client.call_tool("execute_command", {"container_id": made, "command": "true"})
@@ -1080,7 +1095,7 @@ async def run(rows: list[str], creates: int, execs: int, live: int, image: str, 
             if "parallel" in rows:
                 await bench.parallel()
             if "floor" in rows:
-                await bench.floor(client, container_id, execs)
+                await bench.floor(client, container_id, execs, creates)
             if "live300" in rows:
                 await bench.live300(client, live)
             if "scale" in rows:

@@ -17,4 +17,5 @@ def execute_command(container_id: str, command: str) -> dict:
 
 
 if __name__ == "__main__":
-    mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", show_banner=False)
+    mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", show_banner=False,
+            uvicorn_config={"loop": "asyncio"})  # as server.main runs

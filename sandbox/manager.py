@@ -33,7 +33,7 @@ from .limits import LimitsCheck
 from .links import FileLinks
 from .reading import Entry, FileReader, FileSlice
 from .model import LABEL_MANAGED, LOCAL_TENANT, NAME_PREFIX, FileLink, Sandbox
-from .podman import Podman, system_env
+from .podman import Podman, check_event_loop, system_env
 from .pool import WarmPool
 from .records import CommandState, CommandSummary, helpers_digest, helpers_files, helpers_tar
 from .registry import SandboxRegistry
@@ -111,6 +111,7 @@ class SandboxManager:
 
     async def start(self) -> None:
         """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
+        check_event_loop()
         await self._background.start()
         self._agent = await anyio.to_thread.run_sync(find_agent_binary, self.settings.agent_path)
         if self._agent is None:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .errors import PodmanError, PodmanUnavailable
+from .errors import PodmanError, PodmanUnavailable, SandboxError
 
 logger = logging.getLogger("mcp_sandbox.podman")
 
@@ -149,6 +149,22 @@ class Podman:
         if check and exit_code != 0:
             raise PodmanError(argv, exit_code, stderr)
         return result
+
+
+def check_event_loop() -> None:
+    """Refuse uvloop: libuv starts children without closing the descriptors they inherit, so the
+    conmon that ``podman run -d`` leaves behind keeps the server's end of the output pipe open and
+    the run never ends (seen: every create waited out its 300 s timeout). uvicorn picks uvloop by
+    itself whenever it is installed, unless told ``loop="asyncio"`` (server.main does)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if type(loop).__module__.split(".")[0] == "uvloop":
+        raise SandboxError(
+            "The server runs on uvloop, under which a `podman run` never ends here (its conmon keeps the "
+            "server's pipe open). Start it with `python server.py`, which uses asyncio's loop, or give "
+            "uvicorn --loop asyncio (FastMCP's run: uvicorn_config={'loop': 'asyncio'})."
+        )
 
 
 def is_missing_container(stderr: str) -> bool:

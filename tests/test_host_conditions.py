@@ -284,3 +284,32 @@ async def test_300_creates_in_a_row_and_16_at_once_all_succeed(start_server) -> 
                     group.start_soon(destroy, container_id)
     # destroy_container answers at once; the 316 containers go in the background, 4 at a time.
     assert sandboxes_left(server.env["SANDBOX_NAMESPACE"], seconds=300) == []
+
+
+# --------------------------------------------------------------------------- uvloop beside the server
+
+
+async def test_uvloop_installed_beside_the_server_leaves_its_podman_runs_alone(start_server) -> None:  # type: ignore[no-untyped-def]
+    # uvicorn runs on uvloop whenever it can import it (uvicorn[standard] installs it), and under uvloop
+    # every `podman run -d` waited out its 300 s timeout: libuv leaves the output pipe's ends in podman's
+    # children, and the conmon it leaves behind keeps them open. The test extras install uvloop.
+    import uvloop  # noqa: F401
+
+    server = start_server()
+    async with Client(server.url + "/mcp") as client:
+        with anyio.fail_after(60):
+            container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+            assert (await run(client, container_id, "echo hi"))["stdout"] == "hi\n"
+        await client.call_tool("destroy_container", {"container_id": container_id})
+
+
+def test_a_server_put_on_uvloop_by_hand_says_so_and_how_to_start_it() -> None:
+    namespace = f"{RUN_ID}-uvloop"
+    NAMESPACES.add(namespace)
+    env = {**os.environ, "SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "0"}
+    started = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "server:http_app", "--loop", "uvloop", "--port", str(free_port())],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert started.returncode != 0, started.stderr[-2000:]
+    assert "runs on uvloop" in started.stderr and "--loop asyncio" in started.stderr, started.stderr[-2000:]
+    assert sandboxes_left(namespace) == []
