@@ -13,7 +13,8 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
   life       a whole life: create_container + execute_command "echo hi" + destroy_container
                                                             vs  podman run -d + podman exec + podman rm -f -t 0
   burst      16 create_container at once on a server at the default settings (pool of 2, up to 16), twice:
-             first with the pool at its floor, then once it has grown   vs  16 podman run -d at once
+             first with the pool at its floor, then once it has grown   vs  16 podman run -d at once;
+             and 16 podman start at once of containers already created  vs  16 podman run -d at once
   unpooled   create_container on a server without a pool, one every 0.5 s  vs  podman run -d; and the
              first command in each new sandbox                               vs  podman exec echo hi
   exec       execute_command "echo hi", sequential       vs  podman exec NAME echo hi
@@ -287,11 +288,12 @@ class Bench:
             shutil.rmtree(Path(settings.state_dir) / namespace, ignore_errors=True)  # snapshots, allow-lists
         remove_image_holders(self.holders_before)
 
-    async def raw_create(self) -> str:
+    async def raw_create(self, verb: tuple[str, ...] = ("run", "-d")) -> str:
+        """``podman run -d`` (or ``podman create``) of the image with the server's flags; its name."""
         name = f"bench-raw-{secrets.token_hex(6)}"
         self.raw_names.append(name)
         await anyio.run_process([
-            "podman", "run", "-d", "--name", name, "--init", *LIMIT_FLAGS, *ULIMIT_FLAGS,
+            "podman", *verb, "--name", name, "--init", *LIMIT_FLAGS, *ULIMIT_FLAGS,
             "--label", f"mcp-sandbox.namespace={self.namespace}", "--entrypoint", "sleep", self.image, "2147483647",
         ])
         return name
@@ -411,6 +413,21 @@ class Bench:
             return times
 
         try:
+            # What a burst beyond any started pool costs at least: containers already created (image,
+            # storage, config done) and only started, all at once, against 16 raw runs at once.
+            await self.pool_settled(url)
+            raw_names: list[str] = []
+            runs = await at_once(lambda: self.raw_create_into(raw_names))
+            await anyio.run_process(["podman", "rm", "-f", "-t", "0", *raw_names])
+            created = [await self.raw_create(("create",)) for _ in range(size)]
+            await anyio.sleep(2)
+            queue = iter(created)
+            starts = await at_once(lambda: anyio.run_process(["podman", "start", next(queue)]))
+            await anyio.run_process(["podman", "rm", "-f", "-t", "0", *created])
+            self.row(f"{size} podman start at once (created) / {size} runs", starts, runs,
+                     note=f"p99 ratio {percentile(starts, 0.99) / percentile(runs, 0.99):.3f}: the floor of a "
+                          "burst that finds no started sandbox")
+            await anyio.sleep(2)
             async with Client(url + "/mcp") as client:
                 for label in ("pool at its floor", "pool grown"):
                     await self.pool_settled(url)

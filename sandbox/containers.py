@@ -104,6 +104,8 @@ class SandboxContainers:
                     spec = replace(spec, command=("/bin/sh", "-c", MAIN_WITH_HELPERS))
                     helpers_placed = True
             warnings = await self.backend.start(spec, layer)
+            if sandbox.network == self.egress.network:
+                self.egress.hold_bridge_address()
         except SnapshotFailed:
             await self.remove(sandbox.name)
             raise

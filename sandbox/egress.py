@@ -49,6 +49,9 @@ logger = logging.getLogger("mcp_sandbox.egress")
 # The network sandboxes live on under the public policy, unless SANDBOX_NETWORK names another.
 DEFAULT_NETWORK = "mcp-sandbox"
 SIOCGIFADDR = 0x8915  # linux/sockios.h
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1  # linux/if_arp.h
+NET_ADDR_SET = 3  # /sys/class/net/IFACE/addr_assign_type: the address was set, not taken from a port
 # What "public" keeps a sandbox from: the host's surroundings, which are not the internet. (The host's
 # own addresses, whatever they are, are kept by the input hook.)
 BLOCKED_V4: tuple[str, ...] = (
@@ -224,6 +227,26 @@ def host_addresses() -> set[str]:
     return found
 
 
+def hold_address(interface: str, sys_class_net: str = "/sys/class/net") -> bool:
+    """Set a bridge's MAC address to the one it has, so that it keeps it; True when it was set here.
+
+    A Linux bridge whose address was never set takes the lowest of its ports' addresses: it changed
+    whenever a sandbox with a lower one joined the bridge or the lowest left, and every sandbox that
+    had the gateway's old address in its ARP cache reached nothing through the gateway (the proxy,
+    DNS, the internet) until it asked again, up to ~10 s later. Netavark leaves it unset. Raises
+    OSError when the server may not set it (no CAP_NET_ADMIN)."""
+    folder = Path(sys_class_net) / interface
+    try:
+        if int((folder / "addr_assign_type").read_text()) == NET_ADDR_SET:
+            return False
+        mac = bytes.fromhex((folder / "address").read_text().strip().replace(":", ""))
+    except (OSError, ValueError):
+        return False  # no such interface yet: netavark makes it with the network's first container
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), SIOCSIFHWADDR, struct.pack("16sH6s8x", interface.encode()[:15], ARPHRD_ETHER, mac))
+    return True
+
+
 class Egress:
     """The policy in force: decided and installed at start (again after a reboot of the host), it
     says which network new sandboxes join; and the allow-lists of sandboxes behind the proxy."""
@@ -242,6 +265,7 @@ class Egress:
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
         self._stale: set[str] = set()  # proxied addresses no container held at the last look
+        self._hold_failed = False  # said once: the bridge's address could not be held
 
     def describe(self) -> dict[str, object]:
         """What /health says of the policy."""
@@ -283,6 +307,7 @@ class Egress:
                     self.dns = sandbox_resolvers(upstream_resolvers(), host_addresses(), self.bridge.gateways)
                     await self._start_proxy()
                     await self._install()
+                    self.hold_bridge_address()
                 except SandboxError as exc:
                     self.why_not, self.bridge = str(exc), None
             if self.why_not:
@@ -303,6 +328,21 @@ class Egress:
 
     async def stop(self) -> None:
         await self.proxy.stop()
+
+    def hold_bridge_address(self) -> None:
+        """Keep the gateway's MAC address from changing as sandboxes come and go (see hold_address);
+        called at start, after each container start on the bridge (netavark makes the bridge anew
+        when a network's first container starts) and by the reaper. A few file reads when held."""
+        if self.bridge is None:
+            return
+        try:
+            if hold_address(self.bridge.interface):
+                logger.info("holding the MAC address of bridge %s", self.bridge.interface)
+        except OSError as exc:
+            if not self._hold_failed:
+                self._hold_failed = True
+                logger.warning("could not hold the MAC address of bridge %s (%s): sandboxes may lose the gateway "
+                               "for seconds whenever others start or go", self.bridge.interface, exc)
 
     async def _start_proxy(self) -> None:
         assert self.bridge is not None
@@ -375,6 +415,7 @@ class Egress:
         the reaper calls this now and then."""
         if self.bridge is None:
             return
+        self.hold_bridge_address()
         try:
             if not await self.listing():
                 logger.warning("the egress rules of network %s were removed outside this server; installing them "
