@@ -14,7 +14,7 @@ from pathlib import Path
 from .backend import Backend, ContainerSpec, removal_failed
 from .config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings
 from .disks import SandboxDisks
-from .egress import Egress
+from .egress import BRIDGE_MAX_PORTS, Egress
 from .errors import DiskUnavailable, PodmanError, SandboxError, SnapshotFailed
 from .layout import DATA_DIR, HELPERS_COPY, MAIN_WITH_HELPERS, STATE_TMPFS
 from .limits import LimitsCheck
@@ -114,6 +114,15 @@ class SandboxContainers:
                                "operator can set SANDBOX_DISK_LIMIT_BYTES=0 to run sandboxes without one.") from None
         except PodmanError as exc:
             await self.remove(sandbox.name)
+            if "exchange full" in exc.stderr.lower():  # netavark adding the veth to a bridge at BR_MAX_PORTS
+                raise PodmanError(
+                    exc.argv, exc.exit_code, exc.stderr,
+                    f"The bridge of the sandbox network {sandbox.network!r} is full: Linux puts at most "
+                    f"{BRIDGE_MAX_PORTS} ports on a bridge, one for each sandbox with a network (the warm pool's "
+                    "included; ports other programs left there count too). Destroy sandboxes you no longer need "
+                    "or create this one with network=false; an operator can lower SANDBOX_MAX_CONTAINERS, or run "
+                    "a second server with SANDBOX_NETWORK naming another network.",
+                ) from None
             if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
                 raise PodmanError(
                     exc.argv, exc.exit_code, exc.stderr,

@@ -52,6 +52,7 @@ SIOCGIFADDR = 0x8915  # linux/sockios.h
 SIOCSIFHWADDR = 0x8924
 ARPHRD_ETHER = 1  # linux/if_arp.h
 NET_ADDR_SET = 3  # /sys/class/net/IFACE/addr_assign_type: the address was set, not taken from a port
+BRIDGE_MAX_PORTS = 1023  # BR_MAX_PORTS (1,024) less port 0 in the kernel's bridge: then netavark's "Exchange full"
 # What "public" keeps a sandbox from: the host's surroundings, which are not the internet. (The host's
 # own addresses, whatever they are, are kept by the input hook.)
 BLOCKED_V4: tuple[str, ...] = (
@@ -319,9 +320,12 @@ class Egress:
             self.network = self.bridge.name
             room = sum(ipaddress.ip_network(subnet).num_addresses - 3 for subnet in self.bridge.subnets
                        if ipaddress.ip_network(subnet).version == 4)
-            if room < self._needed:
+            if min(room, BRIDGE_MAX_PORTS) < self._needed:
                 logger.warning("network %s has room for %d sandboxes, fewer than SANDBOX_MAX_CONTAINERS plus the "
-                               "pool (%d): give it a larger subnet", self.bridge.name, room, self._needed)
+                               "pool (%d): %s", self.bridge.name, min(room, BRIDGE_MAX_PORTS), self._needed,
+                               "give it a larger subnet" if room < BRIDGE_MAX_PORTS else
+                               f"a Linux bridge takes at most {BRIDGE_MAX_PORTS} ports; lower SANDBOX_MAX_CONTAINERS "
+                               "or run a second server on another network (SANDBOX_NETWORK)")
             logger.info("egress policy public on network %s (bridge %s), nftables table inet %s; allow_domains: %s",
                         self.bridge.name, self.bridge.interface, table_name(self.bridge),
                         self.proxy_why_not or f"proxy at {self.proxy.url}")

@@ -1,11 +1,14 @@
 """The server on the hosts and images users really have: a desktop client's short PATH, rootless
 Podman that would ignore the limits, an image with a read-only root and no /var, an OOM kill in
-a sandbox, durations true to the millisecond on both command paths, and many creates in a row."""
+a sandbox, durations true to the millisecond on both command paths, many creates in a row, uvloop
+installed beside the server, and a sandbox bridge with all of its 1,023 ports taken."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
@@ -19,6 +22,8 @@ import pytest
 from conftest import NAMESPACES, ROOT, RUN_ID, free_port, podman, sandboxes_left, structured, wait_for_command, wait_until
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
+
+from sandbox.egress import BRIDGE_MAX_PORTS, DEFAULT_NETWORK
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +318,34 @@ def test_a_server_put_on_uvloop_by_hand_says_so_and_how_to_start_it() -> None:
     assert started.returncode != 0, started.stderr[-2000:]
     assert "runs on uvloop" in started.stderr and "--loop asyncio" in started.stderr, started.stderr[-2000:]
     assert sandboxes_left(namespace) == []
+
+
+# --------------------------------------------------------------------------- a full bridge
+
+
+async def test_a_full_bridge_is_a_clear_error_and_the_server_goes_on(start_server) -> None:  # type: ignore[no-untyped-def]
+    # Linux puts at most 1,023 ports on a bridge, one per sandbox with a network; netavark then fails
+    # with "Exchange full". The test fills the bridge with veths of its own (no traffic on them).
+    server = start_server()
+    async with Client(server.url + "/mcp") as client:
+        first = structured(await client.call_tool("create_container", {}))["container_id"]  # the bridge exists
+        interface = json.loads(podman("network", "inspect", DEFAULT_NETWORK).stdout)[0]["network_interface"]
+        ports = Path(f"/sys/class/net/{interface}/brif")
+        names = [f"mcpf{secrets.token_hex(2)}{index:04d}" for index in range(BRIDGE_MAX_PORTS - len(list(ports.iterdir())))]
+        try:
+            subprocess.run(["ip", "-batch", "-"], check=True, text=True, input="".join(
+                f"link add {name} type veth peer name {name}p\nlink set {name} master {interface}\n" for name in names))
+            assert len(list(ports.iterdir())) == BRIDGE_MAX_PORTS
+            failed = await client.call_tool("create_container", {}, raise_on_error=False)
+            said = failed.content[0].text
+            assert failed.is_error and "is full" in said and "network=false" in said, said
+            offline = structured(await client.call_tool("create_container", {"network": False}))["container_id"]
+            assert (await run(client, offline, "echo hi"))["stdout"] == "hi\n"
+            assert (await run(client, first, "echo hi"))["stdout"] == "hi\n"
+        finally:
+            subprocess.run(["ip", "-batch", "-"], check=False, text=True,
+                           input="".join(f"link del {name}\n" for name in names))
+        again = structured(await client.call_tool("create_container", {}))["container_id"]
+        for container_id in (first, offline, again):
+            await client.call_tool("destroy_container", {"container_id": container_id})
+    await wait_until(lambda: sandboxes_left(server.env["SANDBOX_NAMESPACE"]) == [])
