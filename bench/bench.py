@@ -21,7 +21,8 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
   parallel   16 clients, each on its own sandbox, 10 s, once the pool refilled  vs  16 loops of podman exec;
              with the CPU a call costs the server and the clients
   floor      execute_command, sequential and from 16 clients, next to a tool that does nothing on a bare
-             FastMCP server (bench/floor_server.py) called the same way: what any MCP call costs here;
+             FastMCP server (bench/floor_server.py) called the same way: what any MCP call costs here
+             (also with httpx alone as the client, no MCP library: the servers' share of a call);
              and destroy_container next to that tool at the create row's pace (one call every 0.5 s)
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
   scale      10, 100, 300 ... --live sandboxes alive: at each, exec p50, create p50, list_containers p50,
@@ -202,6 +203,42 @@ def kill_conmons_of(container_ids: set[str]) -> int:
         except (OSError, IndexError, ValueError):
             continue
     return killed
+
+
+class PlainMcp:
+    """MCP over Streamable HTTP with nothing but httpx (one keep-alive connection): a call's time
+    without an MCP client library's own CPU, i.e. the server's share and the transport's."""
+
+    HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.AsyncClient(timeout=60)
+        self.url, self.headers, self.ids = url, dict(self.HEADERS), 0
+
+    async def __aenter__(self) -> PlainMcp:
+        answer = await self._post("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                 "clientInfo": {"name": "bench-plain", "version": "0"}})
+        self.headers["mcp-protocol-version"] = answer["result"]["protocolVersion"]
+        await self.http.post(self.url, headers=self.headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def _post(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.ids += 1
+        response = await self.http.post(self.url, headers=self.headers,
+                                        json={"jsonrpc": "2.0", "id": self.ids, "method": method, "params": params})
+        if "mcp-session-id" in response.headers:
+            self.headers["mcp-session-id"] = response.headers["mcp-session-id"]
+        text = response.text
+        data = [line[5:] for line in text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1] if data else text)
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._post("tools/call", {"name": name, "arguments": arguments})
+        assert "result" in answer and not answer["result"].get("isError"), answer
+        return answer["result"]
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -487,7 +524,12 @@ class Bench:
         """Once the server's pool holds what it aims at and starts no more."""
         deadline = time.monotonic() + seconds
         while True:
-            state = httpx.get(url + "/health", timeout=10).json()["pool"]
+            try:  # /health asks Podman (version, ps): with 1,000 live and creates under way, seconds
+                state = (await anyio.to_thread.run_sync(lambda: httpx.get(url + "/health", timeout=30))).json()["pool"]
+            except httpx.TimeoutException:
+                if time.monotonic() > deadline:
+                    raise
+                continue
             if state["ready"] >= state["target"] and not state["starting"]:
                 return state
             if time.monotonic() > deadline:
@@ -622,6 +664,16 @@ class Bench:
                     floor.append(await self.timed(floor_one))
                     ours.append(await self.timed(ours_one))
                 self.row("execute_command / a no-op tool, bare FastMCP", ours, floor)
+                async with PlainMcp(self.url + "/mcp") as plain_ours, PlainMcp(url + "/mcp") as plain_floor:
+                    arguments = {"container_id": container_id, "command": "echo hi"}
+                    await plain_ours.call("execute_command", arguments)
+                    await plain_floor.call("execute_command", arguments)
+                    ours, floor = [], []
+                    for _ in range(count):
+                        floor.append(await self.timed(lambda: plain_floor.call("execute_command", arguments)))
+                        ours.append(await self.timed(lambda: plain_ours.call("execute_command", arguments)))
+                self.row("the same, httpx alone as the client", ours, floor,
+                         note="no MCP client library: the servers' share of a call")
                 # The create and destroy rows send one call every 0.5 s, and a call after a pause costs
                 # more than one of a tight loop (caches, idle CPUs): the floor at that pace, beside destroy.
                 ours, floor = [], []
