@@ -234,7 +234,7 @@ def hold_address(interface: str, sys_class_net: str = "/sys/class/net") -> bool:
     A Linux bridge whose address was never set takes the lowest of its ports' addresses: it changed
     whenever a sandbox with a lower one joined the bridge or the lowest left, and every sandbox that
     had the gateway's old address in its ARP cache reached nothing through the gateway (the proxy,
-    DNS, the internet) until it asked again, up to ~10 s later. Netavark leaves it unset. Raises
+    DNS, the internet) until its ARP entry expired, tens of seconds. Netavark leaves it unset. Raises
     OSError when the server may not set it (no CAP_NET_ADMIN)."""
     folder = Path(sys_class_net) / interface
     try:

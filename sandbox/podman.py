@@ -3,6 +3,7 @@ folder and with a PATH of the server's own, and what Podman says about the host.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shlex
@@ -156,8 +157,6 @@ def check_event_loop() -> None:
     conmon that ``podman run -d`` leaves behind keeps the server's end of the output pipe open and
     the run never ends (seen: every create waited out its 300 s timeout). uvicorn picks uvloop by
     itself whenever it is installed, unless told ``loop="asyncio"`` (server.main does)."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     if type(loop).__module__.split(".")[0] == "uvloop":
         raise SandboxError(

@@ -31,6 +31,11 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
 
 
+def bridge_of(network: str) -> str:
+    """The host's interface of a Podman bridge network (e.g. podman1)."""
+    return json.loads(podman("network", "inspect", network).stdout)[0]["network_interface"]
+
+
 def _test_image() -> str:
     if os.environ.get("SANDBOX_IMAGE"):  # scripts/test.sh sets it: no Podman is asked at import
         return os.environ["SANDBOX_IMAGE"]

@@ -26,7 +26,7 @@ import pytest
 from fastmcp import Client
 
 import server
-from conftest import podman, structured, wait_until
+from conftest import bridge_of, podman, structured, wait_until
 from sandbox.egress import DEFAULT_NETWORK, upstream_resolvers
 from sandbox.lifecycle import SYNC_SECONDS
 
@@ -252,7 +252,7 @@ async def test_what_servers_gone_without_cleaning_up_left_in_the_shared_sets_is_
     once no container held it at two of its looks in a row)."""
     egress = server.sandboxes.egress
     network = egress.network
-    table = f"mcp_sandbox_{json.loads(podman('network', 'inspect', network).stdout)[0]['network_interface']}"
+    table = f"mcp_sandbox_{bridge_of(network)}"
     subnet = ipaddress.ip_network(json.loads(podman("network", "inspect", network).stdout)[0]["subnets"][0]["subnet"])
     stale_address = str(subnet[-2])  # held by no container
     with socket.socket() as free:
@@ -309,7 +309,7 @@ async def test_allowed_ranges_open_on_purpose_and_rules_come_back_after_a_restar
             assert not await reaches(client, container_id, host_address(), listener.port)
         first.stop()
         # As after a reboot of the host: the rules are gone until the server starts again.
-        interface = json.loads(podman("network", "inspect", network).stdout)[0]["network_interface"]
+        interface = bridge_of(network)
         subprocess.run(["nft", "delete", "table", "inet", f"mcp_sandbox_{interface}"], check=True)
         again = start_server({**env, "SANDBOX_NAMESPACE": first.env["SANDBOX_NAMESPACE"], "SANDBOX_POOL_SIZE": "0"})
         assert f"elements = {{ {namespace.ip} }}" in rules_of(network)  # nft writes a /32 as the address
@@ -355,7 +355,7 @@ async def test_the_gateway_keeps_its_address_while_ports_come_and_go(start_serve
         container_id = structured(await client.call_tool(
             "create_container", {"allow_domains": ["*.example.invalid"]}))["container_id"]
         ask = via_proxy_variable("HEAD http://a.example.invalid/", "a.example.invalid")
-        interface = json.loads(podman("network", "inspect", DEFAULT_NETWORK).stdout)[0]["network_interface"]
+        interface = bridge_of(DEFAULT_NETWORK)
         address = Path(f"/sys/class/net/{interface}/address")
         before = address.read_text()
         port = f"mcpt{secrets.token_hex(3)}"

@@ -5,7 +5,6 @@ installed beside the server, and a sandbox bridge with all of its 1,023 ports ta
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import secrets
@@ -19,7 +18,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import NAMESPACES, ROOT, RUN_ID, free_port, podman, sandboxes_left, structured, wait_for_command, wait_until
+from conftest import NAMESPACES, ROOT, RUN_ID, bridge_of, free_port, podman, sandboxes_left, structured, wait_for_command, wait_until
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
@@ -329,7 +328,7 @@ async def test_a_full_bridge_is_a_clear_error_and_the_server_goes_on(start_serve
     server = start_server()
     async with Client(server.url + "/mcp") as client:
         first = structured(await client.call_tool("create_container", {}))["container_id"]  # the bridge exists
-        interface = json.loads(podman("network", "inspect", DEFAULT_NETWORK).stdout)[0]["network_interface"]
+        interface = bridge_of(DEFAULT_NETWORK)
         ports = Path(f"/sys/class/net/{interface}/brif")
         names = [f"mcpf{secrets.token_hex(2)}{index:04d}" for index in range(BRIDGE_MAX_PORTS - len(list(ports.iterdir())))]
         try:
