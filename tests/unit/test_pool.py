@@ -101,8 +101,10 @@ async def test_a_burst_grows_the_pool_several_at_a_time_and_idleness_shrinks_it_
         await wait_for(lambda: len(pool) == 6)
         assert stand_in.most_at_once > 1  # filled several at once
         assert stand_in.discarded == []
-        await wait_for(lambda: len(pool) == 2, seconds=1.0 + 5 + 2)  # idle: back to the floor
-        assert len(stand_in.discarded) == 4 and pool.describe()["target"] == 2
+        # Idle: back to the floor. The pool lets a member go before its discard has run (the discard
+        # is a task of its own), so the wait is for both: counting at once flaked under CI's load.
+        await wait_for(lambda: len(pool) == 2 and len(stand_in.discarded) == 4, seconds=1.0 + 5 + 2)
+        assert pool.describe()["target"] == 2 and len(pool) == 2
 
 
 async def test_the_pool_starts_none_of_its_own_while_a_create_that_found_it_empty_is_starting() -> None:
