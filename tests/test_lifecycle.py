@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 
@@ -118,6 +119,33 @@ async def test_without_podman_health_is_503_and_tools_say_why(start_server) -> N
         result = await client.call_tool("create_container", {}, raise_on_error=False)
         assert result.is_error and "Install Podman" in result.content[0].text
     assert httpx.get(server.url + "/").status_code == 200
+
+
+async def test_health_checks_that_come_together_share_a_probe_of_podman(start_server, tmp_path: Path) -> None:
+    """A storm of /health requests (a PaaS's probes, a monitor) costs Podman two probes, not one
+    each; every request still gets an answer from a probe that began after it came."""
+    calls = tmp_path / "podman-calls"
+    shim = tmp_path / "podman"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shutil.which("podman")} "$@"\n')
+    shim.chmod(0o755)
+    server = start_server({"PODMAN": str(shim)})
+
+    def probes() -> int:
+        return sum("version --format" in line for line in calls.read_text().splitlines())
+
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    before = probes()
+    async with httpx.AsyncClient(timeout=30) as http:
+        answers: list[httpx.Response] = []
+
+        async def ask() -> None:
+            answers.append(await http.get(server.url + "/health"))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(ask)
+    assert [a.status_code for a in answers] == [200] * 20 and all(a.json()["podman_version"] for a in answers)
+    assert 1 <= probes() - before <= 2, calls.read_text()[-2000:]
 
 
 async def test_sandbox_removed_outside_the_server_is_reported(start_server) -> None:
