@@ -258,6 +258,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[dict[str, float], float, float]:
+    """CPU seconds used so far by the processes alive now, summed by name (with the children each
+    reaped: a command's ``sh`` counts for the agent that ran it), the CPUs' busy and total seconds."""
+    by_name: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        name = "kernel workers" if name.startswith(("kworker", "jbd2", "ext4")) else name
+        by_name[name] = by_name.get(name, 0.0) + sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(ticks) / os.sysconf("SC_CLK_TCK")
+    return by_name, total - (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), total
+
+
+def cpu_by_name(before: tuple[dict[str, float], float, float], after: tuple[dict[str, float], float, float],
+                calls: int, top: int = 5) -> str:
+    """Where the machine's CPU went between two machine_cpu() readings, in ms a call."""
+    spent = {name: (after[0][name] - before[0].get(name, 0.0)) * 1000 / max(calls, 1) for name in after[0]}
+    busy = (after[1] - before[1]) / max(after[2] - before[2], 1e-9) * (os.cpu_count() or 1)
+    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(spent.items(), key=lambda kv: -kv[1])[:top] if ms >= 0.01)
+    return f"machine {busy:.2f} of {os.cpu_count()} CPUs busy; ms a call: {parts}"
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -589,7 +617,7 @@ class Bench:
                         errors[0] += 1
                     calls[0] += 1
 
-        server_before, clients_before = cpu_seconds(server_pid), own_cpu_seconds()
+        server_before, clients_before, machine_before = cpu_seconds(server_pid), own_cpu_seconds(), machine_cpu()
         deadline = time.monotonic() + seconds
         async with anyio.create_task_group() as group:
             for container_id in container_ids:
@@ -597,7 +625,8 @@ class Bench:
         per_call = 1000 / max(calls[0], 1)
         return {"calls": calls[0], "errors": errors[0], "latency": latency,
                 "server_cpu": (cpu_seconds(server_pid) - server_before) * per_call,
-                "clients_cpu": (own_cpu_seconds() - clients_before) * per_call}
+                "clients_cpu": (own_cpu_seconds() - clients_before) * per_call,
+                "machine": cpu_by_name(machine_before, machine_cpu(), calls[0])}
 
     async def parallel(self, seconds: float = 10, clients: int = 16) -> None:
         assert self.server is not None
@@ -631,7 +660,7 @@ class Bench:
                  unit="call/s", peer=peer,
                  note=f"errors {ours['errors']}; ours latency p50 {statistics.median(ours['latency']):.1f} ms "
                       f"p99 {percentile(ours['latency'], 0.99):.1f} ms; CPU a call: server {ours['server_cpu']:.1f} ms, "
-                      f"clients {ours['clients_cpu']:.1f} ms{peer_note}")
+                      f"clients {ours['clients_cpu']:.1f} ms; {ours['machine']}{peer_note}")
 
     async def floor(self, client: Client, container_id: str, count: int, paced: int, seconds: float = 10,
                     clients: int = 16) -> None:
@@ -700,7 +729,7 @@ class Bench:
 
             self.row(f"{clients} clients, calls/s / no-op tool, bare FastMCP", ours_many["calls"] / seconds,
                      floor_many["calls"] / seconds, unit="call/s",
-                     note=f"CPU a call: ours {cpu(ours_many)}; bare {cpu(floor_many)}")
+                     note=f"CPU a call: ours {cpu(ours_many)}; bare {cpu(floor_many)}; ours: {ours_many['machine']}")
         finally:
             bare.terminate()
             bare.wait(timeout=30)
