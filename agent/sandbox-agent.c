@@ -45,6 +45,11 @@
  * with the reason on stderr. The server forwards a preview URL's connections through it where it
  * cannot enter the sandbox's network namespace itself (gVisor, rootless Podman).
  *
+ * `agent <output_file_max> fd3`: the channel is descriptor 3 (a socket the server passed through
+ * `podman exec --preserve-fds=1`), not stdin and stdout: requests and replies then go straight
+ * between the server and this agent, with no podman process relaying every message. The agent
+ * makes it its stdin and stdout, so that everything below reads and writes as before.
+ *
  * Output files are bounded: `agent [<output_file_max>]`. While a command runs (and for a
  * while after, for background processes still writing), a stream file longer than that keeps
  * its first and its last half; the middle is punched out (a sparse hole, so byte offsets stay
@@ -1271,6 +1276,13 @@ int main(int argc, char **argv) {
         return relay(argv[2]);
     }
     if (argc > 1 && atol(argv[1]) >= 65536) output_file_max = atol(argv[1]);
+    if (argc > 2 && strcmp(argv[2], "fd3") == 0) {
+        if (fcntl(3, F_GETFD) < 0 || dup2(3, 0) < 0 || dup2(3, 1) < 0) {
+            fprintf(stderr, "sandbox-agent: no channel on descriptor 3 (errno %d)\n", errno);
+            return 1;
+        }
+        close(3);
+    }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) return 1;

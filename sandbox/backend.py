@@ -124,8 +124,11 @@ class Backend(Protocol):
                    timeout: float = 60) -> PodmanResult:
         """Run a process in the sandbox to its end; a failure is in the result, not raised."""
 
-    def exec_argv(self, name: str, *argv: str, interactive: bool = False) -> list[str]:
-        """The host command line of a long-lived process in the sandbox (a byte stream both ways)."""
+    def exec_argv(self, name: str, *argv: str, interactive: bool = False, pass_fd: bool = False) -> list[str]:
+        """The host command line of a long-lived process in the sandbox (a byte stream both ways).
+        With ``pass_fd``: the command's stdin (a socket) reaches the process as its descriptor 3
+        instead, and nothing relays its bytes; the command fails at once, saying so on stderr,
+        where the backend cannot pass it."""
 
     async def image_id(self, image: str) -> str:
         """The id of an image as the backend has it, "" when it has none."""
@@ -310,7 +313,10 @@ class PodmanBackend:
         return await self.podman.run("exec", *interactive, name, *argv, stdin=stdin, stdout_limit=stdout_limit,
                                      check=False, timeout=timeout)
 
-    def exec_argv(self, name: str, *argv: str, interactive: bool = False) -> list[str]:
+    def exec_argv(self, name: str, *argv: str, interactive: bool = False, pass_fd: bool = False) -> list[str]:
+        if pass_fd:  # podman exec passes its descriptors 3 and up: a shell moves stdin there first
+            return ["/bin/sh", "-c", 'exec "$0" "$@" 3<&0 </dev/null',
+                    *self.podman.argv("exec", "--preserve-fds=1", name, *argv)]
         return self.podman.argv("exec", *(["-i"] if interactive else []), name, *argv)
 
     async def image_id(self, image: str) -> str:

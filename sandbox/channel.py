@@ -1,6 +1,8 @@
-"""The persistent command channel to one sandbox: a long-lived ``podman exec -i`` running
+"""The persistent command channel to one sandbox: a long-lived ``podman exec`` running
 ``sandbox-agent`` (agent/sandbox-agent.c) inside it, so that a command costs a message
-instead of a ``podman`` process. This module knows the agent's protocol; sandbox.py decides
+instead of a ``podman`` process. Where the runtime can pass a descriptor into the sandbox
+(runc), the messages go over a socket pair straight to the agent; elsewhere (gVisor) over
+``podman exec -i``'s stdin and stdout, which a podman process relays. This module knows the agent's protocol; sandbox.py decides
 when to use a channel and falls back to one ``podman exec`` per call when it cannot.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -72,16 +75,21 @@ class Reply:
 
 
 class AgentChannel:
-    """One ``podman exec -i SANDBOX /run/mcp-sandbox/agent`` and the requests in flight on it."""
+    """One ``podman exec SANDBOX /run/mcp-sandbox/agent`` and the requests in flight on it.
+    ``over_socket``: the host command (backend.exec_argv with pass_fd) hands its stdin to the agent
+    as descriptor 3, and the channel is a socket pair; else the process's stdin and stdout."""
 
-    def __init__(self, argv: list[str], spawn_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, argv: list[str], spawn_options: dict[str, Any] | None = None, over_socket: bool = False) -> None:
         self.argv = argv
         self.spawn_options = spawn_options or {}
+        self.over_socket = over_socket
         self.closed = False
         self.last_used = time.monotonic()
         self.stderr_tail = b""
         self._process: anyio.abc.Process | None = None
         self._stdout: BufferedByteReceiveStream | None = None
+        self._writer: anyio.abc.ByteSendStream | None = None
+        self._socket: anyio.abc.SocketStream | None = None
         self._send_lock = anyio.Lock()
         self._requests = itertools.count(1)
         self._replies: dict[str, Reply] = {}
@@ -91,11 +99,27 @@ class AgentChannel:
     async def open(self, spawn: Callable[..., None], timeout: float = 15) -> None:
         """Start the agent and wait for its ``ready`` line; ``spawn`` runs the reader task."""
         logger.debug("open %s", shlex.join(self.argv))
-        self._process = await anyio.open_process(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **self.spawn_options
-        )
-        assert self._process.stdout is not None
-        self._stdout = BufferedByteReceiveStream(self._process.stdout)
+        if self.over_socket:
+            ours, theirs = socket.socketpair()
+            try:
+                self._process = await anyio.open_process(
+                    self.argv, stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    **self.spawn_options)
+                self._socket = await anyio.abc.UNIXSocketStream.from_socket(ours)
+            except BaseException:
+                ours.close()
+                await kill_process(self._process)
+                raise
+            finally:
+                theirs.close()  # the agent's (and podman's) copies stay: EOF comes when they are all gone
+            self._writer, received = self._socket, self._socket
+        else:
+            self._process = await anyio.open_process(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **self.spawn_options
+            )
+            assert self._process.stdin is not None and self._process.stdout is not None
+            self._writer, received = self._process.stdin, self._process.stdout
+        self._stdout = BufferedByteReceiveStream(received)
         try:
             with anyio.fail_after(timeout):
                 line = await self._stdout.receive_until(b"\n", 1024)
@@ -169,12 +193,12 @@ class AgentChannel:
             table.clear()
 
     async def _send(self, data: bytes) -> None:
-        if self.closed or self._process is None or self._process.stdin is None:
+        if self.closed or self._process is None or self._writer is None:
             raise ChannelClosed("the command channel is closed")
         self.last_used = time.monotonic()
         try:
             async with self._send_lock:
-                await self._process.stdin.send(data)
+                await self._writer.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._fail_all()
             raise ChannelClosed(f"the command channel broke: {exc}") from None
@@ -253,4 +277,7 @@ class AgentChannel:
         """Close the channel; the agent finishes the commands it started and records them."""
         self._fail_all()
         process, self._process = self._process, None
+        held, self._socket, self._writer = self._socket, None, None
+        if held is not None:
+            await held.aclose()  # the agent reads its end of input: it stops taking requests
         await kill_process(process)

@@ -340,6 +340,7 @@ class AgentChannels:
         self._output_file_max_bytes = output_file_max_bytes
         self.max_channels, self.idle_seconds = max_channels, idle_seconds
         self.enabled = False  # set once the server has an agent binary to put into sandboxes
+        self.pass_fd = True  # channels over a socket passed into the sandbox, until the runtime refuses one
         self._channels: dict[str, AgentChannel] = {}
         self._locks: dict[str, anyio.Lock] = {}
         # Whether a sandbox waits in the warm pool: its channel stays open, idle or not, and is not
@@ -362,10 +363,12 @@ class AgentChannels:
             channel = self.open_one(sandbox.container_id)
             if channel is not None:
                 return channel
-            for attempt in range(2):
+            over_socket, installed = self.pass_fd, False
+            while True:
                 channel = AgentChannel(self.backend.exec_argv(
-                    sandbox.name, AGENT_PATH, str(self._output_file_max_bytes), interactive=True
-                ), self._spawn_options())
+                    sandbox.name, AGENT_PATH, str(self._output_file_max_bytes), *(["fd3"] if over_socket else []),
+                    interactive=not over_socket, pass_fd=over_socket,
+                ), self._spawn_options(), over_socket=over_socket)
                 try:
                     await channel.open(self._spawn)
                     break
@@ -373,8 +376,16 @@ class AgentChannels:
                     reason = str(exc)
                     if is_missing_container(reason) or is_not_running(reason):
                         self.exec_runtime.raise_failure(sandbox, PodmanResult(channel.argv, 1, b"", reason))
-                    if attempt == 0 and ("no such file" in reason.lower() or "not found" in reason.lower()):
+                    if not installed and ("no such file" in reason.lower() or "not found" in reason.lower()):
                         await self.exec_runtime.install_helpers(sandbox)
+                        installed = True
+                        continue
+                    if over_socket:  # e.g. gVisor's runsc: "flag provided but not defined: -preserve-fds"
+                        over_socket = False
+                        if "preserve-fds" in reason:
+                            self.pass_fd = False
+                            logger.info("the runtime cannot pass a descriptor into sandboxes (%s); command "
+                                        "channels go through podman exec's stdin and stdout", reason.splitlines()[0])
                         continue
                     logger.warning("no command channel to sandbox %s (%s); using podman exec", sandbox.container_id, reason)
                     return None
