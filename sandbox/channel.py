@@ -278,6 +278,7 @@ class AgentChannel:
         self._fail_all()
         process, self._process = self._process, None
         held, self._socket, self._writer = self._socket, None, None
-        if held is not None:
-            await held.aclose()  # the agent reads its end of input: it stops taking requests
+        if held is not None:  # the agent reads its end of input: it stops taking requests
+            with anyio.CancelScope(shield=True):  # a cancelled caller must still reach the kill below
+                await held.aclose()
         await kill_process(process)
