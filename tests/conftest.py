@@ -98,9 +98,15 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
     holders_before = image_holders()
     yield
     for namespace in sorted(NAMESPACES):
-        names = sandbox_names(namespace)
-        if names:
+        # A removal a stopped server left under way (a fork-bombed gVisor sandbox takes a while to
+        # go) holds the container's lock: the first rm can fail, so ask again for a while.
+        for attempt in range(6):
+            names = sandbox_names(namespace)
+            if not names:
+                break
             podman("rm", "-f", "-v", "-t", "0", *names, check=False)
+            if attempt:
+                time.sleep(5)
         release_disks(namespace)
         # What the servers of this run kept on the host: snapshots, allow-lists.
         shutil.rmtree(Path(server.sandboxes.settings.state_dir) / namespace, ignore_errors=True)
