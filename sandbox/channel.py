@@ -2,8 +2,9 @@
 ``sandbox-agent`` (agent/sandbox-agent.c) inside it, so that a command costs a message
 instead of a ``podman`` process. Where the runtime can pass a descriptor into the sandbox
 (runc), the messages go over a socket pair straight to the agent; elsewhere (gVisor) over
-``podman exec -i``'s stdin and stdout, which a podman process relays. This module knows the agent's protocol; sandbox.py decides
-when to use a channel and falls back to one ``podman exec`` per call when it cannot.
+``podman exec -i``'s stdin and stdout, which a podman process relays. This module knows the
+agent's protocol; runtime.py decides when to use a channel and falls back to one
+``podman exec`` per call when it cannot.
 """
 
 from __future__ import annotations
