@@ -52,6 +52,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -329,8 +330,9 @@ class Bench:
                "SANDBOX_NAMESPACE": namespace, "SANDBOX_IMAGE": self.image, "LOG_LEVEL": "warning", **settings}
         if namespace not in self.namespaces:
             self.namespaces.append(namespace)
-        server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = open(Path(tempfile.gettempdir()) / f"mcp-bench-{namespace}.log", "ab")  # kept: for a row that failed
+        server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT, stdout=log, stderr=log)
+        log.close()
         for _ in range(300):
             try:
                 httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -552,7 +554,7 @@ class Bench:
         """Once the server's pool holds what it aims at and starts no more."""
         deadline = time.monotonic() + seconds
         while True:
-            try:  # /health asks Podman (version, ps): with 1,000 live and creates under way, seconds
+            try:  # /health asks Podman: behind creates under way it can take a while
                 state = (await anyio.to_thread.run_sync(lambda: httpx.get(url + "/health", timeout=30))).json()["pool"]
             except httpx.TimeoutException:
                 if time.monotonic() > deadline:
@@ -561,7 +563,8 @@ class Bench:
             if state["ready"] >= state["target"] and not state["starting"]:
                 return state
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the pool did not settle: {state}")
+                raise RuntimeError(f"the pool did not settle: {state} (the server's log: "
+                                   f"{tempfile.gettempdir()}/mcp-bench-<namespace>.log)")
             await anyio.sleep(0.5)
 
     async def create_into(self, client: Client, ids: list[str]) -> None:

@@ -24,7 +24,7 @@ from .commands import CommandRunner, ProgressCallback
 from .config import SandboxSettings
 from .containers import SandboxContainers
 from .disks import SandboxDisks
-from .egress import Egress
+from .egress import BRIDGE_MAX_PORTS, Egress
 from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
 from .files import FileDownload
 from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
@@ -101,7 +101,7 @@ class SandboxManager:
                                self.registry.get, self.registry.live, self.backend)
         self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
                              lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds,
-                             lambda: settings.max_containers - len(self.registry))
+                             self._room)
         self.channels.pooled = self.pool.holds
         # destroy_container answers at once; the container goes in the background (removals.py).
         self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
@@ -157,6 +157,15 @@ class SandboxManager:
         await self._background.stop()
         await self.disks.release_spares()
         self.podman.close()
+
+    def _room(self) -> int:
+        """How many more sandboxes may exist now: SANDBOX_MAX_CONTAINERS less the live ones and, on
+        a bridge, its ports less those of live sandboxes and of removals under way (a warm pool
+        that grew past them would retry its podman run every 10 s against netavark's "Exchange full")."""
+        room = self.settings.max_containers - len(self.registry)
+        if self.egress.bridge is not None:
+            room = min(room, BRIDGE_MAX_PORTS - len(self.registry) - self.removals.under_way())
+        return room
 
     async def adopt(self) -> list[str]:
         return await self.lifecycle.adopt()
