@@ -333,6 +333,17 @@ class Egress:
     async def stop(self) -> None:
         await self.proxy.stop()
 
+    def bridge_ports_free(self, sys_class_net: str = "/sys/class/net") -> int | None:
+        """Ports the sandbox bridge can still take (BRIDGE_MAX_PORTS less those it has, whoever
+        made them: other servers' sandboxes on the same network count too); None without a bridge
+        or before netavark made it (no sandbox on it yet)."""
+        if self.bridge is None:
+            return None
+        try:
+            return BRIDGE_MAX_PORTS - len(os.listdir(f"{sys_class_net}/{self.bridge.interface}/brif"))
+        except OSError:
+            return None
+
     def hold_bridge_address(self) -> None:
         """Keep the gateway's MAC address from changing as sandboxes come and go (see hold_address);
         called at start, after each container start on the bridge (netavark makes the bridge anew

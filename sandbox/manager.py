@@ -24,7 +24,7 @@ from .commands import CommandRunner, ProgressCallback
 from .config import SandboxSettings
 from .containers import SandboxContainers
 from .disks import SandboxDisks
-from .egress import BRIDGE_MAX_PORTS, Egress
+from .egress import Egress
 from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
 from .files import FileDownload
 from .gone import GONE_DESTROYED, GONE_EXPIRED, GONE_REMOVED, GoneCommands
@@ -159,13 +159,12 @@ class SandboxManager:
         self.podman.close()
 
     def _room(self) -> int:
-        """How many more sandboxes may exist now: SANDBOX_MAX_CONTAINERS less the live ones and, on
-        a bridge, its ports less those of live sandboxes and of removals under way (a warm pool
-        that grew past them would retry its podman run every 10 s against netavark's "Exchange full")."""
+        """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes and, on
+        a bridge, the ports it has left plus those the pool holds (a pool that grew past them would
+        retry its podman run every 10 s against netavark's "Exchange full")."""
         room = self.settings.max_containers - len(self.registry)
-        if self.egress.bridge is not None:
-            room = min(room, BRIDGE_MAX_PORTS - len(self.registry) - self.removals.under_way())
-        return room
+        free = self.egress.bridge_ports_free()
+        return room if free is None else min(room, len(self.pool) + free)
 
     async def adopt(self) -> list[str]:
         return await self.lifecycle.adopt()

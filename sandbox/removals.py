@@ -30,10 +30,6 @@ class Removals:
         self._running: set[str] = set()
         self._at_once: anyio.CapacityLimiter | None = None  # made in the event loop, at the first removal
 
-    def under_way(self) -> int:
-        """How many removals are running now (their containers still hold what they had)."""
-        return len(self._running)
-
     def marked(self) -> set[str]:
         """The sandboxes (container names) whose removal was begun and has not finished."""
         try:

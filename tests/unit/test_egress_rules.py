@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from sandbox.backend import BridgeNetwork
 from sandbox.config import SandboxSettings
-from sandbox.egress import BLOCKED_V4, BLOCKED_V6, listening_ports, ruleset, sandbox_resolvers, table_name, upstream_resolvers
+from sandbox.egress import BLOCKED_V4, BRIDGE_MAX_PORTS, Egress, BLOCKED_V6, listening_ports, ruleset, sandbox_resolvers, table_name, upstream_resolvers
 from sandbox.errors import InvalidAllowList
 from sandbox.proxy import address_blocked, check_allow_domains, domain_allowed
 
@@ -155,3 +156,16 @@ def test_the_proxy_refuses_blocked_addresses_unless_an_operator_opened_them() ->
         assert address_blocked(address, blocked, ()), address
     assert not address_blocked("203.0.113.80", blocked, ())
     assert not address_blocked("10.1.2.3", blocked, ("10.1.2.0/24",))
+
+
+def test_the_ports_a_bridge_has_left_are_read_from_the_kernels_list_of_them(tmp_path: Path) -> None:
+    """What bounds the warm pool on a bridge (manager._room): every port counts, whoever made it."""
+    egress = Egress(SandboxSettings.from_env({}), backend=None, env={})  # type: ignore[arg-type]
+    assert egress.bridge_ports_free(str(tmp_path)) is None  # no bridge network
+    egress.bridge = BRIDGE
+    assert egress.bridge_ports_free(str(tmp_path)) is None  # netavark makes the bridge with its first port
+    ports = tmp_path / BRIDGE.interface / "brif"
+    ports.mkdir(parents=True)
+    for index in range(5):
+        (ports / f"veth{index}").mkdir()
+    assert egress.bridge_ports_free(str(tmp_path)) == BRIDGE_MAX_PORTS - 5
