@@ -114,6 +114,7 @@ say "Podman $(podman version --format '{{.Client.Version}}') starts sandboxes fr
 # ---- Python environment
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   say "creating $ROOT/.venv"
+  rm -rf "$ROOT/.venv"  # a dangling link or a half-made folder
   "$PYTHON" -m venv "$ROOT/.venv"
 fi
 extras=""
@@ -137,7 +138,10 @@ fi
 clients_stamp="$ROOT/.venv-clients/.installed"
 if [ "$WANT_TEST" -eq 1 ] && { [ ! -f "$clients_stamp" ] || [ "$ROOT/tests/clients/requirements.txt" -nt "$clients_stamp" ]; }; then
   say "installing the agent frameworks (tests/clients/requirements.txt) into .venv-clients"
-  [ -x "$ROOT/.venv-clients/bin/python" ] || "$PYTHON" -m venv "$ROOT/.venv-clients"
+  if [ ! -x "$ROOT/.venv-clients/bin/python" ]; then  # also a dangling link or a half-made folder
+    rm -rf "$ROOT/.venv-clients"
+    "$PYTHON" -m venv "$ROOT/.venv-clients"
+  fi
   "$ROOT/.venv-clients/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/tests/clients/requirements.txt" >&2
   touch "$clients_stamp"
 fi
