@@ -37,7 +37,7 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
              a fork, create_container(snapshot_id=, network=false), of a snapshot of 1 MB  vs  an unpooled
              create_container(network=false) from the image, and podman run -d
   preview    1 KB GETs and a 50 MB GET through a preview URL (expose_port; keep-alive, httpx)  vs  the same
-             requests from inside the sandbox to its own port (tests/apps/preview-app.c, client and server)
+             requests from inside the sandbox to its own port (tests/support/apps/preview-app.c, client and server)
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ import shutil
 import socket
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -65,14 +65,20 @@ import httpx
 from fastmcp import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
 
-from sandbox.sweep import build_static, image_holders, release_namespace, remove_image_holders  # noqa: E402
-from sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
-from sandbox.backend import PodmanBackend  # noqa: E402
-from sandbox.channel import AgentChannel  # noqa: E402
-from sandbox.layout import AGENT_PATH  # noqa: E402
-from sandbox.podman import Podman  # noqa: E402
+from support.sweep import (  # noqa: E402
+    build_static,
+    image_holders,
+    release_namespace,
+    remove_image_holders,
+)
+
+from mcp_container_sandbox.sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
+from mcp_container_sandbox.sandbox.backend.podman import PodmanBackend  # noqa: E402
+from mcp_container_sandbox.sandbox.backend.podman_cli import Podman  # noqa: E402
+from mcp_container_sandbox.sandbox.paths import AGENT_PATH  # noqa: E402
+from mcp_container_sandbox.sandbox.runtime.channel import AgentChannel  # noqa: E402
 
 ROWS = ["create", "life", "burst", "unpooled", "exec", "parallel", "floor", "live300", "scale", "output", "download", "proxy", "snapshot", "preview", "interactive"]
 TARGET_NAME = "mcp-sandbox-bench.test"  # .test: a name for testing that never resolves elsewhere
@@ -939,7 +945,7 @@ class Bench:
         await client.call_tool("destroy_container", {"container_id": source})
 
     async def preview(self, client: Client, requests: int = 200, rounds: int = 5, size_mb: int = 50) -> None:
-        app = build_static(ROOT / "tests" / "apps" / "preview-app.c", ROOT / "build" / "preview-app")
+        app = build_static(ROOT / "tests" / "support" / "apps" / "preview-app.c", ROOT / "build" / "preview-app")
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
         await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app", "mode": "755",
                                               "content": base64.b64encode(app).decode(), "encoding": "base64"})

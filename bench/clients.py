@@ -1,6 +1,6 @@
 """Model round trips for a long command, per client at its defaults.
 
-Starts the server (python server.py --http), then runs the full flow of tests/clients/flow.py
+Starts the server (python server.py), then runs the full flow of tests/e2e/frameworks/flow.py
 and tests/e2e/flow.mjs through each framework with a command of --seconds (60 by default),
 the scripted stand-in for the model following our messages verbatim, and prints per client: the
 calls from starting the command to its result (execute_command plus each check_container), the
@@ -28,17 +28,18 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from sandbox.config import SandboxSettings  # noqa: E402
-from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
+from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+
+from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 E2E = ROOT / "tests" / "e2e"
 CLIENTS = {  # client: (flow command, package whose version is shown)
-    "OpenAI Agents SDK": ([str(CLIENTS_PYTHON), "tests/clients/flow.py", "openai-agents"], "openai-agents"),
-    "pydantic-ai (MCPToolset)": ([str(CLIENTS_PYTHON), "tests/clients/flow.py", "pydantic-ai"], "pydantic-ai-slim"),
-    "LangChain MCP adapters": ([str(CLIENTS_PYTHON), "tests/clients/flow.py", "langchain"], "langchain-mcp-adapters"),
-    "google-genai (MCP session)": ([str(CLIENTS_PYTHON), "tests/clients/flow.py", "google-genai"], "google-genai"),
+    "OpenAI Agents SDK": ([str(CLIENTS_PYTHON), "tests/e2e/frameworks/flow.py", "openai-agents"], "openai-agents"),
+    "pydantic-ai (MCPToolset)": ([str(CLIENTS_PYTHON), "tests/e2e/frameworks/flow.py", "pydantic-ai"], "pydantic-ai-slim"),
+    "LangChain MCP adapters": ([str(CLIENTS_PYTHON), "tests/e2e/frameworks/flow.py", "langchain"], "langchain-mcp-adapters"),
+    "google-genai (MCP session)": ([str(CLIENTS_PYTHON), "tests/e2e/frameworks/flow.py", "google-genai"], "google-genai"),
     "TypeScript SDK": (["node", str(E2E / "flow.mjs"), "http"], "@modelcontextprotocol/sdk"),
     "mcp-remote (stdio bridge)": (["node", str(E2E / "flow.mjs"), "mcp-remote"], "mcp-remote"),
 }
@@ -65,7 +66,7 @@ def main() -> None:
     env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "SANDBOX_POOL_SIZE": "0",
            "SANDBOX_PROXY_PORT": str(free_port()), "OPENAI_AGENTS_DISABLE_TRACING": "1"}
     holders_before = image_holders()
-    server = subprocess.Popen([sys.executable, "server.py", "--http"], cwd=ROOT, env=env,
+    server = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

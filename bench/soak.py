@@ -25,7 +25,14 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import free_port, image_holders, release_namespace, remove_image_holders, rss_mb, SandboxSettings  # noqa: E402
+from bench import (  # noqa: E402
+    SandboxSettings,
+    free_port,
+    image_holders,
+    release_namespace,
+    remove_image_holders,
+    rss_mb,
+)
 
 
 async def soak(calls: int, clients: int) -> int:

@@ -6,7 +6,7 @@
 #     registry can provide the default image, a local busybox image built on the spot;
 #   - a Python virtual environment in .venv with the project installed;
 #   - with --test: the test extras; MCP Inspector's CLI, the TypeScript SDK and mcp-remote (npm);
-#     and the agent frameworks in .venv-clients (tests/clients/requirements.txt).
+#     and the agent frameworks in .venv-clients (tests/e2e/frameworks/requirements.txt).
 # Progress goes to stderr. With --env, the last line on stdout is an `export SANDBOX_IMAGE=...`
 # for the caller to eval.
 set -euo pipefail
@@ -92,10 +92,10 @@ if [ ! -x "$AGENT" ] || [ "$ROOT/agent/sandbox-agent.c" -nt "$AGENT" ]; then
 fi
 
 # ---- a runtime that works on this host, with the limits the server uses
-# (the limits as sandbox/config.py states them, read without the project's dependencies)
+# (the limits as mcp_container_sandbox/sandbox/contract.py states them, read without the project's dependencies)
 read -r -a limit_flags < <("$PYTHON" -c 'import runpy, sys; c = runpy.run_path(sys.argv[1])
-print(" ".join(c["LIMIT_FLAGS"] + c["ULIMIT_FLAGS"]))' "$ROOT/sandbox/config.py")
-[ "${#limit_flags[@]}" -gt 0 ] || { say "could not read the limits from sandbox/config.py"; exit 1; }
+print(" ".join(c["LIMIT_FLAGS"] + c["ULIMIT_FLAGS"]))' "$ROOT/mcp_container_sandbox/sandbox/contract.py")
+[ "${#limit_flags[@]}" -gt 0 ] || { say "could not read the limits from mcp_container_sandbox/sandbox/contract.py"; exit 1; }
 probe() {
   podman run --rm --init "${limit_flags[@]}" --entrypoint /bin/sh "$IMAGE" -c 'echo ok' 2>&1
 }
@@ -136,13 +136,13 @@ fi
 
 # ---- the agent frameworks, in a venv of their own (they pin their own mcp)
 clients_stamp="$ROOT/.venv-clients/.installed"
-if [ "$WANT_TEST" -eq 1 ] && { [ ! -f "$clients_stamp" ] || [ "$ROOT/tests/clients/requirements.txt" -nt "$clients_stamp" ]; }; then
-  say "installing the agent frameworks (tests/clients/requirements.txt) into .venv-clients"
+if [ "$WANT_TEST" -eq 1 ] && { [ ! -f "$clients_stamp" ] || [ "$ROOT/tests/e2e/frameworks/requirements.txt" -nt "$clients_stamp" ]; }; then
+  say "installing the agent frameworks (tests/e2e/frameworks/requirements.txt) into .venv-clients"
   if [ ! -x "$ROOT/.venv-clients/bin/python" ]; then  # also a dangling link or a half-made folder
     rm -rf "$ROOT/.venv-clients"
     "$PYTHON" -m venv "$ROOT/.venv-clients"
   fi
-  "$ROOT/.venv-clients/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/tests/clients/requirements.txt" >&2
+  "$ROOT/.venv-clients/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/tests/e2e/frameworks/requirements.txt" >&2
   touch "$clients_stamp"
 fi
 

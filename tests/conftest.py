@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import anyio
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,15 +48,18 @@ def _test_image() -> str:
     return OFFLINE_IMAGE
 
 
-# Settings are read when server.py is imported: the in-memory server uses this run's namespace.
+# The in-memory server, and every server process a test starts, use this run's namespace and image.
 os.environ["SANDBOX_IMAGE"] = _test_image()
 os.environ["SANDBOX_NAMESPACE"] = RUN_ID
 os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
-sys.path.insert(0, str(ROOT))
 
-import server  # noqa: E402
-from sandbox.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from fastmcp import Client  # noqa: E402
+from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+
+from mcp_container_sandbox.app import create_app  # noqa: E402
+from mcp_container_sandbox.settings import Settings  # noqa: E402
+
+APP = create_app(Settings.from_env())  # the server the in-memory client talks to (started by its lifespan)
 
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
 
@@ -109,17 +112,17 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
                 time.sleep(5)
         release_disks(namespace)
         # What the servers of this run kept on the host: snapshots, allow-lists.
-        shutil.rmtree(Path(server.sandboxes.settings.state_dir) / namespace, ignore_errors=True)
+        shutil.rmtree(Path(APP.sandboxes.settings.state_dir) / namespace, ignore_errors=True)
     remove_image_holders(holders_before)
 
 
 def disk_dir(namespace: str) -> Path:
     """Where a namespace's sandbox disks live (sandbox/disks.py)."""
-    return Path(server.sandboxes.settings.disk_dir) / namespace
+    return Path(APP.sandboxes.settings.disk_dir) / namespace
 
 
 def release_disks(namespace: str) -> None:
-    release_namespace(server.sandboxes.settings.disk_dir, namespace)
+    release_namespace(APP.sandboxes.settings.disk_dir, namespace)
 
 
 @pytest.fixture
@@ -130,7 +133,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     """FastMCP's client talking to the server in memory."""
-    async with Client(server.mcp) as mcp_client:
+    async with Client(APP.mcp) as mcp_client:
         yield mcp_client
 
 

@@ -1,6 +1,6 @@
 // The full flow through the TypeScript SDK's client at its defaults (60 s request timeout), over
 // streamable HTTP, or over stdio through mcp-remote (as Claude Desktop runs a remote server).
-// The same scripted stand-in for a model as tests/clients/flow.py: each step in order; a command
+// The same scripted stand-in for a model as tests/e2e/frameworks/flow.py: each step in order; a command
 // still running is followed with the call the server's message names, wait_seconds included.
 //
 //   node tests/e2e/flow.mjs <http|mcp-remote> <server url ending in /mcp> [seconds of the long command] [wait to ask]

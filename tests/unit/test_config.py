@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.config import DEFAULT_IMAGE, SandboxSettings, ServerSettings
+from mcp_container_sandbox.settings import (
+    DEFAULT_IMAGE,
+    SandboxSettings,
+    ServerSettings,
+)
 
 
 def test_defaults_are_the_contracts() -> None:

@@ -8,8 +8,13 @@ import json
 
 import pytest
 
-from sandbox.records import parse_report
-from sandbox import changed_settings, machinery_failure, system_env, why_limits_fail
+from mcp_container_sandbox.sandbox import (
+    changed_settings,
+    machinery_failure,
+    system_env,
+    why_limits_fail,
+)
+from mcp_container_sandbox.sandbox.runtime.command_records import parse_report
 
 
 def podman_info(rootless: bool, version: str, controllers: list[str]) -> dict:

@@ -9,11 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.backend import BridgeNetwork
-from sandbox.config import SandboxSettings
-from sandbox.egress import BLOCKED_V4, BRIDGE_MAX_PORTS, Egress, BLOCKED_V6, listening_ports, ruleset, sandbox_resolvers, table_name, upstream_resolvers
-from sandbox.errors import InvalidAllowList
-from sandbox.proxy import address_blocked, check_allow_domains, domain_allowed
+from mcp_container_sandbox.sandbox.backend.abstract import BridgeNetwork
+from mcp_container_sandbox.sandbox.errors import InvalidAllowList
+from mcp_container_sandbox.sandbox.network.egress import (
+    BLOCKED_V4,
+    BLOCKED_V6,
+    BRIDGE_MAX_PORTS,
+    Egress,
+    listening_ports,
+    ruleset,
+    sandbox_resolvers,
+    table_name,
+    upstream_resolvers,
+)
+from mcp_container_sandbox.sandbox.network.proxy import (
+    address_blocked,
+    check_allow_domains,
+    domain_allowed,
+)
+from mcp_container_sandbox.settings import SandboxSettings
 
 BRIDGE = BridgeNetwork("mcp-sandbox", "podman7", ("10.89.6.0/24",), ("10.89.6.1",))
 

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
-import results
-import server
-from sandbox import layout
-from sandbox.errors import InvalidPath
-from sandbox.files import check_absolute_path, content_type, write_refusal
-from sandbox.records import SANDBOX_LIB, parse_report
+import mcp_container_sandbox.tools.shaping as results
+from mcp_container_sandbox.sandbox import paths as layout
+from mcp_container_sandbox.sandbox.errors import InvalidPath, write_refusal
+from mcp_container_sandbox.sandbox.runtime.command_records import parse_report
+from mcp_container_sandbox.sandbox.runtime.helpers import SANDBOX_LIB
+from mcp_container_sandbox.sandbox.storage.downloads import (
+    check_absolute_path,
+    content_type,
+)
+from mcp_container_sandbox.web.routes import content_disposition
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +43,7 @@ def test_a_write_refusal_explains_the_agents_reason() -> None:
 
 
 def test_a_download_names_its_file_for_old_and_new_browsers() -> None:
-    header = server._content_disposition("résumé 1.pdf")
+    header = content_disposition("résumé 1.pdf")
     assert header == "attachment; filename=\"r_sum__1.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.pdf"
 
 

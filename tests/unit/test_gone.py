@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sandbox.gone import GONE_DESTROYED, GONE_REMOVED, MAX_SEEN_RUNNING, MAX_TOMBSTONES, SEEN_OUTPUT_CHARS, TOMBSTONE_SECONDS, GoneCommands
-from sandbox.model import Sandbox
+from mcp_container_sandbox.sandbox.model import Sandbox
+from mcp_container_sandbox.sandbox.runtime.gone_commands import (
+    GONE_DESTROYED,
+    GONE_REMOVED,
+    MAX_SEEN_RUNNING,
+    MAX_TOMBSTONES,
+    SEEN_OUTPUT_CHARS,
+    TOMBSTONE_SECONDS,
+    GoneCommands,
+)
 
 CID = "a" * 32
 CMD = "cmd_0123456789abcdef"

@@ -13,9 +13,14 @@ from typing import Any
 import anyio
 import pytest
 
-from sandbox.config import SandboxSettings
-from sandbox.model import Sandbox
-from sandbox.pool import REFILL_AFTER_SECONDS, WarmPool, pool_target, recent_peak
+from mcp_container_sandbox.sandbox.model import Sandbox
+from mcp_container_sandbox.sandbox.pool import (
+    REFILL_AFTER_SECONDS,
+    WarmPool,
+    pool_target,
+    recent_peak,
+)
+from mcp_container_sandbox.settings import SandboxSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -156,7 +161,7 @@ async def test_what_waits_for_a_burst_of_creates_goes_on_when_the_last_one_ends_
 
 async def test_a_burst_is_remembered_for_the_idle_time_however_many_creates_follow_it(monkeypatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("sandbox.pool.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("mcp_container_sandbox.sandbox.pool.time.monotonic", lambda: clock[0])
     stand_in = StandIn(make_seconds=0.01)
     pool = stand_in.pool(1, ceiling=4, idle_seconds=300)
     for _ in range(4):  # a burst

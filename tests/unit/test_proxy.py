@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sandbox.proxy import EgressProxy
+from mcp_container_sandbox.sandbox.network.proxy import EgressProxy
 
 pytestmark = pytest.mark.anyio
 

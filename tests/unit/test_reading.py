@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sandbox.reading import parse_listing
-from sandbox.records import killed_by
+from mcp_container_sandbox.sandbox.runtime.command_records import killed_by
+from mcp_container_sandbox.sandbox.storage.file_reading import parse_listing
 
 
 def test_listing_lines_become_entries_and_a_name_with_a_newline_stays_whole() -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.records import MAX_LISTED_COMMANDS, CommandState, last_line, parse_command_list, parse_report
+from mcp_container_sandbox.sandbox.runtime.command_records import (
+    MAX_LISTED_COMMANDS,
+    CommandState,
+    last_line,
+    parse_command_list,
+    parse_report,
+)
 
 ID = "cmd_0123456789abcdef"
 

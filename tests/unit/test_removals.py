@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sandbox.errors import SandboxError
-from sandbox.removals import Removals
-from sandbox.tasks import BackgroundTasks
+from mcp_container_sandbox.sandbox.background import BackgroundTasks
+from mcp_container_sandbox.sandbox.errors import SandboxError
+from mcp_container_sandbox.sandbox.removals import Removals
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from schemas import portable
+from mcp_container_sandbox.tools.schemas import portable
 
 
 def test_optional_parameters_become_nullable_types_and_the_top_level_flag_goes() -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from sandbox.backend import ContainerSpec, run_args
-from sandbox.config import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
-from sandbox.errors import SandboxLimitReached, SandboxNotFound
-from sandbox.model import Sandbox
-from sandbox.registry import SandboxRegistry
+from mcp_container_sandbox.sandbox.backend.abstract import ContainerSpec
+from mcp_container_sandbox.sandbox.backend.podman import run_args
+from mcp_container_sandbox.sandbox.contract import (
+    HARDENING_FLAGS,
+    LIMIT_FLAGS,
+    ULIMIT_FLAGS,
+)
+from mcp_container_sandbox.sandbox.errors import SandboxLimitReached, SandboxNotFound
+from mcp_container_sandbox.sandbox.model import Sandbox
+from mcp_container_sandbox.sandbox.registry import SandboxRegistry
 
 
 def _contains(args: list[str], flags: tuple[str, ...]) -> bool:

@@ -14,9 +14,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sandbox.errors import SandboxError, SnapshotLimitReached, SnapshotNotFound, SnapshotTooLarge
-from sandbox.layers import pack, unpack
-from sandbox.snapshots import REASON_EXPIRED, Snapshot, Snapshots, check_name
+from mcp_container_sandbox.sandbox.backend.layers import pack, unpack
+from mcp_container_sandbox.sandbox.errors import (
+    SandboxError,
+    SnapshotLimitReached,
+    SnapshotNotFound,
+    SnapshotTooLarge,
+)
+from mcp_container_sandbox.sandbox.storage.snapshots import (
+    REASON_EXPIRED,
+    Snapshot,
+    Snapshots,
+    check_name,
+)
 
 
 def store(tmp_path: Path, max_per_tenant: int = 10, max_bytes: int = 10**9) -> Snapshots:

@@ -4,17 +4,13 @@ are framed, what is refused, and which connections are kept."""
 from __future__ import annotations
 
 import socket
-import sys
-from pathlib import Path
 
 import anyio
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import upstream  # noqa: E402
-from sandbox.netns import SocketBytes  # noqa: E402
-from upstream import Connection, Upstreams, UpstreamError  # noqa: E402
+from mcp_container_sandbox.sandbox.backend.netns import SocketBytes
+from mcp_container_sandbox.web import upstream
+from mcp_container_sandbox.web.upstream import Connection, UpstreamError, Upstreams
 
 
 async def exchange(answer: bytes, method: bytes = b"GET") -> tuple[upstream.Head | None, bytes, str]:

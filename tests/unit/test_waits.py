@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import waits
-from waits import FIRST_WAIT, LONG_WAIT, SessionWaits, WaitAdvisor
+import mcp_container_sandbox.tools.waits as waits
+from mcp_container_sandbox.tools.waits import (
+    FIRST_WAIT,
+    LONG_WAIT,
+    SessionWaits,
+    WaitAdvisor,
+)
 
 
 def test_a_python_sdk_client_that_did_not_name_itself_is_told_a_short_wait_unless_it_asks_for_progress() -> None:

@@ -1,0 +1,413 @@
+"""The Podman backend: sandboxes as Podman containers, driven through the podman CLI
+(podman_cli.py). It implements ``Backend`` (abstract.py): makes a container from a
+ContainerSpec with the product's limits, finds and removes it, freezes it for a snapshot, and
+runs processes or opens connections inside it (netns.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, Process
+
+from ..contract import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
+from ..errors import DiskUnavailable, PodmanError, PortClosed, SandboxStopped
+from ..paths import AGENT_PATH
+from . import netns
+from .abstract import BridgeNetwork, Container, ContainerSpec, ImageRoot
+from .layers import unpack
+from .podman_cli import (
+    Podman,
+    PodmanResult,
+    _read_capped,
+    is_missing_container,
+    is_not_running,
+    kill_process,
+)
+
+# A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
+# would delete the layers under running sandboxes. A stopped container per image (never
+# started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
+logger = logging.getLogger("mcp_sandbox.backend")
+
+LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+FREEZE_SECONDS = 10  # a process in uninterruptible sleep can hold a freeze up
+
+
+class PodmanBackend:
+    """Sandboxes as containers of the local Podman."""
+
+    def __init__(self, podman: Podman) -> None:
+        self.podman = podman
+        self._ids: dict[str, str] = {}  # container name -> Podman's full id, as start and list learn them
+        self._frozen: dict[str, Freezer | None] = {}  # how each frozen container was frozen (None: podman pause)
+        self._paused: set[str] = set()  # containers list() saw paused
+        self._netns: dict[str, netns.Netns] = {}  # network namespaces entered for preview connections
+        self._enter_netns: bool | None = None  # decided at the first connection
+
+    async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
+        if layer is None:
+            started = await self.podman.run(*run_args(spec), timeout=300, whole=True)
+            self._ids[spec.name] = started.stdout.decode(errors="replace").strip()
+            return started.stderr
+        # Made, filled and then started: an overlay's upper folder is written only while unmounted.
+        created = await self.podman.run("create", *run_args(spec)[2:], timeout=300, whole=True)
+        self._ids[spec.name] = created.stdout.decode(errors="replace").strip()
+        upper, _ = await self.writable_layer(spec.name)
+        if not upper:
+            raise PodmanError(["podman", "create"], 0, "", "Podman's storage keeps no overlay layer to fill from "
+                              "the snapshot; forks need sandbox disks or Podman's overlay storage.")
+        await unpack(layer, Path(upper), self.podman.env)
+        await self.podman.run("start", spec.name, timeout=300, whole=True)
+        return created.stderr
+
+    async def writable_layer(self, name: str) -> tuple[str, str]:
+        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
+        entry = (json.loads(result.stdout or b"[{}]") or [{}])[0]
+        driver = entry.get("GraphDriver") or {}
+        upper = (driver.get("Data") or {}).get("UpperDir") or ""
+        return (upper if driver.get("Name") == "overlay" else ""), str(entry.get("Image") or "")
+
+    async def freeze(self, name: str) -> bool:
+        # The container's cgroup freezer directly where it is found (~1 ms), else `podman pause`
+        # (~80 ms: a second Podman process on each side of a snapshot).
+        freezer = Freezer.of(self._ids.get(name, ""))
+        if freezer is not None:
+            try:
+                await freezer.freeze()
+            except OSError as exc:
+                raise PodmanError(["podman", "pause"], None, str(exc), "Try again.") from None
+            self._frozen[name] = freezer
+            return True
+        result = await self.podman.run("pause", "--", name, check=False, timeout=60)
+        if result.exit_code != 0:
+            if is_not_running(result.stderr):
+                return False
+            raise PodmanError(result.argv, result.exit_code, result.stderr, "Try again.")
+        self._frozen[name] = None
+        return True
+
+    async def connect(self, name: str, port: int) -> ByteStream:
+        # From the host into the container's network namespace (microseconds) where the server
+        # may and the runtime's network is the kernel's; else the agent relays it (podman exec).
+        if self._enter_netns is None:
+            runtime = os.path.basename(self.podman.runtime or "runc")
+            self._enter_netns = runtime in ("runc", "crun") and netns.usable()
+            logger.info("preview connections %s", "enter sandboxes' network namespaces" if self._enter_netns
+                        else "go through the sandbox agent's relay")
+        if self._enter_netns:
+            return await (await self._netns_of(name)).connect(port)
+        return await self._relay(name, port)
+
+    async def _netns_of(self, name: str) -> netns.Netns:
+        held = self._netns.get(name)
+        if held is not None and held.current():
+            return held
+        if held is not None:
+            held.close()
+            del self._netns[name]
+        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", name,
+                                       check=False, timeout=30)
+        pid = int(result.stdout.strip() or 0) if result.exit_code == 0 else 0
+        if pid <= 0:
+            raise SandboxStopped(f"The sandbox is not running, so nothing can be served from it ({result.stderr.strip()[-200:]}).")
+        try:
+            self._netns[name] = netns.Netns(pid)
+        except OSError as exc:
+            raise SandboxStopped(f"The sandbox's network could not be entered: {exc}.") from None
+        return self._netns[name]
+
+    async def _relay(self, name: str, port: int) -> ByteStream:
+        process = await anyio.open_process(self.exec_argv(name, AGENT_PATH, "relay", str(port), interactive=True),
+                                           **self.podman.spawn_options)
+        said = b""
+        with anyio.move_on_after(30):
+            assert process.stdout is not None
+            while len(said) < 3:
+                try:
+                    said += await process.stdout.receive(3 - len(said))
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+        if said != b"ok\n":
+            why = b""
+            with anyio.move_on_after(5):
+                why, _ = await _read_capped(process.stderr, 4096)
+            await kill_process(process)
+            reason = why.decode(errors="replace").strip().removeprefix("relay: ") or "no answer"
+            if "refused" in reason.lower():
+                raise PortClosed(port, reason)
+            raise PodmanError(self.exec_argv(name, AGENT_PATH, "relay"), None, reason, "Try again.")
+        return RelayStream(process)
+
+    async def thaw(self, name: str) -> None:
+        paused = name in self._frozen or name in self._paused
+        freezer = self._frozen.pop(name, None) or Freezer.of(self._ids.get(name, ""))
+        self._paused.discard(name)
+        if freezer is not None:
+            if freezer.frozen():
+                freezer.thaw()
+        elif paused:
+            await self.podman.run("unpause", "--", name, check=False, timeout=60)
+
+    async def restart(self, name: str) -> None:
+        await self.podman.run("start", name, timeout=60, whole=True)
+
+    async def remove(self, name: str) -> PodmanResult:
+        held = self._netns.pop(name, None)
+        if held is not None:
+            held.close()
+        self._ids.pop(name, None)
+        return await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120, whole=True)
+
+    async def list(self, labels: Mapping[str, str]) -> list[Container]:
+        filters = [arg for key, value in labels.items() for arg in ("--filter", f"label={key}={value}")]
+        result = await self.podman.run("ps", "-a", "--format", "json", *filters)
+        containers = []
+        for entry in json.loads(result.stdout or b"[]") or []:
+            names = entry.get("Names") or []
+            name = names[0] if names else entry.get("Id", "")
+            if entry.get("Id"):
+                self._ids[name] = entry["Id"]
+            if entry.get("State") == "paused":
+                self._paused.add(name)
+            containers.append(Container(name, entry.get("Labels") or {}, entry.get("State") == "running",
+                                        entry.get("Image", ""), entry.get("State") == "paused"))
+        return containers
+
+    async def status(self, name: str) -> PodmanResult:
+        return await self.podman.run(
+            "inspect", "--format", "{{.State.Status}}", "--type", "container", name, check=False, timeout=30
+        )
+
+    async def exec(self, name: str, *argv: str, stdin: bytes | None = None, stdout_limit: int = 1024 * 1024,
+                   timeout: float = 60) -> PodmanResult:
+        interactive = ["-i"] if stdin is not None else []
+        return await self.podman.run("exec", *interactive, name, *argv, stdin=stdin, stdout_limit=stdout_limit,
+                                     check=False, timeout=timeout)
+
+    def exec_argv(self, name: str, *argv: str, interactive: bool = False, pass_fd: bool = False) -> list[str]:
+        if pass_fd:  # podman exec passes its descriptors 3 and up: a shell moves stdin there first
+            return ["/bin/sh", "-c", 'exec "$0" "$@" 3<&0 </dev/null',
+                    *self.podman.argv("exec", "--preserve-fds=1", name, *argv)]
+        return self.podman.argv("exec", *(["-i"] if interactive else []), name, *argv)
+
+    async def image_id(self, image: str) -> str:
+        inspected = await self.podman.run("image", "inspect", "--format", "{{.Id}}", "--", image, check=False, timeout=60)
+        return inspected.stdout.decode(errors="replace").strip() if inspected.exit_code == 0 else ""
+
+    async def host_info(self) -> dict[str, Any]:
+        result = await self.podman.run("info", "--format", "json", check=False, timeout=60)
+        try:
+            return json.loads(result.stdout or b"{}") if result.exit_code == 0 else {}
+        except ValueError:
+            return {}
+
+    async def version(self) -> str:
+        result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
+        return result.stdout.decode(errors="replace").strip()
+
+    async def bridge_network(self, name: str, labels: Mapping[str, str]) -> BridgeNetwork:
+        inspected = await self.podman.run("network", "inspect", "--", name, check=False, timeout=60)
+        if inspected.exit_code != 0:
+            made = await self.podman.run(
+                "network", "create", *[arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")],
+                "--subnet", await self._free_subnet(), "--", name, check=False, timeout=60,
+            )
+            if made.exit_code != 0 and "already exists" not in made.stderr:  # another server made it meanwhile
+                raise PodmanError(made.argv, made.exit_code, made.stderr)
+            inspected = await self.podman.run("network", "inspect", "--", name, timeout=60)
+        entry = (json.loads(inspected.stdout or b"[]") or [{}])[0]
+        if entry.get("driver") != "bridge" or not entry.get("network_interface"):
+            raise PodmanError(inspected.argv, 0, "", f"The network {name!r} is not a bridge network; sandboxes "
+                              "need one for the egress policy. Unset SANDBOX_NETWORK to get one of the server's own.")
+        subnets = entry.get("subnets") or []
+        return BridgeNetwork(name, entry["network_interface"], tuple(s.get("subnet", "") for s in subnets),
+                             tuple(s["gateway"] for s in subnets if s.get("gateway")))
+
+    async def _free_subnet(self) -> str:
+        """A /16 for a new sandbox network (Podman's own choice, a /24, holds only 253 sandboxes)
+        that overlaps no route of the host and no other Podman network."""
+        used = []
+        try:
+            routes = Path("/proc/net/route").read_text().splitlines()[1:]
+        except OSError:
+            routes = []
+        for line in routes:  # Iface Destination Gateway Flags RefCnt Use Metric Mask ..., little-endian hex
+            fields = line.split()
+            try:
+                destination, mask = (socket.inet_ntoa(struct.pack("<L", int(f, 16))) for f in (fields[1], fields[7]))
+                if mask != "0.0.0.0":  # not the default route, which "overlaps" everything
+                    used.append(ipaddress.ip_network(f"{destination}/{mask}", strict=False))
+            except (ValueError, IndexError, struct.error):
+                continue
+        listed = await self.podman.run("network", "ls", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}",
+                                       check=False, timeout=60)
+        for subnet in listed.stdout.decode(errors="replace").split():
+            try:
+                used.append(ipaddress.ip_network(subnet, strict=False))
+            except ValueError:
+                continue
+        for second in range(90, 250):
+            candidate = ipaddress.ip_network(f"10.{second}.0.0/16")
+            if not any(candidate.overlaps(other) for other in used if other.version == 4):
+                return str(candidate)
+        raise PodmanError(["network", "create"], 1, "", "No free 10.x.0.0/16 for the sandbox network; create one "
+                          "yourself (podman network create --subnet ...) and name it in SANDBOX_NETWORK.")
+
+    async def network_users(self, name: str) -> list[str]:
+        result = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={name}",
+                                       check=False, timeout=60)
+        return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
+
+    async def address(self, name: str, network: str) -> str:
+        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
+        networks = ((json.loads(result.stdout or b"[{}]") or [{}])[0].get("NetworkSettings") or {}).get("Networks") or {}
+        return str((networks.get(network) or {}).get("IPAddress") or "")
+
+    async def network_addresses(self, network: str) -> set[str] | None:
+        listed = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={network}",
+                                       check=False, timeout=60)
+        if listed.exit_code != 0:
+            return None
+        names = listed.stdout.decode(errors="replace").split()
+        if not names:
+            return set()
+        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", *names,
+                                       check=False, timeout=60)
+        if result.exit_code != 0:  # one went away meanwhile, or worse: ask again next time
+            return None
+        found = set()
+        for entry in json.loads(result.stdout or b"[]") or []:
+            networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
+            found.add(str((networks.get(network) or {}).get("IPAddress") or ""))
+        return found - {""}
+
+    async def network_names(self) -> list[str]:
+        result = await self.podman.run("network", "ls", "--format", "{{.Name}}", check=False, timeout=60)
+        return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
+
+    async def image_root(self, image: str) -> ImageRoot:
+        result = await self.podman.run("image", "inspect", "--format", "json", "--", image, check=False, timeout=60)
+        if result.exit_code != 0:  # not on this host yet: pull it, as podman run would
+            await self.podman.run("pull", "--quiet", "--", image, timeout=600)
+            result = await self.podman.run("image", "inspect", "--format", "json", "--", image, timeout=60)
+        entry = (json.loads(result.stdout or b"[]") or [{}])[0]
+        driver = entry.get("GraphDriver") or {}
+        data = driver.get("Data") or {}
+        if driver.get("Name") == "overlay" and data.get("UpperDir"):
+            lowerdir = ":".join(d for d in (data.get("UpperDir"), data.get("LowerDir")) if d)
+        elif driver.get("Name") == "vfs":
+            # VFS keeps each layer as a whole tree, and Podman 4 does not show its path in the
+            # image's data: `podman image mount` names it (for VFS it mounts nothing).
+            mounted = await self.podman.run("image", "mount", "--", entry.get("Id") or image, timeout=60)
+            lowerdir = mounted.stdout.decode(errors="replace").strip()
+        else:
+            raise DiskUnavailable(f"Podman's storage driver {driver.get('Name')!r} is not one a sandbox disk can sit on")
+        config = entry.get("Config") or {}
+        return ImageRoot(entry.get("Id", ""), lowerdir, tuple(config.get("Env") or ()), config.get("WorkingDir") or "")
+
+    async def keep_image(self, image: str, image_id: str) -> None:
+        holder = f"mcp-sandbox-holds-{image_id[:12]}"
+        result = await self.podman.run(
+            "create", "--name", holder, "--label", f"{LABEL_HOLDS_IMAGE}={image}", "--network", "none",
+            "--entrypoint", "true", "--", image_id or image, check=False, timeout=60,
+        )
+        if result.exit_code != 0 and "already in use" not in result.stderr:
+            raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
+
+
+@dataclass(frozen=True)
+class Freezer:
+    """A container's cgroup freezer: cgroup v1's freezer.state, or v2's cgroup.freeze."""
+
+    control: Path
+    v2: bool
+
+    @classmethod
+    def of(cls, container_id: str) -> Freezer | None:
+        """Where Podman's cgroupfs and systemd managers put the container's cgroup (None elsewhere)."""
+        if not container_id:
+            return None
+        for root, v2 in ((CGROUP_ROOT / "freezer", False), (CGROUP_ROOT, True)):
+            for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
+                control = root / folder / ("cgroup.freeze" if v2 else "freezer.state")
+                if control.exists():
+                    return cls(control, v2)
+        return None
+
+    def frozen(self) -> bool:
+        if self.v2:
+            return "frozen 1" in (self.control.parent / "cgroup.events").read_text()
+        return self.control.read_text().strip() == "FROZEN"
+
+    async def freeze(self) -> None:
+        """Freeze, and wait until every process is (the kernel does it in the background)."""
+        self.control.write_text("1" if self.v2 else "FROZEN")
+        with anyio.move_on_after(FREEZE_SECONDS):
+            while not self.frozen():
+                await anyio.sleep(0.001)
+            return
+        self.thaw()
+        raise OSError(f"the sandbox's processes did not freeze within {FREEZE_SECONDS} s")
+
+    def thaw(self) -> None:
+        self.control.write_text("0" if self.v2 else "THAWED")
+
+
+class RelayStream(ByteStream):
+    """A connection inside a sandbox, relayed by ``sandbox-agent relay`` over podman exec's stdin and stdout."""
+
+    def __init__(self, process: Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process, self._stdin, self._stdout = process, process.stdin, process.stdout
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stdout.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stdin.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stdin.aclose()
+
+    async def aclose(self) -> None:
+        await kill_process(self.process)
+
+
+def run_args(spec: ContainerSpec) -> list[str]:
+    """The ``podman run`` arguments of a sandbox's container: always the product's limits."""
+    args = ["run", "-d", "--name", spec.name, "--hostname", "sandbox", "--init",
+            *LIMIT_FLAGS, *ULIMIT_FLAGS, *HARDENING_FLAGS]
+    for key, value in spec.labels.items():
+        args += ["--label", f"{key}={value}"]
+    if spec.network:
+        args += ["--network", spec.network]
+    for server in spec.dns:
+        args += ["--dns", server]
+    for option, values in (("--env", spec.env), ("--tmpfs", spec.tmpfs), ("--volume", spec.volumes)):
+        args += [arg for value in values for arg in (option, value)]
+    if spec.workdir:
+        args += ["--workdir", spec.workdir]
+    command = list(spec.command)
+    if spec.rootfs:
+        return [*args, "--rootfs", spec.rootfs, *command]
+    # The image's own entrypoint would not run our command.
+    return [*args, "--entrypoint", command[0], "--", spec.image, *command[1:]]
+
+
+def removal_failed(result: PodmanResult) -> PodmanError | None:
+    """The error of a removal that failed for a reason other than the container being gone."""
+    if result.exit_code != 0 and not is_missing_container(result.stderr):
+        return PodmanError(result.argv, result.exit_code, result.stderr, "Try destroy_container again.")
+    return None

@@ -1,0 +1,471 @@
+"""The sandbox manager: the facade the server talks to. It wires the parts together and keeps
+what joins them: create (quotas, the pool, a container), destroy, and what a gone sandbox leaves.
+
+Every sandbox is a container started with the exact limits of the product contract and
+labelled so that a restarted server can find it again. What a restart must find lives
+where a restart finds it: lifetimes in Podman labels; commands, their output and exit
+codes, and file links inside the sandbox (see records.py). The server's memory only
+caches what it can read back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from anyio.abc import ByteStream
+
+from ..settings import SandboxSettings
+from .backend.abstract import Backend
+from .backend.disks import SandboxDisks
+from .backend.podman import PodmanBackend
+from .backend.podman_cli import Podman, check_event_loop, system_env
+from .background import BackgroundTasks
+from .containers import SandboxContainers
+from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
+from .lifecycle import Lifecycle
+from .limits import LimitsCheck
+from .model import LOCAL_TENANT, NAME_PREFIX, FileLink, Sandbox
+from .network.egress import Egress
+from .network.preview_links import PortLink, PortLinks
+from .paths import CLAIM_PATH, ENV_PATH
+from .pool import WarmPool
+from .registry import SandboxRegistry
+from .removals import DRAIN_SECONDS, Removals
+from .runtime.channel import AgentChannel, find_agent_binary
+from .runtime.command_records import CommandState, CommandSummary
+from .runtime.commands import CommandRunner, ProgressCallback
+from .runtime.gone_commands import (
+    GONE_DESTROYED,
+    GONE_EXPIRED,
+    GONE_REMOVED,
+    GoneCommands,
+)
+from .runtime.helpers import helpers_digest, helpers_files, helpers_tar
+from .runtime.runtimes import AgentChannels, ExecRuntime, Runtimes
+from .storage.downloads import FileDownload
+from .storage.file_links import FileLinks
+from .storage.file_reading import Entry, FileReader, FileSlice
+from .storage.snapshots import Snapshot, Snapshots
+
+logger = logging.getLogger("mcp_sandbox.manager")
+OPEN_AHEAD_WAIT_SECONDS = 10.0  # how long a new sandbox's channel waits for a burst of creates to end
+
+
+class SandboxManager:
+    """Creates, tracks, reaps and destroys sandboxes; runs commands; serves files."""
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+        self.podman = Podman(settings.podman, settings.runtime)
+        self.backend: Backend = PodmanBackend(self.podman)
+        self.disks = SandboxDisks(settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.backend)
+        # Why sandboxes cannot be given their limits here ("" while they can): decided at start
+        # from Podman's own account, and again from the first sandbox's cgroup.
+        self.limits = LimitsCheck(self.backend)
+        self.egress = Egress(settings, self.backend, system_env())
+        self.snapshots = Snapshots(
+            Path(settings.state_dir) / settings.namespace / "snapshots", settings.snapshot_ttl_seconds,
+            settings.max_snapshots_per_tenant, settings.snapshot_max_bytes, self.backend, self.disks,
+            settings.runtime, system_env(),
+        )
+        # A tenant asking after a sandbox that expired hears where its files went.
+        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant, self._gone_note)
+        # Per sandbox, the commands last seen running (with their output so far); kept in a
+        # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
+        self._gone = GoneCommands()
+        self._background = BackgroundTasks()
+        self._health_lock = anyio.Lock()
+        self._health_probe: tuple[float, str | SandboxError] | None = None  # (when it started, its answer)
+        # The agent binary and what each sandbox gets: found (or built) at start, never at import.
+        self._agent: Path | None = None
+        self._helpers = b""  # as a tar stream, for podman exec
+        self._helper_files: list[tuple[str, bytes, int]] = []  # as files, for a sandbox's disk
+        self._helpers_digest = ""
+        exec_runtime = ExecRuntime(
+            self.backend, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED),
+            self._background.start_soon, self._gone.never_started,
+        )
+        self.channels = AgentChannels(
+            self.backend, exec_runtime, lambda: self.podman.spawn_options, self._background.start_soon,
+            settings.output_file_max_bytes, settings.max_channels, settings.channel_idle_seconds,
+        )
+        self.runtimes = Runtimes(self.channels, exec_runtime)
+        self.containers = SandboxContainers(
+            settings, self.backend, self.disks, self.limits, self.egress, exec_runtime, lambda: self._helpers_digest,
+            lambda: self._helper_files,
+        )
+        self.commands = CommandRunner(settings, self.registry.get, self.registry.live, self.runtimes, self._gone)
+        self.reader = FileReader(settings.read_max_bytes, self.registry.get, self.runtimes)
+        self.links = FileLinks(
+            settings.file_max_bytes, settings.write_max_bytes, self.registry.get, self.registry.live, self.runtimes,
+            self.backend.exec_argv, lambda: self.podman.spawn_options,
+        )
+        self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
+                               self.registry.get, self.registry.live, self.backend)
+        self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
+                             lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds,
+                             self._room)
+        self.channels.pooled = self.pool.holds
+        # destroy_container answers at once; the container goes in the background (removals.py).
+        self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
+        self.removals = Removals(Path(settings.state_dir) / settings.namespace / "removing", self._remove_destroyed,
+                                 self._background)
+        self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
+                                   self.snapshots, self.ports, self.destroy, self._forget, self.removals)
+
+    # ----- the server's own life
+
+    async def start(self) -> None:
+        """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
+        check_event_loop()
+        await self._background.start()
+        self._agent = await anyio.to_thread.run_sync(find_agent_binary, self.settings.agent_path)
+        if self._agent is None:
+            logger.warning(
+                "no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
+                "every command will cost a podman exec"
+            )
+        self._helper_files = helpers_files(self._agent)
+        self._helpers = helpers_tar(self._helper_files)
+        self._helpers_digest = helpers_digest(self._agent)
+        self.channels.enabled = self._agent is not None
+        self.pool.reset()  # rebuilt from Podman by adopt()
+        await self.disks.probe()
+        if self.disks.enabled:
+            logger.info("each sandbox gets a disk of its own: %d bytes", self.disks.limit_bytes)
+        else:
+            logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
+                           "storage", self.disks.why_not)
+        await self.limits.check_host()
+        await self.egress.start()
+        await anyio.to_thread.run_sync(self.snapshots.load)
+        await anyio.to_thread.run_sync(self.ports.load)
+        try:
+            await self.lifecycle.adopt()
+        except SandboxError as exc:
+            logger.warning("could not adopt existing sandboxes: %s", exc)
+        if self.disks.enabled:
+            await self.disks.release_spares()  # what a server that died left
+            self._background.start_soon(self.disks.keep_spares)
+        self._background.start_soon(self.lifecycle.reap_forever)
+        if self.settings.pool_size > 0:
+            self._background.start_soon(self.pool.fill_forever)
+
+    async def stop(self) -> None:
+        """Stop following commands; sandboxes and their commands go on for the next start.
+        Removals under way get a while to finish; the next start finishes the rest."""
+        await self.removals.drain(DRAIN_SECONDS)
+        await self.channels.close_all()
+        await self.egress.stop()
+        await self._background.stop()
+        await self.disks.release_spares()
+        self.podman.close()
+
+    def _room(self) -> int:
+        """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes and, on
+        a bridge, the ports it has left plus those the pool holds (a pool that grew past them would
+        retry its podman run every 10 s against netavark's "Exchange full")."""
+        room = self.settings.max_containers - len(self.registry)
+        free = self.egress.bridge_ports_free()
+        return room if free is None else min(room, len(self.pool) + free)
+
+    async def adopt(self) -> list[str]:
+        return await self.lifecycle.adopt()
+
+    async def reap_expired(self) -> list[str]:
+        return await self.lifecycle.reap_expired()
+
+    def _forget(self, container_id: str, why: str, release_egress: bool = True) -> None:
+        """A sandbox is gone: its record, channel and links go; its running commands are buried.
+        Without release_egress its address stays behind the proxy (its container still runs)."""
+        sandbox = self.registry.pop(container_id)
+        self._gone.bury(container_id, sandbox, why)
+        if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
+            self._background.start_soon(self.disks.release, sandbox.name)
+        self.channels.forget(container_id)
+        self.commands.forget(container_id)
+        self.links.forget(container_id)
+        self.snapshots.unmark(container_id)
+        self.ports.forget(container_id)
+        if release_egress:
+            self._background.start_soon(self.egress.release, container_id)
+
+    def _gone_note(self, container_id: str, tenant: str) -> str:
+        """What the tenant is told of a sandbox it no longer has: where its files went at expiry, or
+        why it went (removed outside this server, say, as the reaper found it), when remembered."""
+        kept = self.snapshots.kept_from(container_id, tenant)
+        why = "" if kept else self._gone.why(container_id, tenant)
+        return kept or (f"; it {why}" if why else "")
+
+    async def _remove_destroyed(self, name: str) -> None:
+        """A destroyed sandbox's container goes, then its place behind the proxy (not before:
+        what still runs in it must not reach past the proxy meanwhile)."""
+        channel = self._closing.pop(name, None)
+        if channel is not None:
+            await channel.close()
+        await self.containers.remove(name, check=True)
+        await self.egress.release(name[len(NAME_PREFIX):])
+
+    # ----- sandboxes
+
+    def get(self, container_id: str, tenant: str = LOCAL_TENANT) -> Sandbox:
+        return self.registry.get(container_id, tenant)
+
+    def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
+        return self.registry.list(tenant)
+
+    async def create(
+        self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
+        network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
+        snapshot_on_expiry: bool = False,
+    ) -> Sandbox:
+        """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
+        network=False cuts it off from every network (None: as the egress policy says), allow_domains
+        lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
+        snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires."""
+        if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
+            raise SandboxError(
+                f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
+                "maximum). Omit it for the maximum."
+            )
+        ttl = ttl_seconds or self.settings.ttl_seconds
+        snapshot = self.snapshots.get(snapshot_id, tenant) if snapshot_id is not None else None
+        if snapshot is not None:
+            if (image or "").strip() not in ("", snapshot.image):
+                raise SandboxError(f"A sandbox made from snapshot {snapshot.snapshot_id} runs on the snapshot's image, "
+                                   f"{snapshot.image!r}; omit the image argument.")
+            image = snapshot.image
+        image = (image or "").strip() or self.settings.image
+        if image not in self.settings.images:
+            allowed = ", ".join(self.settings.images)
+            raise ImageNotAllowed(
+                f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
+                "Omit the image argument to get the default one."
+            )
+        domains = self.egress.check_allow_domains(allow_domains, network) if allow_domains is not None else ()
+        self.limits.require()
+        async with self.registry.reserve(tenant):
+            # The pool holds sandboxes of the default image on the server's network only.
+            offline = network is False and self.egress.network != "none"
+            pooled = image == self.settings.image and not offline and snapshot is None
+            sandbox = await self.pool.take(tenant, ttl) if pooled else None
+            fresh = sandbox is None
+            if sandbox is None:
+                layer = None
+                if snapshot is not None:
+                    image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
+                async with self.pool.creating():  # the pool waits for this one to start
+                    sandbox = await self.containers.start(
+                        image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
+                    )
+            if domains:
+                await self._behind_proxy(sandbox, domains)
+            if snapshot_on_expiry:
+                self.snapshots.mark(sandbox.container_id)
+            self.registry.add(sandbox)
+            self.commands.know(sandbox.container_id)
+        if fresh:  # a pooled one has its channel open already
+            self._background.start_soon(self._open_ahead, sandbox)
+        logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
+        return sandbox
+
+    async def _open_ahead(self, sandbox: Sandbox) -> None:
+        """A new sandbox's command channel, opened while its creator reads the answer: its first
+        command finds it open, or waits for the opening under way rather than start another.
+        During a burst it waits for the other creates first (its podman exec would slow them);
+        a command that comes meanwhile opens the channel itself."""
+        await self.pool.no_creates(OPEN_AHEAD_WAIT_SECONDS)
+        if self.registry.live(sandbox.container_id) is None:
+            return
+        try:
+            await self.channels.get(sandbox)
+        except SandboxError:
+            return  # the first command opens it again, or says why it cannot
+        if self.registry.live(sandbox.container_id) is None:  # destroyed meanwhile
+            await self.channels.close(sandbox.container_id)
+
+    async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
+        """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""
+        try:
+            sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
+            if not sandbox.address:
+                raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
+            await self.egress.restrict(sandbox.container_id, sandbox.address, domains)
+            await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
+                sandbox, ENV_PATH, self.egress.environment(), 0o644))
+        except SandboxError:
+            await self.containers.remove(sandbox.name)
+            await self.egress.release(sandbox.container_id)
+            raise
+
+    async def _make_pooled(self) -> Sandbox:
+        sandbox = await self.containers.start(self.settings.image, pooled=True)
+        await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
+        if self.egress.bridge is not None and sandbox.network == self.egress.bridge.name:
+            sandbox.address = await self.backend.address(sandbox.name, sandbox.network)  # for allow_domains
+        return sandbox
+
+    async def _claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
+        await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, CLAIM_PATH, claim, 0o644))
+
+    async def _discard(self, sandbox: Sandbox) -> None:
+        await self.channels.close(sandbox.container_id)
+        await self.containers.remove(sandbox.name)
+
+    async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
+        sandbox = self.registry.live(container_id)
+        if sandbox is None or sandbox.tenant != tenant:
+            raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
+        sandbox.destroying, sandbox.gone_why = True, why
+        if why == GONE_EXPIRED:  # before anything of it goes
+            sandbox.gone_why = why = why + await self.snapshots.take_at_expiry(sandbox)
+        # Marked first, so that a server that dies from here on leaves it to the next one to
+        # remove; forgotten, so that nothing reaches it any more; removed in the background.
+        try:
+            self.removals.mark(sandbox.name)  # a file's creation: well under a millisecond
+        except OSError as exc:
+            sandbox.destroying, sandbox.gone_why = False, ""
+            raise SandboxError(
+                f"Sandbox {container_id} was not destroyed: the server could not record its removal under "
+                f"{self.removals.folder} ({exc.strerror or exc}). The sandbox is unchanged; free space or fix the "
+                "permissions of SANDBOX_STATE_DIR, then try again.") from exc
+        channel = self.channels.detach(container_id)  # closed by the removal, which a stopping server waits for
+        if channel is not None:
+            self._closing[sandbox.name] = channel
+        self._forget(container_id, why, release_egress=False)
+        self.removals.start(sandbox.name)
+        logger.info("destroyed sandbox %s (its container goes in the background)", container_id)
+
+    def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
+        return self.egress.of(self.get(container_id, tenant).network, container_id)
+
+    def snapshot_on_expiry(self, container_id: str, tenant: str = LOCAL_TENANT) -> bool:
+        """Whether the sandbox's files are kept in a snapshot when it expires."""
+        return self.snapshots.marked(self.get(container_id, tenant).container_id)
+
+    async def container_status(self, container_id: str, tenant: str = LOCAL_TENANT) -> str:
+        """The sandbox's state; an open channel's agent answers for it, else Podman (no channel is opened)."""
+        sandbox = self.get(container_id, tenant)
+        return await self.runtimes.ask(sandbox, lambda runtime: runtime.status(sandbox), open_channel=False)
+
+    # ----- snapshots (snapshots.py)
+
+    async def snapshot(self, container_id: str, name: str | None = None, tenant: str = LOCAL_TENANT) -> Snapshot:
+        return await self.snapshots.take(self.get(container_id, tenant), name)
+
+    def list_snapshots(self, tenant: str = LOCAL_TENANT) -> list[Snapshot]:
+        return self.snapshots.list(tenant)
+
+    def delete_snapshot(self, snapshot_id: str, tenant: str = LOCAL_TENANT) -> None:
+        self.snapshots.delete(snapshot_id, tenant)
+
+    # ----- preview links (ports.py)
+
+    def expose_port(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
+        return self.ports.expose(container_id, port, tenant)
+
+    def port_links(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[PortLink]:
+        return self.ports.of(self.get(container_id, tenant).container_id)
+
+    async def open_port(self, token: str) -> tuple[PortLink, ByteStream]:
+        return await self.ports.open(token)
+
+    def find_port_link(self, token: str) -> PortLink:
+        """The live link of a preview token (PortLinkNotFound when there is none)."""
+        return self.ports.find(token)[0]
+
+    # ----- commands (commands.py)
+
+    async def execute(
+        self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
+        on_progress: ProgressCallback | None = None, stdin: bytes | None = None, keep_stdin_open: bool = False,
+        tty: bool = False,
+    ) -> CommandState:
+        return await self.commands.execute(container_id, command, timeout_seconds, tenant, on_progress, stdin,
+                                           keep_stdin_open, tty)
+
+    async def write_stdin(
+        self, container_id: str, command_id: str, data: bytes, close: bool, tenant: str = LOCAL_TENANT
+    ) -> tuple[CommandState, int]:
+        return await self.commands.write_stdin(container_id, command_id, data, close, tenant)
+
+    async def send_signal(self, container_id: str, command_id: str, signal: str, tenant: str = LOCAL_TENANT
+                          ) -> tuple[CommandState, str]:
+        return await self.commands.send_signal(container_id, command_id, signal, tenant)
+
+    async def wait_for_command(
+        self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
+        on_progress: ProgressCallback | None = None, stdout_offset: int | None = None,
+        stderr_offset: int | None = None,
+    ) -> CommandState:
+        return await self.commands.wait_for_command(
+            container_id, command_id, wait_seconds, tenant, on_progress, stdout_offset, stderr_offset
+        )
+
+    async def read_command(
+        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
+        stdout_offset: int | None = None, stderr_offset: int | None = None,
+    ) -> CommandState:
+        return await self.commands.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
+
+    async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
+        return await self.commands.list_commands(container_id, tenant)
+
+    async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
+        return await self.commands.running_commands(container_id, tenant)
+
+    def gone_command(
+        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
+    ) -> CommandState | None:
+        return self.commands.gone_command(container_id, command_id, tenant, stopped)
+
+    # ----- files (links.py)
+
+    async def write_file(
+        self, container_id: str, path: str, data: bytes, mode: int | None = None, tenant: str = LOCAL_TENANT
+    ) -> int:
+        return await self.links.write_file(container_id, path, data, mode, tenant)
+
+    async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
+        return await self.links.create_file_link(container_id, path, tenant)
+
+    async def open_file(self, file_id: str) -> FileDownload:
+        return await self.links.open_file(file_id)
+
+    async def read_file(self, container_id: str, path: str, offset: int = 0, length: int | None = None,
+                        tenant: str = LOCAL_TENANT) -> FileSlice:
+        return await self.reader.read(container_id, path, offset, length, tenant)
+
+    async def list_files(self, container_id: str, path: str, depth: int = 1, tenant: str = LOCAL_TENANT
+                         ) -> tuple[list[Entry], bool]:
+        return await self.reader.list(container_id, path, depth, tenant)
+
+    # ----- health
+
+    async def health(self) -> dict[str, Any]:
+        """Whether Podman answers, and what this server runs with. One ``podman version`` a probe
+        (it opens Podman's store and database as every command does, ~30 ms whatever the number
+        of containers; listing them cost ~0.3 ms each and, with 1,000 live, waited seconds behind
+        creates); requests that come while a probe runs share the next one instead of each
+        starting its own, so a storm of health checks costs two probes."""
+        asked = time.monotonic()
+        async with self._health_lock:
+            if self._health_probe is None or self._health_probe[0] < asked:
+                started = time.monotonic()
+                try:
+                    self._health_probe = (started, await self.backend.version())
+                except SandboxError as exc:
+                    self._health_probe = (started, exc)
+            answer = self._health_probe[1]
+        if isinstance(answer, SandboxError):
+            raise answer
+        version = answer
+        self.limits.require()
+        disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
+        return {"podman_version": version, "sandboxes": len(self.registry), "egress": self.egress.describe(),
+                "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe()}
+

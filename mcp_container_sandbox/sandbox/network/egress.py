@@ -1,0 +1,566 @@
+"""Where sandboxes may connect: the egress policy (SANDBOX_EGRESS), enforced by the host's kernel.
+
+Under ``public`` sandboxes live on a bridge network of the server's own, and one nftables table
+of the server's own (``inet mcp_sandbox``, which matches only packets that come in on that
+bridge, so the host's other traffic never meets it) decides:
+
+* to the host itself, on any of its addresses (the ``input`` hook): only DNS to the bridge's
+  gateway, where Podman's resolver answers; nothing else;
+* through the host (the ``forward`` hook, which also sees traffic between sandboxes on the
+  bridge): DNS (port 53) to the host's own resolvers; the operator's SANDBOX_EGRESS_ALLOW_CIDRS;
+  then nothing private, loopback, link-local (cloud metadata), shared, multicast or broadcast;
+  the rest of the internet.
+
+Sandboxes ask the host's resolvers (those of /etc/resolv.conf that a sandbox can reach through
+the host: not loopback, not one of the host's own addresses) directly, with ``--dns``, before
+Podman's resolver on the gateway (aardvark-dns), which drops queries while containers come and go
+on its network (containers/aardvark-dns#389) and stays second, for when those do not answer.
+Where the host has no such resolver, the gateway's answers alone, as Podman sets it.
+
+A sandbox cannot change this from inside: it has no capabilities (--cap-drop=ALL), so it can
+change neither its addresses nor its routes, nor send raw packets; the rules live in the host's
+network namespace, which it cannot enter.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import socket
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import anyio
+
+from ...settings import SandboxSettings
+from ..backend.abstract import Backend, BridgeNetwork
+from ..errors import InvalidAllowList, SandboxError
+from ..model import LABEL_MANAGED, Sandbox
+from .proxy import EgressProxy, check_allow_domains
+
+logger = logging.getLogger("mcp_sandbox.egress")
+
+# The network sandboxes live on under the public policy, unless SANDBOX_NETWORK names another.
+DEFAULT_NETWORK = "mcp-sandbox"
+SIOCGIFADDR = 0x8915  # linux/sockios.h
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1  # linux/if_arp.h
+NET_ADDR_SET = 3  # /sys/class/net/IFACE/addr_assign_type: the address was set, not taken from a port
+BRIDGE_MAX_PORTS = 1023  # BR_MAX_PORTS (1,024) less port 0 in the kernel's bridge: then netavark's "Exchange full"
+# What "public" keeps a sandbox from: the host's surroundings, which are not the internet. (The host's
+# own addresses, whatever they are, are kept by the input hook.)
+BLOCKED_V4: tuple[str, ...] = (
+    "0.0.0.0/8",        # "this network"
+    "10.0.0.0/8",       # private
+    "100.64.0.0/10",    # shared address space (carrier-grade NAT, some clouds' internal services)
+    "127.0.0.0/8",      # loopback
+    "169.254.0.0/16",   # link-local: cloud metadata services
+    "172.16.0.0/12",    # private
+    "192.168.0.0/16",   # private
+    "224.0.0.0/4",      # multicast
+    "240.0.0.0/4",      # reserved, and the broadcast address
+)
+BLOCKED_V6: tuple[str, ...] = (
+    "::/127",           # unspecified and loopback
+    "::ffff:0:0/96",    # IPv4-mapped: the IPv4 rules decide
+    "64:ff9b::/96",     # NAT64: the IPv4 rules decide
+    "fc00::/7",         # unique local (private)
+    "fe80::/10",        # link-local
+    "ff00::/8",         # multicast
+)
+
+
+def table_name(network: BridgeNetwork) -> str:
+    """The table for one bridge: one per network, shared by the servers whose sandboxes are on it."""
+    return "mcp_sandbox_" + "".join(c if c.isalnum() else "_" for c in network.interface)
+
+
+def _remake(table: str) -> str:
+    # Declaring the table first makes the delete succeed when it does not exist yet.
+    return f"table inet {table} {{}}\ndelete table inet {table}\n"
+
+
+def _set(table: str, name: str, kind: str, elements: Sequence[str] = (), interval: bool = True) -> str:
+    """Make the set if missing; refill it when elements are given (a static set)."""
+    flags = " flags interval;" if interval else ""
+    script = f"add set inet {table} {name} {{ type {kind};{flags} }}\n"
+    if interval:
+        script += f"flush set inet {table} {name}\n"
+        if elements:
+            script += f"add element inet {table} {name} {{ {', '.join(elements)} }}\n"
+    return script
+
+
+def _chain(table: str, name: str, hook: str, rules: Sequence[str]) -> str:
+    return (f"add chain inet {table} {name} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n"
+            f"flush chain inet {table} {name}\n" + "".join(f"add rule inet {table} {name} {rule}\n" for rule in rules))
+
+
+def upstream_resolvers(resolv_conf: str = "/etc/resolv.conf") -> tuple[str, ...]:
+    """The host's name servers that a sandbox can reach through the host: not loopback (a local
+    stub resolver), link-local or unspecified."""
+    found = []
+    try:
+        lines = Path(resolv_conf).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            address = ipaddress.ip_address(fields[1].split("%")[0])
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast):
+            found.append(str(address))
+    return tuple(dict.fromkeys(found))
+
+
+def sandbox_resolvers(upstream: Sequence[str], own: set[str], gateways: Sequence[str]) -> tuple[str, ...]:
+    """The name servers of a sandbox on the public network: the host's resolvers it can reach,
+    then the gateway's (Podman's aardvark-dns, which asks the host's resolvers from the host) for
+    when those do not answer; () leaves the gateway's alone, as Podman sets it. A resolver at one
+    of the host's own addresses (a local dnsmasq) is the input hook's business, which lets DNS reach
+    only the gateway: such a host keeps the gateway's resolver."""
+    reachable = tuple(r for r in upstream if r not in own)
+    return (*reachable, *(g for g in gateways if ipaddress.ip_address(g).version == 4)) if reachable else ()
+
+
+def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port: int = 0,
+            resolvers: Sequence[str] = ()) -> str:
+    """The nft script (one transaction) that makes or refreshes the table for sandboxes on
+    ``network``. Sandboxes in the set ``proxied`` (those with allow_domains) reach only the proxy
+    ports on the gateway. The sets ``proxied`` and ``proxy_ports`` are kept as they are, since other
+    servers on the same network add to them too."""
+    table = table_name(network)
+    allow_v4 = [c for c in allow_cidrs if ipaddress.ip_network(c).version == 4]
+    allow_v6 = [c for c in allow_cidrs if ipaddress.ip_network(c).version == 6]
+    gateways_v4 = [g for g in network.gateways if ipaddress.ip_address(g).version == 4]
+    gateways_v6 = [g for g in network.gateways if ipaddress.ip_address(g).version == 6]
+    iface = f'"{network.interface}"'
+    input_rules = [f"iifname != {iface} accept"]
+    if gateways_v4:
+        input_rules.append(f"ip saddr @proxied ip daddr {{ {', '.join(gateways_v4)} }} tcp dport @proxy_ports accept")
+    input_rules += ["ip saddr @proxied counter drop", "ct state established,related accept"]
+    if gateways_v4:
+        input_rules.append(f"ip daddr {{ {', '.join(gateways_v4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
+    if gateways_v6:
+        input_rules.append(f"ip6 daddr {{ {', '.join(gateways_v6)} }} meta l4proto {{ tcp, udp }} th dport 53 accept")
+    input_rules.append("counter drop")
+    resolvers_v4 = [r for r in resolvers if ipaddress.ip_address(r).version == 4]
+    resolvers_v6 = [r for r in resolvers if ipaddress.ip_address(r).version == 6]
+    forward_rules = [
+        f"iifname != {iface} accept",
+        "ip saddr @proxied counter drop",
+        "ct state established,related accept",
+        *([f"ip daddr {{ {', '.join(resolvers_v4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"]
+          if resolvers_v4 else []),
+        *([f"ip6 daddr {{ {', '.join(resolvers_v6)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"]
+          if resolvers_v6 else []),
+        "ip daddr @allowed_v4 accept",
+        "ip6 daddr @allowed_v6 accept",
+        "ip daddr @blocked_v4 counter drop",
+        "ip6 daddr @blocked_v6 counter drop",
+        "meta pkttype { broadcast, multicast } counter drop",
+    ]
+    return (
+        f"add table inet {table}\n"
+        + _set(table, "allowed_v4", "ipv4_addr", allow_v4)
+        + _set(table, "allowed_v6", "ipv6_addr", allow_v6)
+        + _set(table, "blocked_v4", "ipv4_addr", BLOCKED_V4)
+        + _set(table, "blocked_v6", "ipv6_addr", BLOCKED_V6)
+        + _set(table, "proxied", "ipv4_addr", interval=False)
+        + _set(table, "proxy_ports", "inet_service", interval=False)
+        + (f"add element inet {table} proxy_ports {{ {proxy_port} }}\n" if proxy_port else "")
+        + _chain(table, "input", "input", input_rules)
+        + _chain(table, "forward", "forward", forward_rules)
+    )
+
+
+def listening_ports(addresses: Sequence[str], proc_net_tcp: str = "/proc/net/tcp") -> set[int]:
+    """The TCP ports with a listener bound to one of these IPv4 addresses (in this network namespace)."""
+    found: set[int] = set()
+    try:
+        lines = Path(proc_net_tcp).read_text().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+            address, _, port = fields[1].partition(":")
+            if socket.inet_ntoa(struct.pack("=I", int(address, 16))) in addresses:  # in the host's byte order
+                found.add(int(port, 16))
+    return found
+
+
+_HOST_ADDRESSES: tuple[float, set[str]] = (0.0, set())
+HOST_ADDRESSES_SECONDS = 5.0  # how long the list is reused (it costs about 1 ms to make)
+
+
+def host_addresses() -> set[str]:
+    """The host's own addresses (IPv4 of each interface, and IPv6), which the proxy never connects to."""
+    global _HOST_ADDRESSES
+    made, found = _HOST_ADDRESSES
+    if time.monotonic() - made < HOST_ADDRESSES_SECONDS:
+        return found
+    found = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            found.add(socket.inet_ntoa(packed[20:24]))
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.add(str(ipaddress.ip_address(bytes.fromhex(raw))))
+    except OSError:
+        pass
+    _HOST_ADDRESSES = (time.monotonic(), found)
+    return found
+
+
+def hold_address(interface: str, sys_class_net: str = "/sys/class/net") -> bool:
+    """Set a bridge's MAC address to the one it has, so that it keeps it; True when it was set here.
+
+    A Linux bridge whose address was never set takes the lowest of its ports' addresses: it changed
+    whenever a sandbox with a lower one joined the bridge or the lowest left, and every sandbox that
+    had the gateway's old address in its ARP cache reached nothing through the gateway (the proxy,
+    DNS, the internet) until its ARP entry expired, tens of seconds. Netavark leaves it unset. Raises
+    OSError when the server may not set it (no CAP_NET_ADMIN)."""
+    folder = Path(sys_class_net) / interface
+    try:
+        if int((folder / "addr_assign_type").read_text()) == NET_ADDR_SET:
+            return False
+        mac = bytes.fromhex((folder / "address").read_text().strip().replace(":", ""))
+    except (OSError, ValueError):
+        return False  # no such interface yet: netavark makes it with the network's first container
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), SIOCSIFHWADDR, struct.pack("16sH6s8x", interface.encode()[:15], ARPHRD_ETHER, mac))
+    return True
+
+
+class Egress:
+    """The policy in force: decided and installed at start (again after a reboot of the host), it
+    says which network new sandboxes join; and the allow-lists of sandboxes behind the proxy."""
+
+    def __init__(self, settings: SandboxSettings, backend: Backend, env: dict[str, str]) -> None:
+        self.policy, self.allow_cidrs = settings.egress, settings.egress_allow_cidrs
+        self._wanted_network, self.backend, self._env = settings.network, backend, env
+        self.network = "none"  # until start decides
+        self.bridge: BridgeNetwork | None = None
+        self.why_not = ""  # why the public policy could not be put in force ("" while it is)
+        self.dns: tuple[str, ...] = ()  # the resolvers sandboxes on the public network ask (--dns)
+        self.proxy = EgressProxy((*BLOCKED_V4, *BLOCKED_V6), self.allow_cidrs, host_addresses)
+        self.proxy_why_not = "the proxy runs only under SANDBOX_EGRESS=public"
+        self._proxy_port, self._max_domains = settings.proxy_port, settings.max_allow_domains
+        self._needed = settings.max_containers + (max(settings.pool_size, settings.pool_max) if settings.pool_size else 0)
+        self._state = Path(settings.state_dir) / settings.namespace / "egress"
+        self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
+        self._stale: set[str] = set()  # proxied addresses no container held at the last look
+        self._hold_failed = False  # said once: the bridge's address could not be held
+
+    def describe(self) -> dict[str, object]:
+        """What /health says of the policy."""
+        described: dict[str, object] = {"policy": self.policy if not self.why_not else "none"}
+        if self.policy == "public" and not self.why_not and self.allow_cidrs:
+            described["allow_cidrs"] = list(self.allow_cidrs)
+        if self.why_not:
+            described["why"] = f"SANDBOX_EGRESS=public could not be enforced here ({self.why_not}), so sandboxes get no network"
+        elif self.policy == "public":
+            described["allow_domains"] = self.proxy_why_not or f"through the proxy at {self.proxy.url}"
+        return described
+
+    def of(self, network: str, container_id: str = "") -> dict[str, object]:
+        """What create_container and check_container say of a sandbox's egress."""
+        if network == "none":
+            return {"policy": "none"}
+        restricted = self._restricted.get(container_id)
+        if restricted is not None:
+            return {"policy": "allow_domains", "allow_domains": list(restricted[1]), "proxy": self.proxy.url}
+        if network == (self.bridge.name if self.bridge else DEFAULT_NETWORK):
+            # The rules stay while any sandbox is on the server's network, whatever the policy now.
+            return {"policy": "public", "allow_cidrs": list(self.allow_cidrs)} if self.allow_cidrs else {"policy": "public"}
+        return {"policy": "open", "network": network or "podman"}
+
+    async def start(self) -> None:
+        self.why_not, self.bridge, self.dns = "", None, ()
+        if self.policy == "none" or self._wanted_network == "none":
+            self.network = "none"
+        elif self.policy == "open":
+            self.network = self._wanted_network  # "" is Podman's default bridge, as before
+            if self._wanted_network:
+                await self._drop_rules(self._wanted_network)
+        else:
+            self.why_not = self._cannot_install()
+            if not self.why_not:
+                try:
+                    self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK,
+                                                                    {LABEL_MANAGED: "true"})
+                    self.dns = sandbox_resolvers(upstream_resolvers(), host_addresses(), self.bridge.gateways)
+                    await self._start_proxy()
+                    await self._install()
+                    self.hold_bridge_address()
+                except SandboxError as exc:
+                    self.why_not, self.bridge = str(exc), None
+            if self.why_not:
+                logger.warning("SANDBOX_EGRESS=public cannot be enforced (%s): sandboxes get NO network. Run the "
+                               "server as root with nft, or choose SANDBOX_EGRESS=none or open.", self.why_not)
+                self.network, self.dns = "none", ()
+                return
+            assert self.bridge is not None
+            self.network = self.bridge.name
+            room = sum(ipaddress.ip_network(subnet).num_addresses - 3 for subnet in self.bridge.subnets
+                       if ipaddress.ip_network(subnet).version == 4)
+            if min(room, BRIDGE_MAX_PORTS) < self._needed:
+                logger.warning("network %s has room for %d sandboxes, fewer than SANDBOX_MAX_CONTAINERS plus the "
+                               "pool (%d): %s", self.bridge.name, min(room, BRIDGE_MAX_PORTS), self._needed,
+                               "give it a larger subnet" if room < BRIDGE_MAX_PORTS else
+                               f"a Linux bridge takes at most {BRIDGE_MAX_PORTS} ports; lower SANDBOX_MAX_CONTAINERS "
+                               "or run a second server on another network (SANDBOX_NETWORK)")
+            logger.info("egress policy public on network %s (bridge %s), nftables table inet %s; allow_domains: %s",
+                        self.bridge.name, self.bridge.interface, table_name(self.bridge),
+                        self.proxy_why_not or f"proxy at {self.proxy.url}")
+
+    async def stop(self) -> None:
+        await self.proxy.stop()
+
+    def bridge_ports_free(self, sys_class_net: str = "/sys/class/net") -> int | None:
+        """Ports the sandbox bridge can still take (BRIDGE_MAX_PORTS less those it has, whoever
+        made them: other servers' sandboxes on the same network count too); None without a bridge
+        or before netavark made it (no sandbox on it yet)."""
+        if self.bridge is None:
+            return None
+        try:
+            return BRIDGE_MAX_PORTS - len(os.listdir(f"{sys_class_net}/{self.bridge.interface}/brif"))
+        except OSError:
+            return None
+
+    def hold_bridge_address(self) -> None:
+        """Keep the gateway's MAC address from changing as sandboxes come and go (see hold_address);
+        called at start, after each container start on the bridge (netavark makes the bridge anew
+        when a network's first container starts) and by the reaper. A few file reads when held."""
+        if self.bridge is None:
+            return
+        try:
+            if hold_address(self.bridge.interface):
+                logger.info("holding the MAC address of bridge %s", self.bridge.interface)
+        except OSError as exc:
+            if not self._hold_failed:
+                self._hold_failed = True
+                logger.warning("could not hold the MAC address of bridge %s (%s): sandboxes may lose the gateway "
+                               "for seconds whenever others start or go", self.bridge.interface, exc)
+
+    async def _start_proxy(self) -> None:
+        assert self.bridge is not None
+        gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
+        if not gateways:
+            self.proxy_why_not = f"the network {self.bridge.name} has no IPv4 gateway for the proxy"
+            return
+        try:
+            await self.proxy.start(gateways[0], self._proxy_port)
+            self.proxy_why_not = ""
+        except OSError as exc:
+            self.proxy_why_not = f"the proxy could not listen on {gateways[0]}:{self._proxy_port} ({exc}); " \
+                                 "choose another SANDBOX_PROXY_PORT"
+            logger.warning("allow_domains are unavailable: %s", self.proxy_why_not)
+
+    async def _install(self) -> None:
+        assert self.bridge is not None
+        upstream = [r for r in self.dns if r not in self.bridge.gateways]
+        await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
+                                                  0 if self.proxy_why_not else self.proxy.port, upstream))
+        await self._add_proxied(address for address, _ in self._restricted.values())
+        try:
+            await self._prune()
+        except (SandboxError, ValueError, KeyError) as exc:  # tidying only: the rules are in place
+            logger.warning("could not tidy the shared sets of the egress rules: %s", exc)
+
+    async def _prune(self) -> None:
+        """Take out what servers that ended without cleaning up left in the shared sets: addresses
+        no container on the network holds (Podman hands them out again, and a public sandbox given
+        one would be cut off from everything, DNS included), and proxy ports nothing listens on at
+        the gateway (a sandbox behind the proxy could reach whatever listens there later)."""
+        assert self.bridge is not None
+        table = table_name(self.bridge)
+        ours = {address for address, _ in self._restricted.values()}
+        proxied = {str(e) for e in await self._elements("proxied")} - ours
+        held = await self.backend.network_addresses(self.bridge.name) if proxied else set()
+        if proxied and held is not None:
+            # Seen stale twice in a row: an address is taken out only when no container held it at
+            # either look (never one of a sandbox another server is putting behind its proxy now).
+            stale, self._stale = (proxied - held) & self._stale, proxied - held
+            if stale:
+                logger.info("taking %d addresses of sandboxes that are gone out of the proxied set", len(stale))
+                await self._nft("delete", "element", "inet", table, "proxied", f"{{ {', '.join(sorted(stale))} }}")
+        gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
+        ports = {int(e) for e in await self._elements("proxy_ports")} - {self.proxy.port}
+        idle = ports - listening_ports(gateways)
+        if idle:
+            await self._nft("delete", "element", "inet", table, "proxy_ports",
+                            f"{{ {', '.join(str(p) for p in sorted(idle))} }}")
+            # A server that started meanwhile listened before it added its port, which this
+            # deletion may have undone: a port listened on now goes back.
+            back = idle & listening_ports(gateways)
+            if back:
+                await self._nft("add", "element", "inet", table, "proxy_ports",
+                                f"{{ {', '.join(str(p) for p in sorted(back))} }}")
+
+    async def _elements(self, name: str) -> list[object]:
+        assert self.bridge is not None
+        listed = json.loads(await self._nft("-j", "list", "set", "inet", table_name(self.bridge), name))
+        return next((item["set"].get("elem", []) for item in listed.get("nftables", []) if "set" in item), [])
+
+    async def _add_proxied(self, addresses: Iterable[str]) -> None:
+        assert self.bridge is not None
+        listed = sorted(set(addresses))
+        if listed:
+            await self._nft("add", "element", "inet", table_name(self.bridge), "proxied", f"{{ {', '.join(listed)} }}")
+
+    async def keep(self) -> None:
+        """Put the rules back if something removed them (a firewall reload, ``nft flush ruleset``);
+        the reaper calls this now and then."""
+        if self.bridge is None:
+            return
+        self.hold_bridge_address()
+        try:
+            if not await self.listing():
+                logger.warning("the egress rules of network %s were removed outside this server; installing them "
+                               "again", self.bridge.name)
+                await self._install()
+            else:
+                if self._restricted:  # another server on the network may have made the table anew
+                    await self._add_proxied(address for address, _ in self._restricted.values())
+                if self.proxy.port and not self.proxy_why_not:  # or taken this port out (see _prune)
+                    await self._nft("add", "element", "inet", table_name(self.bridge), "proxy_ports",
+                                    f"{{ {self.proxy.port} }}")
+                await self._prune()
+        except (SandboxError, ValueError, KeyError) as exc:
+            logger.error("could not install the egress rules again: %s", exc)
+
+    # ----- allow-lists
+
+    def check_allow_domains(self, domains: object, network: bool | None) -> tuple[str, ...]:
+        """create_container's allow_domains, checked; InvalidAllowList says what is wrong and what to do."""
+        if network is False:
+            raise InvalidAllowList("allow_domains needs a network; omit network=false, or omit allow_domains for a "
+                                   "sandbox with no network at all.")
+        why = self._why_no_allow_lists()
+        if why:
+            raise InvalidAllowList(f"allow_domains cannot be enforced on this server ({why}). Create the sandbox "
+                                   "without allow_domains, or ask its operator to run it under SANDBOX_EGRESS=public.")
+        return check_allow_domains(domains, self._max_domains)
+
+    def _why_no_allow_lists(self) -> str:
+        """Why this server cannot put sandboxes behind the proxy ("" when it can)."""
+        if self.policy != "public":
+            return f"SANDBOX_EGRESS is {self.policy}"
+        return self.why_not or self.proxy_why_not or ("" if self.bridge is not None else "no sandbox network")
+
+    def environment(self) -> bytes:
+        """The environment file of a sandbox behind the proxy (layout.ENV_PATH), by IP address."""
+        url = self.proxy.url
+        local = "localhost,127.0.0.1,::1"
+        return "".join(f"{key}={value}\n" for key, value in (
+            ("http_proxy", url), ("https_proxy", url), ("HTTP_PROXY", url), ("HTTPS_PROXY", url),
+            ("no_proxy", local), ("NO_PROXY", local))).encode()
+
+    async def restrict(self, container_id: str, address: str, domains: Sequence[str]) -> None:
+        """Put a sandbox behind the proxy: its direct traffic is dropped from now on."""
+        assert self.bridge is not None
+        self._state.mkdir(parents=True, exist_ok=True)
+        (self._state / f"{container_id}.json").write_text(json.dumps({"address": address, "domains": list(domains)}))
+        self._restricted[container_id] = (address, tuple(domains))
+        self.proxy.allow(address, container_id, domains)
+        await self._add_proxied([address])
+
+    async def readopt(self, sandbox: Sandbox) -> None:
+        """After a restart of the server: a sandbox behind the proxy stays behind it (the allow-list
+        is kept on the host, where the sandbox cannot change it), at the address it has now (a
+        sandbox started again after a reboot of the host may have another)."""
+        container_id = sandbox.container_id
+        path = self._state / f"{container_id}.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        why = self._why_no_allow_lists()
+        if why:
+            raise SandboxError(why)
+        try:
+            sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
+        except SandboxError:
+            sandbox.address = str(saved["address"])
+        await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]])
+
+    def forget_saved(self, keep: set[str]) -> None:
+        """Remove the saved allow-lists of sandboxes that are gone."""
+        if self._state.is_dir():
+            for path in self._state.glob("*.json"):
+                if path.stem not in keep:
+                    path.unlink(missing_ok=True)
+
+    async def release(self, container_id: str) -> None:
+        """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set
+        (unless a newer sandbox with that address holds it already)."""
+        restricted = self._restricted.pop(container_id, None)
+        (self._state / f"{container_id}.json").unlink(missing_ok=True)
+        if restricted is None or self.bridge is None:
+            return
+        address = restricted[0]
+        if any(other == address for other, _ in self._restricted.values()):
+            return
+        self.proxy.forget(address)
+        try:
+            await self._nft("delete", "element", "inet", table_name(self.bridge), "proxied", f"{{ {address} }}")
+        except SandboxError as exc:
+            logger.warning("could not take %s out of the proxied set: %s", address, exc)
+
+    async def listing(self) -> str:
+        """The server's table as the kernel holds it ("" when there is none)."""
+        if self.bridge is None:
+            return ""
+        try:
+            return await self._nft("list", "table", "inet", table_name(self.bridge))
+        except SandboxError:
+            return ""
+
+    async def _drop_rules(self, name: str) -> None:
+        """Under the open policy on a network that once had the public one: its rules go once no
+        sandbox is left on it (they would guard some sandboxes there and not others). Networks
+        this server does not use are not its business: another server may rely on them."""
+        if self._cannot_install() or name not in await self.backend.network_names():
+            return
+        if await self.backend.network_users(name):
+            logger.warning("network %s still has sandboxes made under the public policy: its egress rules stay", name)
+            return
+        try:
+            await self._nft("-f", "-", script=_remake(table_name(await self.backend.bridge_network(name, {}))))
+        except SandboxError as exc:
+            logger.warning("could not remove the egress rules of network %s: %s", name, exc)
+
+    def _cannot_install(self) -> str:
+        if os.geteuid() != 0:
+            return "the server does not run as root, so it cannot install nftables rules"
+        if shutil.which("nft", path=self._env.get("PATH")) is None:
+            return "nft not found (Debian: apt-get install nftables)"
+        return ""
+
+    async def _nft(self, *args: str, script: str | None = None) -> str:
+        try:
+            result = await anyio.run_process(["nft", *args], input=script.encode() if script else None,
+                                             check=False, env=self._env)
+        except OSError as exc:
+            raise SandboxError(f"nft: {exc}") from None
+        if result.returncode != 0:
+            said = result.stderr.decode(errors="replace").strip().splitlines()
+            raise SandboxError(f"nft {' '.join(args)} failed: {said[-1] if said else result.returncode}")
+        return result.stdout.decode(errors="replace")

@@ -1,0 +1,44 @@
+"""How a tool area is written: a class whose ``@tool`` methods are its tools (the method's name is
+the tool's name, its docstring the description unless one is given), sharing one ToolContext."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastmcp import FastMCP
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from .context import ToolContext
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ContainerId = Annotated[
+    str, Field(description="The container_id returned by create_container.", max_length=200)
+]
+CommandId = Annotated[str, Field(description="The command_id from execute_command.", max_length=200)]
+
+
+def tool(*, title: str, description: str | None = None, **hints: bool) -> Callable[[F], F]:
+    """Marks a method of a ToolArea as a tool, with its MCP annotations (read_only_hint, ...)."""
+
+    def mark(function: F) -> F:
+        function.__mcp_tool__ = {"annotations": ToolAnnotations(title=title, **hints), "description": description}  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+class ToolArea:
+    """A group of tools; ``register`` adds each ``@tool`` method, in the order they are written."""
+
+    def __init__(self, context: ToolContext) -> None:
+        self.context = context
+        self.sandboxes = context.sandboxes
+
+    def register(self, mcp: FastMCP) -> None:
+        for name, function in vars(type(self)).items():
+            options = getattr(function, "__mcp_tool__", None)
+            if options is not None:
+                mcp.tool(getattr(self, name), **{key: value for key, value in options.items() if value is not None})

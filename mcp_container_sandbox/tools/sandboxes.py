@@ -1,0 +1,180 @@
+"""Tools for the life of a sandbox: create_container, list_containers, check_container, destroy_container."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastmcp import Context
+from pydantic import Field
+
+from ..sandbox import LIMITS, LIMITS_IN_WORDS, SandboxError, utc_iso
+from .area import ContainerId, ToolArea, tool
+from .context import progress_reporter, tool_errors
+from .shaping import port_link_fields, sandbox_times
+from .waits import MAX_WAIT
+from .waits import current as current_waits
+
+LIST_AT_ONCE = 8  # list_containers asks this many sandboxes at a time (those it must ask)
+
+CREATE_DESCRIPTION = f"""Create an isolated Linux sandbox ({LIMITS_IN_WORDS}).
+
+Returns its container_id for execute_command, check_container, get_file_url and destroy_container.
+It is destroyed automatically at expires_at (two hours after creation by default). With snapshot_id
+it starts with the files of that snapshot (a fork; the snapshot and its source stay as they are);
+with snapshot_on_expiry=true its files are kept in a snapshot when its lifetime ends."""
+
+
+class SandboxTools(ToolArea):
+    @tool(title="Create sandbox", description=CREATE_DESCRIPTION, read_only_hint=False, destructive_hint=False,
+          open_world_hint=False)
+    async def create_container(
+        self,
+        image: Annotated[
+            str | None,
+            Field(description="Container image; only images on the server's allow-list. Omit for the default (Alpine Linux).", max_length=300),
+        ] = None,
+        ttl_seconds: Annotated[
+            int | None,
+            Field(description="Lifetime in seconds, up to the server's maximum (2 hours by default); omit for the maximum.", ge=1),
+        ] = None,
+        network: Annotated[
+            bool | None,
+            Field(description="false: no network at all inside the sandbox. Omit for the server's default "
+                              "(the internet, but nothing of the host or the networks around it)."),
+        ] = None,
+        allow_domains: Annotated[
+            list[Annotated[str, Field(max_length=253)]] | None,
+            Field(description="Only these hosts may be reached, over HTTP(S) through the server's proxy (set in the "
+                              "sandbox's http_proxy/https_proxy): exact names like 'api.github.com', or '*.example.org' "
+                              "for its subdomains. Omit for the server's default."),
+        ] = None,
+        snapshot_id: Annotated[
+            str | None,
+            Field(description="Start from this snapshot's files (from snapshot_container or list_snapshots), on its "
+                              "image. Omit for a fresh sandbox.", max_length=100),
+        ] = None,
+        snapshot_on_expiry: Annotated[
+            bool,
+            Field(description="true: when the sandbox's lifetime ends, its files are kept in a snapshot (reason "
+                              "'expired') before it is destroyed; check_container then names it."),
+        ] = False,
+    ) -> dict[str, Any]:
+        with tool_errors():
+            tenant = self.context.tenant()
+            sandbox = await self.sandboxes.create(image, tenant, ttl_seconds, network, allow_domains,
+                                                  snapshot_id, snapshot_on_expiry)
+            egress = self.sandboxes.egress_of(sandbox.container_id, tenant)
+        return {
+            "container_id": sandbox.container_id,
+            "image": sandbox.image,
+            "status": "running",
+            "created_at": utc_iso(sandbox.created_at),
+            "expires_at": utc_iso(sandbox.expires_at),
+            "limits": LIMITS,
+            "egress": egress,
+            "snapshot_on_expiry": snapshot_on_expiry,
+            **({"snapshot_id": snapshot_id} if snapshot_id is not None else {}),
+        }
+
+    @tool(title="List my sandboxes", read_only_hint=True, open_world_hint=False)
+    async def list_containers(self) -> dict[str, Any]:
+        """List your sandboxes: image, status, creation and expiry times, and their running commands."""
+        with tool_errors():
+            tenant = self.context.tenant()
+            mine = self.sandboxes.list(tenant)
+            running: dict[str, list[str] | None] = {}
+            limit = anyio.Semaphore(LIST_AT_ONCE)
+
+            async def look(container_id: str) -> None:
+                async with limit:
+                    try:
+                        running[container_id] = await self.sandboxes.running_commands(container_id, tenant)
+                    except SandboxError:
+                        running[container_id] = None
+
+            async with anyio.create_task_group() as group:
+                for sandbox in mine:
+                    group.start_soon(look, sandbox.container_id)
+            listed = [{
+                "container_id": sandbox.container_id,
+                "image": sandbox.image,
+                "status": "unavailable" if running.get(sandbox.container_id) is None else "running",
+                **sandbox_times(sandbox),
+                "running_commands": running.get(sandbox.container_id) or [],
+            } for sandbox in mine]
+        return {"containers": listed}
+
+    @tool(title="Check sandbox or command", read_only_hint=True, open_world_hint=False)
+    async def check_container(
+        self,
+        container_id: ContainerId,
+        command_id: Annotated[
+            str | None,
+            Field(description="A command_id from execute_command; omit to list the sandbox's commands.", max_length=200),
+        ] = None,
+        wait_seconds: Annotated[
+            float,
+            Field(description="With command_id: wait up to this many seconds for the command to finish, "
+                              "returning as soon as it does (instead of polling in a loop).", ge=0, le=MAX_WAIT),
+        ] = 0,
+        stdout_offset: Annotated[
+            int | None, Field(description="With command_id: stdout bytes already seen; exactly what follows is "
+                                          "returned (pass the last result's stdout_bytes to follow a long build).", ge=0)
+        ] = None,
+        stderr_offset: Annotated[
+            int | None, Field(description="With command_id: stderr bytes already seen, as stdout_offset.", ge=0)
+        ] = None,
+        ctx: Context | None = None,
+    ) -> dict[str, Any]:
+        """Show a sandbox's status, lifetime and commands; with command_id, that command's status, exit code and output so far.
+
+        To follow a command that went on in the background, call this with its command_id and
+        wait_seconds (up to 50; the running command's message says how long): it returns as soon as the
+        command ends.
+        """
+        with tool_errors():
+            tenant = self.context.tenant()
+            if command_id is None:
+                return {**await self._sandbox_state(container_id, tenant),
+                        "commands": await self._commands(container_id, tenant)}
+            waits, progress = current_waits()
+            with self.context.waits.waiting(waits):
+                state = await self.sandboxes.wait_for_command(
+                    container_id, command_id, waits.allowed(wait_seconds, progress), tenant,
+                    progress_reporter(ctx), stdout_offset, stderr_offset)
+            command = self.context.command_result(container_id, state)
+            if state.reason == "sandbox_gone" and container_id not in {s.container_id for s in self.sandboxes.list(tenant)}:
+                return {"container_id": container_id, "status": "gone", "command": command}
+            return {**await self._sandbox_state(container_id, tenant), "command": command}
+
+    async def _sandbox_state(self, container_id: str, tenant: str) -> dict[str, Any]:
+        times = sandbox_times(self.sandboxes.get(container_id, tenant))
+        status = await self.sandboxes.container_status(container_id, tenant)
+        base_url, domain = self.context.base_url(), self.context.server.preview_domain
+        return {"container_id": container_id, "status": status, **times,
+                "egress": self.sandboxes.egress_of(container_id, tenant),
+                "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(container_id, tenant),
+                "ports": [port_link_fields(link, base_url, domain)
+                          for link in self.sandboxes.port_links(container_id, tenant)]}
+
+    async def _commands(self, container_id: str, tenant: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "command_id": summary.command_id,
+                "command": summary.command,
+                "status": summary.status,
+                "exit_code": summary.exit_code,
+                "started_at": utc_iso(summary.started_at) if summary.started_at else None,
+            }
+            for summary in await self.sandboxes.list_commands(container_id, tenant)
+        ]
+
+    @tool(title="Destroy sandbox", read_only_hint=False, destructive_hint=True, idempotent_hint=True,
+          open_world_hint=False)
+    async def destroy_container(self, container_id: ContainerId) -> dict[str, Any]:
+        """Destroy a sandbox now, with everything in it; its file URLs stop working."""
+        with tool_errors():
+            await self.sandboxes.destroy(container_id, self.context.tenant())
+        return {"container_id": container_id, "destroyed": True}
+

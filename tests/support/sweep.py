@@ -1,0 +1,52 @@
+"""For tests and benchmarks: remove what a run left on the host after its sandboxes were removed
+behind the server's back (``podman rm`` by label), and build the test app they put into
+sandboxes. Not used by the server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from mcp_container_sandbox.sandbox.backend.podman import LABEL_HOLDS_IMAGE
+
+
+def release_namespace(base: str, namespace: str) -> None:
+    """Unmount and delete every disk of a namespace whose containers are gone: for the sweeps of
+    tests and benchmarks, which remove their sandboxes with ``podman rm`` behind the server's back."""
+    directory = Path(base) / namespace
+    if not directory.is_dir():
+        return
+    for disk in directory.iterdir():
+        for mount_point in (disk / "root", disk / "fs"):
+            if os.path.ismount(mount_point) and subprocess.run(["umount", str(mount_point)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(mount_point)])
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def image_holders() -> set[str]:
+    """The image holders on this host, for the sweeps of tests and benchmarks, which remove the
+    ones their run made."""
+    listed = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={LABEL_HOLDS_IMAGE}"],
+                            capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+def remove_image_holders(keep: set[str]) -> None:
+    """Remove the image holders made since ``keep`` was listed with image_holders()."""
+    made = image_holders() - keep
+    if made:
+        subprocess.run(["podman", "rm", "-f", *made], capture_output=True)
+
+
+def build_static(source: Path, dest: Path) -> bytes:
+    """A static binary of a C program (musl-gcc, else gcc), which runs in any sandbox image."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    said = ""
+    for compiler in ("musl-gcc", "gcc"):
+        built = subprocess.run([compiler, "-static", "-O2", "-o", str(dest), str(source)], capture_output=True, text=True)
+        if built.returncode == 0:
+            return dest.read_bytes()
+        said = built.stderr
+    raise RuntimeError(f"could not build {source.name}: {said[-2000:]}")
