@@ -31,7 +31,8 @@ from .model import (
     LOCAL_TENANT,
     Sandbox,
 )
-from .network.egress import BRIDGE_MAX_PORTS, Egress
+from .network.egress import Egress
+from .network.egress_rules import BRIDGE_MAX_PORTS
 from .paths import DATA_DIR, HELPERS_COPY, MAIN_WITH_HELPERS, STATE_TMPFS
 from .runtime.runtimes import ExecRuntime
 
@@ -73,19 +74,7 @@ class SandboxContainers:
         created = time.time()
         sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant,
                           network=network or self.egress.network)
-        labels = {
-            LABEL_MANAGED: "true",
-            LABEL_NAMESPACE: self.settings.namespace,
-            LABEL_CREATED: f"{created:.3f}",
-            LABEL_EXPIRES: f"{sandbox.expires_at:.3f}",
-            LABEL_IMAGE: image,
-            LABEL_NETWORK: sandbox.network,
-        }
-        if pooled:
-            labels[LABEL_POOLED] = "true"
-            labels[LABEL_MADE_UNDER] = json.dumps(await self.made_under(), sort_keys=True, separators=(",", ":"))
-        else:
-            labels[LABEL_TENANT] = tenant
+        labels = await self._labels(sandbox, pooled)
         try:
             # The server's own files (DATA_DIR) live on a mount of their own, never in the image's
             # tree, which may be read-only to the sandbox's root: on the sandbox's disk, or on an
@@ -116,22 +105,7 @@ class SandboxContainers:
                                "operator can set SANDBOX_DISK_LIMIT_BYTES=0 to run sandboxes without one.") from None
         except PodmanError as exc:
             await self.remove(sandbox.name)
-            if "exchange full" in exc.stderr.lower():  # netavark adding the veth to a bridge at BR_MAX_PORTS
-                raise PodmanError(
-                    exc.argv, exc.exit_code, exc.stderr,
-                    f"The bridge of the sandbox network {sandbox.network!r} is full: Linux puts at most "
-                    f"{BRIDGE_MAX_PORTS} ports on a bridge, one for each sandbox with a network (the warm pool's "
-                    "included; ports other programs left there count too). Destroy sandboxes you no longer need "
-                    "or create this one with network=false; an operator can lower SANDBOX_MAX_CONTAINERS, or run "
-                    "a second server with SANDBOX_NETWORK naming another network.",
-                ) from None
-            if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
-                raise PodmanError(
-                    exc.argv, exc.exit_code, exc.stderr,
-                    f"The image {image!r} is not available on this host and could not be pulled. "
-                    "An operator can load it (scripts/setup.sh builds an offline image).",
-                ) from None
-            raise
+            raise _start_failure(exc, sandbox, image) from None
         try:
             await self.limits.verify(sandbox, warnings)
             if not helpers_placed:
@@ -140,6 +114,24 @@ class SandboxContainers:
             await self.remove(sandbox.name)
             raise
         return sandbox
+
+    async def _labels(self, sandbox: Sandbox, pooled: bool) -> dict[str, str]:
+        """What a restarted server finds the sandbox by: its lifetime, image and network, and its
+        tenant, or for a pooled one what it was made under."""
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_NAMESPACE: self.settings.namespace,
+            LABEL_CREATED: f"{sandbox.created_at:.3f}",
+            LABEL_EXPIRES: f"{sandbox.expires_at:.3f}",
+            LABEL_IMAGE: sandbox.image,
+            LABEL_NETWORK: sandbox.network,
+        }
+        if pooled:
+            labels[LABEL_POOLED] = "true"
+            labels[LABEL_MADE_UNDER] = json.dumps(await self.made_under(), sort_keys=True, separators=(",", ":"))
+        else:
+            labels[LABEL_TENANT] = sandbox.tenant
+        return labels
 
     async def restart(self, sandbox: Sandbox) -> None:
         """Start a stopped sandbox again (after a reboot of the host), its disk mounted first."""
@@ -157,3 +149,23 @@ class SandboxContainers:
                 raise failure
             return
         await self.disks.release(name)
+
+
+def _start_failure(exc: PodmanError, sandbox: Sandbox, image: str) -> PodmanError:
+    """Podman's failure to start a sandbox, said as what to do about it where the cause is known."""
+    if "exchange full" in exc.stderr.lower():  # netavark adding the veth to a bridge at BR_MAX_PORTS
+        return PodmanError(
+            exc.argv, exc.exit_code, exc.stderr,
+            f"The bridge of the sandbox network {sandbox.network!r} is full: Linux puts at most "
+            f"{BRIDGE_MAX_PORTS} ports on a bridge, one for each sandbox with a network (the warm pool's "
+            "included; ports other programs left there count too). Destroy sandboxes you no longer need "
+            "or create this one with network=false; an operator can lower SANDBOX_MAX_CONTAINERS, or run "
+            "a second server with SANDBOX_NETWORK naming another network.",
+        )
+    if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
+        return PodmanError(
+            exc.argv, exc.exit_code, exc.stderr,
+            f"The image {image!r} is not available on this host and could not be pulled. "
+            "An operator can load it (scripts/setup.sh builds an offline image).",
+        )
+    return exc

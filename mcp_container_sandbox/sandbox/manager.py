@@ -11,7 +11,6 @@ caches what it can read back.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,14 @@ from .backend.podman import PodmanBackend
 from .backend.podman_cli import Podman, check_event_loop, system_env
 from .background import BackgroundTasks
 from .containers import SandboxContainers
-from .errors import ImageNotAllowed, SandboxError, SandboxNotFound
+from .creation import Creation
+from .errors import SandboxError, SandboxNotFound
+from .health import HealthProbe
 from .lifecycle import Lifecycle
 from .limits import LimitsCheck
 from .model import LOCAL_TENANT, NAME_PREFIX, FileLink, Sandbox
 from .network.egress import Egress
 from .network.preview_links import PortLink, PortLinks
-from .paths import CLAIM_PATH, ENV_PATH
 from .pool import WarmPool
 from .registry import SandboxRegistry
 from .removals import DRAIN_SECONDS, Removals
@@ -52,16 +52,16 @@ from .storage.file_reading import Entry, FileReader, FileSlice
 from .storage.snapshots import Snapshot, Snapshots
 
 logger = logging.getLogger("mcp_sandbox.manager")
-OPEN_AHEAD_WAIT_SECONDS = 10.0  # how long a new sandbox's channel waits for a burst of creates to end
 
 
 class SandboxManager:
     """Creates, tracks, reaps and destroys sandboxes; runs commands; serves files."""
 
-    def __init__(self, settings: SandboxSettings) -> None:
+    def __init__(self, settings: SandboxSettings, backend: Backend | None = None) -> None:
+        """``backend``: where sandboxes live; Podman's unless given (tests/support has a stand-in)."""
         self.settings = settings
         self.podman = Podman(settings.podman, settings.runtime)
-        self.backend: Backend = PodmanBackend(self.podman)
+        self.backend: Backend = backend if backend is not None else PodmanBackend(self.podman)
         self.disks = SandboxDisks(settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.backend)
         # Why sandboxes cannot be given their limits here ("" while they can): decided at start
         # from Podman's own account, and again from the first sandbox's cgroup.
@@ -78,8 +78,6 @@ class SandboxManager:
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
         self._gone = GoneCommands()
         self._background = BackgroundTasks()
-        self._health_lock = anyio.Lock()
-        self._health_probe: tuple[float, str | SandboxError] | None = None  # (when it started, its answer)
         # The agent binary and what each sandbox gets: found (or built) at start, never at import.
         self._agent: Path | None = None
         self._helpers = b""  # as a tar stream, for podman exec
@@ -106,9 +104,12 @@ class SandboxManager:
         )
         self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
                                self.registry.get, self.registry.live, self.backend)
-        self.pool = WarmPool(settings.pool_size, self._make_pooled, self._claim_pooled, self._discard,
-                             lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds,
-                             self._room)
+        self.creation = Creation(settings, self.backend, self.registry, self.containers, self.snapshots, self.egress,
+                                 self.limits, self.channels, self.runtimes, self.commands, self._background.start_soon)
+        self.pool = self.creation.pool = WarmPool(
+            settings.pool_size, self.creation.make_pooled, self.creation.claim_pooled, self.creation.discard,
+            lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds, self.creation.room)
+        self.health_probe = HealthProbe(self.backend, self.limits, self.disks, self.registry, self.egress, self.pool)
         self.channels.pooled = self.pool.holds
         # destroy_container answers at once; the container goes in the background (removals.py).
         self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
@@ -165,14 +166,6 @@ class SandboxManager:
         await self.disks.release_spares()
         self.podman.close()
 
-    def _room(self) -> int:
-        """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes and, on
-        a bridge, the ports it has left plus those the pool holds (a pool that grew past them would
-        retry its podman run every 10 s against netavark's "Exchange full")."""
-        room = self.settings.max_containers - len(self.registry)
-        free = self.egress.bridge_ports_free()
-        return room if free is None else min(room, len(self.pool) + free)
-
     async def adopt(self) -> list[str]:
         return await self.lifecycle.adopt()
 
@@ -223,98 +216,9 @@ class SandboxManager:
         network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
         snapshot_on_expiry: bool = False,
     ) -> Sandbox:
-        """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
-        network=False cuts it off from every network (None: as the egress policy says), allow_domains
-        lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
-        snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires."""
-        if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
-            raise SandboxError(
-                f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
-                "maximum). Omit it for the maximum."
-            )
-        ttl = ttl_seconds or self.settings.ttl_seconds
-        snapshot = self.snapshots.get(snapshot_id, tenant) if snapshot_id is not None else None
-        if snapshot is not None:
-            if (image or "").strip() not in ("", snapshot.image):
-                raise SandboxError(f"A sandbox made from snapshot {snapshot.snapshot_id} runs on the snapshot's image, "
-                                   f"{snapshot.image!r}; omit the image argument.")
-            image = snapshot.image
-        image = (image or "").strip() or self.settings.image
-        if image not in self.settings.images:
-            allowed = ", ".join(self.settings.images)
-            raise ImageNotAllowed(
-                f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
-                "Omit the image argument to get the default one."
-            )
-        domains = self.egress.check_allow_domains(allow_domains, network) if allow_domains is not None else ()
-        self.limits.require()
-        async with self.registry.reserve(tenant):
-            # The pool holds sandboxes of the default image on the server's network only.
-            offline = network is False and self.egress.network != "none"
-            pooled = image == self.settings.image and not offline and snapshot is None
-            sandbox = await self.pool.take(tenant, ttl) if pooled else None
-            fresh = sandbox is None
-            if sandbox is None:
-                layer = None
-                if snapshot is not None:
-                    image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
-                async with self.pool.creating():  # the pool waits for this one to start
-                    sandbox = await self.containers.start(
-                        image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
-                    )
-            if domains:
-                await self._behind_proxy(sandbox, domains)
-            if snapshot_on_expiry:
-                self.snapshots.mark(sandbox.container_id)
-            self.registry.add(sandbox)
-            self.commands.know(sandbox.container_id)
-        if fresh:  # a pooled one has its channel open already
-            self._background.start_soon(self._open_ahead, sandbox)
-        logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
-        return sandbox
-
-    async def _open_ahead(self, sandbox: Sandbox) -> None:
-        """A new sandbox's command channel, opened while its creator reads the answer: its first
-        command finds it open, or waits for the opening under way rather than start another.
-        During a burst it waits for the other creates first (its podman exec would slow them);
-        a command that comes meanwhile opens the channel itself."""
-        await self.pool.no_creates(OPEN_AHEAD_WAIT_SECONDS)
-        if self.registry.live(sandbox.container_id) is None:
-            return
-        try:
-            await self.channels.get(sandbox)
-        except SandboxError:
-            return  # the first command opens it again, or says why it cannot
-        if self.registry.live(sandbox.container_id) is None:  # destroyed meanwhile
-            await self.channels.close(sandbox.container_id)
-
-    async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
-        """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""
-        try:
-            sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
-            if not sandbox.address:
-                raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
-            await self.egress.restrict(sandbox.container_id, sandbox.address, domains)
-            await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
-                sandbox, ENV_PATH, self.egress.environment(), 0o644))
-        except SandboxError:
-            await self.containers.remove(sandbox.name)
-            await self.egress.release(sandbox.container_id)
-            raise
-
-    async def _make_pooled(self) -> Sandbox:
-        sandbox = await self.containers.start(self.settings.image, pooled=True)
-        await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
-        if self.egress.bridge is not None and sandbox.network == self.egress.bridge.name:
-            sandbox.address = await self.backend.address(sandbox.name, sandbox.network)  # for allow_domains
-        return sandbox
-
-    async def _claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
-        await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, CLAIM_PATH, claim, 0o644))
-
-    async def _discard(self, sandbox: Sandbox) -> None:
-        await self.channels.close(sandbox.container_id)
-        await self.containers.remove(sandbox.name)
+        """A sandbox for the tenant (creation.py says how each argument shapes it)."""
+        return await self.creation.create(image, tenant, ttl_seconds, network, allow_domains, snapshot_id,
+                                          snapshot_on_expiry)
 
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         sandbox = self.registry.live(container_id)
@@ -447,25 +351,5 @@ class SandboxManager:
     # ----- health
 
     async def health(self) -> dict[str, Any]:
-        """Whether Podman answers, and what this server runs with. One ``podman version`` a probe
-        (it opens Podman's store and database as every command does, ~30 ms whatever the number
-        of containers; listing them cost ~0.3 ms each and, with 1,000 live, waited seconds behind
-        creates); requests that come while a probe runs share the next one instead of each
-        starting its own, so a storm of health checks costs two probes."""
-        asked = time.monotonic()
-        async with self._health_lock:
-            if self._health_probe is None or self._health_probe[0] < asked:
-                started = time.monotonic()
-                try:
-                    self._health_probe = (started, await self.backend.version())
-                except SandboxError as exc:
-                    self._health_probe = (started, exc)
-            answer = self._health_probe[1]
-        if isinstance(answer, SandboxError):
-            raise answer
-        version = answer
-        self.limits.require()
-        disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
-        return {"podman_version": version, "sandboxes": len(self.registry), "egress": self.egress.describe(),
-                "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe()}
-
+        """Whether Podman answers, and what this server runs with (health.py)."""
+        return await self.health_probe.health()

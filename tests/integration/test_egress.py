@@ -27,10 +27,8 @@ from conftest import APP, bridge_of, podman, structured, wait_until
 from fastmcp import Client
 
 from mcp_container_sandbox.sandbox.lifecycle import SYNC_SECONDS
-from mcp_container_sandbox.sandbox.network.egress import (
-    DEFAULT_NETWORK,
-    upstream_resolvers,
-)
+from mcp_container_sandbox.sandbox.network.egress import DEFAULT_NETWORK
+from mcp_container_sandbox.sandbox.network.egress_rules import upstream_resolvers
 
 pytestmark = pytest.mark.anyio
 

@@ -33,10 +33,8 @@ from conftest import (
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
-from mcp_container_sandbox.sandbox.network.egress import (
-    BRIDGE_MAX_PORTS,
-    DEFAULT_NETWORK,
-)
+from mcp_container_sandbox.sandbox.network.egress import DEFAULT_NETWORK
+from mcp_container_sandbox.sandbox.network.egress_rules import BRIDGE_MAX_PORTS
 
 pytestmark = pytest.mark.anyio
 

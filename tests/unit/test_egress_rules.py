@@ -11,11 +11,11 @@ import pytest
 
 from mcp_container_sandbox.sandbox.backend.abstract import BridgeNetwork
 from mcp_container_sandbox.sandbox.errors import InvalidAllowList
-from mcp_container_sandbox.sandbox.network.egress import (
+from mcp_container_sandbox.sandbox.network.egress import Egress
+from mcp_container_sandbox.sandbox.network.egress_rules import (
     BLOCKED_V4,
     BLOCKED_V6,
     BRIDGE_MAX_PORTS,
-    Egress,
     listening_ports,
     ruleset,
     sandbox_resolvers,
@@ -173,7 +173,7 @@ def test_the_proxy_refuses_blocked_addresses_unless_an_operator_opened_them() ->
 
 
 def test_the_ports_a_bridge_has_left_are_read_from_the_kernels_list_of_them(tmp_path: Path) -> None:
-    """What bounds the warm pool on a bridge (manager._room): every port counts, whoever made it."""
+    """What bounds the warm pool on a bridge (creation.room): every port counts, whoever made it."""
     egress = Egress(SandboxSettings.from_env({}), backend=None, env={})  # type: ignore[arg-type]
     assert egress.bridge_ports_free(str(tmp_path)) is None  # no bridge network
     egress.bridge = BRIDGE

@@ -76,3 +76,12 @@ def test_another_tenants_sandbox_is_answered_as_one_that_does_not_exist() -> Non
         registry.get("2", "b")
     assert str(theirs.value).replace("1", "2") == str(nobodys.value)
     assert registry.list("b") == [] and registry.live(None) is None  # type: ignore[arg-type]
+
+
+def test_the_agent_is_found_where_the_repository_keeps_its_source_and_build() -> None:
+    """A checkout's server finds agent/sandbox-agent.c and build/sandbox-agent (else every command
+    costs a podman exec, which still works: only the speed would say so)."""
+    from mcp_container_sandbox.sandbox.runtime import channel
+
+    assert channel.AGENT_SOURCE.is_file(), channel.AGENT_SOURCE
+    assert (channel.ROOT / "pyproject.toml").is_file()

@@ -152,20 +152,12 @@ class EgressProxy:
             writer.write(_response("400 Bad Request", "not an HTTP request"))
             return None
         method, target, version = parts
-        if method == "CONNECT":
-            host, _, port_text = target.rpartition(":")
-            rest = b""
-        else:
-            match = re.match(r"^http://([^/:?#]+|\[[^\]]+\])(?::(\d+))?([^#]*)", target, re.IGNORECASE)
-            if match is None:
-                writer.write(_response("400 Bad Request", "use this proxy as an HTTP proxy (absolute http:// URLs, "
-                                       "or CONNECT for https)"))
-                return None
-            host, port_text, path = match.group(1), match.group(2) or "80", match.group(3)
-            path = path if path.startswith("/") else "/" + path
-            kept = [line for line in lines[1:] if line and not line.lower().startswith(("proxy-", "connection:"))]
-            rest = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""]).encode("latin-1")
-        host = host.strip("[]").lower().rstrip(".")
+        destination = _destination(method, target, version, lines)
+        if destination is None:
+            writer.write(_response("400 Bad Request", "use this proxy as an HTTP proxy (absolute http:// URLs, "
+                                   "or CONNECT for https)"))
+            return None
+        host, port_text, rest = destination
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             writer.write(_response("400 Bad Request", f"{target[:200]!r} has no valid port"))
             return None
@@ -198,6 +190,23 @@ class EgressProxy:
         upstream.write(rest)
         return up_reader, upstream, _response(
             "502 Bad Gateway", f"{host}:{port_text} closed the connection without answering; try again")
+
+
+def _destination(method: str, target: str, version: str, lines: list[str]) -> tuple[str, str, bytes] | None:
+    """Where a request goes (host, port) and, for plain HTTP, the request to send there (without
+    the proxy's own headers); None for a target that is neither host:port nor an http:// URL."""
+    if method == "CONNECT":
+        host, _, port_text = target.rpartition(":")
+        rest = b""
+    else:
+        match = re.match(r"^http://([^/:?#]+|\[[^\]]+\])(?::(\d+))?([^#]*)", target, re.IGNORECASE)
+        if match is None:
+            return None
+        host, port_text, path = match.group(1), match.group(2) or "80", match.group(3)
+        path = path if path.startswith("/") else "/" + path
+        kept = [line for line in lines[1:] if line and not line.lower().startswith(("proxy-", "connection:"))]
+        rest = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""]).encode("latin-1")
+    return host.strip("[]").lower().rstrip("."), port_text, rest
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, if_silent: bytes = b"") -> None:

@@ -29,7 +29,7 @@ from ..errors import ChannelClosed, ChannelRequestFailed
 
 logger = logging.getLogger("mcp_sandbox.channel")
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: agent/ and build/
+ROOT = Path(__file__).resolve().parents[3]  # the repository (runtime/, sandbox/, the package, it): agent/ and build/
 AGENT_SOURCE = ROOT / "agent" / "sandbox-agent.c"
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import anyio
 
 from ...settings import SandboxSettings
 from ..errors import (
-    CommandNotFound,
     InvalidCommand,
     SandboxError,
     SandboxNotFound,
@@ -21,8 +20,8 @@ from ..errors import (
 )
 from ..model import LOCAL_TENANT, Sandbox
 from ..paths import OUTPUT_DIR
+from .command_output import CommandOutput, check_command_id, not_found
 from .command_records import (
-    COMMAND_ID_RE,
     SIGNALS,
     STDIN_FROM_FILE,
     STDIN_KEPT_OPEN,
@@ -36,16 +35,6 @@ from .command_records import (
 from .gone_commands import GoneCommands
 from .runtimes import NO_TERMINAL_MESSAGE, ExecRuntime, Runtimes
 
-# A command that waits for input is answered once its output stops growing: after a quiet spell as
-# long as its first answer took (a quick echo: SETTLE_MIN_SECONDS; a slow program: up to
-# SETTLE_MAX_SECONDS), or after SILENT_SECONDS when nothing came. Looked at every
-# SETTLE_POLL_SECONDS (sizes only: through the agent, a fraction of a millisecond).
-SETTLE_MIN_SECONDS = 0.003
-SETTLE_MAX_SECONDS = 0.3
-# On a terminal the first output is the terminal's echo of what was typed, at once: wait longer.
-SETTLE_MIN_TERMINAL_SECONDS = 0.05
-SILENT_SECONDS = 1.0
-SETTLE_POLL_SECONDS = 0.002
 # How long send_signal waits for the command to end (for a signal that ends it).
 SIGNAL_WAIT_SECONDS = 3.0
 # How long a write to a command just started over podman exec waits for its FIFO; and how long
@@ -101,33 +90,13 @@ class CommandRunner:
         self.settings = settings
         self._get, self._live = get, live  # a tenant's live sandbox (or SandboxNotFound); any record by id
         self.runtimes, self._gone = runtimes, gone
+        self.output = CommandOutput(settings.output_limit_bytes, runtimes)
         # Sandboxes whose commands this server knows all of: made by it, or listed since it started.
         self._known: set[str] = set()
 
     def know(self, container_id: str) -> None:
         """A sandbox this server just made: no command of it runs that the server did not start."""
         self._known.add(container_id)
-
-    def _validate_command(self, command: str) -> bytes:
-        if not isinstance(command, str) or not command.strip():
-            raise InvalidCommand("The command is empty. Pass a shell command line, for example 'ls -la /'.")
-        if "\0" in command:
-            raise InvalidCommand("The command contains a NUL character, which a shell cannot run. Remove it.")
-        encoded = command.encode("utf-8", errors="surrogatepass")
-        if len(encoded) > self.settings.max_command_bytes:
-            raise InvalidCommand(
-                f"The command is {len(encoded):,} bytes; the limit is {self.settings.max_command_bytes:,} "
-                "(SANDBOX_MAX_COMMAND_BYTES). Split the work into smaller commands."
-            )
-        return encoded
-
-    def _validate_stdin(self, data: bytes | None, what: str) -> None:
-        if data is not None and len(data) > self.settings.stdin_max_bytes:
-            raise InvalidCommand(
-                f"{what} is {len(data):,} bytes; the limit is {self.settings.stdin_max_bytes:,} "
-                "(SANDBOX_STDIN_MAX_BYTES). Write it into a file with write_file and redirect it (command < file), "
-                "or send it in parts with write_stdin."
-            )
 
     async def execute(
         self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
@@ -139,8 +108,8 @@ class CommandRunner:
         it on a terminal fed the same way. A command that waits for input is answered as soon as
         its output settles (a prompt), not at the end of the sync wait."""
         sandbox = self._get(container_id, tenant)
-        encoded = self._validate_command(command)
-        self._validate_stdin(stdin, "stdin")
+        encoded = validate_command(command, self.settings.max_command_bytes)
+        validate_stdin(stdin, "stdin", self.settings.stdin_max_bytes)
         if tty and not self.runtimes.channels.enabled:
             raise InvalidCommand(NO_TERMINAL_MESSAGE)
         command_id = "cmd_" + secrets.token_hex(8)
@@ -154,7 +123,7 @@ class CommandRunner:
             if not flags & (STDIN_KEPT_OPEN | STDIN_TERMINAL):
                 state = await self._start_and_wait(sandbox, command_id, encoded, timeout_seconds, started_ms,
                                                    on_progress, flags)
-                return self._seen(container_id, await self._head_and_tail(sandbox, state))
+                return self._seen(container_id, await self.output.head_and_tail(sandbox, state))
             started = await self._start(sandbox, command_id, encoded, timeout_seconds, started_ms, flags)
             if stdin or not keep_stdin_open:  # a terminal without kept-open stdin gets ^D after it
                 written = (await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open,
@@ -165,10 +134,10 @@ class CommandRunner:
                         "bytes of stdin (it is not reading its input). Send the rest with write_stdin, or stop "
                         "it with send_signal.")
             if keep_stdin_open:
-                state = await self._settle(sandbox, command_id, 0, 0, self.settings.sync_wait_seconds, tty)
+                state = await self.output.settle(sandbox, command_id, 0, 0, self.settings.sync_wait_seconds, tty)
             else:
                 state = await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, on_progress, started)
-            return self._seen(container_id, await self._head_and_tail(sandbox, state))
+            return self._seen(container_id, await self.output.head_and_tail(sandbox, state))
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant)
 
@@ -179,8 +148,8 @@ class CommandRunner:
         state once its output settles, with the output that came after the write, and how many bytes
         it took in."""
         sandbox = self._get(container_id, tenant)
-        self._check_command_id(command_id)
-        self._validate_stdin(data, "data")
+        check_command_id(command_id)
+        validate_stdin(data, "data", self.settings.stdin_max_bytes)
         if not data and not close:
             raise InvalidCommand("data is empty and close is false: nothing to do. Pass the text to type "
                                  "(end lines with \\n), or close=true to end the command's input.")
@@ -188,10 +157,10 @@ class CommandRunner:
             written = await self._write(sandbox, command_id, data, close)
             if close:  # its input ended: most commands end now, so wait for that as execute_command does
                 await self._follow(sandbox, command_id, self.settings.sync_wait_seconds, None)
-                state = await self._slice(sandbox, command_id, self.settings.output_limit_bytes,
+                state = await self.output.slice(sandbox, command_id, self.settings.output_limit_bytes,
                                           written.stdout_before, written.stderr_before)
             else:
-                state = await self._settle(sandbox, command_id, written.stdout_before, written.stderr_before,
+                state = await self.output.settle(sandbox, command_id, written.stdout_before, written.stderr_before,
                                            self.settings.sync_wait_seconds, written.tty)
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant), 0
@@ -235,7 +204,7 @@ class CommandRunner:
             raise InvalidCommand(f"{str(signal)[:40]!r} is not a signal send_signal knows. Use one of "
                                  f"{', '.join(SIGNALS)} (with or without SIG).")
         sandbox = self._get(container_id, tenant)
-        self._check_command_id(command_id)
+        check_command_id(command_id)
 
         async def interrupted(_: ExecRuntime) -> str:  # never signal twice: the first may have arrived
             return "error interrupted"
@@ -247,60 +216,14 @@ class CommandRunner:
             if verdict[:1] != ["ok"]:
                 why = verdict[1] if len(verdict) > 1 else "refused"
                 if why == "no-such-command":
-                    self._not_found(sandbox, command_id)
+                    not_found(sandbox, command_id)
                 raise InvalidCommand(_SIGNAL_REFUSALS.get(why, "The signal could not be sent ({why}).").format(
                     command_id=command_id, container_id=container_id, why=why))
             ends = name not in ("STOP", "CONT")
             state = await self._follow(sandbox, command_id, SIGNAL_WAIT_SECONDS if ends else 0.2, None)
         except (SandboxNotFound, SandboxStopped) as exc:
             return self._gone_or_raise(exc, container_id, command_id, tenant), name
-        return self._seen(container_id, await self._head_and_tail(sandbox, state)), name
-
-    async def _settle(self, sandbox: Sandbox, command_id: str, stdout_offset: int, stderr_offset: int,
-                      max_seconds: float, tty: bool = False) -> CommandState:
-        """The command's output after the offsets once it ends, or once its output stopped growing
-        (a prompt, an answer: a quiet spell as long as the first answer took, within SETTLE_MIN_SECONDS
-        and SETTLE_MAX_SECONDS; or SILENT_SECONDS if nothing
-        came), or after max_seconds."""
-        cap = self.settings.output_limit_bytes
-        started = last_change = time.monotonic()
-        seen: tuple[int, int] | None = None
-        grew = False
-        shortest = SETTLE_MIN_TERMINAL_SECONDS if tty else SETTLE_MIN_SECONDS
-        settle = shortest
-        while True:
-            try:  # sizes only (cap 0) while waiting; the output once
-                state = await self._slice(sandbox, command_id, 0, stdout_offset, stderr_offset)
-            except CommandNotFound:
-                if not self.runtimes.exec_runtime.launching(sandbox.container_id, command_id):
-                    raise
-                await anyio.sleep(SETTLE_POLL_SECONDS)  # podman exec is still starting it
-                continue
-            now = time.monotonic()
-            sizes = (state.stdout_bytes, state.stderr_bytes)
-            if sizes != (seen or (stdout_offset, stderr_offset)):
-                if not grew:  # the first answer: wait for the rest about as long as it took
-                    settle = min(SETTLE_MAX_SECONDS, max(shortest, now - started))
-                grew, last_change = True, now
-            seen = sizes
-            quiet = now - last_change
-            if (state.status != "running" or now - started >= max_seconds
-                    or (grew and quiet >= settle) or quiet >= SILENT_SECONDS):
-                return await self._slice(sandbox, command_id, cap, stdout_offset, stderr_offset)
-            await anyio.sleep(SETTLE_POLL_SECONDS)
-
-    def _check_command_id(self, command_id: str) -> None:
-        if not isinstance(command_id, str) or not COMMAND_ID_RE.match(command_id):
-            raise CommandNotFound(
-                f"{str(command_id)[:80]!r} is not a command_id. Command ids look like 'cmd_0123456789abcdef'; "
-                "call check_container without command_id to list the sandbox's commands."
-            )
-
-    def _not_found(self, sandbox: Sandbox, command_id: str) -> None:
-        raise CommandNotFound(
-            f"Sandbox {sandbox.container_id} has no command {command_id}. Call check_container without "
-            "command_id to list its commands."
-        )
+        return self._seen(container_id, await self.output.head_and_tail(sandbox, state)), name
 
     def _started(self, container_id: str, command_id: str) -> None:
         """A command began (or may have): if its sandbox goes, it ends with reason sandbox_gone."""
@@ -373,7 +296,7 @@ class CommandRunner:
             if report is None:
                 report = await self.runtimes.ask(
                     sandbox, lambda runtime: runtime.report(sandbox, command_id, cap, 0, 0))
-            state = self._read_back(sandbox, command_id, report)
+            state = self.output.read_back(sandbox, command_id, report)
             if state.status != "running" or time.monotonic() >= deadline:
                 return state
             if on_progress is not None:
@@ -402,66 +325,12 @@ class CommandRunner:
         """A command's state: with byte offsets (a client's cursors), exactly the output after
         them; without, the output with its head and tail kept when it is too long."""
         sandbox = self._get(container_id, tenant)
-        self._check_command_id(command_id)
+        check_command_id(command_id)
         cursors = stdout_offset is not None or stderr_offset is not None
-        state = await self._slice(
+        state = await self.output.slice(
             sandbox, command_id, self.settings.output_limit_bytes, stdout_offset or 0, stderr_offset or 0
         )
-        return state if cursors else await self._head_and_tail(sandbox, state)
-
-    async def _slice(
-        self, sandbox: Sandbox, command_id: str, cap: int, stdout_offset: int, stderr_offset: int
-    ) -> CommandState:
-        """A command's state with at most cap bytes of each stream, from the given offsets."""
-        report = await self.runtimes.ask(sandbox, lambda runtime: runtime.report(
-            sandbox, command_id, cap, stdout_offset, stderr_offset))
-        return self._read_back(sandbox, command_id, report, stdout_offset, stderr_offset)
-
-    async def _head_and_tail(self, sandbox: Sandbox, state: CommandState) -> CommandState:
-        """A stream cut at the cap keeps its head and its tail (the end is where errors are)."""
-        cap = self.settings.output_limit_bytes
-        if not state.truncated:
-            return state
-        half = cap // 2
-        heads = await self._slice(sandbox, state.command_id, half, 0, 0)
-        tails = await self._slice(
-            sandbox, state.command_id, half, max(0, heads.stdout_bytes - half), max(0, heads.stderr_bytes - half)
-        )
-
-        def joined(total: int, whole: str, head: str, tail: str, name: str, path: str,
-                   dropped: tuple[int, int] | None) -> str:
-            if total <= cap:
-                return whole
-            omitted = total - 2 * half
-            where = f"read them with check_container {name}_offset={half}, or from {path}"
-            if dropped:
-                where += f" (bytes {dropped[0]:,} to {dropped[1]:,} were not kept)"
-            return f"{head}\n[... {omitted:,} bytes of {name} omitted: {where} ...]\n{tail}"
-
-        return replace(
-            state,
-            stdout=joined(heads.stdout_bytes, state.stdout, heads.stdout, tails.stdout, "stdout", state.stdout_path,
-                          tails.stdout_dropped),
-            stderr=joined(heads.stderr_bytes, state.stderr, heads.stderr, tails.stderr, "stderr", state.stderr_path,
-                          tails.stderr_dropped),
-            stdout_dropped=tails.stdout_dropped,
-            stderr_dropped=tails.stderr_dropped,
-        )
-
-    def _read_back(
-        self, sandbox: Sandbox, command_id: str, report: bytes, stdout_offset: int = 0, stderr_offset: int = 0
-    ) -> CommandState:
-        """A command's state from its report, whichever runtime sent it."""
-        try:
-            state = parse_report(command_id, report, stdout_offset=stdout_offset, stderr_offset=stderr_offset)
-        except ValueError as exc:
-            raise SandboxError(f"The record of command {command_id} in the sandbox is damaged ({exc}).") from None
-        if state is None:
-            self._not_found(sandbox, command_id)
-        if state.status == "killed" and self.runtimes.exec_runtime.launching(sandbox.container_id, command_id):
-            # Still being launched by podman exec: the pid file is not written yet.
-            state = replace(state, status="running")
-        return state
+        return state if cursors else await self.output.head_and_tail(sandbox, state)
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
         sandbox = self._get(container_id, tenant)
@@ -489,3 +358,26 @@ class CommandRunner:
 
     def forget(self, container_id: str) -> None:
         self._known.discard(container_id)
+
+
+def validate_command(command: str, max_bytes: int) -> bytes:
+    if not isinstance(command, str) or not command.strip():
+        raise InvalidCommand("The command is empty. Pass a shell command line, for example 'ls -la /'.")
+    if "\0" in command:
+        raise InvalidCommand("The command contains a NUL character, which a shell cannot run. Remove it.")
+    encoded = command.encode("utf-8", errors="surrogatepass")
+    if len(encoded) > max_bytes:
+        raise InvalidCommand(
+            f"The command is {len(encoded):,} bytes; the limit is {max_bytes:,} "
+            "(SANDBOX_MAX_COMMAND_BYTES). Split the work into smaller commands."
+        )
+    return encoded
+
+
+def validate_stdin(data: bytes | None, what: str, max_bytes: int) -> None:
+    if data is not None and len(data) > max_bytes:
+        raise InvalidCommand(
+            f"{what} is {len(data):,} bytes; the limit is {max_bytes:,} "
+            "(SANDBOX_STDIN_MAX_BYTES). Write it into a file with write_file and redirect it (command < file), "
+            "or send it in parts with write_stdin."
+        )

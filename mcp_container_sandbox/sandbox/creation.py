@@ -1,0 +1,145 @@
+"""How a sandbox comes to be: create_container's checks (lifetime, image, snapshot, allow-list,
+quotas), a sandbox from the warm pool or a new container, its place behind the egress proxy, and
+its channel opened ahead; and the pool's own makes, claims and discards."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..settings import SandboxSettings
+from .backend.abstract import Backend
+from .containers import SandboxContainers
+from .errors import ImageNotAllowed, SandboxError
+from .limits import LimitsCheck
+from .model import LOCAL_TENANT, Sandbox
+from .network.egress import Egress
+from .paths import CLAIM_PATH, ENV_PATH
+from .pool import WarmPool
+from .registry import SandboxRegistry
+from .runtime.commands import CommandRunner
+from .runtime.runtimes import AgentChannels, Runtimes
+from .storage.snapshots import Snapshots
+
+logger = logging.getLogger("mcp_sandbox.manager")
+OPEN_AHEAD_WAIT_SECONDS = 10.0  # how long a new sandbox's channel waits for a burst of creates to end
+
+
+class Creation:
+    def __init__(
+        self, settings: SandboxSettings, backend: Backend, registry: SandboxRegistry, containers: SandboxContainers,
+        snapshots: Snapshots, egress: Egress, limits: LimitsCheck, channels: AgentChannels, runtimes: Runtimes,
+        commands: CommandRunner, start_soon: Callable[..., Any],
+    ) -> None:
+        self.settings, self.backend, self.registry, self.containers = settings, backend, registry, containers
+        self.snapshots, self.egress, self.limits = snapshots, egress, limits
+        self.channels, self.runtimes, self.commands = channels, runtimes, commands
+        self._start_soon = start_soon
+        self.pool: WarmPool  # made by the manager with this object's pool callbacks, then set here
+
+    def room(self) -> int:
+        """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes and, on
+        a bridge, the ports it has left plus those the pool holds (a pool that grew past them would
+        retry its podman run every 10 s against netavark's "Exchange full")."""
+        room = self.settings.max_containers - len(self.registry)
+        free = self.egress.bridge_ports_free()
+        return room if free is None else min(room, len(self.pool) + free)
+
+    async def create(
+        self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
+        network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
+        snapshot_on_expiry: bool = False,
+    ) -> Sandbox:
+        """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
+        network=False cuts it off from every network (None: as the egress policy says), allow_domains
+        lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
+        snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires."""
+        if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
+            raise SandboxError(
+                f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
+                "maximum). Omit it for the maximum."
+            )
+        ttl = ttl_seconds or self.settings.ttl_seconds
+        snapshot = self.snapshots.get(snapshot_id, tenant) if snapshot_id is not None else None
+        if snapshot is not None:
+            if (image or "").strip() not in ("", snapshot.image):
+                raise SandboxError(f"A sandbox made from snapshot {snapshot.snapshot_id} runs on the snapshot's image, "
+                                   f"{snapshot.image!r}; omit the image argument.")
+            image = snapshot.image
+        image = (image or "").strip() or self.settings.image
+        if image not in self.settings.images:
+            allowed = ", ".join(self.settings.images)
+            raise ImageNotAllowed(
+                f"Image {image[:200]!r} is not allowed here. Allowed images: {allowed}. "
+                "Omit the image argument to get the default one."
+            )
+        domains = self.egress.check_allow_domains(allow_domains, network) if allow_domains is not None else ()
+        self.limits.require()
+        async with self.registry.reserve(tenant):
+            # The pool holds sandboxes of the default image on the server's network only.
+            offline = network is False and self.egress.network != "none"
+            pooled = image == self.settings.image and not offline and snapshot is None
+            sandbox = await self.pool.take(tenant, ttl) if pooled else None
+            fresh = sandbox is None
+            if sandbox is None:
+                layer = None
+                if snapshot is not None:
+                    image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
+                async with self.pool.creating():  # the pool waits for this one to start
+                    sandbox = await self.containers.start(
+                        image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
+                    )
+            if domains:
+                await self.behind_proxy(sandbox, domains)
+            if snapshot_on_expiry:
+                self.snapshots.mark(sandbox.container_id)
+            self.registry.add(sandbox)
+            self.commands.know(sandbox.container_id)
+        if fresh:  # a pooled one has its channel open already
+            self._start_soon(self.open_ahead, sandbox)
+        logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
+        return sandbox
+
+    async def open_ahead(self, sandbox: Sandbox) -> None:
+        """A new sandbox's command channel, opened while its creator reads the answer: its first
+        command finds it open, or waits for the opening under way rather than start another.
+        During a burst it waits for the other creates first (its podman exec would slow them);
+        a command that comes meanwhile opens the channel itself."""
+        await self.pool.no_creates(OPEN_AHEAD_WAIT_SECONDS)
+        if self.registry.live(sandbox.container_id) is None:
+            return
+        try:
+            await self.channels.get(sandbox)
+        except SandboxError:
+            return  # the first command opens it again, or says why it cannot
+        if self.registry.live(sandbox.container_id) is None:  # destroyed meanwhile
+            await self.channels.close(sandbox.container_id)
+
+    async def behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
+        """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""
+        try:
+            sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
+            if not sandbox.address:
+                raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
+            await self.egress.restrict(sandbox.container_id, sandbox.address, domains)
+            await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
+                sandbox, ENV_PATH, self.egress.environment(), 0o644))
+        except SandboxError:
+            await self.containers.remove(sandbox.name)
+            await self.egress.release(sandbox.container_id)
+            raise
+
+    async def make_pooled(self) -> Sandbox:
+        sandbox = await self.containers.start(self.settings.image, pooled=True)
+        await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
+        if self.egress.bridge is not None and sandbox.network == self.egress.bridge.name:
+            sandbox.address = await self.backend.address(sandbox.name, sandbox.network)  # for allow_domains
+        return sandbox
+
+    async def claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
+        await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, CLAIM_PATH, claim, 0o644))
+
+    async def discard(self, sandbox: Sandbox) -> None:
+        await self.channels.close(sandbox.container_id)
+        await self.containers.remove(sandbox.name)
