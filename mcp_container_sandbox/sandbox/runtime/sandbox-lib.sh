@@ -6,7 +6,7 @@
 # positional arguments or on stdin, never inside script text. agent/sandbox-agent.c writes the
 # same records: a change to a record's format changes both, and parse_report
 # (command_records.py) reads them.
-# Word splitting of unquoted expansions below is deliberate where it is used (numbers only).
+# Checked by shellcheck (tests/unit/test_shell_library.py); each exception says why.
 report() {  # $1 command dir, $2 output cap, [$3 $4 stdout/stderr offsets]: a framed report (see parse_report)
   d=$1; cap=$2; oo=${3:-0}; eo=${4:-0}
   printf 'MCPSB2\n'
@@ -48,6 +48,7 @@ oom_kills() {  # the sandbox's count of OOM kills (cgroup v1 or v2), empty if un
 now_ms() {  # wall-clock milliseconds: date's %N, else when a file of ours ($1) was written now
   n=$(date +%s%N 2>/dev/null)
   case $n in ''|*[!0-9]*) ;; *) echo "${n%??????}"; return 0;; esac
+  # shellcheck disable=SC2046  # split into its fields on purpose
   true > "$1" && set -- $(stat -c '%Y %y' "$1" 2>/dev/null)  # 1795937555 2026-11-29 07:32:35.295173381 +0000
   f=${3#*.}; f=${f%"${f#???}"}
   case "$1$f" in ''|*[!0-9]*) echo "$(date +%s)000";; *) echo "$1$f";; esac
@@ -68,12 +69,13 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's s
   (
     # The environment the server gives every command (an egress proxy, say).
     if [ -r /var/lib/mcp-sandbox/env ]; then
+      # shellcheck disable=SC2163  # kv is NAME=value: export sets it
       while IFS= read -r kv; do case "$kv" in ?*=*) export "$kv" ;; esac; done < /var/lib/mcp-sandbox/env
     fi
     # Its own process group, so a timeout stops the command's children too. Through the agent's
     # wrap when it is here: a shell's background job ignores INT and QUIT, which wrap undoes,
     # and wrap holds a kept-open stdin or runs a terminal.
-    wm=plain; [ $((sf & 1)) -ne 0 ] && wm=hold; [ $((sf & 2)) -ne 0 ] && wm=tty
+    wm="plain"; [ $((sf & 1)) -ne 0 ] && wm="hold"; [ $((sf & 2)) -ne 0 ] && wm="tty"
     if [ -x "$a" ]; then set -- "$a" wrap "$wm" "$d"; else set --; fi
     if [ $((sf & 3)) -ne 0 ] && [ ! -x "$a" ]; then  # hold the FIFO open here until stdin_closed
       ( exec 3<> "$d/stdin"; while [ ! -e "$d/stdin_closed" ] && [ ! -e "$d/exit" ]; do sleep 0.2 3>&- 2>/dev/null || sleep 1 3>&-; done ) \
@@ -167,6 +169,7 @@ list_files() {  # $1 path, $2 depth, $3 max: "ok" and lines "MODE(hex) SIZE MTIM
     if [ -L "$p" ]; then echo "error broken-link"; else echo "error missing"; fi; return 0
   fi
   [ -d "$p" ] || { echo "error not-directory"; return 0; }
+  # shellcheck disable=SC2015  # either failing is "unreadable"
   cd "$p" 2>/dev/null && [ -r . ] || { echo "error unreadable"; return 0; }
   echo ok
   find . -mindepth 1 -maxdepth "$2" -exec stat -c '%f %s %Y %n' {} + 2>/dev/null | head -n $(($3 + 1))
@@ -197,6 +200,7 @@ link_file() {  # $1 path, $2 size cap, $3 file id: one line, a verdict and for a
   s=$(stat -L -c %s "$p" 2>/dev/null | tr -dc 0-9)
   [ -n "$s" ] || { echo unreadable; return 0; }
   if [ "$s" -gt "$2" ]; then echo "too-big $s"; return 0; fi
+  # shellcheck disable=SC2015  # either failing is "state-unwritable"
   mkdir -p /var/lib/mcp-sandbox/links && printf '%s' "$p" > "/var/lib/mcp-sandbox/links/$3" || { echo state-unwritable; return 0; }
   echo "file $s"
 }
