@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from . import __version__
 from .auth import BearerTokens, PreviewAuthorizer, current_tenant
 from .fastmcp_private import is_stdio_transport
-from .sandbox import BackgroundTasks, SandboxManager
+from .sandbox import Backend, BackgroundTasks, SandboxManager
 from .settings import Settings
 from .tools import ToolContext, register_tools, tool_names
 from .tools.schemas import PortableSchemas
@@ -102,9 +102,10 @@ def lifespan_of(sandboxes: SandboxManager, preview: PreviewProxy, side_server: S
     return lifespan
 
 
-def create_app(settings: Settings) -> App:
-    """The whole server for these settings; nothing starts until its lifespan is entered."""
-    sandboxes = SandboxManager(settings.sandbox)
+def create_app(settings: Settings, backend: Backend | None = None) -> App:
+    """The whole server for these settings; nothing starts until its lifespan is entered.
+    ``backend``: where sandboxes live, Podman's unless given (tests pass a stand-in)."""
+    sandboxes = SandboxManager(settings.sandbox, backend)
     tokens = BearerTokens(settings.server.auth_tokens)
     authenticated = bool(settings.server.auth_tokens)
     preview = PreviewProxy(sandboxes.open_port, sandboxes.find_port_link,

@@ -11,6 +11,7 @@ the records and errors they see.
 """
 
 from ..settings import SandboxSettings
+from .backend.abstract import Backend
 from .backend.podman_cli import system_env
 from .background import BackgroundTasks
 from .contract import LIMIT_FLAGS, LIMITS, LIMITS_IN_WORDS, MEMORY_MB, ULIMIT_FLAGS
@@ -32,7 +33,7 @@ from .storage.snapshots import Snapshot
 
 __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
-    "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
+    "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
     "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxSettings",
     "Snapshot", "changed_settings", "killed_by", "machinery_failure", "system_env", "utc_iso", "why_limits_fail",
 ]
