@@ -25,14 +25,10 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import (  # noqa: E402
-    SandboxSettings,
-    free_port,
-    image_holders,
-    release_namespace,
-    remove_image_holders,
-    rss_mb,
-)
+from harness import free_port, rss_mb  # noqa: E402  (puts tests/ on the path for support.sweep)
+from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+
+from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 
 
 async def soak(calls: int, clients: int) -> int:

@@ -86,11 +86,11 @@ def test_a_client_that_gave_up_on_a_long_wait_is_answered_in_time_afterwards(sta
     assert report["timeouts"] == 1, report
 
 
-def test_the_readme_snippets_are_the_code_the_flows_run() -> None:
-    """Every line of each snippet in the README's "From your agent framework" (but comments and
+def test_the_documented_snippets_are_the_code_the_flows_run() -> None:
+    """Every line of each snippet in docs/clients.md's "From your agent framework" (but comments and
     lines marked as not run) is a line of tests/e2e/frameworks/flow.py or tests/e2e/flow.mjs."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### From your agent framework", 1)[1].split("\n## ", 1)[0].split("**Waiting", 1)[0]
+    page = (ROOT / "docs" / "clients.md").read_text()
+    section = page.split("## From your agent framework", 1)[1].split("\n## ", 1)[0].split("**Waiting", 1)[0]
     snippets = re.findall(r"```(?:python|js)\n(.*?)```", section, re.DOTALL)
     assert len(snippets) == 5
     flows = {line.strip() for path in (ROOT / "tests" / "e2e" / "frameworks" / "flow.py", E2E / "flow.mjs")

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastmcp import Client
+
+from harness import Bench, cpu_seconds, rss_mb, structured
+
+
+async def scale(bench: Bench, client: Client, most: int) -> None:
+    """What grows with the number of live sandboxes, measured at 10, 100, 300, 1000 ... most."""
+    assert bench.server is not None
+    pid = bench.server.pid
+    checkpoints = [n for n in (1, 10, 100, 300, 1000, 3000) if n < most] + [most]
+    semaphore = anyio.Semaphore(4)
+    ids: list[str] = []
+
+    async def create_one(arguments: dict[str, Any] | None = None) -> str:
+        async with semaphore:
+            return structured(await client.call_tool("create_container", arguments or {}))["container_id"]
+
+    async def add_one() -> None:
+        ids.append(await create_one())
+
+    async def listed() -> set[str]:
+        return {c["container_id"] for c in structured(await client.call_tool("list_containers", {}))["containers"]}
+
+    raw_name = await bench.raw_create()  # podman exec in it at each count: how the host itself slows
+    header = (f"{'live':>6} {'made in s':>9} {'exec p50':>9} {'raw exec':>9} {'create p50':>10} {'list p50':>9} "
+              f"{'reap s':>7} {'idle CPU %':>10} {'RSS MB':>7}")
+    bench.lines.append(header)
+    print(header, flush=True)
+    first_exec = 0.0
+    for count in checkpoints:
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            for _ in range(count - len(ids)):
+                group.start_soon(add_one)
+        made_in = time.monotonic() - started
+        # Steady state: the pool has followed these creates (it grows after a burst; measured while
+        # it starts its sandboxes, an exec waited for the CPU: 42.8 ms at 100 live, 12-16 once it was full).
+        await bench.pool_settled(bench.url)
+        await anyio.sleep(2)
+        execs = [await bench.timed(lambda: client.call_tool(
+            "execute_command", {"container_id": ids[0], "command": "echo hi"})) for _ in range(40)]
+        first_exec = first_exec or statistics.median(execs)
+        raw_execs = [await bench.timed(lambda: anyio.run_process(["podman", "exec", raw_name, "echo", "hi"]))
+                     for _ in range(10)]
+        creates = []
+        for _ in range(5):  # each destroyed at once: the count stays
+            started = time.perf_counter()
+            made = await create_one()
+            creates.append((time.perf_counter() - started) * 1000)
+            await client.call_tool("destroy_container", {"container_id": made})
+            await anyio.sleep(0.5)
+        lists = [await bench.timed(lambda: client.call_tool("list_containers", {})) for _ in range(10)]
+        # Reap: three sandboxes with a lifetime of one second; how long until all three are gone.
+        short = [await create_one({"ttl_seconds": 1}) for _ in range(3)]
+        expired_at = time.monotonic() + 1
+        while set(short) & await listed():
+            await anyio.sleep(0.1)
+        reap = time.monotonic() - expired_at
+        cpu_before, idle_started = cpu_seconds(pid), time.monotonic()
+        await anyio.sleep(10)
+        idle_cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - idle_started) * 100
+        line = (f"{count:>6} {made_in:>9.0f} {statistics.median(execs):>9.1f} {statistics.median(raw_execs):>9.1f} "
+                f"{statistics.median(creates):>10.1f} "
+                f"{statistics.median(lists):>9.1f} {reap:>7.1f} {idle_cpu:>10.1f} {rss_mb(pid):>7.0f}")
+        bench.lines.append(line)
+        print(line, flush=True)
+    bench.row(f"exec echo with {most} live / with {checkpoints[0]}", statistics.median(execs), first_exec,
+             note=f"server RSS {rss_mb(pid):.0f} MB, peak {rss_mb(pid, 'VmHWM'):.0f} MB")
+    started = time.monotonic()
+    async with anyio.create_task_group() as group:
+        for container_id in ids:
+            group.start_soon(lambda cid=container_id: client.call_tool("destroy_container", {"container_id": cid}))
+    answered = time.monotonic() - started
+    ours = {f"mcp-sandbox-{container_id}" for container_id in ids}
+    while ours & set(subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}", "--filter",
+                                     f"label=mcp-sandbox.namespace={bench.namespace}"],
+                                    capture_output=True, text=True).stdout.split()):
+        await anyio.sleep(1)
+    bench.row(f"destroy {len(ids)} at once: answered / all removed", answered, time.monotonic() - started, unit="s")
