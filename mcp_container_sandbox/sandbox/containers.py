@@ -1,6 +1,6 @@
 """What a sandbox's container is made of, and its making and removal: the product's limits and
 hardening, the labels a restarted server finds it by, its own disk (disks.py) or a volume for
-the server's files, and the helpers installed inside. The backend (backend.py) carries it out."""
+the server's files, and the helpers installed inside. The backend (backend/) carries it out."""
 
 from __future__ import annotations
 

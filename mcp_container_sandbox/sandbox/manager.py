@@ -4,7 +4,7 @@ what joins them: create (quotas, the pool, a container), destroy, and what a gon
 Every sandbox is a container started with the exact limits of the product contract and
 labelled so that a restarted server can find it again. What a restart must find lives
 where a restart finds it: lifetimes in Podman labels; commands, their output and exit
-codes, and file links inside the sandbox (see records.py). The server's memory only
+codes, and file links inside the sandbox (see runtime/command_runtime/command_records.py). The server's memory only
 caches what it can read back.
 """
 
@@ -267,7 +267,7 @@ class SandboxManager:
     def delete_snapshot(self, snapshot_id: str, tenant: str = LOCAL_TENANT) -> None:
         self.snapshots.delete(snapshot_id, tenant)
 
-    # ----- preview links (ports.py)
+    # ----- preview links (network/preview_links.py)
 
     def expose_port(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
         return self.ports.expose(container_id, port, tenant)
@@ -327,7 +327,7 @@ class SandboxManager:
     ) -> CommandState | None:
         return self.commands.gone_command(container_id, command_id, tenant, stopped)
 
-    # ----- files (links.py)
+    # ----- files (storage/file_links.py)
 
     async def write_file(
         self, container_id: str, path: str, data: bytes, mode: int | None = None, tenant: str = LOCAL_TENANT

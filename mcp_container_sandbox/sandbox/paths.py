@@ -6,7 +6,7 @@ server's own (on the sandbox's disk, or an anonymous volume), for what is large 
 a restart of the container itself: command output, file links, a pooled sandbox's claim. It is
 never the image's own tree, which may be read-only to the sandbox's root.
 
-agent/sandbox-agent.c repeats these paths as #defines, and the shell library in records.py
+agent/sandbox-agent.c repeats these paths as #defines, and the shell library in runtime/command_records.py
 spells them out; tests/unit checks that both agree with this module.
 """
 

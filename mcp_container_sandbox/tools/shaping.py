@@ -22,7 +22,7 @@ from ..sandbox import (
     utc_iso,
 )
 
-# What to do about a command that did not simply exit, by its reason (records.py finds it).
+# What to do about a command that did not simply exit, by its reason (runtime/command_records.py finds it).
 _REASON_ADVICE = {
     "timed_out": "The command reached its timeout and was stopped inside the sandbox (with its child "
                  "processes). Run it again with a larger timeout_seconds, or start it in the background.",

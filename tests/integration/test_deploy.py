@@ -1,5 +1,5 @@
 """The Railway deployment for real: the Containerfile built from a local Debian 12 base
-(debootstrap, no registry), run with Podman nested inside in both privilege modes the README
+(debootstrap, no registry), run with Podman nested inside in both privilege modes docs/deployment.md
 gives, used through a real MCP client, stopped with SIGTERM, and started again on the same volume."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from support.sweep import build_static
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SANDBOX_IMAGE = "localhost/mcp-sandbox-busybox:latest"
-# The two privilege modes of the README ("Deploy"). The smallest set found with which nested
+# The two privilege modes of docs/deployment.md. The smallest set found with which nested
 # Podman works here: mounts and namespaces (SYS_ADMIN), the sandboxes' bridge (NET_ADMIN), and a
 # writable cgroup tree for the sandboxes' limits; it has no loop devices, so sandboxes get no
 # disk of their own. --privileged has them: each sandbox gets its disk, on VFS storage too.

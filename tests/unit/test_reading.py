@@ -1,4 +1,4 @@
-"""How list_files' lines and a command's exit code are read (sandbox/reading.py, records.py)."""
+"""How list_files' lines and a command's exit code are read (sandbox/storage/file_reading.py, runtime/command_records.py)."""
 
 from __future__ import annotations
 

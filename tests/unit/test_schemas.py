@@ -1,4 +1,4 @@
-"""schemas.py: tool schemas rewritten in the form every framework's converter takes whole."""
+"""tools/schemas.py: tool schemas rewritten in the form every framework's converter takes whole."""
 
 from __future__ import annotations
 

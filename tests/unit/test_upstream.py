@@ -1,4 +1,4 @@
-"""upstream.py, the preview proxy's HTTP/1.1 client, over a socket pair (no Podman): how responses
+"""web/upstream.py, the preview proxy's HTTP/1.1 client, over a socket pair (no Podman): how responses
 are framed, what is refused, and which connections are kept."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""waits.py: the wait each MCP session is told, from what it has shown (no Podman, no server)."""
+"""tools/waits.py: the wait each MCP session is told, from what it has shown (no Podman, no server)."""
 
 from __future__ import annotations
 

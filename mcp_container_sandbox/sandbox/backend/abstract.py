@@ -30,7 +30,7 @@ class Container:
 @dataclass(frozen=True)
 class ContainerSpec:
     """What a sandbox's container is made of. Every backend gives it the product's limits and
-    hardening (config.py) and a minimal init; what varies is here."""
+    hardening (contract.py) and a minimal init; what varies is here."""
 
     name: str
     labels: Mapping[str, str]

@@ -3,7 +3,7 @@
 instead of a ``podman`` process. Where the runtime can pass a descriptor into the sandbox
 (runc), the messages go over a socket pair straight to the agent; elsewhere (gVisor) over
 ``podman exec -i``'s stdin and stdout, which a podman process relays. This module knows the
-agent's protocol; runtime.py decides when to use a channel and falls back to one
+agent's protocol; runtimes.py decides when to use a channel and falls back to one
 ``podman exec`` per call when it cannot.
 """
 
@@ -256,7 +256,7 @@ class AgentChannel:
         return await self._request(f"link {{id}} {max_size} {file_id} {len(encoded)}", encoded)
 
     async def write_stdin(self, command_id: str, data: bytes, close: bool) -> str:
-        """Write to a command's kept-open stdin: "ok <written> <tty> <stdout size> <stderr size>" or "error <why>" (write_stdin in records.py)."""
+        """Write to a command's kept-open stdin: "ok <written> <tty> <stdout size> <stderr size>" or "error <why>" (write_stdin in command_records.py)."""
         return await self._request(f"stdin {{id}} {command_id} {int(close)} {len(data)}", data)
 
     async def signal(self, command_id: str, signum: int) -> str:

@@ -1,8 +1,8 @@
 """What a sandbox records about its commands, and how the server reads it back.
 
 Commands leave their records inside the sandbox, so that a restarted server finds them: the
-shell library below (and agent/sandbox-agent.c, which writes the same files) records them; the
-framed report it prints is parsed here. sandbox.py decides when to run what.
+shell library (sandbox-lib.sh) and agent/sandbox-agent.c write the same files, and the framed
+report either prints is parsed here. runtimes.py decides which of them is asked.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Commands in a sandbox: start one and wait up to the sync wait, follow it (long-poll, progress),
 read its output back (cursors, head and tail), list them, and end them with reason sandbox_gone
-when their sandbox goes. Every request goes through Runtimes.ask (runtime.py), which picks the runtime."""
+when their sandbox goes. Every request goes through Runtimes.ask (runtimes.py), which picks the runtime."""
 
 from __future__ import annotations
 
@@ -240,7 +240,7 @@ class CommandRunner:
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
     ) -> CommandState | None:
         """A command that was running when its sandbox went away, ended with reason sandbox_gone;
-        None when this tenant had no such command running there (see gone.py)."""
+        None when this tenant had no such command running there (see gone_commands.py)."""
         if not isinstance(container_id, str):
             return None
         return self._gone.gone(container_id, command_id, tenant, self._live(container_id), stopped)

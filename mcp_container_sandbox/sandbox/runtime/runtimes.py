@@ -2,7 +2,7 @@
 
 ``AgentRuntime`` sends requests over the sandbox's persistent channel to sandbox-agent (a message
 each); ``ExecRuntime`` runs one ``podman exec`` of the in-sandbox shell library per request. Both
-read and write the same records (records.py), so either can answer for the other. AgentChannels
+read and write the same records (command_command_records.py), so either can answer for the other. AgentChannels
 keeps the open channels (one ``podman exec -i`` each). ``Runtimes.ask`` is the one place that
 chooses between them: the agent when its channel is open, ``podman exec`` otherwise and whenever
 a channel closes in the middle of a request.
@@ -67,7 +67,7 @@ class Runtime(Protocol):
         """Write a file, parents made; FileNotWritable says why not."""
 
     async def link(self, sandbox: Sandbox, path: str, max_size: int, file_id: str) -> str:
-        """Record a file link; the verdict line of link_file (records.py)."""
+        """Record a file link; the verdict line of link_file (command_command_records.py)."""
 
     async def start(self, sandbox: Sandbox, command_id: str, command: bytes, timeout_seconds: int, started_ms: int,
                     cap: int, flags: int = 0) -> object:
@@ -80,10 +80,10 @@ class Runtime(Protocol):
         """Signal a command's process group: "ok" or "error <why>"."""
 
     async def read_file(self, sandbox: Sandbox, path: str, offset: int, length: int) -> bytes:
-        """A frame of read_file (records.py): "ok <size> <n>" and n bytes, or "error <why>"."""
+        """A frame of read_file (command_command_records.py): "ok <size> <n>" and n bytes, or "error <why>"."""
 
     async def list_files(self, sandbox: Sandbox, path: str, depth: int, max_entries: int) -> bytes:
-        """A frame of list_files (records.py): "ok" and a line per entry, or "error <why>"."""
+        """A frame of list_files (command_command_records.py): "ok" and a line per entry, or "error <why>"."""
 
     async def wait(self, sandbox: Sandbox, command_id: str, seconds: float, cap: int, started: object = None) -> bytes | None:
         """The command's report if it ends within seconds (or has ended), else None; ``started`` is
@@ -177,7 +177,7 @@ class _Launch:
 
 
 class ExecRuntime:
-    """One ``podman exec`` of the in-sandbox shell library per request (records.SANDBOX_LIB)."""
+    """One ``podman exec`` of the in-sandbox shell library per request (sandbox-lib.sh)."""
 
     def __init__(
         self, backend: Backend, helpers: Callable[[], bytes], removed: Callable[[str], None],
