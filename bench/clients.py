@@ -29,8 +29,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
-from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+
+from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 E2E = ROOT / "tests" / "e2e"

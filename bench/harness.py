@@ -27,11 +27,11 @@ from fastmcp import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
 
-from mcp_container_sandbox.sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
-
 from peer_driver import PeerDriver  # noqa: E402
+from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from target import Target  # noqa: E402
+
+from mcp_container_sandbox.sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
 
 
 class PlainMcp:

@@ -29,13 +29,14 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
 
+from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+
 from mcp_container_sandbox.sandbox import (  # noqa: E402
     LIMIT_FLAGS,
     ULIMIT_FLAGS,
     SandboxManager,
     SandboxSettings,
 )
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 
 STAGES: dict[str, list[float]] = defaultdict(list)
 

@@ -6,7 +6,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastmcp import Client
-
 from harness import Bench, free_port, percentile
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import anyio
 import anyio.to_thread
 from fastmcp import Client
-
 from harness import Bench, structured
 
 

@@ -8,7 +8,6 @@ import anyio
 import anyio.to_thread
 import httpx
 from fastmcp import Client
-
 from harness import ROOT, Bench, PlainMcp, free_port, structured
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 import anyio
 import anyio.to_thread
 from fastmcp import Client
+from harness import Bench, structured
+
 from mcp_container_sandbox.sandbox.backend.podman import PodmanBackend
 from mcp_container_sandbox.sandbox.backend.podman_cli import Podman
 from mcp_container_sandbox.sandbox.paths import AGENT_PATH
 from mcp_container_sandbox.sandbox.runtime.channel import AgentChannel
-
-from harness import Bench, structured
 
 
 async def interactive(bench: Bench, client: Client, rounds: int = 50) -> None:

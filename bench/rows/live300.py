@@ -5,7 +5,6 @@ import time
 import anyio
 import anyio.to_thread
 from fastmcp import Client
-
 from harness import Bench, rss_mb, structured
 
 

@@ -9,11 +9,11 @@ import anyio
 import anyio.to_thread
 import httpx
 from fastmcp import Client
-from mcp_container_sandbox.sandbox.backend.podman import PodmanBackend
-from mcp_container_sandbox.sandbox.backend.podman_cli import Podman
-
 from harness import ROOT, Bench, structured
 from support.sweep import build_static
+
+from mcp_container_sandbox.sandbox.backend.podman import PodmanBackend
+from mcp_container_sandbox.sandbox.backend.podman_cli import Podman
 
 
 async def preview(bench: Bench, client: Client, requests: int = 200, rounds: int = 5, size_mb: int = 50) -> None:

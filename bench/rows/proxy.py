@@ -6,7 +6,6 @@ import time
 import anyio
 import anyio.to_thread
 from fastmcp import Client
-
 from harness import Bench, structured
 from target import TARGET_NAME
 

@@ -8,7 +8,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastmcp import Client
-
 from harness import Bench, cpu_seconds, rss_mb, structured
 
 

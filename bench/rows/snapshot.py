@@ -9,7 +9,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastmcp import Client
-
 from harness import Bench, structured
 
 from mcp_container_sandbox.settings import SandboxSettings

@@ -12,7 +12,6 @@ the records and errors they see.
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
-from .backend.podman_cli import system_env
 from .background import BackgroundTasks
 from .contract import LIMIT_FLAGS, LIMITS, LIMITS_IN_WORDS, MEMORY_MB, ULIMIT_FLAGS
 from .errors import (
@@ -20,13 +19,10 @@ from .errors import (
     PortClosed,
     PortLinkNotFound,
     SandboxError,
-    machinery_failure,
 )
-from .limits import why_limits_fail
 from .manager import SandboxManager
 from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, FileLink, Sandbox, utc_iso
 from .network.preview_links import PortLink
-from .pool import changed_settings
 from .runtime.command_records import CommandState, CommandSummary, killed_by
 from .storage.file_reading import Entry, FileSlice
 from .storage.snapshots import Snapshot
@@ -35,5 +31,5 @@ __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
     "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
     "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxSettings",
-    "Snapshot", "changed_settings", "killed_by", "machinery_failure", "system_env", "utc_iso", "why_limits_fail",
+    "Snapshot", "killed_by", "utc_iso",
 ]

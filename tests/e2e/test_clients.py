@@ -23,12 +23,14 @@ from conftest import (
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
+from mcp_container_sandbox.tools import tool_names
+
 pytestmark = pytest.mark.anyio
 
 INSPECTOR = ROOT / "tests" / "e2e" / "node_modules" / ".bin" / "mcp-inspector"
 
 
-async def test_stdio_transport_runs_commands_and_serves_file_urls() -> None:
+async def test_stdio_transport_lists_the_tools_runs_commands_and_serves_file_urls() -> None:
     port = free_port()
     namespace = f"{RUN_ID}-stdio"
     NAMESPACES.add(namespace)
@@ -36,6 +38,8 @@ async def test_stdio_transport_runs_commands_and_serves_file_urls() -> None:
     fastmcp_cli = str(Path(sys.executable).parent / "fastmcp")
     transport = StdioTransport(command=fastmcp_cli, args=["run", str(ROOT / "server.py")], env=env, cwd=str(ROOT))
     async with Client(transport) as client:
+        listed = [tool.name for tool in await client.list_tools()]
+        assert listed == tool_names() and len(listed) == 15
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
         result = structured(await client.call_tool(
             "execute_command", {"container_id": container_id, "command": "printf 'from stdio' > /tmp/out.txt; date"}

@@ -8,12 +8,10 @@ import json
 
 import pytest
 
-from mcp_container_sandbox.sandbox import (
-    changed_settings,
-    machinery_failure,
-    system_env,
-    why_limits_fail,
-)
+from mcp_container_sandbox.sandbox.backend.podman_cli import system_env
+from mcp_container_sandbox.sandbox.errors import machinery_failure
+from mcp_container_sandbox.sandbox.limits import why_limits_fail
+from mcp_container_sandbox.sandbox.pool import changed_settings
 from mcp_container_sandbox.sandbox.runtime.command_records import parse_report
 
 
