@@ -13,6 +13,7 @@ import anyio
 import httpx
 import pytest
 from conftest import (
+    ROOT,
     RUN_ID,
     ServerProcess,
     disk_dir,
@@ -284,7 +285,7 @@ async def test_server_killed_mid_command_restarts_with_nothing_lost(start_server
 async def test_gvisor_runtime_runs_sandboxes_under_its_own_kernel(start_server) -> None:  # type: ignore[no-untyped-def]
     if not Path("/usr/bin/runsc").exists():
         pytest.fail("gVisor (runsc) is not installed: run the tests with scripts/test.sh, which installs it.")
-    runtime = str(Path(__file__).resolve().parent.parent / "scripts" / "runsc-no-network")
+    runtime = str(ROOT / "scripts" / "runsc-no-network")
     server = start_server({"SANDBOX_RUNTIME": runtime, "SANDBOX_NETWORK": "none"})
     async with Client(server.url + "/mcp") as client:
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
