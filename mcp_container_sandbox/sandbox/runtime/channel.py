@@ -22,8 +22,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ..backend.netns import SocketBytes
 from ..backend.podman_cli import kill_process
 from ..errors import ChannelClosed, ChannelRequestFailed
 
@@ -54,6 +56,21 @@ def find_agent_binary(configured: str = "") -> Path | None:
                 logger.info("built %s with %s", built, compiler[0])
                 return built
     return None
+
+
+class ChannelSocket(SocketBytes):
+    """The server's end of a channel's socket pair, read with the loop's own sock_recv: a receive
+    cancelled just as data arrives is left alone there (anyio 4.16's UNIXSocketStream then sets the
+    result of the cancelled future, and asyncio reports InvalidStateError; seen once in CI when a
+    test's server stopped). Closing shuts it down first, so a receive under way ends with EOF."""
+
+    async def aclose(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        await anyio.lowlevel.checkpoint()
+        self.sock.close()
 
 
 @dataclass
@@ -90,7 +107,7 @@ class AgentChannel:
         self._process: anyio.abc.Process | None = None
         self._stdout: BufferedByteReceiveStream | None = None
         self._writer: anyio.abc.ByteSendStream | None = None
-        self._socket: anyio.abc.SocketStream | None = None
+        self._socket: ChannelSocket | None = None
         self._send_lock = anyio.Lock()
         self._requests = itertools.count(1)
         self._replies: dict[str, Reply] = {}
@@ -106,7 +123,8 @@ class AgentChannel:
                 self._process = await anyio.open_process(
                     self.argv, stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                     **self.spawn_options)
-                self._socket = await anyio.abc.UNIXSocketStream.from_socket(ours)
+                ours.setblocking(False)
+                self._socket = ChannelSocket(ours)
             except BaseException:
                 ours.close()
                 await kill_process(self._process)
