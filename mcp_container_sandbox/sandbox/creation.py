@@ -91,17 +91,17 @@ class Creation:
                         image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
                     )
             if domains:
-                await self.behind_proxy(sandbox, domains)
+                await self._behind_proxy(sandbox, domains)
             if snapshot_on_expiry:
                 self.snapshots.mark(sandbox.container_id)
             self.registry.add(sandbox)
             self.commands.know(sandbox.container_id)
         if fresh:  # a pooled one has its channel open already
-            self._start_soon(self.open_ahead, sandbox)
+            self._start_soon(self._open_ahead, sandbox)
         logger.info("created sandbox %s from %s for tenant %s", sandbox.container_id, image, tenant)
         return sandbox
 
-    async def open_ahead(self, sandbox: Sandbox) -> None:
+    async def _open_ahead(self, sandbox: Sandbox) -> None:
         """A new sandbox's command channel, opened while its creator reads the answer: its first
         command finds it open, or waits for the opening under way rather than start another.
         During a burst it waits for the other creates first (its podman exec would slow them);
@@ -116,7 +116,7 @@ class Creation:
         if self.registry.live(sandbox.container_id) is None:  # destroyed meanwhile
             await self.channels.close(sandbox.container_id)
 
-    async def behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
+    async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
         """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""
         try:
             sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
