@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from . import __version__
-from .auth import BearerTokens, PreviewAuthorizer, current_tenant
+from .auth import PreviewAuthorizer, authentication, current_tenant
 from .fastmcp_private import is_stdio_transport
 from .sandbox import Backend, BackgroundTasks, SandboxManager
 from .settings import Settings
@@ -106,21 +106,23 @@ def create_app(settings: Settings, backend: Backend | None = None) -> App:
     """The whole server for these settings; nothing starts until its lifespan is entered.
     ``backend``: where sandboxes live, Podman's unless given (tests pass a stand-in)."""
     sandboxes = SandboxManager(settings.sandbox, backend)
-    tokens = BearerTokens(settings.server.auth_tokens)
-    authenticated = bool(settings.server.auth_tokens)
+    authn = authentication(settings.server)
+    authenticated = settings.server.authenticated
     preview = PreviewProxy(sandboxes.open_port, sandboxes.find_port_link,
-                           PreviewAuthorizer(settings.server.preview_require_auth, tokens),
+                           PreviewAuthorizer(settings.server.preview_require_auth, authn.verify),
                            settings.server.preview_domain)
     routes = Routes(sandboxes)
     side_server = StdioSideServer(settings.server.host, settings.server.port, routes, preview)
     mcp = FastMCP(SERVER_NAME, version=__version__, instructions=INSTRUCTIONS,
-                  lifespan=lifespan_of(sandboxes, preview, side_server), auth=tokens if authenticated else None)
+                  lifespan=lifespan_of(sandboxes, preview, side_server), auth=authn.provider)
     mcp.add_middleware(PortableSchemas())  # schemas Gemini's, OpenAI's and LangChain's converters take whole
     waits = WaitAdvisor()  # how long each session is told to wait for a running command
     mcp.add_middleware(WaitTracking(waits))
     register_tools(mcp, ToolContext(sandboxes, settings.server, settings.sandbox, waits,
                                     lambda: current_tenant(authenticated), lambda: side_server.error))
-    mcp.custom_route("/", methods=["GET", "POST", "DELETE"])(RootEndpoint(server_info()))
+    mcp.custom_route("/", methods=["GET", "POST", "DELETE"])(RootEndpoint(server_info(), authn.guard_root))
+    for route in authn.root_routes:  # the root MCP endpoint's protected resource metadata
+        mcp.custom_route(route.path, methods=sorted(route.methods or ()))(route.endpoint)
     mcp.custom_route("/health", methods=["GET"])(routes.health)
     mcp.custom_route("/files/{file_id}", methods=["GET", "HEAD"])(routes.download_file)
     return App(settings, sandboxes, mcp, preview, side_server)

@@ -41,14 +41,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def warn_if_exposed(settings: Settings) -> None:
     server = settings.server
-    if server.preview_require_auth and not server.auth_tokens:
-        logger.warning("PREVIEW_REQUIRE_AUTH is set but AUTH_TOKENS is not: every preview request will be refused (401)")
+    if server.preview_require_auth and not server.authenticated:
+        logger.warning("PREVIEW_REQUIRE_AUTH is set but neither AUTH_TOKENS nor OAuth is: every preview request will "
+                       "be refused (401)")
     loopback = server.host in ("127.0.0.1", "localhost", "::1") or server.host.startswith("127.")
-    if not loopback and not server.auth_tokens:
+    if not loopback and not server.authenticated:
         banner = "!" * 78
         logger.warning(
-            "\n%s\nWARNING: listening on %s without AUTH_TOKENS: anyone who can reach this port can run\n"
-            "code in sandboxes on this machine. Set AUTH_TOKENS (comma-separated bearer tokens).\n%s",
+            "\n%s\nWARNING: listening on %s without authentication: anyone who can reach this port can run\n"
+            "code in sandboxes on this machine. Set AUTH_TOKENS (comma-separated bearer tokens) or\n"
+            "OAUTH_ISSUER (sign-in: docs/signin.md).\n%s",
             banner, server.host, banner,
         )
 

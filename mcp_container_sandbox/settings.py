@@ -197,6 +197,82 @@ def _env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
 
 
+def _url(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "").strip()
+    if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError(f"{name} must be an http(s) URL without query or fragment, like https://login.example.com/, "
+                         f"got {value[:80]!r}")
+    return value
+
+
+def _scopes(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(scope for scope in re.split(r"[\s,]+", environ.get(name, "")) if scope)
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """Sign-in by OAuth (docs/signin.md): tokens of an authorization server (``issuer``), or of this
+    server itself fronting an identity provider's login (``proxy_upstream_issuer``)."""
+
+    issuer: str = ""
+    audience: tuple[str, ...] = ()  # (): the server's MCP URLs, $BASE_URL/mcp and $BASE_URL/
+    jwks_uri: str = ""  # "": the issuer's metadata says
+    required_scopes: tuple[str, ...] = ()
+    tenant_claim: str = "sub"
+    introspection_url: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    proxy_upstream_issuer: str = ""
+    proxy_client_id: str = ""
+    proxy_client_secret: str = ""
+    allowed_users: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer or self.proxy_upstream_issuer)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], base_url: str) -> OAuthSettings:
+        oauth = cls(
+            issuer=_url(environ, "OAUTH_ISSUER"),
+            audience=_env_list(environ, "OAUTH_AUDIENCE"),
+            jwks_uri=_url(environ, "OAUTH_JWKS_URI"),
+            required_scopes=_scopes(environ, "OAUTH_REQUIRED_SCOPES"),
+            tenant_claim=environ.get("OAUTH_TENANT_CLAIM", "").strip() or "sub",
+            introspection_url=_url(environ, "OAUTH_INTROSPECTION_URL"),
+            client_id=environ.get("OAUTH_CLIENT_ID", "").strip(),
+            client_secret=environ.get("OAUTH_CLIENT_SECRET", "").strip(),
+            proxy_upstream_issuer=_url(environ, "OAUTH_PROXY_UPSTREAM_ISSUER"),
+            proxy_client_id=environ.get("OAUTH_PROXY_CLIENT_ID", "").strip(),
+            proxy_client_secret=environ.get("OAUTH_PROXY_CLIENT_SECRET", "").strip(),
+            allowed_users=_env_list(environ, "OAUTH_ALLOWED_USERS"),
+        )
+        oauth.check(base_url)
+        return oauth
+
+    def check(self, base_url: str) -> None:
+        """ValueError for settings that cannot work together, saying what to set."""
+        if self.enabled and not base_url:
+            raise ValueError("OAuth sign-in needs BASE_URL, the server's public URL (like https://sandbox.example.com): "
+                             "tokens are issued for it and its metadata names it")
+        if self.issuer and self.proxy_upstream_issuer:
+            raise ValueError("set OAUTH_ISSUER (tokens of your authorization server) or OAUTH_PROXY_UPSTREAM_ISSUER "
+                             "(this server signs people in at that provider), not both")
+        if self.introspection_url and not (self.client_id and self.client_secret):
+            raise ValueError("OAUTH_INTROSPECTION_URL needs OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET, the client this "
+                             "server introspects tokens as")
+        if self.proxy_upstream_issuer and not (self.proxy_client_id and self.proxy_client_secret):
+            raise ValueError("OAUTH_PROXY_UPSTREAM_ISSUER needs OAUTH_PROXY_CLIENT_ID and OAUTH_PROXY_CLIENT_SECRET, "
+                             "the client registered for this server at that provider")
+        if self.proxy_upstream_issuer and not self.allowed_users:
+            raise ValueError("OAUTH_PROXY_UPSTREAM_ISSUER needs OAUTH_ALLOWED_USERS: the emails or subjects who may sign "
+                             "in (comma-separated), or * for everyone the provider signs in")
+
+    def audiences(self, base_url: str) -> tuple[str, ...]:
+        """The resources a token must be issued for (one of them)."""
+        return self.audience or (f"{base_url}/mcp", f"{base_url}/", base_url)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Where the server listens and who may call it; read from the environment by ``from_env``."""
@@ -210,6 +286,7 @@ class ServerSettings:
     log_level: str = "info"
     preview_domain: str = ""  # <token>.<preview_domain> serves a preview link at its root
     preview_require_auth: bool = False  # preview links also need the link's tenant's bearer token
+    oauth: OAuthSettings = OAuthSettings()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -217,17 +294,24 @@ class ServerSettings:
         port_text = env.get("PORT", "").strip() or "3000"
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"PORT must be a port number from 1 to 65535, got {port_text!r}")
+        base_url = _url(env, "BASE_URL").rstrip("/")
         return cls(
             host=env.get("HOST", "").strip() or "127.0.0.1",
             port=int(port_text),
-            base_url=env.get("BASE_URL", "").strip().rstrip("/"),
+            base_url=base_url,
             auth_tokens=_env_list(env, "AUTH_TOKENS"),
             allowed_hosts=_env_list(env, "ALLOWED_HOSTS"),
             allowed_origins=_env_list(env, "ALLOWED_ORIGINS"),
             log_level=env.get("LOG_LEVEL", "").strip().lower() or "info",
             preview_domain=_preview_domain(env),
             preview_require_auth=_env_bool(env, "PREVIEW_REQUIRE_AUTH"),
+            oauth=OAuthSettings.from_env(env, base_url),
         )
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether calls need a bearer token (a static one or a signed-in person's)."""
+        return bool(self.auth_tokens) or self.oauth.enabled
 
 
 @dataclass(frozen=True)
@@ -254,6 +338,18 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("LOG_LEVEL", "info", "log level"),
     ("PREVIEW_DOMAIN", "unset", "serve each preview link at <token>.<domain> too (wildcard DNS)"),
     ("PREVIEW_REQUIRE_AUTH", "false", "preview requests also need the link owner's bearer token"),
+    ("OAUTH_ISSUER", "unset: no OAuth", "authorization server whose access tokens sign people in"),
+    ("OAUTH_AUDIENCE", "$BASE_URL/mcp, $BASE_URL/", "comma-separated resources a token must be issued for"),
+    ("OAUTH_JWKS_URI", "the issuer's metadata", "where the issuer's signing keys are"),
+    ("OAUTH_REQUIRED_SCOPES", "none", "scopes every token must hold (space- or comma-separated)"),
+    ("OAUTH_TENANT_CLAIM", "sub", "token claim that, with the issuer, names the tenant"),
+    ("OAUTH_INTROSPECTION_URL", "unset", "RFC 7662 endpoint for tokens that are not JWTs"),
+    ("OAUTH_CLIENT_ID", "unset", "client this server introspects tokens as"),
+    ("OAUTH_CLIENT_SECRET", "unset", "that client's secret"),
+    ("OAUTH_PROXY_UPSTREAM_ISSUER", "unset", "identity provider this server signs people in at, issuing its own tokens"),
+    ("OAUTH_PROXY_CLIENT_ID", "unset", "this server's client at that provider"),
+    ("OAUTH_PROXY_CLIENT_SECRET", "unset", "that client's secret"),
+    ("OAUTH_ALLOWED_USERS", "unset", "with the proxy: comma-separated emails or subjects who may sign in (* everyone)"),
     ("SANDBOX_IMAGE", DEFAULT_IMAGE, "image of new sandboxes"),
     ("SANDBOX_ALLOWED_IMAGES", "none", "comma-separated further images create_container may ask for"),
     ("SANDBOX_TTL_SECONDS", "7200", "sandbox lifetime, and the most ttl_seconds may ask for"),

@@ -44,7 +44,7 @@ WS_OWN = {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extens
 
 OpenPort = Callable[[str], Awaitable[tuple[PortLink, ByteStream]]]
 FindLink = Callable[[str], PortLink]
-Authorize = Callable[[Scope, PortLink], bool]
+Authorize = Callable[[Scope, PortLink], Awaitable[bool]]
 
 
 class PreviewRouter:
@@ -107,7 +107,7 @@ class PreviewProxy:
         except PortLinkNotFound as exc:
             await self._refuse(scope, receive, send, 404, str(exc))
             return
-        if not self.authorize(scope, link):
+        if not await self.authorize(scope, link):
             await self._refuse(scope, receive, send, 401, "This server requires the bearer token of the link's "
                                "owner for preview links (Authorization: Bearer <token>; PREVIEW_REQUIRE_AUTH).")
             return

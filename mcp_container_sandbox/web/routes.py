@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..sandbox import FILE_ID_RE, FileLinkNotFound, SandboxError, SandboxManager
 
@@ -18,16 +19,21 @@ HEALTH_SECONDS = 15  # how long /health waits for Podman before it says unavaila
 
 
 class RootEndpoint:
-    """``/``: server info for a plain GET, otherwise the MCP endpoint (as in the seed)."""
+    """``/``: server info for a plain GET, otherwise the MCP endpoint (as in the seed), behind ``guard``
+    (the root's own authentication challenge, when the server has one)."""
 
-    def __init__(self, info: dict[str, Any]) -> None:
+    def __init__(self, info: dict[str, Any], guard: Callable[[ASGIApp], ASGIApp] = lambda app: app) -> None:
         self.info = info
+        self._to_mcp = guard(self._forward)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         if request.method == "GET" and "text/event-stream" not in request.headers.get("accept", ""):
             await JSONResponse(self.info)(scope, receive, send)
             return
+        await self._to_mcp(scope, receive, send)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope.get("app")
         mcp_path = getattr(getattr(app, "state", None), "path", None)
         if app is None or not mcp_path or mcp_path == "/":

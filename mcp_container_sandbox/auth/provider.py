@@ -1,0 +1,74 @@
+"""Who may call, as FastMCP's auth provider: static bearer tokens (AUTH_TOKENS), access tokens of an
+authorization server (OAUTH_ISSUER), or both. With OAuth the server is a protected resource (RFC 9728):
+it publishes its metadata for each MCP endpoint, and a call without a valid token is answered 401 with
+a challenge that points at it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastmcp.server.auth import AuthProvider, RemoteAuthProvider, TokenVerifier
+from fastmcp.server.auth.middleware import RequireAuthMiddleware
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from pydantic import AnyHttpUrl
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from ..settings import ServerSettings
+from .oauth import OAuthTokens
+from .static import BearerTokens, TenantAccess
+
+RESOURCE_NAME = "MCP container sandbox"
+
+
+class StaticThenOAuth(TokenVerifier):
+    """A static token first (in constant time, with no network), then the authorization server's: so a
+    static token is never sent to the issuer's introspection endpoint. FastMCP's MultiAuth would try the
+    authorization server first, and rewrites ``client_id``."""
+
+    def __init__(self, static: BearerTokens, oauth: OAuthTokens) -> None:
+        super().__init__()
+        self.static, self.oauth = static, oauth
+
+    async def verify_token(self, token: str) -> TenantAccess | None:
+        return await self.static.verify_token(token) or await self.oauth.verify_token(token)
+
+
+@dataclass
+class Authentication:
+    """What the server is built with: FastMCP's provider, the routes and guard of the root MCP endpoint
+    (``/``, besides FastMCP's ``/mcp``), and token verification for preview requests."""
+
+    provider: AuthProvider | None
+    verifier: TokenVerifier | None
+    root_routes: list[Route] = field(default_factory=list)
+    root_metadata_url: AnyHttpUrl | None = None
+
+    async def verify(self, token: str) -> TenantAccess | None:
+        access = await self.verifier.verify_token(token) if self.verifier else None
+        return access if isinstance(access, TenantAccess) else None
+
+    def guard_root(self, app: ASGIApp) -> ASGIApp:
+        """The root MCP endpoint behind its own challenge, naming the root's metadata (whose resource is
+        ``$BASE_URL/``: a client checks that the resource it is told about is the URL it called)."""
+        if self.provider is None or self.root_metadata_url is None:
+            return app
+        return RequireAuthMiddleware(app, self.provider.required_scopes, self.root_metadata_url,
+                                     self.provider.challenge_scopes)
+
+
+def authentication(server: ServerSettings) -> Authentication:
+    oauth = server.oauth
+    static = BearerTokens(server.auth_tokens, oauth.required_scopes)
+    if not oauth.issuer:
+        return Authentication(static if server.auth_tokens else None, static if server.auth_tokens else None)
+    verifier = StaticThenOAuth(static, OAuthTokens(oauth, oauth.audiences(server.base_url)))
+    authorization_servers = [AnyHttpUrl(oauth.issuer)]
+    scopes = list(oauth.required_scopes)
+    provider = RemoteAuthProvider(
+        token_verifier=verifier, authorization_servers=authorization_servers, base_url=server.base_url,
+        scopes_supported=scopes, required_scopes=scopes, resource_name=RESOURCE_NAME,
+    )
+    root = AnyHttpUrl(server.base_url + "/")
+    routes = create_protected_resource_routes(root, authorization_servers, scopes, RESOURCE_NAME)
+    return Authentication(provider, verifier, routes, build_resource_metadata_url(root))
