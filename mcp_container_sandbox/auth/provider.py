@@ -6,6 +6,7 @@ a challenge that points at it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastmcp.server.auth import AuthProvider, RemoteAuthProvider, TokenVerifier
 from fastmcp.server.auth.middleware import RequireAuthMiddleware
@@ -63,11 +64,13 @@ def authentication(server: ServerSettings) -> Authentication:
     if not oauth.issuer:
         return Authentication(static if server.auth_tokens else None, static if server.auth_tokens else None)
     verifier = StaticThenOAuth(static, OAuthTokens(oauth, oauth.audiences(server.base_url)))
-    authorization_servers = [AnyHttpUrl(oauth.issuer)]
+    # As the issuer names itself: a client compares it with the issuer's metadata as a string, and pydantic's
+    # AnyHttpUrl would add a "/" to an issuer without a path (the metadata model itself keeps it as given).
+    authorization_servers: list[Any] = [oauth.issuer]
     scopes = list(oauth.required_scopes)
     provider = RemoteAuthProvider(
         token_verifier=verifier, authorization_servers=authorization_servers, base_url=server.base_url,
-        scopes_supported=scopes, required_scopes=scopes, resource_name=RESOURCE_NAME,
+        scopes_supported=scopes, required_scopes=scopes, challenge_scopes=scopes, resource_name=RESOURCE_NAME,
     )
     root = AnyHttpUrl(server.base_url + "/")
     routes = create_protected_resource_routes(root, authorization_servers, scopes, RESOURCE_NAME)
