@@ -12,7 +12,6 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,8 +22,14 @@ from conftest import RUN_ID, ServerProcess, free_port, structured
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp.client.auth import OAuthClientProvider
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
 from support.authorization_server import E2E, AuthorizationServer, new_key
+from support.preview_app import preview_app_binary, start_app
 
 STATIC_TOKEN = "static-token-0123456789abcdef0123456789"
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -49,7 +54,7 @@ def server(idp: AuthorizationServer) -> Iterator[ServerProcess]:
     proc = ServerProcess({
         "SANDBOX_NAMESPACE": f"{RUN_ID}-signin", "SANDBOX_POOL_SIZE": "0", "SANDBOX_PROXY_PORT": str(free_port()),
         "BASE_URL": f"http://127.0.0.1:{port}", "OAUTH_ISSUER": idp.issuer, "OAUTH_REQUIRED_SCOPES": "sandbox",
-        "AUTH_TOKENS": STATIC_TOKEN,
+        "AUTH_TOKENS": STATIC_TOKEN, "PREVIEW_REQUIRE_AUTH": "true",
     }, port=port).start()
     yield proc
     proc.stop()
@@ -196,7 +201,8 @@ class Memory:
         self.client = client_info
 
 
-def python_sdk_client(server: ServerProcess, idp: AuthorizationServer, user: str, path: str = "/mcp") -> Client:
+def python_sdk_client(server: ServerProcess, idp: AuthorizationServer, user: str, path: str = "/mcp",
+                      storage: Memory | None = None) -> Client:
     """FastMCP's client over the official Python SDK's OAuth provider, signing ``user`` in."""
     redirected: list[str] = []
 
@@ -210,7 +216,7 @@ def python_sdk_client(server: ServerProcess, idp: AuthorizationServer, user: str
     metadata = OAuthClientMetadata(client_name="sign-in test (Python SDK)", redirect_uris=[REDIRECT_URL],
                                    grant_types=["authorization_code", "refresh_token"], response_types=["code"],
                                    token_endpoint_auth_method="none")
-    oauth = OAuthClientProvider(server.url + path, metadata, Memory(), redirect_handler, callback_handler)
+    oauth = OAuthClientProvider(server.url + path, metadata, storage or Memory(), redirect_handler, callback_handler)
     return Client(StreamableHttpTransport(server.url + path, auth=oauth))
 
 
@@ -252,3 +258,49 @@ def test_a_key_rotation_at_the_provider_is_followed_without_a_restart(server: Se
         status = mcp_status(resource, token).status_code
     assert status == 200
     assert server.process is not None and server.process.poll() is None
+
+
+async def test_preview_links_take_the_signed_in_owners_token(server: ServerProcess, idp: AuthorizationServer) -> None:
+    app = preview_app_binary()
+    storage = Memory()
+    async with python_sdk_client(server, idp, "hedy", storage=storage) as hedy:
+        container_id = structured(await hedy.call_tool("create_container", {}))["container_id"]
+        try:
+            await start_app(hedy, container_id, app, "8000")
+            url = structured(await hedy.call_tool("expose_port", {"container_id": container_id, "port": 8000}))["url"]
+            assert storage.tokens is not None
+            owner, stranger = storage.tokens.access_token, idp.client_credentials(server.url + "/mcp")
+            async with httpx.AsyncClient(timeout=30) as http:
+                assert (await http.get(url + "hello")).status_code == 401
+                assert (await http.get(url + "hello", headers={"Authorization": f"Bearer {stranger}"})).status_code == 401
+                assert (await http.get(url + "hello", headers={"Authorization": f"Bearer {STATIC_TOKEN}"})).status_code == 401
+                served = await http.get(url + "hello", headers={"Authorization": f"Bearer {owner}"})
+                assert served.status_code == 200 and served.text.startswith("hello ")
+        finally:
+            await hedy.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+
+
+def test_opaque_tokens_are_introspected(tmp_path: Path) -> None:
+    idp = AuthorizationServer(tmp_path, env={"ACCESS_TOKEN_FORMAT": "opaque"})
+    idp.start()
+    port = free_port()
+    proc = ServerProcess({
+        "SANDBOX_NAMESPACE": f"{RUN_ID}-opaque", "SANDBOX_POOL_SIZE": "0", "SANDBOX_PROXY_PORT": str(free_port()),
+        "BASE_URL": f"http://127.0.0.1:{port}", "OAUTH_ISSUER": idp.issuer, "OAUTH_TENANT_CLAIM": "client_id",
+        "OAUTH_INTROSPECTION_URL": idp.metadata()["introspection_endpoint"],
+        "OAUTH_CLIENT_ID": "sandbox-server", "OAUTH_CLIENT_SECRET": "sandbox-server-secret",
+    }, port=port)
+    try:
+        proc.start()
+        token = idp.client_credentials(proc.url + "/mcp")
+        assert token.count(".") != 2  # opaque, not a JWT
+        assert mcp_status(proc.url + "/mcp", token).status_code == 200
+        elsewhere = idp.client_credentials("http://127.0.0.1:1/other-server")
+        assert mcp_status(proc.url + "/mcp", elsewhere).status_code == 401
+        revoked = httpx.post(f"{idp.issuer}/token/revocation", auth=("m2m", "m2m-secret"), data={"token": token})
+        assert revoked.status_code == 200
+        assert mcp_status(proc.url + "/mcp", token).status_code == 401  # no cache: a revocation counts at once
+    finally:
+        if proc.process is not None:
+            proc.stop()
+        idp.stop()

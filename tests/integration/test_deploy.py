@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import ROOT, free_port, podman, structured
 from fastmcp import Client
-from support.sweep import build_static
+from support.preview_app import preview_app_binary
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -120,7 +120,7 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
             else:
                 assert taken.is_error and "Snapshots need the sandbox's files in an overlay" in taken.content[0].text, taken
             # A preview URL reaches a port inside the nested sandbox, through the deployment's one port.
-            app = build_static(ROOT / "tests" / "support" / "apps" / "preview-app.c", ROOT / ".pytest_cache" / "preview-app")
+            app = preview_app_binary()
             await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app", "mode": "755",
                                                   "content": base64.b64encode(app).decode(), "encoding": "base64"})
             await client.call_tool("execute_command", {"container_id": container_id,

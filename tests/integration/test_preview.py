@@ -4,7 +4,6 @@ the sandbox."""
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import signal
@@ -17,28 +16,15 @@ import httpx
 import pytest
 from conftest import ROOT, ServerProcess, structured
 from fastmcp import Client
-from support.sweep import build_static
+from support.preview_app import preview_app_binary, start_app
 from websockets.asyncio.client import connect as ws_connect
 
 pytestmark = pytest.mark.anyio
 
-APP_SOURCE = ROOT / "tests" / "support" / "apps" / "preview-app.c"
-APP = ROOT / ".pytest_cache" / "preview-app"
-
 
 @pytest.fixture(scope="module")
 def app_binary() -> bytes:
-    return build_static(APP_SOURCE, APP)
-
-
-async def start_app(client: Client, container_id: str, app: bytes, *listen: str) -> None:
-    """The test app in the sandbox, listening on each 'port' or 'port address'."""
-    await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app",
-                                          "content": base64.b64encode(app).decode(), "encoding": "base64", "mode": "755"})
-    started = " ".join(f"/root/preview-app {where} >/dev/null 2>&1 &" for where in listen)
-    result = structured(await client.call_tool("execute_command", {"container_id": container_id,
-                                                                    "command": f"{started} sleep 0.3; echo up"}))
-    assert result["stdout"] == "up\n", result
+    return preview_app_binary()
 
 
 async def expose(client: Client, container_id: str, port: int) -> dict[str, Any]:
