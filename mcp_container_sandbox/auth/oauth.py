@@ -37,6 +37,11 @@ def metadata_urls(issuer: str) -> tuple[str, str]:
             f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{parts.path}")
 
 
+def signed_in_tenant(issuer: str, identity: str) -> str:
+    """The tenant of a signed-in identity: the same claim at two issuers is two tenants."""
+    return tenant_id_for(f"oauth\n{issuer.rstrip('/')}\n{identity}")
+
+
 class IssuerMetadata:
     """The issuer's metadata, fetched on first use and kept; after a failure it is asked again at most
     every METADATA_RETRY_SECONDS."""
@@ -135,5 +140,5 @@ class OAuthTokens(TokenVerifier):
         if not isinstance(who, (str, int)) or isinstance(who, bool) or who == "":
             logger.info("refused a token without the tenant claim %r", self.oauth.tenant_claim)
             return None
-        tenant = tenant_id_for(f"oauth\n{self.issuer}\n{who}")
-        return TenantAccess(**access.model_dump(exclude={"claims"}), claims=claims, tenant=tenant)
+        return TenantAccess(**access.model_dump(exclude={"claims"}), claims=claims,
+                            tenant=signed_in_tenant(self.issuer, str(who)))

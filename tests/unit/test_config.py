@@ -57,3 +57,34 @@ def test_server_settings_read_lists_and_trim_the_base_url() -> None:
 def test_a_bad_port_is_refused(port: str) -> None:
     with pytest.raises(ValueError, match="PORT must be a port number"):
         ServerSettings.from_env({"PORT": port})
+
+
+def test_oauth_settings_read_scopes_audiences_and_default_the_audience_to_the_mcp_urls() -> None:
+    settings = ServerSettings.from_env({"BASE_URL": "https://s.example", "OAUTH_ISSUER": "https://idp.example/",
+                                        "OAUTH_REQUIRED_SCOPES": "sandbox, read  write"})
+    oauth = settings.oauth
+    assert oauth.enabled and settings.authenticated and oauth.tenant_claim == "sub"
+    assert oauth.required_scopes == ("sandbox", "read", "write")
+    assert oauth.audiences(settings.base_url) == ("https://s.example/mcp", "https://s.example/", "https://s.example")
+    explicit = ServerSettings.from_env({"BASE_URL": "https://s.example", "OAUTH_ISSUER": "https://idp.example",
+                                        "OAUTH_AUDIENCE": "api://sandbox, https://s.example/mcp"})
+    assert explicit.oauth.audiences(explicit.base_url) == ("api://sandbox", "https://s.example/mcp")
+    assert not ServerSettings.from_env({}).authenticated
+
+
+@pytest.mark.parametrize("environ, says", [
+    ({"OAUTH_ISSUER": "https://idp.example"}, "needs BASE_URL"),
+    ({"BASE_URL": "https://s.example", "OAUTH_ISSUER": "idp.example"}, "OAUTH_ISSUER must be an http"),
+    ({"BASE_URL": "s.example"}, "BASE_URL must be an http"),
+    ({"BASE_URL": "https://s.example", "OAUTH_ISSUER": "https://idp.example",
+      "OAUTH_INTROSPECTION_URL": "https://idp.example/introspect"}, "needs OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET"),
+    ({"BASE_URL": "https://s.example", "OAUTH_ISSUER": "https://a.example",
+      "OAUTH_PROXY_UPSTREAM_ISSUER": "https://b.example"}, "not both"),
+    ({"BASE_URL": "https://s.example", "OAUTH_PROXY_UPSTREAM_ISSUER": "https://b.example"},
+     "needs OAUTH_PROXY_CLIENT_ID"),
+    ({"BASE_URL": "https://s.example", "OAUTH_PROXY_UPSTREAM_ISSUER": "https://b.example",
+      "OAUTH_PROXY_CLIENT_ID": "c", "OAUTH_PROXY_CLIENT_SECRET": "s"}, "needs OAUTH_ALLOWED_USERS"),
+])
+def test_oauth_settings_that_cannot_work_are_refused_saying_what_to_set(environ: dict[str, str], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        ServerSettings.from_env(environ)

@@ -1,0 +1,35 @@
+"""The parts of sign-in that need no authorization server: where an issuer's metadata is, and whose
+tenant a token speaks for. The whole flow is tested against a real one in tests/e2e/test_signin.py."""
+
+from __future__ import annotations
+
+import pytest
+from mcp_container_sandbox.auth import BearerTokens, tenant_id_for
+from mcp_container_sandbox.auth.oauth import metadata_urls, signed_in_tenant
+
+pytestmark = pytest.mark.anyio
+
+
+def test_metadata_is_looked_for_by_openid_discovery_then_rfc_8414() -> None:
+    assert metadata_urls("https://idp.example") == (
+        "https://idp.example/.well-known/openid-configuration",
+        "https://idp.example/.well-known/oauth-authorization-server")
+    # RFC 8414 §3.1: an issuer's path goes after the well-known part.
+    assert metadata_urls("https://idp.example/realms/team/") == (
+        "https://idp.example/realms/team/.well-known/openid-configuration",
+        "https://idp.example/.well-known/oauth-authorization-server/realms/team")
+
+
+def test_a_signed_in_tenant_is_qualified_by_its_issuer() -> None:
+    alice_a = signed_in_tenant("https://a.example", "alice")
+    assert alice_a == signed_in_tenant("https://a.example/", "alice")  # the same issuer
+    assert alice_a != signed_in_tenant("https://b.example", "alice")
+    assert alice_a != signed_in_tenant("https://a.example", "bob")
+    assert alice_a != tenant_id_for("alice")  # nor a static token that happens to be the same string
+
+
+async def test_static_tokens_hold_the_required_scopes_and_their_own_tenant() -> None:
+    tokens = BearerTokens(["one-token", "two-token"], scopes=["sandbox"])
+    access = await tokens.verify_token("two-token")
+    assert access is not None and access.tenant == tenant_id_for("two-token") and access.scopes == ["sandbox"]
+    assert await tokens.verify_token("three-token") is None
