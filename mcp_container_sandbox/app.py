@@ -106,7 +106,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> App:
     """The whole server for these settings; nothing starts until its lifespan is entered.
     ``backend``: where sandboxes live, Podman's unless given (tests pass a stand-in)."""
     sandboxes = SandboxManager(settings.sandbox, backend)
-    authn = authentication(settings.server)
+    authn = authentication(settings.server, settings.sandbox.state_dir)
     authenticated = settings.server.authenticated
     preview = PreviewProxy(sandboxes.open_port, sandboxes.find_port_link,
                            PreviewAuthorizer(settings.server.preview_require_auth, authn.verify),

@@ -1,14 +1,15 @@
 """Who may call, as FastMCP's auth provider: static bearer tokens (AUTH_TOKENS), access tokens of an
-authorization server (OAUTH_ISSUER), or both. With OAuth the server is a protected resource (RFC 9728):
+authorization server (OAUTH_ISSUER) or of this server fronting an identity provider's login
+(OAUTH_PROXY_UPSTREAM_ISSUER), with static tokens beside either. With OAuth the server is a protected
+resource (RFC 9728):
 it publishes its metadata for each MCP endpoint, and a call without a valid token is answered 401 with
 a challenge that points at it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from fastmcp.server.auth import AuthProvider, RemoteAuthProvider, TokenVerifier
+from fastmcp.server.auth import AuthProvider, MultiAuth, RemoteAuthProvider, TokenVerifier
 from fastmcp.server.auth.middleware import RequireAuthMiddleware
 from mcp.server.auth.routes import (
     build_resource_metadata_url,
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp
 
 from ..settings import ServerSettings
 from .oauth import OAuthTokens
+from .proxy import SignInProxy
 from .static import BearerTokens, TenantAccess
 
 RESOURCE_NAME = "MCP container sandbox"
@@ -61,20 +63,39 @@ class Authentication:
                                      self.provider.challenge_scopes)
 
 
-def authentication(server: ServerSettings) -> Authentication:
+def authentication(server: ServerSettings, state_dir: str) -> Authentication:
+    """Who may call, for these settings (``state_dir``: where the sign-in proxy keeps what it must)."""
     oauth = server.oauth
+    if oauth.proxy_upstream_issuer:
+        return _signing_in_here(server, state_dir)
     static = BearerTokens(server.auth_tokens, oauth.required_scopes)
     if not oauth.issuer:
         return Authentication(static if server.auth_tokens else None, static if server.auth_tokens else None)
     verifier = StaticThenOAuth(static, OAuthTokens(oauth, oauth.audiences(server.base_url)))
-    # As the issuer names itself: a client compares it with the issuer's metadata as a string, and pydantic's
-    # AnyHttpUrl would add a "/" to an issuer without a path (the metadata model itself keeps it as given).
-    authorization_servers: list[Any] = [oauth.issuer]
     scopes = list(oauth.required_scopes)
+    # The issuer as it names itself (a str): a client compares it with the issuer's metadata as a string, and
+    # pydantic's AnyHttpUrl would add a "/" to an issuer without a path.
     provider = RemoteAuthProvider(
-        token_verifier=verifier, authorization_servers=authorization_servers, base_url=server.base_url,
+        token_verifier=verifier, authorization_servers=[oauth.issuer], base_url=server.base_url,
         scopes_supported=scopes, required_scopes=scopes, challenge_scopes=scopes, resource_name=RESOURCE_NAME,
     )
-    root = AnyHttpUrl(server.base_url + "/")
-    routes = create_protected_resource_routes(root, authorization_servers, scopes, RESOURCE_NAME)
-    return Authentication(provider, verifier, routes, build_resource_metadata_url(root))
+    return _with_root(Authentication(provider, verifier), server.base_url, oauth.issuer, scopes)
+
+
+def _signing_in_here(server: ServerSettings, state_dir: str) -> Authentication:
+    """The server as the AI apps' authorization server, fronting OAUTH_PROXY_UPSTREAM_ISSUER; static tokens
+    beside it (tried after its own, which it checks without the network)."""
+    proxy = SignInProxy(server.oauth, server.base_url, state_dir)
+    if not server.auth_tokens:
+        return _with_root(Authentication(proxy, proxy), server.base_url, str(proxy.issuer_url), proxy.required_scopes)
+    static = BearerTokens(server.auth_tokens, proxy.required_scopes)
+    both = MultiAuth(server=proxy, verifiers={"static": static})
+    return _with_root(Authentication(both, both), server.base_url, str(proxy.issuer_url), proxy.required_scopes)
+
+
+def _with_root(authn: Authentication, base_url: str, issuer: str, scopes: list[str]) -> Authentication:
+    """The root endpoint's own protected resource metadata, whose resource is ``$BASE_URL/``."""
+    root = AnyHttpUrl(base_url + "/")
+    authn.root_routes = create_protected_resource_routes(root, [issuer], scopes, RESOURCE_NAME)
+    authn.root_metadata_url = build_resource_metadata_url(root)
+    return authn

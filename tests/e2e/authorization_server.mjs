@@ -33,6 +33,7 @@ const provider = new Provider(issuer, {
     accountId: id,
     claims: () => ({ sub: id, email: `${id}@example.test`, email_verified: true, name: id }),
   }),
+  conformIdTokenClaims: false,  // ID tokens carry the scopes' claims (email), as Google's and most providers' do
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   cookies: { keys: ['tests-only-cookie-key'] },
   features: {

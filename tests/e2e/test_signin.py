@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +28,7 @@ from mcp.shared.auth import (
     OAuthClientMetadata,
     OAuthToken,
 )
-from support.authorization_server import E2E, AuthorizationServer, new_key
+from support.authorization_server import E2E, AuthorizationServer, SignInRefused, new_key
 from support.preview_app import preview_app_binary, start_app
 
 STATIC_TOKEN = "static-token-0123456789abcdef0123456789"
@@ -168,7 +168,7 @@ def test_typescript_sdk_signs_in_and_uses_a_sandbox(server: ServerProcess, idp: 
         assert f"{authorize.scheme}://{authorize.netloc}" == idp.issuer
         assert query["resource"] == [server.url + "/mcp"] and query["code_challenge_method"] == ["S256"]
         assert query["scope"] == ["sandbox"]
-        flow.stdin.write(idp.sign_in(asked["authorize"], "ada") + "\n")
+        flow.stdin.write(idp.sign_in(asked["authorize"], "ada", REDIRECT_URL) + "\n")
         flow.stdin.flush()
         line = flow.stdout.readline()
         assert line, flow.stderr.read() if flow.stderr else ""
@@ -202,12 +202,12 @@ class Memory:
 
 
 def python_sdk_client(server: ServerProcess, idp: AuthorizationServer, user: str, path: str = "/mcp",
-                      storage: Memory | None = None) -> Client:
+                      storage: Memory | None = None, sign_in: Callable[[str, str, str], str] | None = None) -> Client:
     """FastMCP's client over the official Python SDK's OAuth provider, signing ``user`` in."""
     redirected: list[str] = []
 
     async def redirect_handler(authorization_url: str) -> None:
-        redirected.append(await anyio.to_thread.run_sync(idp.sign_in, authorization_url, user))
+        redirected.append(await anyio.to_thread.run_sync(sign_in or idp.sign_in, authorization_url, user, REDIRECT_URL))
 
     async def callback_handler() -> AuthorizationCodeResult:
         query = parse_qs(urlsplit(redirected.pop()).query)
@@ -304,3 +304,74 @@ def test_opaque_tokens_are_introspected(tmp_path: Path) -> None:
         if proc.process is not None:
             proc.stop()
         idp.stop()
+
+
+# --------------------------------------------------------------------------- the server fronting a provider
+
+
+def test_the_server_fronts_a_provider_that_registers_no_clients(tmp_path: Path) -> None:
+    """OAUTH_PROXY_*: the AI app registers with and signs in at this server, which signs the person in
+    at the provider (here the same oidc-provider, as the one client registered there)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    idp = AuthorizationServer(tmp_path, env={"SERVER_REDIRECT_URIS": base + "/auth/callback"})
+    idp.start()
+    env = {
+        "SANDBOX_NAMESPACE": f"{RUN_ID}-proxy", "SANDBOX_POOL_SIZE": "0", "SANDBOX_PROXY_PORT": str(free_port()),
+        "SANDBOX_STATE_DIR": str(tmp_path / "state"), "BASE_URL": base, "AUTH_TOKENS": STATIC_TOKEN,
+        "OAUTH_PROXY_UPSTREAM_ISSUER": idp.issuer, "OAUTH_PROXY_CLIENT_ID": "sandbox-server",
+        "OAUTH_PROXY_CLIENT_SECRET": "sandbox-server-secret", "OAUTH_ALLOWED_USERS": "ada@example.test",
+    }
+    proc = ServerProcess(env, port=port)
+    try:
+        proc.start()
+        metadata = httpx.get(base + "/.well-known/oauth-protected-resource/mcp").json()
+        assert metadata["authorization_servers"] == [base + "/"]
+        assert httpx.get(base + "/.well-known/oauth-authorization-server").json()["registration_endpoint"]
+        anyio.run(_proxy_flow, proc, idp)
+        # Tokens the server issued outlive a restart: signed with a key derived from the client secret, their
+        # upstream sessions kept (encrypted) in SANDBOX_STATE_DIR.
+        proc.stop()
+        proc = ServerProcess(env, port=port).start()
+        anyio.run(_stored_tokens_still_work, proc, idp)
+    finally:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.stop()
+        idp.stop()
+
+
+ADA = Memory()
+
+
+async def _proxy_flow(server: ServerProcess, idp: AuthorizationServer) -> None:
+    async with python_sdk_client(server, idp, "ada", storage=ADA) as ada, \
+            Client(server.url + "/mcp", auth=STATIC_TOKEN) as operator:
+        mine = structured(await ada.call_tool("create_container", {}))["container_id"]
+        ran = structured(await ada.call_tool("execute_command", {"container_id": mine, "command": "echo proxied"}))
+        assert ran["stdout"] == "proxied\n"
+        listed = structured(await operator.call_tool("list_containers", {}))["containers"]
+        assert mine not in [c["container_id"] for c in listed]
+    refused: list[SignInRefused] = []
+
+    def sign_in_refused(url: str, user: str, client_redirect: str) -> str:
+        try:
+            return idp.sign_in(url, user, client_redirect)
+        except SignInRefused as exc:
+            refused.append(exc)
+            raise
+
+    with pytest.raises(Exception):  # noqa: B017 (the SDK's flow fails as it may; the page is what counts)
+        async with python_sdk_client(server, idp, "grace", sign_in=sign_in_refused) as grace:
+            await grace.list_tools()
+    assert refused and refused[0].status == 403
+    assert "grace@example.test" in refused[0].page and "OAUTH_ALLOWED_USERS" in refused[0].page
+
+
+async def _stored_tokens_still_work(server: ServerProcess, idp: AuthorizationServer) -> None:
+    def must_not_sign_in(url: str, user: str, client_redirect: str) -> str:
+        raise AssertionError("the client had to sign in again after the server restarted")
+
+    async with python_sdk_client(server, idp, "ada", storage=ADA, sign_in=must_not_sign_in) as ada:
+        listed = structured(await ada.call_tool("list_containers", {}))["containers"]
+        assert len(listed) == 1
+        await ada.call_tool("destroy_container", {"container_id": listed[0]["container_id"]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -29,6 +30,12 @@ def free_port() -> int:
 
 def new_key(kid: str) -> RSAKey:
     return RSAKey.generate_key(2048, parameters={"kid": kid, "alg": "RS256", "use": "sig"})
+
+
+class SignInRefused(Exception):
+    def __init__(self, status: int, page: str) -> None:
+        super().__init__(f"{status}: {page[:300]}")
+        self.status, self.page = status, page
 
 
 class AuthorizationServer:
@@ -86,23 +93,28 @@ class AuthorizationServer:
         response.raise_for_status()
         return response.json()["access_token"]
 
-    def sign_in(self, authorize_url: str, user: str) -> str:
-        """Sign ``user`` in and consent, as a person in a browser would: the URL the provider finally
-        sends the browser to (the client's redirect URI, with the code)."""
+    def sign_in(self, authorize_url: str, user: str, client_redirect: str) -> str:
+        """Sign ``user`` in, as a person in a browser would: consent at the provider, and on a consent page
+        of the MCP server's own (when it fronts this provider) allow access. Returns the URL the browser is
+        finally sent to at the client (``client_redirect``, with the code); SignInRefused when a page
+        ends the way there."""
         with httpx.Client(timeout=10, follow_redirects=False) as browser:
-            url = authorize_url
-            for _ in range(12):
-                response = browser.get(url) if not url.startswith("POST ") else browser.post(url[5:])
+            response = browser.get(authorize_url)
+            for _ in range(20):
                 if response.status_code in (302, 303):
                     location = urljoin(str(response.url), response.headers["location"])
-                    if not location.startswith(self.issuer):
+                    if location.startswith(client_redirect):
                         return location
-                    url = location
-                    continue
-                response.raise_for_status()
-                prompt = response.json()["prompt"]
-                base = str(response.url).split("?")[0]
-                url = f"POST {base}/login?user={user}" if prompt == "login" else f"POST {base}/consent"
+                    response = browser.get(location)
+                elif response.status_code == 200 and response.headers["content-type"].startswith("application/json"):
+                    base = str(response.url).split("?")[0]  # the provider's sign-in, then its consent
+                    step = f"/login?user={user}" if response.json()["prompt"] == "login" else "/consent"
+                    response = browser.post(base + step)
+                elif response.status_code == 200 and 'name="action" value="approve"' in response.text:
+                    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', response.text))
+                    response = browser.post(str(response.url).split("?")[0], data={**fields, "action": "approve"})
+                else:
+                    raise SignInRefused(response.status_code, response.text)
         raise RuntimeError(f"signing in at {authorize_url} did not end at the client")
 
     def sign(self, claims: dict[str, Any], key: RSAKey | None = None, header: dict[str, Any] | None = None) -> str:
