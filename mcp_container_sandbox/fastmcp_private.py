@@ -1,6 +1,7 @@
 """The FastMCP internals this server reads, in one place: the progress token of the request being
 answered and the transport in use. Neither has a public accessor in FastMCP 4;
-tests/unit/test_fastmcp_private.py fails when FastMCP moves them."""
+tests/unit/test_fastmcp_private.py fails when FastMCP moves them (and when the two OAuth proxy steps
+auth/proxy.py overrides move)."""
 
 from __future__ import annotations
 

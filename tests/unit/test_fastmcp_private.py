@@ -45,3 +45,10 @@ async def test_progress_requested_sees_the_progress_token_of_the_call() -> None:
 
 def test_no_context_is_no_progress() -> None:
     assert progress_requested(None) is False
+
+
+def test_the_oauth_proxy_steps_the_sign_in_proxy_overrides_are_where_it_overrides_them() -> None:
+    """auth/proxy.py refuses people not in OAUTH_ALLOWED_USERS at the provider's callback through these."""
+    from fastmcp.server.auth.oauth_proxy import OAuthProxy
+
+    assert callable(OAuthProxy._handle_idp_callback) and callable(OAuthProxy._create_upstream_oauth_client)
