@@ -38,6 +38,9 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
              create_container(network=false) from the image, and podman run -d
   preview    1 KB GETs and a 50 MB GET through a preview URL (expose_port; keep-alive, httpx)  vs  the same
              requests from inside the sandbox to its own port (tests/support/apps/preview-app.c, client and server)
+  signin     list_containers with an authorization server's JWT  vs  with a static token, on one server with
+             OAUTH_ISSUER and AUTH_TOKENS (oidc-provider on loopback), keys cached; and the two token checks
+             alone, in the bench's process
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from rows import (
     preview,
     proxy,
     scale,
+    signin,
     snapshot,
     unpooled,
 )
@@ -102,6 +106,7 @@ ROWS: dict[str, Callable[[Bench, Shared], Awaitable[None]]] = {
     "snapshot": lambda bench, s: snapshot.snapshot(bench, s.client),
     "preview": lambda bench, s: preview.preview(bench, s.client),
     "interactive": lambda bench, s: interactive.interactive(bench, s.client),
+    "signin": lambda bench, s: signin.signin(bench, s.execs),
 }
 NEEDS_A_SANDBOX = {"exec", "floor", "output", "download"}
 
