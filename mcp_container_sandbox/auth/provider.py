@@ -11,10 +11,7 @@ from dataclasses import dataclass, field
 
 from fastmcp.server.auth import AuthProvider, MultiAuth, RemoteAuthProvider, TokenVerifier
 from fastmcp.server.auth.middleware import RequireAuthMiddleware
-from mcp.server.auth.routes import (
-    build_resource_metadata_url,
-    create_protected_resource_routes,
-)
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from pydantic import AnyHttpUrl
 from starlette.routing import Route
 from starlette.types import ASGIApp

@@ -10,8 +10,10 @@ import hmac
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -151,6 +153,29 @@ def test_a_token_without_the_required_scope_is_403_insufficient_scope(server: Se
 def test_static_tokens_still_work_beside_oauth(server: ServerProcess) -> None:
     assert mcp_status(server.url + "/mcp", STATIC_TOKEN).status_code == 200
     assert mcp_status(server.url + "/", STATIC_TOKEN).status_code == 200
+
+
+def authlab_scan(url: str, *arguments: str) -> dict[str, Any]:
+    scan = subprocess.run([str(Path(sys.executable).parent / "mcp-authlab"), "scan", url, "--no-login",
+                           "--format", "json", *arguments], capture_output=True, text=True, timeout=120)
+    return json.loads(scan.stdout)
+
+
+@pytest.mark.parametrize("endpoint", ["/mcp", "/"])
+def test_an_independent_checker_grades_the_servers_authorization(server: ServerProcess, idp: AuthorizationServer,
+                                                                  endpoint: str) -> None:
+    """mcp-authlab (PyPI): the challenge, both metadata documents, the forged, foreign-audience and
+    query-string tokens, sessions without a token, Origin, protocol version. Its authorization-server
+    checks (ASF-*) grade oidc-provider, not this server, and need its own login: not run."""
+    url = server.url + endpoint
+    report = authlab_scan(url, "--token", idp.client_credentials(url),
+                          "--foreign-token", idp.client_credentials("http://127.0.0.1:1/other-server"))
+    failed = [r["id"] for r in report["results"] if r["status"] in ("fail", "error")]
+    assert failed == [] and report["critical_failures"] == [] and report["must_failures"] == [], report["reasons"]
+    assert report["warnings"] == ["TLS-01"]  # plain http on loopback
+    assert report["grade"] == "A" and report["conformance"] == "Conformant with warnings"
+    skipped = {r["id"] for r in report["results"] if r["status"] == "skip"}
+    assert skipped == {"ASF-01", "ASF-02", "ASF-03", "ASF-04", "ASF-05", "ASF-06"}
 
 
 # --------------------------------------------------------------------------- the whole flow, by real clients
@@ -328,6 +353,9 @@ def test_the_server_fronts_a_provider_that_registers_no_clients(tmp_path: Path) 
         metadata = httpx.get(base + "/.well-known/oauth-protected-resource/mcp").json()
         assert metadata["authorization_servers"] == [base + "/"]
         assert httpx.get(base + "/.well-known/oauth-authorization-server").json()["registration_endpoint"]
+        # Here the server is the AI app's authorization server too: the checker's discovery checks grade it.
+        report = authlab_scan(base + "/mcp")
+        assert [r["id"] for r in report["results"] if r["status"] in ("fail", "error")] == [], report["reasons"]
         anyio.run(_proxy_flow, proc, idp)
         # Tokens the server issued outlive a restart: signed with a key derived from the client secret, their
         # upstream sessions kept (encrypted) in SANDBOX_STATE_DIR.
