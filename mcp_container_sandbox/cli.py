@@ -67,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     level = settings.server.log_level
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warn_if_exposed(settings)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting that could be read but not used (an identity provider that is not there)
+        sys.exit(f"mcp-container-sandbox: {exc}")
     # asyncio's loop, not uvloop even when installed: see sandbox/backend/podman_cli.check_event_loop.
     uvicorn.run(app.http_app(), host=settings.server.host, port=settings.server.port, log_level=level,
                 timeout_graceful_shutdown=3, loop="asyncio")

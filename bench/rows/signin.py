@@ -1,7 +1,8 @@
 """What sign-in costs a call: the same tool call with an authorization server's JWT and with a static
 token, on one server with both (OAUTH_ISSUER and AUTH_TOKENS), taken in turns once the issuer's keys
-are cached; and the token checks alone, in this process: a JWT seen before, a new one, a static one. The authorization server is oidc-provider on
-loopback (tests/e2e/authorization_server.mjs, as in the sign-in tests)."""
+are cached; and the token checks alone, in this process: a JWT seen before, a new one, a static one.
+The authorization server is oidc-provider on loopback (tests/e2e/authorization_server.mjs, as in the
+sign-in tests)."""
 
 from __future__ import annotations
 

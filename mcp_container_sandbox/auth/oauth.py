@@ -83,8 +83,9 @@ class IssuerMetadata:
                     problems.append(f"{url}: {exc}")
                     continue
                 # RFC 8414 §3.3: the document must name the issuer it was asked for.
-                if not isinstance(document, dict) or str(document.get("issuer", "")).rstrip("/") != self.issuer.rstrip("/"):
-                    problems.append(f"{url}: names issuer {document.get('issuer') if isinstance(document, dict) else None!r}")
+                named = document.get("issuer") if isinstance(document, dict) else None
+                if str(named or "").rstrip("/") != self.issuer.rstrip("/"):
+                    problems.append(f"{url}: names issuer {named!r}")
                     continue
                 return document
         raise ValueError(f"no metadata for issuer {self.issuer}: " + "; ".join(problems))

@@ -69,6 +69,15 @@ class SignInProxy(OIDCProxy):
     """FastMCP's OIDC proxy, with OAUTH_ALLOWED_USERS and a tenant for each signed-in person."""
 
     def __init__(self, oauth: OAuthSettings, base_url: str, state_dir: str) -> None:
+        try:
+            self._start(oauth, base_url, state_dir)
+        except Exception as exc:  # FastMCP reads the provider's OpenID configuration here
+            raise ValueError(f"OAUTH_PROXY_UPSTREAM_ISSUER: could not read the OpenID configuration of "
+                             f"{oauth.proxy_upstream_issuer} ({exc}); check the URL and that the provider is up") from exc
+        self.oauth = oauth
+        self.upstream_issuer = str(self.oidc_config.issuer).rstrip("/")
+
+    def _start(self, oauth: OAuthSettings, base_url: str, state_dir: str) -> None:
         super().__init__(
             config_url=f"{oauth.proxy_upstream_issuer.rstrip('/')}/.well-known/openid-configuration",
             client_id=oauth.proxy_client_id, client_secret=oauth.proxy_client_secret, base_url=base_url,
@@ -77,8 +86,6 @@ class SignInProxy(OIDCProxy):
             forward_resource=False,  # the provider signs the person in; the resource is this server's own tokens
             client_storage=encrypted_store(Path(state_dir) / "oauth-proxy", oauth.proxy_client_secret),
         )
-        self.oauth = oauth
-        self.upstream_issuer = str(self.oidc_config.issuer).rstrip("/")
 
     def _create_upstream_oauth_client(self) -> AsyncOAuth2Client:
         """FastMCP's client for the provider, whose code exchange refuses a person not allowed before

@@ -33,3 +33,21 @@ async def test_static_tokens_hold_the_required_scopes_and_their_own_tenant() -> 
     access = await tokens.verify_token("two-token")
     assert access is not None and access.tenant == tenant_id_for("two-token") and access.scopes == ["sandbox"]
     assert await tokens.verify_token("three-token") is None
+
+
+def test_a_sign_in_proxy_whose_provider_cannot_be_read_stops_the_server_saying_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    from mcp_container_sandbox.app import create_app
+    from mcp_container_sandbox.settings import Settings
+
+    with socket.socket() as closed:  # a port of this machine nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = Settings.from_env({
+        "BASE_URL": "http://127.0.0.1:3000", "SANDBOX_STATE_DIR": str(tmp_path),
+        "OAUTH_PROXY_UPSTREAM_ISSUER": f"http://127.0.0.1:{port}", "OAUTH_PROXY_CLIENT_ID": "c",
+        "OAUTH_PROXY_CLIENT_SECRET": "s", "OAUTH_ALLOWED_USERS": "*",
+    })
+    with pytest.raises(ValueError, match="could not read the OpenID configuration of http://127.0.0.1"):
+        create_app(settings)
