@@ -5,7 +5,7 @@
 #   - the sandbox image: $SANDBOX_IMAGE (default Alpine) from its registry, or, when no
 #     registry can provide the default image, a local busybox image built on the spot;
 #   - a Python virtual environment in .venv with the project installed;
-#   - with --test: the test extras; MCP Inspector's CLI, the TypeScript SDK and mcp-remote (npm);
+#   - with --test: the test extras; MCP Inspector's CLI, the TypeScript SDK, mcp-remote and oidc-provider (npm);
 #     and the agent frameworks in .venv-clients (tests/e2e/frameworks/requirements.txt).
 # Progress goes to stderr. With --env, the last line on stdout is an `export SANDBOX_IMAGE=...`
 # for the caller to eval.
@@ -127,10 +127,10 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ---- MCP Inspector, the TypeScript SDK and mcp-remote for the end-to-end tests
+# ---- MCP Inspector, the TypeScript SDK, mcp-remote and oidc-provider for the end-to-end tests
 npm_stamp="$ROOT/tests/e2e/node_modules/.installed"
 if [ "$WANT_TEST" -eq 1 ] && { [ ! -f "$npm_stamp" ] || [ "$ROOT/tests/e2e/package-lock.json" -nt "$npm_stamp" ]; }; then
-  say "installing MCP Inspector's CLI, the TypeScript SDK and mcp-remote (npm) into tests/e2e"
+  say "installing MCP Inspector's CLI, the TypeScript SDK, mcp-remote and oidc-provider (npm) into tests/e2e"
   (cd "$ROOT/tests/e2e" && npm ci --no-audit --no-fund --loglevel=error >&2)
   touch "$npm_stamp"
 fi
