@@ -22,6 +22,7 @@ from .tools import ToolContext, register_tools, tool_names
 from .tools.schemas import PortableSchemas
 from .tools.waits import WaitAdvisor, WaitTracking
 from .web.guards import McpOriginGuard, RequestSizeLimit, allowed_hosts, allowed_origins
+from .web.console import Console, ConsoleRouter
 from .web.preview import PreviewProxy, PreviewRouter
 from .web.routes import RootEndpoint, Routes
 from .web.stdio_side import StdioSideServer
@@ -68,12 +69,14 @@ class App:
     mcp: FastMCP
     preview: PreviewProxy
     side_server: StdioSideServer
+    console: Console
 
     def http_app(self) -> Starlette:
         """The ASGI app for Streamable HTTP: MCP at / and /mcp, the routes, preview URLs, the guards."""
         server = self.settings.server
         return self.mcp.http_app(path=MCP_PATH, middleware=[
             Middleware(PreviewRouter, proxy=self.preview),  # the apps sandboxes serve: before the MCP endpoint's guards
+            Middleware(ConsoleRouter, console=self.console),
             Middleware(McpOriginGuard, mcp_path=MCP_PATH, hosts=allowed_hosts(server), origins=allowed_origins(server)),
             Middleware(RequestSizeLimit, limit=MAX_REQUEST_BYTES),
         ])
@@ -125,4 +128,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> App:
         mcp.custom_route(route.path, methods=sorted(route.methods or ()))(route.endpoint)
     mcp.custom_route("/health", methods=["GET"])(routes.health)
     mcp.custom_route("/files/{file_id}", methods=["GET", "HEAD"])(routes.download_file)
-    return App(settings, sandboxes, mcp, preview, side_server)
+    console = Console(sandboxes, authn.verify if authenticated else None, allowed_hosts(settings.server),
+                      allowed_origins(settings.server))
+    return App(settings, sandboxes, mcp, preview, side_server, console)

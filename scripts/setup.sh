@@ -55,6 +55,7 @@ if [ "$WANT_TEST" -eq 1 ]; then
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)  # the deployment test's base image
   command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)  # rootless Podman, in the limits test
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # the in-sandbox shell library's linter
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the console's browser tests (Playwright drives it)
 fi
 python_ok() { "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 PYTHON=${PYTHON:-python3}

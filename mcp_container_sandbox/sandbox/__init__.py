@@ -12,6 +12,7 @@ the records and errors they see.
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
+from .backend.terminal import Terminal
 from .background import BackgroundTasks
 from .contract import LIMIT_FLAGS, LIMITS, LIMITS_IN_WORDS, MEMORY_MB, ULIMIT_FLAGS
 from .errors import (
@@ -31,5 +32,5 @@ __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
     "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
     "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxSettings",
-    "Snapshot", "killed_by", "utc_iso",
+    "Snapshot", "Terminal", "killed_by", "utc_iso",
 ]

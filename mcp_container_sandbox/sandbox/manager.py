@@ -19,6 +19,7 @@ from anyio.abc import ByteStream
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
+from .backend.terminal import Terminal
 from .backend.disks import SandboxDisks
 from .backend.podman import PodmanBackend
 from .backend.podman_cli import Podman, check_event_loop, system_env
@@ -166,12 +167,6 @@ class SandboxManager:
         await self.disks.release_spares()
         self.podman.close()
 
-    async def adopt(self) -> list[str]:
-        return await self.lifecycle.adopt()
-
-    async def reap_expired(self) -> list[str]:
-        return await self.lifecycle.reap_expired()
-
     def _forget(self, container_id: str, why: str, release_egress: bool = True) -> None:
         """A sandbox is gone: its record, channel and links go; its running commands are buried.
         Without release_egress its address stays behind the proxy (its container still runs)."""
@@ -211,11 +206,13 @@ class SandboxManager:
     def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
         return self.registry.list(tenant)
 
-    async def create(
-        self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
-        network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
-        snapshot_on_expiry: bool = False,
-    ) -> Sandbox:
+    async def open_terminal(self, container_id: str, tenant: str = LOCAL_TENANT, cols: int = 80, rows: int = 24) -> Terminal:
+        """A terminal session of a person's own in the sandbox: a login shell, under its limits."""
+        return await self.backend.open_terminal(self.get(container_id, tenant).name, cols, rows)
+
+    async def create(self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
+                     network: bool | None = None, allow_domains: list[str] | None = None,
+                     snapshot_id: str | None = None, snapshot_on_expiry: bool = False) -> Sandbox:
         """A sandbox for the tenant (creation.py says how each argument shapes it)."""
         return await self.creation.create(image, tenant, ttl_seconds, network, allow_domains, snapshot_id,
                                           snapshot_on_expiry)

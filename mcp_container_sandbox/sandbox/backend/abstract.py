@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from anyio.abc import ByteStream
 
 from .podman_cli import PodmanResult
+from .terminal import Terminal
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class Backend(Protocol):
         With ``pass_fd``: the command's stdin (a socket) reaches the process as its descriptor 3
         instead, and nothing relays its bytes; the command fails at once, saying so on stderr,
         where the backend cannot pass it."""
+
+    async def open_terminal(self, name: str, cols: int, rows: int) -> Terminal:
+        """A terminal session of its own in the sandbox (a login shell), ``cols`` x ``rows``."""
 
     async def image_id(self, image: str) -> str:
         """The id of an image as the backend has it, "" when it has none."""

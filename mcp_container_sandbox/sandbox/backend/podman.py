@@ -26,6 +26,7 @@ from ..paths import AGENT_PATH
 from . import netns
 from .abstract import BridgeNetwork, Container, ContainerSpec, ImageRoot
 from .layers import unpack
+from .terminal import Terminal
 from .podman_cli import (
     Podman,
     PodmanResult,
@@ -201,6 +202,10 @@ class PodmanBackend:
             return ["/bin/sh", "-c", 'exec "$0" "$@" 3<&0 </dev/null',
                     *self.podman.argv("exec", "--preserve-fds=1", name, *argv)]
         return self.podman.argv("exec", *(["-i"] if interactive else []), name, *argv)
+
+    async def open_terminal(self, name: str, cols: int, rows: int) -> Terminal:
+        argv = self.podman.argv("exec", "-it", "-e", "TERM=xterm-256color", name)
+        return await Terminal.open(argv, self.podman.spawn_options, cols, rows)
 
     async def image_id(self, image: str) -> str:
         inspected = await self.podman.run("image", "inspect", "--format", "{{.Id}}", "--", image, check=False, timeout=60)

@@ -1,0 +1,149 @@
+// The sandbox console: sign in with a token, list the tenant's sandboxes (refreshed every half
+// second), open a terminal of your own in one (xterm.js over a WebSocket), destroy one.
+// The token stays in this tab's sessionStorage and goes in the Authorization header only.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const state = { selected: null, socket: null, term: null, fit: null, timer: null };
+
+function token() { return sessionStorage.getItem('console-token') || ''; }
+
+async function api(method, path) {
+  const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
+  const response = await fetch(`api/${path}`, { method, headers, cache: 'no-store' });
+  if (response.status === 401) { signIn(token() ? 'That token is not accepted here.' : ''); throw new Error('401'); }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function signIn(message) {
+  clearInterval(state.timer);
+  closeTerminal();
+  $('console').hidden = true;
+  $('sign-out').hidden = true;
+  $('sign-in').hidden = false;
+  $('sign-in-error').textContent = message || '';
+}
+
+async function start() {
+  $('sign-in').hidden = true;
+  await refresh();
+  $('console').hidden = false;
+  $('sign-out').hidden = !token();
+  clearInterval(state.timer);
+  state.timer = setInterval(() => refresh().catch(() => {}), 500);
+}
+
+function age(iso) {
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  return seconds < 120 ? `${seconds} s` : `${Math.round(seconds / 60)} min`;
+}
+
+function cell(row, text) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  row.appendChild(td);
+  return td;
+}
+
+async function refresh() {
+  const { sandboxes } = await api('GET', 'sandboxes');
+  const rows = $('rows');
+  rows.replaceChildren();
+  for (const sandbox of sandboxes) {
+    const row = document.createElement('tr');
+    row.dataset.id = sandbox.container_id;
+    if (sandbox.container_id === state.selected) row.className = 'selected';
+    cell(row, sandbox.container_id).className = 'id';
+    cell(row, sandbox.image);
+    cell(row, age(sandbox.created_at));
+    cell(row, `${Math.round(sandbox.seconds_remaining / 60)} min`);
+    cell(row, sandbox.egress || '');
+    cell(row, sandbox.ports.join(', '));
+    cell(row, sandbox.snapshot_on_expiry ? 'snapshot on expiry' : '');
+    row.addEventListener('click', () => select(sandbox.container_id));
+    rows.appendChild(row);
+  }
+  $('count').textContent = `(${sandboxes.length})`;
+  $('empty').hidden = sandboxes.length > 0;
+  if (state.selected && !sandboxes.some((s) => s.container_id === state.selected)) {
+    $('detail-error').textContent = `Sandbox ${state.selected} is gone.`;
+    closeTerminal();
+  }
+}
+
+function select(id) {
+  if (state.selected !== id) closeTerminal();
+  state.selected = id;
+  $('detail-id').textContent = id;
+  $('detail-error').textContent = '';
+  $('detail').hidden = false;
+  for (const row of $('rows').children) row.className = row.dataset.id === id ? 'selected' : '';
+}
+
+function closeTerminal() {
+  if (state.socket) state.socket.close();
+  if (state.term) state.term.dispose();
+  state.socket = state.term = state.fit = null;
+}
+
+async function openTerminal() {
+  closeTerminal();
+  const id = state.selected;
+  let ticket;
+  try {
+    ({ ticket } = await api('POST', `sandboxes/${id}/terminal-tickets`));
+  } catch (error) {
+    $('detail-error').textContent = error.message;
+    return;
+  }
+  const term = new Terminal({ cursorBlink: true, fontSize: 14 });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open($('terminal'));
+  fit.fit();
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const url = new URL(`api/terminal?ticket=${encodeURIComponent(ticket)}&cols=${term.cols}&rows=${term.rows}`,
+    location.href);
+  url.protocol = `${scheme}:`;
+  const socket = new WebSocket(url);
+  socket.binaryType = 'arraybuffer';
+  const encoder = new TextEncoder();
+  socket.onmessage = (event) => term.write(new Uint8Array(event.data));
+  socket.onclose = () => { if (state.term === term) term.write('\r\n[the terminal session ended]\r\n'); };
+  term.onData((data) => { if (socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data)); });
+  term.onResize(({ cols, rows }) => {
+    if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ resize: [cols, rows] }));
+  });
+  Object.assign(state, { socket, term, fit });
+  window.terminalForTests = { term, socket };
+  term.focus();
+}
+
+async function destroySelected() {
+  const id = state.selected;
+  if (!id || !confirm(`Destroy sandbox ${id}? Its files and running commands go with it.`)) return;
+  try {
+    await api('DELETE', `sandboxes/${id}`);
+    closeTerminal();
+    $('detail').hidden = true;
+    state.selected = null;
+    await refresh();
+  } catch (error) {
+    $('detail-error').textContent = error.message;
+  }
+}
+
+window.addEventListener('DOMContentLoaded', () => {
+  $('sign-in-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    sessionStorage.setItem('console-token', $('token').value.trim());
+    start().catch(() => {});
+  });
+  $('sign-out').addEventListener('click', () => { sessionStorage.removeItem('console-token'); signIn(''); });
+  $('open-terminal').addEventListener('click', () => openTerminal());
+  $('destroy').addEventListener('click', () => destroySelected());
+  window.addEventListener('resize', () => { if (state.fit) state.fit.fit(); });
+  start().catch(() => {});  // a server without tokens, or a token already in this tab
+});

@@ -1,0 +1,154 @@
+"""The web console (/console/) in a real browser: Debian's Chromium, headless, driven by Playwright
+(PyPI) with no browser download. A person signs in, sees the sandbox an MCP client makes, types in a
+terminal of their own, resizes it, interrupts a command, and destroys the sandbox, which the MCP
+client is then told. Screenshots go to .pytest_cache/artifacts/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ROOT, RUN_ID, ServerProcess, free_port, structured
+from fastmcp import Client
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+pytestmark = pytest.mark.anyio
+
+ALICE, BOB = "console-alice-0123456789abcdef", "console-bob-0123456789abcdef"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As ENVIRONMENT.md found: without the background-networking flags Chromium keeps reaching out.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / ".pytest_cache" / "artifacts"
+SCREEN = """() => { const b = window.terminalForTests.term.buffer.active; const lines = [];
+  for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true)); return lines.join('\\n'); }"""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    proc = ServerProcess({"SANDBOX_NAMESPACE": f"{RUN_ID}-console", "SANDBOX_POOL_SIZE": "0",
+                          "SANDBOX_PROXY_PORT": str(free_port()), "AUTH_TOKENS": f"{ALICE},{BOB}"}).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield await browser.new_page(viewport={"width": 1000, "height": 800})
+        finally:
+            await browser.close()
+
+
+async def signed_in(page: Any, server: ServerProcess, token: str) -> None:
+    await page.goto(server.url + "/console/")
+    await page.fill("#token", token)
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#console", state="visible")
+
+
+async def screen_shows(page: Any, text: str, seconds: float = 10) -> str:
+    await page.wait_for_function(f"() => ({SCREEN})().includes({json.dumps(text)})", timeout=seconds * 1000)
+    return await page.evaluate(SCREEN)
+
+
+async def type_line(page: Any, line: str) -> None:
+    await page.keyboard.type(line)
+    await page.keyboard.press("Enter")
+
+
+async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProcess, page: Any) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await signed_in(page, server, ALICE)
+    async with Client(server.url + "/mcp", auth=ALICE) as agent:
+        container_id = structured(await agent.call_tool("create_container", {}))["container_id"]
+        # The list is refreshed every half second: the agent's sandbox appears.
+        await page.wait_for_selector(f'tr[data-id="{container_id}"]', timeout=5000)
+        await page.click(f'tr[data-id="{container_id}"]')
+        await page.click("#open-terminal")
+        await page.wait_for_function("() => window.terminalForTests && window.terminalForTests.socket.readyState === 1")
+        await page.click("#terminal")
+        await type_line(page, "echo h''i")  # the typed line differs from what it prints
+        await screen_shows(page, "\nhi")
+        await page.screenshot(path=str(ARTIFACTS / "console-terminal.png"))
+
+        # A bigger window: the terminal is fitted to it, and the sandbox's terminal told its size.
+        await page.set_viewport_size({"width": 1400, "height": 1000})
+        size = await page.wait_for_function(
+            "(before) => { const t = window.terminalForTests.term; return t.cols > before && [t.rows, t.cols]; }",
+            arg=await page.evaluate("() => window.terminalForTests.term.cols"))
+        rows, cols = await size.json_value()
+        await type_line(page, "stty size")
+        await screen_shows(page, f"{rows} {cols}")
+
+        await type_line(page, "sleep 100; echo not-interrupted")
+        await page.wait_for_timeout(300)
+        await page.keyboard.press("Control+C")
+        await type_line(page, "echo after-the-interrupt")
+        shown = await screen_shows(page, "\nafter-the-interrupt")
+        assert "not-interrupted" not in shown.replace("echo not-interrupted", "")
+        await page.screenshot(path=str(ARTIFACTS / "console-interrupted.png"))
+
+        # The terminal is a session of its own: the agent's commands go on beside it.
+        ran = structured(await agent.call_tool("execute_command", {"container_id": container_id, "command": "echo agent"}))
+        assert ran["stdout"] == "agent\n"
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.click("#destroy")
+        await page.wait_for_selector(f'tr[data-id="{container_id}"]', state="detached", timeout=10000)
+        gone = await agent.call_tool("execute_command", {"container_id": container_id, "command": "true"},
+                                     raise_on_error=False)
+        assert gone.is_error and "destroyed" in gone.content[0].text
+        await page.screenshot(path=str(ARTIFACTS / "console-destroyed.png"))
+
+
+async def test_a_wrong_token_is_refused_with_the_sign_in_page(server: ServerProcess, page: Any) -> None:
+    await page.goto(server.url + "/console/")
+    await page.fill("#token", "not-a-token-of-this-server")
+    await page.click("#sign-in-form button")
+    await page.wait_for_selector("#sign-in-error:has-text('not accepted')")
+    assert await page.is_hidden("#console")
+    assert httpx.get(server.url + "/console/api/sandboxes", headers={"Authorization": "Bearer nope"}).status_code == 401
+    response = httpx.get(server.url + "/console/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert "<script>" not in response.text  # no inline script: every script is a file of its own
+
+
+async def test_another_tenants_sandbox_is_404_and_a_cross_origin_terminal_403(server: ServerProcess) -> None:
+    async with Client(server.url + "/mcp", auth=ALICE) as alice:
+        container_id = structured(await alice.call_tool("create_container", {}))["container_id"]
+        try:
+            as_bob = {"Authorization": f"Bearer {BOB}"}
+            async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30) as http:
+                assert (await http.post(f"sandboxes/{container_id}/terminal-tickets", headers=as_bob)).status_code == 404
+                assert (await http.delete(f"sandboxes/{container_id}", headers=as_bob)).status_code == 404
+                listed = (await http.get("sandboxes", headers=as_bob)).json()["sandboxes"]
+                assert container_id not in [s["container_id"] for s in listed]
+                ticket = (await http.post(f"sandboxes/{container_id}/terminal-tickets",
+                                          headers={"Authorization": f"Bearer {ALICE}"})).json()["ticket"]
+            terminal = f"ws://127.0.0.1:{server.port}/console/api/terminal?ticket={ticket}"
+            with pytest.raises(InvalidStatus) as refused:
+                async with ws_connect(terminal, origin="http://evil.example"):  # type: ignore[arg-type]
+                    pass
+            assert refused.value.response.status_code == 403
+            # The ticket was not spent by the refused upgrade... but a ticket is good once only.
+            async with ws_connect(terminal, origin=server.url) as session:  # type: ignore[arg-type]
+                await session.send(b"echo once\n")
+                seen = b""
+                while b"once\r\n" not in seen.replace(b"echo once", b""):
+                    seen += await session.recv()  # type: ignore[operator]
+            with pytest.raises(InvalidStatus) as spent:
+                async with ws_connect(terminal, origin=server.url):  # type: ignore[arg-type]
+                    pass
+            assert spent.value.response.status_code == 401
+        finally:
+            await alice.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
