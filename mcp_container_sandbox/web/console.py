@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..auth import TenantAccess
 from ..auth.tenancy import bearer_token
 from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager, utc_iso
+from .console_feed import CommandFeeds
 
 logger = logging.getLogger("mcp_sandbox.console")
 
@@ -74,19 +75,24 @@ class Tickets:
 class Console:
     """The console's routes, over the sandbox facade and the server's token check."""
 
-    def __init__(self, sandboxes: SandboxManager, verify: Verify | None, hosts: list[str], origins: list[str]) -> None:
+    def __init__(self, sandboxes: SandboxManager, verify: Verify | None, hosts: list[str], origins: list[str],
+                 output_cap: int) -> None:
         """``verify``: the server's token check; None for a server without authentication, whose one
         (local) tenant anyone who reaches it is, as on its MCP endpoint."""
         self.sandboxes, self.verify, self.hosts, self.origins = sandboxes, verify, hosts, origins
         self.tickets = Tickets()
+        self.feeds = CommandFeeds(sandboxes, output_cap)
         self.app = Starlette(routes=[
             Route(PREFIX, lambda request: RedirectResponse(PREFIX + "/"), methods=["GET"]),
             Route(PREFIX + "/", self.page, methods=["GET"]),
             Route(PREFIX + "/assets/{name:path}", self.asset, methods=["GET"]),
             Route(PREFIX + "/api/sandboxes", self.list_sandboxes, methods=["GET"]),
             Route(PREFIX + "/api/sandboxes/{container_id}", self.destroy, methods=["DELETE"]),
-            Route(PREFIX + "/api/sandboxes/{container_id}/terminal-tickets", self.ticket, methods=["POST"]),
+            Route(PREFIX + "/api/sandboxes/{container_id}/tickets", self.ticket, methods=["POST"]),
+            Route(PREFIX + "/api/sandboxes/{container_id}/commands/{command_id}/signal", self.signal,
+                  methods=["POST"]),
             WebSocketRoute(PREFIX + "/api/terminal", self.terminal),
+            WebSocketRoute(PREFIX + "/api/commands", self.commands),
         ])
 
     def known_host(self, scope: Scope) -> bool:
@@ -162,22 +168,64 @@ class Console:
             return JSONResponse({"error": NOT_FOUND}, status_code=404)
         return JSONResponse({"ticket": self.tickets.issue(caller.tenant, container_id)})
 
-    # ----- the terminal
+    async def signal(self, request: Request) -> Response:
+        caller = await self._caller(request)
+        if caller is None:
+            return self._refused()
+        container_id, command_id = request.path_params["container_id"], request.path_params["command_id"]
+        try:
+            body = await request.json()
+            state, sent = await self.sandboxes.send_signal(container_id, command_id, str(body.get("signal", "INT")),
+                                                           caller.tenant)
+        except (ValueError, AttributeError):
+            return JSONResponse({"error": 'Send {"signal": "INT"} (or TERM, KILL, HUP, ...).'}, status_code=400)
+        except SandboxError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        logger.info("console: %s sent %s to command %s in sandbox %s", _who(caller), sent, command_id, container_id)
+        return JSONResponse({"signal": sent, "status": state.status})
+
+    # ----- the live views: a terminal, the commands
 
     def _same_origin(self, websocket: WebSocket) -> bool:
         origin = websocket.headers.get("origin", "")
         host = websocket.headers.get("host", "")
         return bool(origin) and (origin in (f"http://{host}", f"https://{host}") or origin in self.origins)
 
-    async def terminal(self, websocket: WebSocket) -> None:
+    async def _admit(self, websocket: WebSocket) -> tuple[str, str] | None:
+        """(tenant, container_id) of a same-origin upgrade with a good ticket; otherwise refused."""
         if not self._same_origin(websocket):
-            await websocket.send_denial_response(Response("Cross-origin terminal refused", status_code=403))
-            return
+            await websocket.send_denial_response(Response("Cross-origin upgrade refused", status_code=403))
+            return None
         redeemed = self.tickets.redeem(websocket.query_params.get("ticket", ""))
         if redeemed is None:
             await websocket.send_denial_response(Response("Unknown or used ticket", status_code=401))
+        return redeemed
+
+    async def commands(self, websocket: WebSocket) -> None:
+        """The sandbox's commands as they run: JSON events, one a change (new output, a new status)."""
+        admitted = await self._admit(websocket)
+        if admitted is None:
             return
-        tenant, container_id = redeemed
+        await websocket.accept()
+        async with anyio.create_task_group() as group:
+            async def until_closed() -> None:
+                with contextlib.suppress(WebSocketDisconnect):
+                    while (await websocket.receive())["type"] != "websocket.disconnect":
+                        pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(until_closed)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.feeds.follow(admitted[1], admitted[0], websocket.send_json)
+            group.cancel_scope.cancel()
+        with contextlib.suppress(RuntimeError):
+            await websocket.close()
+
+    async def terminal(self, websocket: WebSocket) -> None:
+        admitted = await self._admit(websocket)
+        if admitted is None:
+            return
+        tenant, container_id = admitted
         cols, rows = _int(websocket.query_params.get("cols"), 80), _int(websocket.query_params.get("rows"), 24)
         try:
             terminal = await self.sandboxes.open_terminal(container_id, tenant, cols, rows)

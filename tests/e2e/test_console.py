@@ -10,6 +10,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from conftest import ROOT, RUN_ID, ServerProcess, free_port, structured
@@ -74,18 +75,44 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         # The list is refreshed every half second: the agent's sandbox appears.
         await page.wait_for_selector(f'tr[data-id="{container_id}"]', timeout=5000)
         await page.click(f'tr[data-id="{container_id}"]')
+
+        # The agent's command, seen line by line while it runs...
+        slow = "for i in 1 2 3 4 5; do echo line-$i; sleep 0.6; done"
+        async with anyio.create_task_group() as group:
+            group.start_soon(agent.call_tool, "execute_command", {"container_id": container_id, "command": slow})
+            block = page.locator("[data-command]", has_text="line-1").first
+            await block.wait_for(timeout=10000)
+            assert "line-5" not in await block.locator(".stdout").text_content()
+            await page.locator("[data-command]", has_text="line-5").wait_for(timeout=10000)
+        await page.locator("[data-command][data-status=completed]", has_text="line-5").wait_for(timeout=5000)
+        # ... and one interrupted from the console (Ctrl-C, a signal to the command).
+        interrupted: dict[str, Any] = {}
+
+        async def agent_waits() -> None:
+            interrupted.update(structured(await agent.call_tool(
+                "execute_command", {"container_id": container_id, "command": "echo started; sleep 300"})))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(agent_waits)
+            running = page.locator("[data-command][data-status=running]", has_text="started")
+            await running.wait_for(timeout=10000)
+            await running.locator(".interrupt").click()
+        assert interrupted["status"] != "running" and interrupted["exit_code"] != 0, interrupted
+        await page.locator("[data-command]:not([data-status=running])", has_text="started").wait_for(timeout=5000)
+        await page.screenshot(path=str(ARTIFACTS / "console-commands.png"), full_page=True)
         await page.click("#open-terminal")
         await page.wait_for_function("() => window.terminalForTests && window.terminalForTests.socket.readyState === 1")
         await page.click("#terminal")
         await type_line(page, "echo h''i")  # the typed line differs from what it prints
         await screen_shows(page, "\nhi")
-        await page.screenshot(path=str(ARTIFACTS / "console-terminal.png"))
+        await page.screenshot(path=str(ARTIFACTS / "console-terminal.png"), full_page=True)
 
         # A bigger window: the terminal is fitted to it, and the sandbox's terminal told its size.
+        before = await page.evaluate("() => window.terminalForTests.term.cols")
         await page.set_viewport_size({"width": 1400, "height": 1000})
         size = await page.wait_for_function(
             "(before) => { const t = window.terminalForTests.term; return t.cols > before && [t.rows, t.cols]; }",
-            arg=await page.evaluate("() => window.terminalForTests.term.cols"))
+            arg=before)
         rows, cols = await size.json_value()
         await type_line(page, "stty size")
         await screen_shows(page, f"{rows} {cols}")
@@ -96,7 +123,7 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         await type_line(page, "echo after-the-interrupt")
         shown = await screen_shows(page, "\nafter-the-interrupt")
         assert "not-interrupted" not in shown.replace("echo not-interrupted", "")
-        await page.screenshot(path=str(ARTIFACTS / "console-interrupted.png"))
+        await page.screenshot(path=str(ARTIFACTS / "console-interrupted.png"), full_page=True)
 
         # The terminal is a session of its own: the agent's commands go on beside it.
         ran = structured(await agent.call_tool("execute_command", {"container_id": container_id, "command": "echo agent"}))
@@ -108,7 +135,7 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         gone = await agent.call_tool("execute_command", {"container_id": container_id, "command": "true"},
                                      raise_on_error=False)
         assert gone.is_error and "destroyed" in gone.content[0].text
-        await page.screenshot(path=str(ARTIFACTS / "console-destroyed.png"))
+        await page.screenshot(path=str(ARTIFACTS / "console-destroyed.png"), full_page=True)
 
 
 async def test_a_wrong_token_is_refused_with_the_sign_in_page(server: ServerProcess, page: Any) -> None:
@@ -129,11 +156,11 @@ async def test_another_tenants_sandbox_is_404_and_a_cross_origin_terminal_403(se
         try:
             as_bob = {"Authorization": f"Bearer {BOB}"}
             async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30) as http:
-                assert (await http.post(f"sandboxes/{container_id}/terminal-tickets", headers=as_bob)).status_code == 404
+                assert (await http.post(f"sandboxes/{container_id}/tickets", headers=as_bob)).status_code == 404
                 assert (await http.delete(f"sandboxes/{container_id}", headers=as_bob)).status_code == 404
                 listed = (await http.get("sandboxes", headers=as_bob)).json()["sandboxes"]
                 assert container_id not in [s["container_id"] for s in listed]
-                ticket = (await http.post(f"sandboxes/{container_id}/terminal-tickets",
+                ticket = (await http.post(f"sandboxes/{container_id}/tickets",
                                           headers={"Authorization": f"Bearer {ALICE}"})).json()["ticket"]
             terminal = f"ws://127.0.0.1:{server.port}/console/api/terminal?ticket={ticket}"
             with pytest.raises(InvalidStatus) as refused:

@@ -4,17 +4,20 @@
 'use strict';
 
 const $ = (id) => document.getElementById(id);
-const state = { selected: null, socket: null, term: null, fit: null, timer: null };
+const state = { selected: null, socket: null, term: null, fit: null, timer: null, feed: null };
 
 function token() { return sessionStorage.getItem('console-token') || ''; }
 
-async function api(method, path) {
+async function api(method, path, body) {
   const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
-  const response = await fetch(`api/${path}`, { method, headers, cache: 'no-store' });
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await fetch(`api/${path}`, {
+    method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body),
+  });
   if (response.status === 401) { signIn(token() ? 'That token is not accepted here.' : ''); throw new Error('401'); }
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
-  return body;
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+  return answer;
 }
 
 function signIn(message) {
@@ -74,12 +77,58 @@ async function refresh() {
 }
 
 function select(id) {
-  if (state.selected !== id) closeTerminal();
+  if (state.selected !== id) { closeTerminal(); follow(id); }
   state.selected = id;
   $('detail-id').textContent = id;
   $('detail-error').textContent = '';
   $('detail').hidden = false;
   for (const row of $('rows').children) row.className = row.dataset.id === id ? 'selected' : '';
+}
+
+function socketUrl(path) {
+  const url = new URL(path, location.href);
+  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return url;
+}
+
+// The sandbox's commands as they run (an agent's included): one block each, output appended live.
+async function follow(id) {
+  if (state.feed) state.feed.close();
+  $('commands').replaceChildren();
+  let ticket;
+  try {
+    ({ ticket } = await api('POST', `sandboxes/${id}/tickets`));
+  } catch (error) {
+    $('detail-error').textContent = error.message;
+    return;
+  }
+  const feed = new WebSocket(socketUrl(`api/commands?ticket=${encodeURIComponent(ticket)}`));
+  state.feed = feed;
+  feed.onmessage = (event) => {
+    const change = JSON.parse(event.data);
+    if (change.gone) { $('detail-error').textContent = change.gone; return; }
+    commandBlock(id, change);
+  };
+}
+
+function commandBlock(id, change) {
+  let block = document.querySelector(`[data-command="${change.command_id}"]`);
+  if (!block) {
+    block = document.getElementById('command-template').content.firstElementChild.cloneNode(true);
+    block.dataset.command = change.command_id;
+    block.querySelector('.command-line').textContent = change.command;
+    block.querySelector('.interrupt').addEventListener('click', () => {
+      api('POST', `sandboxes/${id}/commands/${change.command_id}/signal`, { signal: 'INT' })
+        .catch((error) => { $('detail-error').textContent = error.message; });
+    });
+    $('commands').prepend(block);
+  }
+  block.querySelector('.stdout').textContent += change.stdout;
+  block.querySelector('.stderr').textContent += change.stderr;
+  const ended = change.status !== 'running';
+  block.querySelector('.status').textContent = ended ? `${change.status}, exit ${change.exit_code}` : 'running';
+  block.querySelector('.interrupt').hidden = ended;
+  block.dataset.status = change.status;
 }
 
 function closeTerminal() {
@@ -93,7 +142,7 @@ async function openTerminal() {
   const id = state.selected;
   let ticket;
   try {
-    ({ ticket } = await api('POST', `sandboxes/${id}/terminal-tickets`));
+    ({ ticket } = await api('POST', `sandboxes/${id}/tickets`));
   } catch (error) {
     $('detail-error').textContent = error.message;
     return;
@@ -103,11 +152,8 @@ async function openTerminal() {
   term.loadAddon(fit);
   term.open($('terminal'));
   fit.fit();
-  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const url = new URL(`api/terminal?ticket=${encodeURIComponent(ticket)}&cols=${term.cols}&rows=${term.rows}`,
-    location.href);
-  url.protocol = `${scheme}:`;
-  const socket = new WebSocket(url);
+  const socket = new WebSocket(socketUrl(
+    `api/terminal?ticket=${encodeURIComponent(ticket)}&cols=${term.cols}&rows=${term.rows}`));
   socket.binaryType = 'arraybuffer';
   const encoder = new TextEncoder();
   socket.onmessage = (event) => term.write(new Uint8Array(event.data));
@@ -127,6 +173,7 @@ async function destroySelected() {
   try {
     await api('DELETE', `sandboxes/${id}`);
     closeTerminal();
+    if (state.feed) state.feed.close();
     $('detail').hidden = true;
     state.selected = null;
     await refresh();
