@@ -20,6 +20,7 @@ from .errors import (
     PortClosed,
     PortLinkNotFound,
     SandboxError,
+    SandboxNotFound,
 )
 from .manager import SandboxManager
 from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, FileLink, Sandbox, utc_iso
@@ -31,6 +32,6 @@ from .storage.snapshots import Snapshot
 __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
     "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
-    "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxSettings",
+    "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxNotFound", "SandboxSettings",
     "Snapshot", "Terminal", "killed_by", "utc_iso",
 ]

@@ -30,6 +30,7 @@ from ..auth import TenantAccess
 from ..auth.tenancy import bearer_token
 from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager, utc_iso
 from .console_feed import CommandFeeds
+from .console_files import ConsoleFiles
 
 logger = logging.getLogger("mcp_sandbox.console")
 
@@ -76,7 +77,7 @@ class Console:
     """The console's routes, over the sandbox facade and the server's token check."""
 
     def __init__(self, sandboxes: SandboxManager, verify: Verify | None, hosts: list[str], origins: list[str],
-                 output_cap: int) -> None:
+                 output_cap: int, write_max_bytes: int) -> None:
         """``verify``: the server's token check; None for a server without authentication, whose one
         (local) tenant anyone who reaches it is, as on its MCP endpoint."""
         self.sandboxes, self.verify, self.hosts, self.origins = sandboxes, verify, hosts, origins
@@ -93,6 +94,7 @@ class Console:
                   methods=["POST"]),
             WebSocketRoute(PREFIX + "/api/terminal", self.terminal),
             WebSocketRoute(PREFIX + "/api/commands", self.commands),
+            *ConsoleFiles(sandboxes, self._caller, self._refused, write_max_bytes).routes(PREFIX),
         ])
 
     def known_host(self, scope: Scope) -> bool:

@@ -23,6 +23,7 @@ playwright_api = pytest.importorskip("playwright.async_api")
 pytestmark = pytest.mark.anyio
 
 ALICE, BOB = "console-alice-0123456789abcdef", "console-bob-0123456789abcdef"
+WRITE_MAX = 65536
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As ENVIRONMENT.md found: without the background-networking flags Chromium keeps reaching out.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -35,7 +36,8 @@ SCREEN = """() => { const b = window.terminalForTests.term.buffer.active; const 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     proc = ServerProcess({"SANDBOX_NAMESPACE": f"{RUN_ID}-console", "SANDBOX_POOL_SIZE": "0",
-                          "SANDBOX_PROXY_PORT": str(free_port()), "AUTH_TOKENS": f"{ALICE},{BOB}"}).start()
+                          "SANDBOX_PROXY_PORT": str(free_port()), "AUTH_TOKENS": f"{ALICE},{BOB}",
+                          "SANDBOX_WRITE_MAX_BYTES": str(WRITE_MAX)}).start()
     yield proc
     proc.stop()
 
@@ -125,6 +127,22 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         assert "not-interrupted" not in shown.replace("echo not-interrupted", "")
         await page.screenshot(path=str(ARTIFACTS / "console-interrupted.png"), full_page=True)
 
+        # Files: one uploaded from the console is the agent's to read; one the agent wrote downloads.
+        await page.set_input_files("#upload", files=[{"name": "from-console.txt", "mimeType": "text/plain",
+                                                      "buffer": b"uploaded by a person\n"}])
+        await page.locator('#file-rows tr[data-path="/root/from-console.txt"]').wait_for(timeout=10000)
+        read = structured(await agent.call_tool("read_file", {"container_id": container_id,
+                                                              "path": "/root/from-console.txt"}))
+        assert read["content"] == "uploaded by a person\n"
+        await agent.call_tool("write_file", {"container_id": container_id, "path": "/root/report.txt",
+                                             "content": "written by the agent\n"})
+        await page.click("#files-form button")
+        async with page.expect_download() as downloading:
+            await page.click('#file-rows tr[data-path="/root/report.txt"]')
+        download = await downloading.value
+        assert (await download.path()).read_text() == "written by the agent\n"
+        await page.screenshot(path=str(ARTIFACTS / "console-files.png"), full_page=True)
+
         # The terminal is a session of its own: the agent's commands go on beside it.
         ran = structured(await agent.call_tool("execute_command", {"container_id": container_id, "command": "echo agent"}))
         assert ran["stdout"] == "agent\n"
@@ -173,6 +191,13 @@ async def test_another_tenants_sandbox_is_404_and_a_cross_origin_terminal_403(se
                 seen = b""
                 while b"once\r\n" not in seen.replace(b"echo once", b""):
                     seen += await session.recv()  # type: ignore[operator]
+            # An upload larger than SANDBOX_WRITE_MAX_BYTES: 413, and nothing written.
+            async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30) as http:
+                too_big = await http.put(f"sandboxes/{container_id}/files", params={"path": "/root/big.bin"},
+                                         content=b"x" * (WRITE_MAX + 1), headers={"Authorization": f"Bearer {ALICE}"})
+                assert too_big.status_code == 413 and "SANDBOX_WRITE_MAX_BYTES" in too_big.json()["error"]
+            listed = structured(await alice.call_tool("list_files", {"container_id": container_id, "path": "/root"}))
+            assert "big.bin" not in [entry["name"] for entry in listed["entries"]]
             with pytest.raises(InvalidStatus) as spent:
                 async with ws_connect(terminal, origin=server.url):  # type: ignore[arg-type]
                     pass

@@ -10,9 +10,10 @@ function token() { return sessionStorage.getItem('console-token') || ''; }
 
 async function api(method, path, body) {
   const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const raw = body instanceof Blob;
+  if (body !== undefined && !raw) headers['Content-Type'] = 'application/json';
   const response = await fetch(`api/${path}`, {
-    method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body),
+    method, headers, cache: 'no-store', body: body === undefined || raw ? body : JSON.stringify(body),
   });
   if (response.status === 401) { signIn(token() ? 'That token is not accepted here.' : ''); throw new Error('401'); }
   const answer = await response.json();
@@ -77,7 +78,7 @@ async function refresh() {
 }
 
 function select(id) {
-  if (state.selected !== id) { closeTerminal(); follow(id); }
+  if (state.selected !== id) { closeTerminal(); follow(id); listFiles(id, '/root'); }
   state.selected = id;
   $('detail-id').textContent = id;
   $('detail-error').textContent = '';
@@ -129,6 +130,57 @@ function commandBlock(id, change) {
   block.querySelector('.status').textContent = ended ? `${change.status}, exit ${change.exit_code}` : 'running';
   block.querySelector('.interrupt').hidden = ended;
   block.dataset.status = change.status;
+}
+
+// The file browser: a folder's entries; a folder opens, a file downloads (through a file link).
+async function listFiles(id, path) {
+  $('files-path').value = path;
+  $('files-error').textContent = '';
+  const rows = $('file-rows');
+  rows.replaceChildren();
+  let listing;
+  try {
+    listing = await api('GET', `sandboxes/${id}/files?path=${encodeURIComponent(path)}`);
+  } catch (error) {
+    $('files-error').textContent = error.message;
+    return;
+  }
+  const parent = path.replace(/\/[^/]+\/?$/, '') || '/';
+  const entries = path === '/' ? listing.entries : [{ name: '..', path: parent, type: 'dir', size_bytes: 0 },
+    ...listing.entries];
+  for (const entry of entries) {
+    const row = document.createElement('tr');
+    row.dataset.path = entry.path;
+    const name = cell(row, entry.type === 'dir' ? `${entry.name}/` : entry.name);
+    name.className = 'file-name';
+    cell(row, entry.type === 'dir' ? '' : `${entry.size_bytes} bytes`);
+    row.addEventListener('click', () => (entry.type === 'dir' ? listFiles(id, entry.path) : download(id, entry.path)));
+    rows.appendChild(row);
+  }
+}
+
+async function download(id, path) {
+  try {
+    const link = await api('POST', `sandboxes/${id}/file-links?path=${encodeURIComponent(path)}`);
+    const anchor = document.createElement('a');
+    anchor.href = link.url;
+    anchor.download = path.split('/').pop();
+    document.body.appendChild(anchor);
+    anchor.click();
+    anchor.remove();
+  } catch (error) {
+    $('files-error').textContent = error.message;
+  }
+}
+
+async function upload(id, file) {
+  const folder = $('files-path').value.replace(/\/$/, '');
+  try {
+    await api('PUT', `sandboxes/${id}/files?path=${encodeURIComponent(`${folder}/${file.name}`)}`, file);
+    await listFiles(id, folder || '/');
+  } catch (error) {
+    $('files-error').textContent = error.message;
+  }
 }
 
 function closeTerminal() {
@@ -191,6 +243,15 @@ window.addEventListener('DOMContentLoaded', () => {
   $('sign-out').addEventListener('click', () => { sessionStorage.removeItem('console-token'); signIn(''); });
   $('open-terminal').addEventListener('click', () => openTerminal());
   $('destroy').addEventListener('click', () => destroySelected());
+  $('files-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    listFiles(state.selected, $('files-path').value || '/');
+  });
+  $('upload').addEventListener('change', (event) => {
+    const [file] = event.target.files;
+    if (file) upload(state.selected, file);
+    event.target.value = '';
+  });
   window.addEventListener('resize', () => { if (state.fit) state.fit.fit(); });
   start().catch(() => {});  // a server without tokens, or a token already in this tab
 });
