@@ -41,6 +41,8 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
   signin     list_containers with an authorization server's JWT  vs  with a static token, on one server with
              OAUTH_ISSUER and AUTH_TOKENS (oidc-provider on loopback), keys cached; and the two token checks
              alone, in the bench's process
+  console    the web console's list with 100 live sandboxes / with 1; a line a command prints until an open
+             console page (Debian's Chromium, Playwright) shows it; a keystroke in its terminal until the echo
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from harness import Bench, save_results, structured
 from peer_driver import PEER, PEER_ROWS, PEER_VENV, PeerDriver
 from rows import (
     burst,
+    console,
     create,
     download,
     execute,
@@ -107,6 +110,7 @@ ROWS: dict[str, Callable[[Bench, Shared], Awaitable[None]]] = {
     "preview": lambda bench, s: preview.preview(bench, s.client),
     "interactive": lambda bench, s: interactive.interactive(bench, s.client),
     "signin": lambda bench, s: signin.signin(bench, s.execs),
+    "console": lambda bench, s: console.console(bench, s.client, min(s.live, 100)),
 }
 NEEDS_A_SANDBOX = {"exec", "floor", "output", "download"}
 
