@@ -107,6 +107,7 @@ async def console(bench: Bench, client: Client, live: int, count: int = 200) -> 
     async with anyio.create_task_group() as group:
         for _ in range(live - 1):
             group.start_soon(create_one)
+    await bench.pool_settled(bench.url)  # the pool's refill after the creates is not the list's cost
     with_many = await list_times(bench.url, count)
     bench.row(f"console list with {live} live / with 1", with_many, with_one)
     lines = await line_latency(bench.url, client, first, 50)
