@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastmcp import FastMCP
 
+from .app import register_app
 from .commands import CommandTools
 from .context import ToolContext
 from .files import FileTools
@@ -19,9 +20,10 @@ __all__ = ["AREAS", "ToolContext", "register_tools", "tool_names"]
 
 
 def register_tools(mcp: FastMCP, context: ToolContext) -> None:
-    """Every tool of every area, on the server."""
+    """Every tool of every area, on the server, and the MCP App some of them show."""
     for area in AREAS:
         area(context).register(mcp)
+    register_app(mcp)
 
 
 def tool_names() -> list[str]:

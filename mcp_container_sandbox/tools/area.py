@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastmcp import FastMCP
+from fastmcp.apps.config import AppConfig
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
@@ -20,11 +21,13 @@ ContainerId = Annotated[
 CommandId = Annotated[str, Field(description="The command_id from execute_command.", max_length=200)]
 
 
-def tool(*, title: str, description: str | None = None, **hints: bool) -> Callable[[F], F]:
-    """Marks a method of a ToolArea as a tool, with its MCP annotations (read_only_hint, ...)."""
+def tool(*, title: str, description: str | None = None, app: str | None = None, **hints: bool) -> Callable[[F], F]:
+    """Marks a method of a ToolArea as a tool, with its MCP annotations (read_only_hint, ...) and, with
+    ``app``, the ``ui://`` resource a host that supports MCP Apps shows with its result (app.py)."""
 
     def mark(function: F) -> F:
-        function.__mcp_tool__ = {"annotations": ToolAnnotations(title=title, **hints), "description": description}  # type: ignore[attr-defined]
+        function.__mcp_tool__ = {"annotations": ToolAnnotations(title=title, **hints), "description": description,  # type: ignore[attr-defined]
+                                 "app": AppConfig(resource_uri=app) if app else None}
         return function
 
     return mark

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastmcp import Context
 from pydantic import Field
 
+from .app import COMMAND_APP_URI
 from .area import CommandId, ContainerId, ToolArea, tool
 from .context import progress_reporter, tool_errors
 from .shaping import decoded
@@ -14,7 +15,8 @@ from .waits import current as current_waits
 
 
 class CommandTools(ToolArea):
-    @tool(title="Run a shell command", read_only_hint=False, destructive_hint=True, open_world_hint=True)
+    @tool(title="Run a shell command", app=COMMAND_APP_URI, read_only_hint=False, destructive_hint=True,
+          open_world_hint=True)
     async def execute_command(
         self,
         container_id: ContainerId,

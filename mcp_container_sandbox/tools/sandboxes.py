@@ -9,6 +9,7 @@ from fastmcp import Context
 from pydantic import Field
 
 from ..sandbox import LIMITS, LIMITS_IN_WORDS, SandboxError, utc_iso
+from .app import COMMAND_APP_URI
 from .area import ContainerId, ToolArea, tool
 from .context import progress_reporter, tool_errors
 from .shaping import port_link_fields, sandbox_times
@@ -26,8 +27,8 @@ with snapshot_on_expiry=true its files are kept in a snapshot when its lifetime 
 
 
 class SandboxTools(ToolArea):
-    @tool(title="Create sandbox", description=CREATE_DESCRIPTION, read_only_hint=False, destructive_hint=False,
-          open_world_hint=False)
+    @tool(title="Create sandbox", description=CREATE_DESCRIPTION, app=COMMAND_APP_URI, read_only_hint=False,
+          destructive_hint=False, open_world_hint=False)
     async def create_container(
         self,
         image: Annotated[
