@@ -370,5 +370,18 @@ class Bench:
 
 
 
+async def four_at_a_time(count: int, make: Callable[[int], Awaitable[Any]]) -> None:
+    """``make(0)`` ... ``make(count - 1)``, four running at a time (creates and destroys of many sandboxes)."""
+    semaphore = anyio.Semaphore(4)
+
+    async def one(n: int) -> None:
+        async with semaphore:
+            await make(n)
+
+    async with anyio.create_task_group() as group:
+        for n in range(count):
+            group.start_soon(one, n)
+
+
 def structured(result: Any) -> dict[str, Any]:
     return result.structured_content

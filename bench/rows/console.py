@@ -17,7 +17,7 @@ import time
 import anyio
 import httpx
 from fastmcp import Client
-from harness import Bench, structured
+from harness import Bench, four_at_a_time, structured
 from websockets.asyncio.client import connect as ws_connect
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -98,15 +98,11 @@ async def console(bench: Bench, client: Client, live: int, count: int = 200) -> 
     first = structured(await client.call_tool("create_container", {}))["container_id"]
     with_one = await list_times(bench.url, count)
     ids = [first]
-    semaphore = anyio.Semaphore(4)
 
-    async def create_one() -> None:
-        async with semaphore:
-            ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
+    async def create_one(_: int) -> None:
+        ids.append(structured(await client.call_tool("create_container", {}))["container_id"])
 
-    async with anyio.create_task_group() as group:
-        for _ in range(live - 1):
-            group.start_soon(create_one)
+    await four_at_a_time(live - 1, create_one)
     await bench.pool_settled(bench.url)  # the pool's refill after the creates is not the list's cost
     with_many = await list_times(bench.url, count)
     bench.row(f"console list with {live} live / with 1", with_many, with_one)
@@ -114,11 +110,4 @@ async def console(bench: Bench, client: Client, live: int, count: int = 200) -> 
     bench.row("console: a printed line shown", lines, None, note="write_stdin to cat, until on the page")
     keys = await keystrokes(bench.url, first, count)
     bench.row("console terminal: keystroke to echo", keys, None, note=f"p50 {statistics.median(keys):.1f} ms")
-
-    async def destroy_one(container_id: str) -> None:
-        async with semaphore:
-            await client.call_tool("destroy_container", {"container_id": container_id})
-
-    async with anyio.create_task_group() as group:
-        for container_id in ids:
-            group.start_soon(destroy_one, container_id)
+    await four_at_a_time(len(ids), lambda n: client.call_tool("destroy_container", {"container_id": ids[n]}))

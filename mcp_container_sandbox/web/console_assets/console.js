@@ -92,17 +92,22 @@ function socketUrl(path) {
   return url;
 }
 
+// A one-time ticket for one of the sandbox's WebSockets (a browser cannot give them a header).
+async function ticketFor(id) {
+  try {
+    return (await api('POST', `sandboxes/${id}/tickets`)).ticket;
+  } catch (error) {
+    $('detail-error').textContent = error.message;
+    return null;
+  }
+}
+
 // The sandbox's commands as they run (an agent's included): one block each, output appended live.
 async function follow(id) {
   if (state.feed) state.feed.close();
   $('commands').replaceChildren();
-  let ticket;
-  try {
-    ({ ticket } = await api('POST', `sandboxes/${id}/tickets`));
-  } catch (error) {
-    $('detail-error').textContent = error.message;
-    return;
-  }
+  const ticket = await ticketFor(id);
+  if (!ticket) return;
   const feed = new WebSocket(socketUrl(`api/commands?ticket=${encodeURIComponent(ticket)}`));
   state.feed = feed;
   feed.onmessage = (event) => {
@@ -192,13 +197,8 @@ function closeTerminal() {
 async function openTerminal() {
   closeTerminal();
   const id = state.selected;
-  let ticket;
-  try {
-    ({ ticket } = await api('POST', `sandboxes/${id}/tickets`));
-  } catch (error) {
-    $('detail-error').textContent = error.message;
-    return;
-  }
+  const ticket = await ticketFor(id);
+  if (!ticket) return;
   const term = new Terminal({ cursorBlink: true, fontSize: 14 });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
