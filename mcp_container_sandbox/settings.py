@@ -287,6 +287,7 @@ class ServerSettings:
     preview_domain: str = ""  # <token>.<preview_domain> serves a preview link at its root
     preview_require_auth: bool = False  # preview links also need the link's tenant's bearer token
     oauth: OAuthSettings = OAuthSettings()
+    console_admin_tokens: tuple[str, ...] = ()  # see every tenant's sandboxes in the console, read-only
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -306,6 +307,7 @@ class ServerSettings:
             preview_domain=_preview_domain(env),
             preview_require_auth=_env_bool(env, "PREVIEW_REQUIRE_AUTH"),
             oauth=OAuthSettings.from_env(env, base_url),
+            console_admin_tokens=_env_list(env, "CONSOLE_ADMIN_TOKENS"),
         )
 
     @property
@@ -338,6 +340,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("LOG_LEVEL", "info", "log level"),
     ("PREVIEW_DOMAIN", "unset", "serve each preview link at <token>.<domain> too (wildcard DNS)"),
     ("PREVIEW_REQUIRE_AUTH", "false", "preview requests also need the link owner's bearer token"),
+    ("CONSOLE_ADMIN_TOKENS", "none", "comma-separated tokens that see every tenant's sandboxes in /console/, read-only"),
     ("OAUTH_ISSUER", "unset: no OAuth", "authorization server whose access tokens sign people in"),
     ("OAUTH_AUDIENCE", "$BASE_URL/mcp, $BASE_URL/", "comma-separated resources a token must be issued for"),
     ("OAUTH_JWKS_URI", "the issuer's metadata", "where the issuer's signing keys are"),

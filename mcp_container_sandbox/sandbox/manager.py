@@ -11,6 +11,7 @@ caches what it can read back.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,10 @@ class SandboxManager:
 
     def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
         return self.registry.list(tenant)
+
+    def list_all(self) -> list[Sandbox]:
+        """Every tenant's live sandboxes (the console's admin view)."""
+        return [s for s in self.registry.all() if not s.destroying and s.expires_at > time.time()]
 
     async def open_terminal(self, container_id: str, tenant: str = LOCAL_TENANT, cols: int = 80, rows: int = 24) -> Terminal:
         """A terminal session of a person's own in the sandbox: a login shell, under its limits."""

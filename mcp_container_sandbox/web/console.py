@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -26,10 +24,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..auth import TenantAccess
+from ..auth import BearerTokens, TenantAccess
 from ..auth.tenancy import bearer_token
-from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager, utc_iso
+from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager
 from .console_feed import CommandFeeds
+from .console_api import NOT_FOUND, SandboxesApi, Tickets, Viewer
 from .console_files import ConsoleFiles
 
 logger = logging.getLogger("mcp_sandbox.console")
@@ -39,59 +38,30 @@ ASSETS = {"index.html": "text/html", "console.js": "text/javascript", "console.c
           "vendor/xterm.js": "text/javascript", "vendor/xterm.css": "text/css", "vendor/addon-fit.js": "text/javascript"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
        "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-TICKET_SECONDS = 30.0
-MAX_TICKETS = 1024
 Verify = Callable[[str], Awaitable[TenantAccess | None]]
-NOT_FOUND = "No such sandbox: it was never made, has gone, or is not yours."
 
 
 def _asset(name: str) -> bytes:
     return resources.files(__package__).joinpath("console_assets", name).read_bytes()
 
 
-class Tickets:
-    """One-time tickets for a terminal's WebSocket: made by an authenticated request, good once and
-    for TICKET_SECONDS."""
-
-    def __init__(self) -> None:
-        self._tickets: dict[str, tuple[float, str, str]] = {}
-
-    def issue(self, tenant: str, container_id: str) -> str:
-        now = time.monotonic()
-        self._tickets = {k: v for k, v in self._tickets.items() if v[0] > now}
-        if len(self._tickets) >= MAX_TICKETS:
-            self._tickets.pop(next(iter(self._tickets)))
-        ticket = secrets.token_urlsafe(24)
-        self._tickets[ticket] = (now + TICKET_SECONDS, tenant, container_id)
-        return ticket
-
-    def redeem(self, ticket: str) -> tuple[str, str] | None:
-        """(tenant, container_id) of a ticket not used before and not expired."""
-        entry = self._tickets.pop(ticket, None)
-        if entry is None or entry[0] <= time.monotonic():
-            return None
-        return entry[1], entry[2]
-
-
 class Console:
     """The console's routes, over the sandbox facade and the server's token check."""
 
     def __init__(self, sandboxes: SandboxManager, verify: Verify | None, hosts: list[str], origins: list[str],
-                 output_cap: int, write_max_bytes: int) -> None:
+                 output_cap: int, write_max_bytes: int, admin_tokens: tuple[str, ...] = ()) -> None:
         """``verify``: the server's token check; None for a server without authentication, whose one
-        (local) tenant anyone who reaches it is, as on its MCP endpoint."""
+        (local) tenant anyone who reaches it is, as on its MCP endpoint. ``admin_tokens``:
+        CONSOLE_ADMIN_TOKENS, which see every tenant's sandboxes, read-only."""
         self.sandboxes, self.verify, self.hosts, self.origins = sandboxes, verify, hosts, origins
+        self.admins = BearerTokens(admin_tokens)
         self.tickets = Tickets()
         self.feeds = CommandFeeds(sandboxes, output_cap)
         self.app = Starlette(routes=[
             Route(PREFIX, lambda request: RedirectResponse(PREFIX + "/"), methods=["GET"]),
             Route(PREFIX + "/", self.page, methods=["GET"]),
             Route(PREFIX + "/assets/{name:path}", self.asset, methods=["GET"]),
-            Route(PREFIX + "/api/sandboxes", self.list_sandboxes, methods=["GET"]),
-            Route(PREFIX + "/api/sandboxes/{container_id}", self.destroy, methods=["DELETE"]),
-            Route(PREFIX + "/api/sandboxes/{container_id}/tickets", self.ticket, methods=["POST"]),
-            Route(PREFIX + "/api/sandboxes/{container_id}/commands/{command_id}/signal", self.signal,
-                  methods=["POST"]),
+            *SandboxesApi(sandboxes, self._caller, self._refused, self.tickets).routes(PREFIX),
             WebSocketRoute(PREFIX + "/api/terminal", self.terminal),
             WebSocketRoute(PREFIX + "/api/commands", self.commands),
             *ConsoleFiles(sandboxes, self._caller, self._refused, write_max_bytes).routes(PREFIX),
@@ -120,71 +90,22 @@ class Console:
 
     # ----- the API
 
-    async def _caller(self, request: Request) -> TenantAccess | None:
-        if self.verify is None:
-            return TenantAccess(token="", client_id=LOCAL_TENANT, scopes=[], tenant=LOCAL_TENANT)
+    async def _caller(self, request: Request) -> Viewer | None:
         token = bearer_token(request.scope)
-        return await self.verify(token) if token else None
+        if token and self.admins.tenant_of(token) is not None:
+            return Viewer("", "an admin token", admin=True)
+        if self.verify is None:
+            return Viewer(LOCAL_TENANT, "the local tenant")
+        access = await self.verify(token) if token else None
+        if access is None:
+            return None
+        named = (access.claims or {}).get("email") or (access.claims or {}).get("sub")
+        return Viewer(access.tenant, f"tenant {access.tenant}" + (f" ({named})" if named else ""))
 
     @staticmethod
     def _refused() -> Response:
         return JSONResponse({"error": "Sign in with a token this server takes (Authorization: Bearer <token>)."},
                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-    async def list_sandboxes(self, request: Request) -> Response:
-        caller = await self._caller(request)
-        if caller is None:
-            return self._refused()
-        rows = []
-        for sandbox in sorted(self.sandboxes.list(caller.tenant), key=lambda s: s.created_at):
-            rows.append({
-                "container_id": sandbox.container_id, "image": sandbox.image,
-                "created_at": utc_iso(sandbox.created_at), "expires_at": utc_iso(sandbox.expires_at),
-                "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
-                "egress": self.sandboxes.egress_of(sandbox.container_id, caller.tenant).get("policy"),
-                "ports": [link.port for link in self.sandboxes.port_links(sandbox.container_id, caller.tenant)],
-                "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(sandbox.container_id, caller.tenant),
-            })
-        return JSONResponse({"sandboxes": rows}, headers={"Cache-Control": "no-store"})
-
-    async def destroy(self, request: Request) -> Response:
-        caller = await self._caller(request)
-        if caller is None:
-            return self._refused()
-        container_id = request.path_params["container_id"]
-        try:
-            await self.sandboxes.destroy(container_id, caller.tenant)
-        except SandboxError:
-            return JSONResponse({"error": NOT_FOUND}, status_code=404)
-        logger.info("console: %s destroyed sandbox %s", _who(caller), container_id)
-        return JSONResponse({"destroyed": True, "container_id": container_id})
-
-    async def ticket(self, request: Request) -> Response:
-        caller = await self._caller(request)
-        if caller is None:
-            return self._refused()
-        container_id = request.path_params["container_id"]
-        try:
-            self.sandboxes.get(container_id, caller.tenant)
-        except SandboxError:
-            return JSONResponse({"error": NOT_FOUND}, status_code=404)
-        return JSONResponse({"ticket": self.tickets.issue(caller.tenant, container_id)})
-
-    async def signal(self, request: Request) -> Response:
-        caller = await self._caller(request)
-        if caller is None:
-            return self._refused()
-        container_id, command_id = request.path_params["container_id"], request.path_params["command_id"]
-        try:
-            body = await request.json()
-            state, sent = await self.sandboxes.send_signal(container_id, command_id, str(body.get("signal", "INT")),
-                                                           caller.tenant)
-        except (ValueError, AttributeError):
-            return JSONResponse({"error": 'Send {"signal": "INT"} (or TERM, KILL, HUP, ...).'}, status_code=400)
-        except SandboxError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        logger.info("console: %s sent %s to command %s in sandbox %s", _who(caller), sent, command_id, container_id)
-        return JSONResponse({"signal": sent, "status": state.status})
 
     # ----- the live views: a terminal, the commands
 
@@ -193,19 +114,19 @@ class Console:
         host = websocket.headers.get("host", "")
         return bool(origin) and (origin in (f"http://{host}", f"https://{host}") or origin in self.origins)
 
-    async def _admit(self, websocket: WebSocket) -> tuple[str, str] | None:
+    async def _admit(self, websocket: WebSocket, purpose: str) -> tuple[str, str] | None:
         """(tenant, container_id) of a same-origin upgrade with a good ticket; otherwise refused."""
         if not self._same_origin(websocket):
             await websocket.send_denial_response(Response("Cross-origin upgrade refused", status_code=403))
             return None
-        redeemed = self.tickets.redeem(websocket.query_params.get("ticket", ""))
+        redeemed = self.tickets.redeem(websocket.query_params.get("ticket", ""), purpose)
         if redeemed is None:
             await websocket.send_denial_response(Response("Unknown or used ticket", status_code=401))
         return redeemed
 
     async def commands(self, websocket: WebSocket) -> None:
         """The sandbox's commands as they run: JSON events, one a change (new output, a new status)."""
-        admitted = await self._admit(websocket)
+        admitted = await self._admit(websocket, "commands")
         if admitted is None:
             return
         await websocket.accept()
@@ -224,7 +145,7 @@ class Console:
             await websocket.close()
 
     async def terminal(self, websocket: WebSocket) -> None:
-        admitted = await self._admit(websocket)
+        admitted = await self._admit(websocket, "terminal")
         if admitted is None:
             return
         tenant, container_id = admitted
@@ -273,12 +194,6 @@ def _int(value: Any, default: int) -> int:
         return max(2, min(int(value), 1000))
     except (TypeError, ValueError):
         return default
-
-
-def _who(caller: TenantAccess) -> str:
-    claims = caller.claims or {}
-    named = claims.get("email") or claims.get("sub")
-    return f"tenant {caller.tenant}" + (f" ({named})" if named else "")
 
 
 class ConsoleRouter:

@@ -4,18 +4,16 @@ makes), upload one (as write_file writes it, up to SANDBOX_WRITE_MAX_BYTES)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..auth import TenantAccess
 from ..sandbox import SandboxError, SandboxManager, SandboxNotFound
+from .console_api import READ_ONLY, Caller, Viewer
 
 logger = logging.getLogger("mcp_sandbox.console")
-
-Caller = Callable[[Request], Awaitable[TenantAccess | None]]
 
 
 class ConsoleFiles:
@@ -31,6 +29,8 @@ class ConsoleFiles:
         caller = await self.caller(request)
         if caller is None:
             return self.refused()
+        if caller.admin:
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
         container_id, path = request.path_params["container_id"], request.query_params.get("path", "/")
         try:
             if request.method == "PUT":
@@ -42,7 +42,7 @@ class ConsoleFiles:
             {"name": e.name, "path": e.path, "type": e.type, "size_bytes": e.size_bytes, "modified_at": e.modified_at}
             for e in entries if e.path != path]})
 
-    async def _upload(self, request: Request, caller: TenantAccess, container_id: str, path: str) -> Response:
+    async def _upload(self, request: Request, caller: Viewer, container_id: str, path: str) -> Response:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.write_max:
             return self._too_large(int(declared))
@@ -52,7 +52,7 @@ class ConsoleFiles:
             if len(data) > self.write_max:
                 return self._too_large(len(data))
         size = await self.sandboxes.write_file(container_id, path, data, None, caller.tenant)
-        logger.info("console: tenant %s uploaded %s (%d bytes) to sandbox %s", caller.tenant, path, size, container_id)
+        logger.info("console: %s uploaded %s (%d bytes) to sandbox %s", caller.who, path, size, container_id)
         return JSONResponse({"path": path, "size_bytes": size})
 
     def _too_large(self, size: int) -> Response:
@@ -64,6 +64,8 @@ class ConsoleFiles:
         caller = await self.caller(request)
         if caller is None:
             return self.refused()
+        if caller.admin:
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
         container_id, path = request.path_params["container_id"], request.query_params.get("path", "")
         try:
             link = await self.sandboxes.create_file_link(container_id, path, caller.tenant)

@@ -23,6 +23,7 @@ playwright_api = pytest.importorskip("playwright.async_api")
 pytestmark = pytest.mark.anyio
 
 ALICE, BOB = "console-alice-0123456789abcdef", "console-bob-0123456789abcdef"
+ADMIN = "console-admin-0123456789abcdef"
 WRITE_MAX = 65536
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As ENVIRONMENT.md found: without the background-networking flags Chromium keeps reaching out.
@@ -37,7 +38,7 @@ SCREEN = """() => { const b = window.terminalForTests.term.buffer.active; const 
 def server() -> Iterator[ServerProcess]:
     proc = ServerProcess({"SANDBOX_NAMESPACE": f"{RUN_ID}-console", "SANDBOX_POOL_SIZE": "0",
                           "SANDBOX_PROXY_PORT": str(free_port()), "AUTH_TOKENS": f"{ALICE},{BOB}",
-                          "SANDBOX_WRITE_MAX_BYTES": str(WRITE_MAX)}).start()
+                          "SANDBOX_WRITE_MAX_BYTES": str(WRITE_MAX), "CONSOLE_ADMIN_TOKENS": ADMIN}).start()
     yield proc
     proc.stop()
 
@@ -202,5 +203,43 @@ async def test_another_tenants_sandbox_is_404_and_a_cross_origin_terminal_403(se
                 async with ws_connect(terminal, origin=server.url):  # type: ignore[arg-type]
                     pass
             assert spent.value.response.status_code == 401
+        finally:
+            await alice.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+
+
+async def test_an_admin_token_sees_every_tenants_sandboxes_and_changes_none(server: ServerProcess, page: Any) -> None:
+    async with Client(server.url + "/mcp", auth=ALICE) as alice:
+        container_id = structured(await alice.call_tool("create_container", {}))["container_id"]
+        try:
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30) as http:
+                listed = (await http.get("sandboxes", headers=admin)).json()
+                assert listed["admin"] is True
+                row = next(s for s in listed["sandboxes"] if s["container_id"] == container_id)
+                assert row["tenant"].startswith("t-")
+                for refused in (http.delete(f"sandboxes/{container_id}", headers=admin),
+                                http.post(f"sandboxes/{container_id}/tickets", params={"for": "terminal"},
+                                          headers=admin),
+                                http.get(f"sandboxes/{container_id}/files", params={"path": "/root"}, headers=admin)):
+                    assert (await refused).status_code == 403
+                ticket = (await http.post(f"sandboxes/{container_id}/tickets", params={"for": "commands"},
+                                          headers=admin)).json()["ticket"]
+                # A tenant never sees the admin view, nor another tenant's sandbox.
+                as_bob = (await http.get("sandboxes", headers={"Authorization": f"Bearer {BOB}"})).json()
+                assert as_bob["admin"] is False and container_id not in [s["container_id"] for s in as_bob["sandboxes"]]
+            await alice.call_tool("execute_command", {"container_id": container_id, "command": "echo seen-by-admin"})
+            feed = f"ws://127.0.0.1:{server.port}/console/api/commands?ticket={ticket}"
+            async with ws_connect(feed, origin=server.url) as commands:  # type: ignore[arg-type]
+                while "seen-by-admin" not in (event := json.loads(await commands.recv()))["stdout"]:
+                    pass
+                assert event["status"] == "completed"
+            await page.goto(server.url + "/console/")
+            await page.fill("#token", ADMIN)
+            await page.click("#sign-in-form button")
+            await page.wait_for_selector(f'tr[data-id="{container_id}"] td.tenant')
+            await page.click(f'tr[data-id="{container_id}"]')
+            assert await page.is_hidden("#destroy") and await page.is_hidden("#open-terminal")
+            await page.locator("[data-command]", has_text="seen-by-admin").wait_for(timeout=10000)
+            await page.screenshot(path=str(ARTIFACTS / "console-admin.png"), full_page=True)
         finally:
             await alice.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)

@@ -52,7 +52,9 @@ function cell(row, text) {
 }
 
 async function refresh() {
-  const { sandboxes } = await api('GET', 'sandboxes');
+  const { sandboxes, admin } = await api('GET', 'sandboxes');
+  state.admin = admin;
+  document.body.classList.toggle('admin', admin);
   const rows = $('rows');
   rows.replaceChildren();
   for (const sandbox of sandboxes) {
@@ -66,6 +68,7 @@ async function refresh() {
     cell(row, sandbox.egress || '');
     cell(row, sandbox.ports.join(', '));
     cell(row, sandbox.snapshot_on_expiry ? 'snapshot on expiry' : '');
+    if (admin) cell(row, sandbox.tenant).className = 'tenant';
     row.addEventListener('click', () => select(sandbox.container_id));
     rows.appendChild(row);
   }
@@ -78,7 +81,11 @@ async function refresh() {
 }
 
 function select(id) {
-  if (state.selected !== id) { closeTerminal(); follow(id); listFiles(id, '/root'); }
+  if (state.selected !== id) {
+    closeTerminal();
+    follow(id);
+    if (!state.admin) listFiles(id, '/root');
+  }
   state.selected = id;
   $('detail-id').textContent = id;
   $('detail-error').textContent = '';
@@ -93,9 +100,9 @@ function socketUrl(path) {
 }
 
 // A one-time ticket for one of the sandbox's WebSockets (a browser cannot give them a header).
-async function ticketFor(id) {
+async function ticketFor(id, purpose) {
   try {
-    return (await api('POST', `sandboxes/${id}/tickets`)).ticket;
+    return (await api('POST', `sandboxes/${id}/tickets?for=${purpose}`)).ticket;
   } catch (error) {
     $('detail-error').textContent = error.message;
     return null;
@@ -106,7 +113,7 @@ async function ticketFor(id) {
 async function follow(id) {
   if (state.feed) state.feed.close();
   $('commands').replaceChildren();
-  const ticket = await ticketFor(id);
+  const ticket = await ticketFor(id, 'commands');
   if (!ticket) return;
   const feed = new WebSocket(socketUrl(`api/commands?ticket=${encodeURIComponent(ticket)}`));
   state.feed = feed;
@@ -197,7 +204,7 @@ function closeTerminal() {
 async function openTerminal() {
   closeTerminal();
   const id = state.selected;
-  const ticket = await ticketFor(id);
+  const ticket = await ticketFor(id, 'terminal');
   if (!ticket) return;
   const term = new Terminal({ cursorBlink: true, fontSize: 14 });
   const fit = new FitAddon.FitAddon();

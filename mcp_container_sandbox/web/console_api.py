@@ -1,0 +1,153 @@
+"""The console's API over sandboxes: the list, destroy, a signal to a command, and the tickets its
+WebSockets take. A viewer is a tenant (a token the MCP endpoint takes), or an admin
+(CONSOLE_ADMIN_TOKENS), who sees every tenant's sandboxes and their commands, read-only."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..sandbox import Sandbox, SandboxError, SandboxManager, utc_iso
+
+logger = logging.getLogger("mcp_sandbox.console")
+
+TICKET_SECONDS = 30.0
+MAX_TICKETS = 1024
+PURPOSES = ("terminal", "commands")
+NOT_FOUND = "No such sandbox: it was never made, has gone, or is not yours."
+READ_ONLY = "An admin token sees every sandbox but changes none; sign in with the owner's token to act."
+
+
+@dataclass(frozen=True)
+class Viewer:
+    tenant: str  # "" for an admin
+    who: str  # for the log of actions
+    admin: bool = False
+
+
+Caller = Callable[[Request], Awaitable[Viewer | None]]
+
+
+class Tickets:
+    """One-time tickets for the WebSockets: made by an authenticated request for one sandbox and one
+    purpose, good once and for TICKET_SECONDS."""
+
+    def __init__(self) -> None:
+        self._tickets: dict[str, tuple[float, str, str, str]] = {}
+
+    def issue(self, tenant: str, container_id: str, purpose: str) -> str:
+        now = time.monotonic()
+        self._tickets = {k: v for k, v in self._tickets.items() if v[0] > now}
+        if len(self._tickets) >= MAX_TICKETS:
+            self._tickets.pop(next(iter(self._tickets)))
+        ticket = secrets.token_urlsafe(24)
+        self._tickets[ticket] = (now + TICKET_SECONDS, tenant, container_id, purpose)
+        return ticket
+
+    def redeem(self, ticket: str, purpose: str) -> tuple[str, str] | None:
+        """(tenant, container_id) of a ticket for this purpose, not used before and not expired."""
+        entry = self._tickets.pop(ticket, None)
+        if entry is None or entry[0] <= time.monotonic() or entry[3] != purpose:
+            return None
+        return entry[1], entry[2]
+
+
+class SandboxesApi:
+    def __init__(self, sandboxes: SandboxManager, caller: Caller, refused: Callable[[], Response],
+                 tickets: Tickets) -> None:
+        self.sandboxes, self.caller, self.refused, self.tickets = sandboxes, caller, refused, tickets
+
+    def routes(self, prefix: str) -> list[Route]:
+        api = prefix + "/api/sandboxes"
+        return [Route(api, self.list, methods=["GET"]),
+                Route(api + "/{container_id}", self.destroy, methods=["DELETE"]),
+                Route(api + "/{container_id}/tickets", self.ticket, methods=["POST"]),
+                Route(api + "/{container_id}/commands/{command_id}/signal", self.signal, methods=["POST"])]
+
+    def _row(self, sandbox: Sandbox, admin: bool) -> dict[str, object]:
+        container_id, tenant = sandbox.container_id, sandbox.tenant
+        row: dict[str, object] = {
+            "container_id": container_id, "image": sandbox.image,
+            "created_at": utc_iso(sandbox.created_at), "expires_at": utc_iso(sandbox.expires_at),
+            "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+            "egress": self.sandboxes.egress_of(container_id, tenant).get("policy"),
+            "ports": [link.port for link in self.sandboxes.port_links(container_id, tenant)],
+            "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(container_id, tenant),
+        }
+        return {**row, "tenant": tenant} if admin else row
+
+    async def list(self, request: Request) -> Response:
+        viewer = await self.caller(request)
+        if viewer is None:
+            return self.refused()
+        shown = self.sandboxes.list_all() if viewer.admin else self.sandboxes.list(viewer.tenant)
+        rows = []
+        for sandbox in sorted(shown, key=lambda s: s.created_at):
+            try:
+                rows.append(self._row(sandbox, viewer.admin))
+            except SandboxError:  # gone while the list was made
+                continue
+        return JSONResponse({"sandboxes": rows, "admin": viewer.admin}, headers={"Cache-Control": "no-store"})
+
+    def _owner(self, viewer: Viewer, container_id: str) -> str | None:
+        """The tenant of a sandbox this viewer may look at, or None (404, whoever's it is)."""
+        if viewer.admin:
+            found = [s for s in self.sandboxes.list_all() if s.container_id == container_id]
+            return found[0].tenant if found else None
+        try:
+            return self.sandboxes.get(container_id, viewer.tenant).tenant
+        except SandboxError:
+            return None
+
+    async def ticket(self, request: Request) -> Response:
+        viewer = await self.caller(request)
+        if viewer is None:
+            return self.refused()
+        container_id, purpose = request.path_params["container_id"], request.query_params.get("for", "terminal")
+        if purpose not in PURPOSES:
+            return JSONResponse({"error": f"A ticket is for one of {', '.join(PURPOSES)}."}, status_code=400)
+        owner = self._owner(viewer, container_id)
+        if owner is None:
+            return JSONResponse({"error": NOT_FOUND}, status_code=404)
+        if viewer.admin and purpose != "commands":
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        return JSONResponse({"ticket": self.tickets.issue(owner, container_id, purpose)})
+
+    async def destroy(self, request: Request) -> Response:
+        viewer = await self.caller(request)
+        if viewer is None:
+            return self.refused()
+        if viewer.admin:
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        container_id = request.path_params["container_id"]
+        try:
+            await self.sandboxes.destroy(container_id, viewer.tenant)
+        except SandboxError:
+            return JSONResponse({"error": NOT_FOUND}, status_code=404)
+        logger.info("console: %s destroyed sandbox %s", viewer.who, container_id)
+        return JSONResponse({"destroyed": True, "container_id": container_id})
+
+    async def signal(self, request: Request) -> Response:
+        viewer = await self.caller(request)
+        if viewer is None:
+            return self.refused()
+        if viewer.admin:
+            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        container_id, command_id = request.path_params["container_id"], request.path_params["command_id"]
+        try:
+            body = await request.json()
+            state, sent = await self.sandboxes.send_signal(container_id, command_id, str(body.get("signal", "INT")),
+                                                           viewer.tenant)
+        except (ValueError, AttributeError):
+            return JSONResponse({"error": 'Send {"signal": "INT"} (or TERM, KILL, HUP, ...).'}, status_code=400)
+        except SandboxError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        logger.info("console: %s sent %s to command %s in sandbox %s", viewer.who, sent, command_id, container_id)
+        return JSONResponse({"signal": sent, "status": state.status})
