@@ -35,6 +35,17 @@ class Viewer:
 Caller = Callable[[Request], Awaitable[Viewer | None]]
 
 
+async def acting(caller: Caller, refused: Callable[[], Response], request: Request) -> Viewer | Response:
+    """Who makes a request that acts in a sandbox or reads inside it: 401 without a token this server
+    takes, 403 for an admin (read-only)."""
+    viewer = await caller(request)
+    if viewer is None:
+        return refused()
+    if viewer.admin:
+        return JSONResponse({"error": READ_ONLY}, status_code=403)
+    return viewer
+
+
 class Tickets:
     """One-time tickets for the WebSockets: made by an authenticated request for one sandbox and one
     purpose, good once and for TICKET_SECONDS."""
@@ -121,11 +132,9 @@ class SandboxesApi:
         return JSONResponse({"ticket": self.tickets.issue(owner, container_id, purpose)})
 
     async def destroy(self, request: Request) -> Response:
-        viewer = await self.caller(request)
-        if viewer is None:
-            return self.refused()
-        if viewer.admin:
-            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        viewer = await acting(self.caller, self.refused, request)
+        if isinstance(viewer, Response):
+            return viewer
         container_id = request.path_params["container_id"]
         try:
             await self.sandboxes.destroy(container_id, viewer.tenant)
@@ -135,11 +144,9 @@ class SandboxesApi:
         return JSONResponse({"destroyed": True, "container_id": container_id})
 
     async def signal(self, request: Request) -> Response:
-        viewer = await self.caller(request)
-        if viewer is None:
-            return self.refused()
-        if viewer.admin:
-            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        viewer = await acting(self.caller, self.refused, request)
+        if isinstance(viewer, Response):
+            return viewer
         container_id, command_id = request.path_params["container_id"], request.path_params["command_id"]
         try:
             body = await request.json()

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..sandbox import SandboxError, SandboxManager, SandboxNotFound
-from .console_api import READ_ONLY, Caller, Viewer
+from .console_api import Caller, Viewer, acting
 
 logger = logging.getLogger("mcp_sandbox.console")
 
@@ -26,11 +26,9 @@ class ConsoleFiles:
                 Route(prefix + "/api/sandboxes/{container_id}/file-links", self.link, methods=["POST"])]
 
     async def files(self, request: Request) -> Response:
-        caller = await self.caller(request)
-        if caller is None:
-            return self.refused()
-        if caller.admin:
-            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        caller = await acting(self.caller, self.refused, request)
+        if isinstance(caller, Response):
+            return caller
         container_id, path = request.path_params["container_id"], request.query_params.get("path", "/")
         try:
             if request.method == "PUT":
@@ -61,11 +59,9 @@ class ConsoleFiles:
 
     async def link(self, request: Request) -> Response:
         """A download URL of a file (a file link: it lasts as long as the sandbox)."""
-        caller = await self.caller(request)
-        if caller is None:
-            return self.refused()
-        if caller.admin:
-            return JSONResponse({"error": READ_ONLY}, status_code=403)
+        caller = await acting(self.caller, self.refused, request)
+        if isinstance(caller, Response):
+            return caller
         container_id, path = request.path_params["container_id"], request.query_params.get("path", "")
         try:
             link = await self.sandboxes.create_file_link(container_id, path, caller.tenant)
