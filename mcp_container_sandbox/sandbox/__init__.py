@@ -11,7 +11,7 @@ the records and errors they see.
 """
 
 from ..settings import SandboxSettings
-from .backend.abstract import Backend
+from .backend.abstract import Backend, Usage
 from .backend.terminal import Terminal
 from .background import BackgroundTasks
 from .contract import LIMIT_FLAGS, LIMITS, LIMITS_IN_WORDS, MEMORY_MB, ULIMIT_FLAGS
@@ -33,5 +33,5 @@ __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
     "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
     "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxNotFound", "SandboxSettings",
-    "Snapshot", "Terminal", "killed_by", "utc_iso",
+    "Snapshot", "Terminal", "Usage", "killed_by", "utc_iso",
 ]

@@ -19,7 +19,7 @@ import anyio.to_thread
 from anyio.abc import ByteStream
 
 from ..settings import SandboxSettings
-from .backend.abstract import Backend
+from .backend.abstract import Backend, Usage
 from .backend.terminal import Terminal
 from .backend.disks import SandboxDisks
 from .backend.podman import PodmanBackend
@@ -207,6 +207,10 @@ class SandboxManager:
     def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
         return self.registry.list(tenant)
 
+    def usage(self, container_id: str, tenant: str = LOCAL_TENANT) -> Usage | None:
+        """CPU time and memory from the sandbox's cgroup (None where the backend cannot tell)."""
+        return self.backend.usage(self.get(container_id, tenant).name)
+
     def list_all(self) -> list[Sandbox]:
         """Every tenant's live sandboxes (the console's admin view)."""
         return [s for s in self.registry.all() if not s.destroying and s.expires_at > time.time()]
@@ -303,19 +307,14 @@ class SandboxManager:
                           ) -> tuple[CommandState, str]:
         return await self.commands.send_signal(container_id, command_id, signal, tenant)
 
-    async def wait_for_command(
-        self, container_id: str, command_id: str, wait_seconds: float, tenant: str = LOCAL_TENANT,
-        on_progress: ProgressCallback | None = None, stdout_offset: int | None = None,
-        stderr_offset: int | None = None,
-    ) -> CommandState:
-        return await self.commands.wait_for_command(
-            container_id, command_id, wait_seconds, tenant, on_progress, stdout_offset, stderr_offset
-        )
+    async def wait_for_command(self, container_id: str, command_id: str, wait_seconds: float,
+                               tenant: str = LOCAL_TENANT, on_progress: ProgressCallback | None = None,
+                               stdout_offset: int | None = None, stderr_offset: int | None = None) -> CommandState:
+        return await self.commands.wait_for_command(container_id, command_id, wait_seconds, tenant, on_progress,
+                                                    stdout_offset, stderr_offset)
 
-    async def read_command(
-        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
-        stdout_offset: int | None = None, stderr_offset: int | None = None,
-    ) -> CommandState:
+    async def read_command(self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
+                           stdout_offset: int | None = None, stderr_offset: int | None = None) -> CommandState:
         return await self.commands.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
 
     async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:

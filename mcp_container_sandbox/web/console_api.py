@@ -74,6 +74,20 @@ class SandboxesApi:
     def __init__(self, sandboxes: SandboxManager, caller: Caller, refused: Callable[[], Response],
                  tickets: Tickets) -> None:
         self.sandboxes, self.caller, self.refused, self.tickets = sandboxes, caller, refused, tickets
+        self._cpu: dict[str, tuple[float, float]] = {}  # per sandbox, the last (time, CPU seconds) read
+
+    def _use(self, container_id: str, tenant: str) -> dict[str, object]:
+        """CPU (percent of one core since the list was last asked for) and memory, from the cgroup."""
+        usage = self.sandboxes.usage(container_id, tenant)
+        if usage is None:
+            return {"cpu_percent": None, "memory_bytes": None}
+        now = time.monotonic()
+        before = self._cpu.get(container_id)
+        self._cpu[container_id] = (now, usage.cpu_seconds)
+        percent = None
+        if before is not None and now - before[0] > 0.05:
+            percent = round(max(0.0, usage.cpu_seconds - before[1]) / (now - before[0]) * 100, 1)
+        return {"cpu_percent": percent, "memory_bytes": usage.memory_bytes}
 
     def routes(self, prefix: str) -> list[Route]:
         api = prefix + "/api/sandboxes"
@@ -91,6 +105,7 @@ class SandboxesApi:
             "egress": self.sandboxes.egress_of(container_id, tenant).get("policy"),
             "ports": [link.port for link in self.sandboxes.port_links(container_id, tenant)],
             "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(container_id, tenant),
+            **self._use(container_id, tenant),
         }
         return {**row, "tenant": tenant} if admin else row
 
@@ -99,6 +114,9 @@ class SandboxesApi:
         if viewer is None:
             return self.refused()
         shown = self.sandboxes.list_all() if viewer.admin else self.sandboxes.list(viewer.tenant)
+        if len(self._cpu) > 1024:  # forget the readings of sandboxes gone
+            everywhere = {sandbox.container_id for sandbox in self.sandboxes.list_all()}
+            self._cpu = {k: v for k, v in self._cpu.items() if k in everywhere}
         rows = []
         for sandbox in sorted(shown, key=lambda s: s.created_at):
             try:

@@ -224,6 +224,14 @@ async def test_an_admin_token_sees_every_tenants_sandboxes_and_changes_none(serv
                     assert (await refused).status_code == 403
                 ticket = (await http.post(f"sandboxes/{container_id}/tickets", params={"for": "commands"},
                                           headers=admin)).json()["ticket"]
+                # CPU and memory from the sandbox's cgroup: a busy loop shows, on the second reading.
+                await alice.call_tool("execute_command", {"container_id": container_id,
+                                                          "command": "timeout 3 sh -c 'while :; do :; done' &"})
+                await http.get("sandboxes", headers={"Authorization": f"Bearer {ALICE}"})  # the first reading
+                await anyio.sleep(1)
+                used = next(s for s in (await http.get("sandboxes", headers={"Authorization": f"Bearer {ALICE}"})
+                                        ).json()["sandboxes"] if s["container_id"] == container_id)
+                assert used["memory_bytes"] > 0 and used["cpu_percent"] > 5, used  # an idle sandbox shows 0
                 # A tenant never sees the admin view, nor another tenant's sandbox.
                 as_bob = (await http.get("sandboxes", headers={"Authorization": f"Bearer {BOB}"})).json()
                 assert as_bob["admin"] is False and container_id not in [s["container_id"] for s in as_bob["sandboxes"]]

@@ -66,6 +66,14 @@ class ImageRoot:
     workdir: str
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a sandbox has used, from its cgroup: CPU time so far, and memory now."""
+
+    cpu_seconds: float
+    memory_bytes: int
+
+
 class Backend(Protocol):
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         """Start a sandbox's container, its writable layer first filled from a snapshot's archive
@@ -107,6 +115,9 @@ class Backend(Protocol):
         With ``pass_fd``: the command's stdin (a socket) reaches the process as its descriptor 3
         instead, and nothing relays its bytes; the command fails at once, saying so on stderr,
         where the backend cannot pass it."""
+
+    def usage(self, name: str) -> Usage | None:
+        """The sandbox's CPU time and memory from its cgroup; None where they cannot be read."""
 
     async def open_terminal(self, name: str, cols: int, rows: int) -> Terminal:
         """A terminal session of its own in the sandbox (a login shell), ``cols`` x ``rows``."""

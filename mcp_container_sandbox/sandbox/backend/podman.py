@@ -24,7 +24,7 @@ from ..contract import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from ..errors import DiskUnavailable, PodmanError, PortClosed, SandboxStopped
 from ..paths import AGENT_PATH
 from . import netns
-from .abstract import BridgeNetwork, Container, ContainerSpec, ImageRoot
+from .abstract import BridgeNetwork, Container, ContainerSpec, ImageRoot, Usage
 from .layers import unpack
 from .terminal import Terminal
 from .podman_cli import (
@@ -203,6 +203,9 @@ class PodmanBackend:
                     *self.podman.argv("exec", "--preserve-fds=1", name, *argv)]
         return self.podman.argv("exec", *(["-i"] if interactive else []), name, *argv)
 
+    def usage(self, name: str) -> Usage | None:
+        return cgroup_usage(self._ids.get(name, ""))
+
     async def open_terminal(self, name: str, cols: int, rows: int) -> Terminal:
         argv = self.podman.argv("exec", "-it", "-e", "TERM=xterm-256color", name)
         return await Terminal.open(argv, self.podman.spawn_options, cols, rows)
@@ -330,6 +333,25 @@ class PodmanBackend:
         )
         if result.exit_code != 0 and "already in use" not in result.stderr:
             raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
+
+
+def cgroup_usage(container_id: str) -> Usage | None:
+    """CPU time and memory of a container's cgroup, where Podman's cgroupfs and systemd managers put it
+    (cgroup v2, then v1's cpuacct and memory controllers); None elsewhere."""
+    if not container_id:
+        return None
+    for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
+        try:
+            if (CGROUP_ROOT / folder / "memory.current").exists():
+                stat = dict(line.split() for line in (CGROUP_ROOT / folder / "cpu.stat").read_text().splitlines())
+                return Usage(int(stat["usage_usec"]) / 1e6, int((CGROUP_ROOT / folder / "memory.current").read_text()))
+            memory = CGROUP_ROOT / "memory" / folder / "memory.usage_in_bytes"
+            if memory.exists():
+                cpu = int((CGROUP_ROOT / "cpuacct" / folder / "cpuacct.usage").read_text()) / 1e9
+                return Usage(cpu, int(memory.read_text()))
+        except (OSError, ValueError, KeyError):  # gone meanwhile, or a layout not known here
+            return None
+    return None
 
 
 @dataclass(frozen=True)

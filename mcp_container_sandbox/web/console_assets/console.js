@@ -65,6 +65,9 @@ async function refresh() {
     cell(row, sandbox.image);
     cell(row, age(sandbox.created_at));
     cell(row, `${Math.round(sandbox.seconds_remaining / 60)} min`);
+    cell(row, sandbox.cpu_percent === null ? '' : `${sandbox.cpu_percent}%`).className = 'cpu';
+    cell(row, sandbox.memory_bytes === null ? '' : `${(sandbox.memory_bytes / 1048576).toFixed(1)} MB`)
+      .className = 'memory';
     cell(row, sandbox.egress || '');
     cell(row, sandbox.ports.join(', '));
     cell(row, sandbox.snapshot_on_expiry ? 'snapshot on expiry' : '');
