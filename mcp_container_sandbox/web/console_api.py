@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..sandbox import Sandbox, SandboxError, SandboxManager, utc_iso
+from ..sandbox import Sandbox, SandboxError, SandboxManager, SandboxNotFound, utc_iso
 
 logger = logging.getLogger("mcp_sandbox.console")
 
@@ -94,6 +94,7 @@ class SandboxesApi:
         return [Route(api, self.list, methods=["GET"]),
                 Route(api + "/{container_id}", self.destroy, methods=["DELETE"]),
                 Route(api + "/{container_id}/tickets", self.ticket, methods=["POST"]),
+                Route(api + "/{container_id}/snapshots", self.snapshot, methods=["POST"]),
                 Route(api + "/{container_id}/commands/{command_id}/signal", self.signal, methods=["POST"])]
 
     def _row(self, sandbox: Sandbox, admin: bool) -> dict[str, object]:
@@ -160,6 +161,20 @@ class SandboxesApi:
             return JSONResponse({"error": NOT_FOUND}, status_code=404)
         logger.info("console: %s destroyed sandbox %s", viewer.who, container_id)
         return JSONResponse({"destroyed": True, "container_id": container_id})
+
+    async def snapshot(self, request: Request) -> Response:
+        """Keep the sandbox's files, as snapshot_container does (create_container(snapshot_id=...) continues)."""
+        viewer = await acting(self.caller, self.refused, request)
+        if isinstance(viewer, Response):
+            return viewer
+        container_id = request.path_params["container_id"]
+        try:
+            taken = await self.sandboxes.snapshot(container_id, None, viewer.tenant)
+        except SandboxError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, SandboxNotFound) else 409)
+        logger.info("console: %s took snapshot %s of sandbox %s", viewer.who, taken.snapshot_id, container_id)
+        return JSONResponse({"snapshot_id": taken.snapshot_id, "name": taken.name, "size_bytes": taken.size_bytes,
+                             "expires_at": utc_iso(taken.expires_at)})
 
     async def signal(self, request: Request) -> Response:
         viewer = await acting(self.caller, self.refused, request)

@@ -144,6 +144,15 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         assert (await download.path()).read_text() == "written by the agent\n"
         await page.screenshot(path=str(ARTIFACTS / "console-files.png"), full_page=True)
 
+        # A snapshot from the console is the agent's to continue from.
+        await page.click("#snapshot")
+        note = page.locator("#detail-note", has_text="Snapshot ")
+        await note.wait_for(timeout=30000)
+        snapshot_id = (await note.text_content()).split()[1]
+        listed = structured(await agent.call_tool("list_snapshots", {}))["snapshots"]
+        assert snapshot_id in [snapshot["snapshot_id"] for snapshot in listed]
+        await agent.call_tool("delete_snapshot", {"snapshot_id": snapshot_id})
+
         # The terminal is a session of its own: the agent's commands go on beside it.
         ran = structured(await agent.call_tool("execute_command", {"container_id": container_id, "command": "echo agent"}))
         assert ran["stdout"] == "agent\n"

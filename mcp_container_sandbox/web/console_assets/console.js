@@ -92,6 +92,7 @@ function select(id) {
   state.selected = id;
   $('detail-id').textContent = id;
   $('detail-error').textContent = '';
+  $('detail-note').textContent = '';
   $('detail').hidden = false;
   for (const row of $('rows').children) row.className = row.dataset.id === id ? 'selected' : '';
 }
@@ -229,6 +230,17 @@ async function openTerminal() {
   term.focus();
 }
 
+async function snapshotSelected() {
+  const id = state.selected;
+  try {
+    const taken = await api('POST', `sandboxes/${id}/snapshots`);
+    $('detail-note').textContent = `Snapshot ${taken.snapshot_id} taken (${taken.size_bytes} bytes): `
+      + `create_container(snapshot_id="${taken.snapshot_id}") continues from it.`;
+  } catch (error) {
+    $('detail-error').textContent = error.message;
+  }
+}
+
 async function destroySelected() {
   const id = state.selected;
   if (!id || !confirm(`Destroy sandbox ${id}? Its files and running commands go with it.`)) return;
@@ -253,6 +265,7 @@ window.addEventListener('DOMContentLoaded', () => {
   $('sign-out').addEventListener('click', () => { sessionStorage.removeItem('console-token'); signIn(''); });
   $('open-terminal').addEventListener('click', () => openTerminal());
   $('destroy').addEventListener('click', () => destroySelected());
+  $('snapshot').addEventListener('click', () => snapshotSelected());
   $('files-form').addEventListener('submit', (event) => {
     event.preventDefault();
     listFiles(state.selected, $('files-path').value || '/');
