@@ -5,8 +5,10 @@ client is then told. Screenshots go to .pytest_cache/artifacts/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -120,6 +122,13 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         await type_line(page, "stty size")
         await screen_shows(page, f"{rows} {cols}")
 
+        # A program that fills the screen, and leaves it.
+        await type_line(page, "top")
+        await screen_shows(page, "Mem:")
+        await page.keyboard.press("q")
+        await type_line(page, "echo top-is-gone")
+        await screen_shows(page, "\ntop-is-gone")
+
         await type_line(page, "sleep 100; echo not-interrupted")
         await page.wait_for_timeout(300)
         await page.keyboard.press("Control+C")
@@ -201,6 +210,19 @@ async def test_another_tenants_sandbox_is_404_and_a_cross_origin_terminal_403(se
                 seen = b""
                 while b"once\r\n" not in seen.replace(b"echo once", b""):
                     seen += await session.recv()  # type: ignore[operator]
+            # Twenty people watching the sandbox's commands cost one watcher, not twenty podman execs.
+            async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30) as http:
+                tickets = [(await http.post(f"sandboxes/{container_id}/tickets", params={"for": "commands"},
+                                            headers={"Authorization": f"Bearer {ALICE}"})).json()["ticket"]
+                           for _ in range(20)]
+            async with contextlib.AsyncExitStack() as viewers:
+                for feed_ticket in tickets:
+                    await viewers.enter_async_context(ws_connect(  # type: ignore[arg-type]
+                        f"ws://127.0.0.1:{server.port}/console/api/commands?ticket={feed_ticket}", origin=server.url))
+                await anyio.sleep(1)
+                execs = subprocess.run(["pgrep", "-fc", f"podman.* exec .*{container_id}"], capture_output=True,
+                                       text=True).stdout.strip()
+                assert int(execs or 0) <= 2, execs  # the sandbox's agent channel (and its shell wrapper)
             # An upload larger than SANDBOX_WRITE_MAX_BYTES: 413, and nothing written.
             async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30) as http:
                 too_big = await http.put(f"sandboxes/{container_id}/files", params={"path": "/root/big.bin"},
