@@ -1,5 +1,7 @@
-"""The web console at ``/console/``: a person signs in with a token the MCP endpoint takes, sees their
-tenant's sandboxes, opens a terminal of their own in one (xterm.js over a WebSocket) and destroys one.
+"""The web console at ``/console/`` (docs/console.md): a person signs in with a token the MCP endpoint
+takes and sees their tenant's sandboxes; in one, its commands as they run (console_feed.py), a terminal
+of their own (xterm.js over a WebSocket), its files (console_files.py); they interrupt, snapshot or
+destroy (console_api.py). An admin token sees every tenant's, read-only.
 
 The page and its scripts are files of the package (``console_assets/``; xterm.js vendored from npm, so
 nothing is fetched at run time), served with a Content Security Policy that allows no inline script.
@@ -27,8 +29,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..auth import BearerTokens, TenantAccess
 from ..auth.tenancy import bearer_token
 from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager
-from .console_feed import CommandFeeds
 from .console_api import NOT_FOUND, SandboxesApi, Tickets, Viewer
+from .console_feed import CommandFeeds
 from .console_files import ConsoleFiles
 
 logger = logging.getLogger("mcp_sandbox.console")
