@@ -171,9 +171,10 @@ class Console:
 
 
 async def _screen_to_browser(terminal: Any, websocket: WebSocket, scope: anyio.CancelScope) -> None:
-    while data := await terminal.read():
-        await websocket.send_bytes(data)
-    scope.cancel()  # the shell ended: so does the page's session
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the page went away meanwhile
+        while data := await terminal.read():
+            await websocket.send_bytes(data)
+    scope.cancel()  # the shell ended (or the page left): so does the session
 
 
 async def _keys_to_terminal(websocket: WebSocket, terminal: Any) -> None:

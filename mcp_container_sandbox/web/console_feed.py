@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..sandbox import SandboxError, SandboxManager
+from ..sandbox import CommandSummary, SandboxError, SandboxManager
 
 POLL_SECONDS = 0.05
 KEPT_COMMANDS = 20
@@ -60,12 +60,10 @@ class CommandFeed:
                 await anyio.sleep(POLL_SECONDS)
 
     async def poll(self) -> None:
-        for summary in await self.sandboxes.list_commands(self.container_id, self.tenant):
+        for summary in self._followed(await self.sandboxes.list_commands(self.container_id, self.tenant)):
             seen = self.seen.get(summary.command_id)
             if seen is None:
                 seen = self.seen[summary.command_id] = Seen(summary.command)
-                while len(self.seen) > KEPT_COMMANDS:
-                    self.seen.popitem(last=False)
             elif seen.status != "running":
                 continue
             state = await self.sandboxes.read_command(self.container_id, summary.command_id, self.tenant,
@@ -77,6 +75,20 @@ class CommandFeed:
             seen.stdout, seen.stderr = (seen.stdout + state.stdout)[-KEPT_BYTES:], (seen.stderr + state.stderr)[-KEPT_BYTES:]
             seen.status, seen.exit_code = state.status, state.exit_code
             self.broadcast(seen.event(summary.command_id, state.stdout, state.stderr))
+
+    def _followed(self, summaries: list[CommandSummary]) -> list[CommandSummary]:
+        """The commands shown: every running one, and the newest others up to KEPT_COMMANDS, oldest
+        first; what falls out of them is forgotten (and never read again)."""
+        oldest_first = sorted(summaries, key=lambda s: s.started_at or 0)
+        running = [s for s in oldest_first if s.status == "running"]
+        ended = [s for s in oldest_first if s.status != "running"]
+        room = max(0, KEPT_COMMANDS - len(running))
+        kept = {s.command_id for s in running} | {s.command_id for s in ended[len(ended) - room:]} if room else set()
+        followed = [s for s in oldest_first if s.command_id in kept] if room else running
+        keep = {s.command_id for s in followed}
+        for command_id in [c for c in self.seen if c not in keep]:
+            del self.seen[command_id]
+        return followed
 
     def broadcast(self, event: dict[str, Any]) -> None:
         for viewer in list(self.viewers):
@@ -123,7 +135,4 @@ class CommandFeeds:
             send.close()
             if not feed.viewers and self._feeds.get(key) is feed:
                 del self._feeds[key]
-
-    def watched(self) -> int:
-        return len(self._feeds)
 
