@@ -9,7 +9,6 @@ import os
 import resource
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
 
 from peer_driver import PeerDriver  # noqa: E402
+from support.ports import free_port  # noqa: E402  (the rows import it from here)
 from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 from target import Target  # noqa: E402
 
@@ -98,12 +98,6 @@ def save_results(bench: Bench, argv: list[str], header: list[str]) -> Path:
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -54,6 +53,7 @@ os.environ["SANDBOX_NAMESPACE"] = RUN_ID
 os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
 
 from fastmcp import Client  # noqa: E402
+from support.ports import free_port  # noqa: E402  (the tests import it from here)
 from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.app import create_app  # noqa: E402
@@ -144,12 +144,6 @@ async def sandbox(client: Client) -> AsyncIterator[str]:
     container_id = result.structured_content["container_id"]
     yield container_id
     await client.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:

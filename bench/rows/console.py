@@ -10,7 +10,6 @@ local tenant):
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 
@@ -18,10 +17,9 @@ import anyio
 import httpx
 from fastmcp import Client
 from harness import Bench, four_at_a_time, structured
+from support.browser import launch_chromium
 from websockets.asyncio.client import connect as ws_connect
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
 # Notes, on the page, when each line "M<n>" first shows in the command's block.
 WATCH = """(commandId) => { window.arrivals = {};
   const seen = () => { const block = document.querySelector(`[data-command="${commandId}"] .stdout`);
@@ -73,8 +71,7 @@ async def line_latency(url: str, client: Client, container_id: str, count: int) 
         "container_id": container_id, "command": "cat", "keep_stdin_open": True, "timeout_seconds": 600}))
     command_id = started["command_id"]
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                                   args=CHROMIUM_FLAGS)
+        browser = await launch_chromium(playwright)
         try:
             page = await browser.new_page()
             await page.goto(url + "/console/")

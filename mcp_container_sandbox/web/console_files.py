@@ -44,12 +44,12 @@ class ConsoleFiles:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.write_max:
             return self._too_large(int(declared))
-        data = b""
+        data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > self.write_max:
                 return self._too_large(len(data))
-        size = await self.sandboxes.write_file(container_id, path, data, None, caller.tenant)
+        size = await self.sandboxes.write_file(container_id, path, bytes(data), None, caller.tenant)
         logger.info("console: %s uploaded %s (%d bytes) to sandbox %s", caller.who, path, size, container_id)
         return JSONResponse({"path": path, "size_bytes": size})
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from conftest import ROOT, RUN_ID, ServerProcess, free_port, structured
 from fastmcp import Client
+from support.browser import launch_chromium
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.anyio
 ALICE, BOB = "console-alice-0123456789abcdef", "console-bob-0123456789abcdef"
 ADMIN = "console-admin-0123456789abcdef"
 WRITE_MAX = 65536
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As ENVIRONMENT.md found: without the background-networking flags Chromium keeps reaching out.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
 ARTIFACTS = ROOT / ".pytest_cache" / "artifacts"
 SCREEN = """() => { const b = window.terminalForTests.term.buffer.active; const lines = [];
   for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true)); return lines.join('\\n'); }"""
@@ -48,7 +44,7 @@ def server() -> Iterator[ServerProcess]:
 @pytest.fixture
 async def page() -> AsyncIterator[Any]:
     async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = await launch_chromium(playwright)
         try:
             yield await browser.new_page(viewport={"width": 1000, "height": 800})
         finally:

@@ -6,7 +6,6 @@ output and follows it, live, to its end."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,13 @@ from typing import Any
 import pytest
 from conftest import ROOT, ServerProcess, structured
 from fastmcp import Client
+from support.browser import launch_chromium
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 pytestmark = pytest.mark.anyio
 
 E2E = Path(__file__).resolve().parent
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
 HOST = """async ({ html, input, result }) => {
   const { AppBridge, PostMessageTransport } = window.McpAppsHost;
   const iframe = document.createElement('iframe');
@@ -78,8 +76,7 @@ async def test_the_command_app_shows_and_follows_a_command_under_the_official_ho
                 return as_wire(await client.call_tool(params["name"], params.get("arguments") or {}))
 
             async with playwright_api.async_playwright() as playwright:
-                browser = await playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                                           args=CHROMIUM_FLAGS)
+                browser = await launch_chromium(playwright)
                 try:
                     page = await browser.new_page()
                     await page.expose_function("callServerTool", call_server_tool)

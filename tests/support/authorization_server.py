@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,14 +17,10 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from support.ports import free_port
+
 E2E = Path(__file__).resolve().parents[1] / "e2e"
 SCRIPT = E2E / "authorization_server.mjs"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def new_key(kid: str) -> RSAKey:
