@@ -12,6 +12,7 @@ from ..settings import SandboxSettings
 from .backend.abstract import Backend
 from .containers import SandboxContainers
 from .errors import ImageNotAllowed, SandboxError
+from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
 from .model import LOCAL_TENANT, Sandbox
 from .network.egress import Egress
@@ -30,11 +31,11 @@ class Creation:
     def __init__(
         self, settings: SandboxSettings, backend: Backend, registry: SandboxRegistry, containers: SandboxContainers,
         snapshots: Snapshots, egress: Egress, limits: LimitsCheck, channels: AgentChannels, runtimes: Runtimes,
-        commands: CommandRunner, start_soon: Callable[..., Any],
+        commands: CommandRunner, lifetimes: Lifetimes, start_soon: Callable[..., Any],
     ) -> None:
         self.settings, self.backend, self.registry, self.containers = settings, backend, registry, containers
         self.snapshots, self.egress, self.limits = snapshots, egress, limits
-        self.channels, self.runtimes, self.commands = channels, runtimes, commands
+        self.channels, self.runtimes, self.commands, self.lifetimes = channels, runtimes, commands, lifetimes
         self._start_soon = start_soon
         self.pool: WarmPool  # made by the manager with this object's pool callbacks, then set here
 
@@ -138,6 +139,12 @@ class Creation:
         return sandbox
 
     async def claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
+        """Hand a pooled sandbox out: its lifetime and tenant recorded on the host (what a restarted
+        server believes), then the claim inside it (what tells a server before that one it was taken)."""
+        try:
+            self.lifetimes.record(sandbox.container_id, Lifetime(sandbox.created_at, sandbox.expires_at, sandbox.tenant))
+        except OSError as exc:
+            raise SandboxError(f"its lifetime could not be recorded under {self.lifetimes.folder} ({exc})") from exc
         await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, CLAIM_PATH, claim, 0o644))
 
     async def discard(self, sandbox: Sandbox) -> None:

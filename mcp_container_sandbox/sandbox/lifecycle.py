@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from .backend.abstract import Container
 from .backend.podman_cli import is_missing_container
 from .containers import SandboxContainers
 from .errors import DiskUnavailable, PodmanError, SandboxError
+from .lifetimes import Lifetimes
 from .model import (
     CONTAINER_ID_RE,
     LABEL_CREATED,
@@ -50,12 +52,12 @@ class Lifecycle:
     def __init__(
         self, containers: SandboxContainers, registry: SandboxRegistry, pool: WarmPool, links: FileLinks,
         channels: AgentChannels, snapshots: Snapshots, ports: PortLinks, destroy: Callable[[str, str, str], Awaitable[None]],
-        forget: Callable[[str, str], None], removals: Removals,
+        forget: Callable[[str, str], None], removals: Removals, lifetimes: Lifetimes,
     ) -> None:
         self.containers, self.registry, self.pool, self.links, self.channels = containers, registry, pool, links, channels
         self.snapshots, self.ports = snapshots, ports
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
-        self._destroy, self._forget, self.removals = destroy, forget, removals
+        self._destroy, self._forget, self.removals, self.lifetimes = destroy, forget, removals, lifetimes
 
     async def adopt(self) -> list[str]:
         """Take over this namespace's sandboxes: expired or unreadable ones are destroyed, stopped
@@ -69,19 +71,12 @@ class Lifecycle:
             if name in removing:  # destroyed, and the server stopped before its container went
                 self.removals.start(name)
                 continue
-            container_id = name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else ""
-            try:
-                created = float(labels.get(LABEL_CREATED, "nan"))
-                expires = float(labels.get(LABEL_EXPIRES, "nan"))
-            except ValueError:
-                created = expires = float("nan")
-            tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
-            sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.image, created, expires,
-                              tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT,
-                              network=labels.get(LABEL_NETWORK, ""))
+            sandbox = self._from_labels(entry)
+            container_id, expires = sandbox.container_id, sandbox.expires_at
             if not CONTAINER_ID_RE.match(container_id) or not math.isfinite(expires) or expires <= now:
                 logger.info("destroying expired or unreadable sandbox %s", name)
-                if labels.get(LABEL_POOLED) != "true":  # a claimed pooled one was marked with its claim's tenant
+                # an unclaimed pooled one has no files of anyone's; a claimed one has its tenant from its record
+                if labels.get(LABEL_POOLED) != "true" or self.lifetimes.read(container_id) is not None:
                     await self.snapshots.take_at_expiry(sandbox, running=entry.running)
                 await self.containers.remove(name)
                 continue
@@ -105,6 +100,7 @@ class Lifecycle:
             await self.disks.release(name)
         egress = self.containers.egress
         egress.forget_saved({sandbox.container_id for sandbox in adopted})
+        self.lifetimes.keep({sandbox.container_id for sandbox in adopted})
         self.snapshots.keep_marks({sandbox.container_id for sandbox in adopted})
         self.ports.keep({sandbox.container_id for sandbox in adopted})
         async with anyio.create_task_group() as tg:
@@ -114,6 +110,25 @@ class Lifecycle:
         if adopted:
             logger.info("adopted %d sandbox(es)", len(adopted))
         return [sandbox.container_id for sandbox in adopted]
+
+    def _from_labels(self, entry: Container) -> Sandbox:
+        """A listed container's record, from its labels (and a lifetime extended since, lifetimes.py)."""
+        name, labels = entry.name, entry.labels
+        container_id = name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else ""
+        try:
+            created = float(labels.get(LABEL_CREATED, "nan"))
+            expires = float(labels.get(LABEL_EXPIRES, "nan"))
+        except ValueError:
+            created = expires = float("nan")
+        tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
+        sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.image, created, expires,
+                          tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT,
+                          network=labels.get(LABEL_NETWORK, ""))
+        recorded = self.lifetimes.read(container_id)  # handed out from the pool, or extended since
+        if recorded is not None and (recorded.tenant == sandbox.tenant or labels.get(LABEL_POOLED) == "true"):
+            sandbox.created_at, sandbox.expires_at, sandbox.tenant = (
+                recorded.created_at, recorded.expires_at, recorded.tenant)
+        return sandbox
 
     async def _readopt_allow_list(self, sandbox: Sandbox) -> None:
         """A sandbox with allow_domains goes back behind the proxy, or is destroyed: never left open."""
@@ -125,9 +140,19 @@ class Lifecycle:
             await self._destroy(sandbox.container_id, sandbox.tenant, GONE_REMOVED)
 
     async def _adopt_pooled(self, sandbox: Sandbox, made_under: str) -> bool:
-        """A pooled sandbox was handed out if it holds a claim: then it is adopted with the
-        claim's lifetime (True), whatever changed since. Unclaimed, it rejoins the pool if it was
-        made under the configuration in force now, else it is destroyed (False)."""
+        """A pooled sandbox was handed out if its lifetime was recorded (lifetimes.py) or it holds a
+        claim: then it is adopted with that lifetime (True), whatever changed since. Unclaimed, it
+        rejoins the pool if it was made under the configuration in force now, else it is destroyed
+        (False)."""
+        recorded = self.lifetimes.read(sandbox.container_id)
+        if recorded is not None:  # written on the host when handed out: the claim inside is not asked
+            sandbox.created_at, sandbox.expires_at, sandbox.tenant = (
+                recorded.created_at, recorded.expires_at, recorded.tenant)
+            if sandbox.expires_at > time.time():
+                return True
+            await self.snapshots.take_at_expiry(sandbox)
+            await self.containers.remove(sandbox.name)
+            return False
         result = await self.backend.exec(sandbox.name, "cat", CLAIM_PATH, timeout=30, stdout_limit=1024)
         fields = result.stdout.decode(errors="replace").split()
         if result.exit_code == 0 and len(fields) in (2, 3):

@@ -1,5 +1,5 @@
 """The sandbox manager: the facade the server talks to. It wires the parts together and keeps
-what joins them: create (quotas, the pool, a container), destroy, and what a gone sandbox leaves.
+what joins them: create (creation.py), destroy (endings.py), and a sandbox's life (lifecycle.py).
 
 Every sandbox is a container started with the exact limits of the product contract and
 labelled so that a restarted server can find it again. What a restart must find lives
@@ -27,25 +27,22 @@ from .backend.podman_cli import Podman, check_event_loop, system_env
 from .background import BackgroundTasks
 from .containers import SandboxContainers
 from .creation import Creation
-from .errors import SandboxError, SandboxNotFound
+from .endings import Endings
+from .errors import SandboxError
 from .health import HealthProbe
 from .lifecycle import Lifecycle
+from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
-from .model import LOCAL_TENANT, NAME_PREFIX, FileLink, Sandbox
+from .model import LOCAL_TENANT, FileLink, Sandbox
 from .network.egress import Egress
 from .network.preview_links import PortLink, PortLinks
 from .pool import WarmPool
 from .registry import SandboxRegistry
 from .removals import DRAIN_SECONDS, Removals
-from .runtime.channel import AgentChannel, find_agent_binary
+from .runtime.channel import find_agent_binary
 from .runtime.command_records import CommandState, CommandSummary
 from .runtime.commands import CommandRunner, ProgressCallback
-from .runtime.gone_commands import (
-    GONE_DESTROYED,
-    GONE_EXPIRED,
-    GONE_REMOVED,
-    GoneCommands,
-)
+from .runtime.gone_commands import GONE_DESTROYED, GONE_REMOVED, GoneCommands
 from .runtime.helpers import helpers_digest, helpers_files, helpers_tar
 from .runtime.runtimes import AgentChannels, ExecRuntime, Runtimes
 from .storage.downloads import FileDownload
@@ -75,7 +72,8 @@ class SandboxManager:
             settings.runtime, system_env(),
         )
         # A tenant asking after a sandbox that expired hears where its files went.
-        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant, self._gone_note)
+        self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant,
+                                        lambda container_id, tenant: self.endings.gone_note(container_id, tenant))
         # Per sandbox, the commands last seen running (with their output so far); kept in a
         # tombstone when the sandbox goes, so their end can be told as reason sandbox_gone.
         self._gone = GoneCommands()
@@ -86,7 +84,7 @@ class SandboxManager:
         self._helper_files: list[tuple[str, bytes, int]] = []  # as files, for a sandbox's disk
         self._helpers_digest = ""
         exec_runtime = ExecRuntime(
-            self.backend, lambda: self._helpers, lambda container_id: self._forget(container_id, GONE_REMOVED),
+            self.backend, lambda: self._helpers, lambda container_id: self.endings.forget(container_id, GONE_REMOVED),
             self._background.start_soon, self._gone.never_started,
         )
         self.channels = AgentChannels(
@@ -106,19 +104,28 @@ class SandboxManager:
         )
         self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
                                self.registry.get, self.registry.live, self.backend)
+        self._wire_comings_and_goings(settings)
+
+    def _wire_comings_and_goings(self, settings: SandboxSettings) -> None:
+        """The parts that make sandboxes (creation, the pool), end them (endings, removals) and keep
+        them across restarts (lifecycle, lifetimes), over the parts made before."""
+        self.lifetimes = Lifetimes(Path(settings.state_dir) / settings.namespace / "lifetimes")
         self.creation = Creation(settings, self.backend, self.registry, self.containers, self.snapshots, self.egress,
-                                 self.limits, self.channels, self.runtimes, self.commands, self._background.start_soon)
+                                 self.limits, self.channels, self.runtimes, self.commands, self.lifetimes,
+                                 self._background.start_soon)
         self.pool = self.creation.pool = WarmPool(
             settings.pool_size, self.creation.make_pooled, self.creation.claim_pooled, self.creation.discard,
             lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds, self.creation.room)
         self.health_probe = HealthProbe(self.backend, self.limits, self.disks, self.registry, self.egress, self.pool)
         self.channels.pooled = self.pool.holds
+        self.endings = Endings(self.registry, self._gone, self.containers, self.disks, self.channels, self.commands,
+                               self.links, self.snapshots, self.ports, self.egress, self.lifetimes, self._background)
         # destroy_container answers at once; the container goes in the background (removals.py).
-        self._closing: dict[str, AgentChannel] = {}  # destroyed sandboxes' channels, closed by their removal
-        self.removals = Removals(Path(settings.state_dir) / settings.namespace / "removing", self._remove_destroyed,
-                                 self._background)
+        self.removals = self.endings.removals = Removals(
+            Path(settings.state_dir) / settings.namespace / "removing", self.endings.remove_destroyed, self._background)
         self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
-                                   self.snapshots, self.ports, self.destroy, self._forget, self.removals)
+                                   self.snapshots, self.ports, self.destroy, self.endings.forget, self.removals,
+                                   self.lifetimes)
 
     # ----- the server's own life
 
@@ -168,37 +175,6 @@ class SandboxManager:
         await self.disks.release_spares()
         self.podman.close()
 
-    def _forget(self, container_id: str, why: str, release_egress: bool = True) -> None:
-        """A sandbox is gone: its record, channel and links go; its running commands are buried.
-        Without release_egress its address stays behind the proxy (its container still runs)."""
-        sandbox = self.registry.pop(container_id)
-        self._gone.bury(container_id, sandbox, why)
-        if sandbox is not None and why == GONE_REMOVED:  # its container is gone: so may its disk be
-            self._background.start_soon(self.disks.release, sandbox.name)
-        self.channels.forget(container_id)
-        self.commands.forget(container_id)
-        self.links.forget(container_id)
-        self.snapshots.unmark(container_id)
-        self.ports.forget(container_id)
-        if release_egress:
-            self._background.start_soon(self.egress.release, container_id)
-
-    def _gone_note(self, container_id: str, tenant: str) -> str:
-        """What the tenant is told of a sandbox it no longer has: where its files went at expiry, or
-        why it went (removed outside this server, say, as the reaper found it), when remembered."""
-        kept = self.snapshots.kept_from(container_id, tenant)
-        why = "" if kept else self._gone.why(container_id, tenant)
-        return kept or (f"; it {why}" if why else "")
-
-    async def _remove_destroyed(self, name: str) -> None:
-        """A destroyed sandbox's container goes, then its place behind the proxy (not before:
-        what still runs in it must not reach past the proxy meanwhile)."""
-        channel = self._closing.pop(name, None)
-        if channel is not None:
-            await channel.close()
-        await self.containers.remove(name, check=True)
-        await self.egress.release(name[len(NAME_PREFIX):])
-
     # ----- sandboxes
 
     def get(self, container_id: str, tenant: str = LOCAL_TENANT) -> Sandbox:
@@ -227,28 +203,23 @@ class SandboxManager:
                                           snapshot_on_expiry)
 
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
-        sandbox = self.registry.live(container_id)
-        if sandbox is None or sandbox.tenant != tenant:
-            raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
-        sandbox.destroying, sandbox.gone_why = True, why
-        if why == GONE_EXPIRED:  # before anything of it goes
-            sandbox.gone_why = why = why + await self.snapshots.take_at_expiry(sandbox)
-        # Marked first, so that a server that dies from here on leaves it to the next one to
-        # remove; forgotten, so that nothing reaches it any more; removed in the background.
-        try:
-            self.removals.mark(sandbox.name)  # a file's creation: well under a millisecond
-        except OSError as exc:
-            sandbox.destroying, sandbox.gone_why = False, ""
-            raise SandboxError(
-                f"Sandbox {container_id} was not destroyed: the server could not record its removal under "
-                f"{self.removals.folder} ({exc.strerror or exc}). The sandbox is unchanged; free space or fix the "
-                "permissions of SANDBOX_STATE_DIR, then try again.") from exc
-        channel = self.channels.detach(container_id)  # closed by the removal, which a stopping server waits for
-        if channel is not None:
-            self._closing[sandbox.name] = channel
-        self._forget(container_id, why, release_egress=False)
-        self.removals.start(sandbox.name)
-        logger.info("destroyed sandbox %s (its container goes in the background)", container_id)
+        await self.endings.destroy(container_id, tenant, why)
+
+    def extend(self, container_id: str, seconds: int, tenant: str = LOCAL_TENANT) -> Sandbox:
+        """Give the sandbox ``seconds`` more, up to SANDBOX_TTL_SECONDS from now (the longest lifetime a
+        create may ask for); recorded on the host, so a restarted server keeps it (lifetimes.py)."""
+        sandbox = self.get(container_id, tenant)
+        expires_at = min(sandbox.expires_at + max(0, seconds), time.time() + self.settings.ttl_seconds)
+        if expires_at > sandbox.expires_at:
+            try:
+                self.lifetimes.record(container_id, Lifetime(sandbox.created_at, expires_at, sandbox.tenant))
+            except OSError as exc:
+                raise SandboxError(
+                    f"Sandbox {container_id} keeps its lifetime: the server could not record the new one under "
+                    f"{self.lifetimes.folder} ({exc.strerror or exc}). Free space or fix the permissions of "
+                    "SANDBOX_STATE_DIR, then try again.") from exc
+            sandbox.expires_at = expires_at
+        return sandbox
 
     def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
         return self.egress.of(self.get(container_id, tenant).network, container_id)

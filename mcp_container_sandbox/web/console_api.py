@@ -95,6 +95,7 @@ class SandboxesApi:
                 Route(api + "/{container_id}", self.destroy, methods=["DELETE"]),
                 Route(api + "/{container_id}/tickets", self.ticket, methods=["POST"]),
                 Route(api + "/{container_id}/snapshots", self.snapshot, methods=["POST"]),
+                Route(api + "/{container_id}/lifetime", self.extend, methods=["POST"]),
                 Route(api + "/{container_id}/commands/{command_id}/signal", self.signal, methods=["POST"])]
 
     def _row(self, sandbox: Sandbox, admin: bool) -> dict[str, object]:
@@ -175,6 +176,30 @@ class SandboxesApi:
         logger.info("console: %s took snapshot %s of sandbox %s", viewer.who, taken.snapshot_id, container_id)
         return JSONResponse({"snapshot_id": taken.snapshot_id, "name": taken.name, "size_bytes": taken.size_bytes,
                              "expires_at": utc_iso(taken.expires_at)})
+
+    async def extend(self, request: Request) -> Response:
+        """{"seconds": N}: N more seconds of life, up to SANDBOX_TTL_SECONDS from now."""
+        viewer = await acting(self.caller, self.refused, request)
+        if isinstance(viewer, Response):
+            return viewer
+        container_id = request.path_params["container_id"]
+        try:
+            seconds = (await request.json())["seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            return JSONResponse({"error": 'Send {"seconds": N}, N a whole number of seconds of at least 1.'},
+                                status_code=400)
+        try:
+            sandbox = self.sandboxes.extend(container_id, seconds, viewer.tenant)
+        except SandboxError as exc:
+            return JSONResponse({"error": NOT_FOUND if isinstance(exc, SandboxNotFound) else str(exc)},
+                                status_code=404 if isinstance(exc, SandboxNotFound) else 500)
+        logger.info("console: %s extended sandbox %s until %s", viewer.who, container_id, utc_iso(sandbox.expires_at))
+        longest = self.sandboxes.settings.ttl_seconds
+        return JSONResponse({"container_id": container_id, "expires_at": utc_iso(sandbox.expires_at),
+                             "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+                             "most_seconds_remaining": longest})
 
     async def signal(self, request: Request) -> Response:
         viewer = await acting(self.caller, self.refused, request)

@@ -278,3 +278,51 @@ async def test_an_admin_token_sees_every_tenants_sandboxes_and_changes_none(serv
             await page.screenshot(path=str(ARTIFACTS / "console-admin.png"), full_page=True)
         finally:
             await alice.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+
+
+async def test_a_lifetime_extended_from_the_console_outlives_a_restart_and_the_sandbox_cannot_forge_one(
+        start_server: Any, page: Any) -> None:
+    """A pooled sandbox's claim lies inside it, where its own root can rewrite it; the lifetime a
+    restarted server believes is the one recorded on the host at hand-out and at each extension."""
+    namespace = f"{RUN_ID}-console-lifetime"
+    env = {"SANDBOX_NAMESPACE": namespace, "AUTH_TOKENS": ALICE, "SANDBOX_POOL_SIZE": "1",
+           "SANDBOX_TTL_SECONDS": "3600"}
+    server = start_server(env)
+    health = lambda: httpx.get(server.url + "/health", timeout=10).json()  # noqa: E731
+    deadline = anyio.current_time() + 60
+    while health()["pool"]["ready"] < 1 and anyio.current_time() < deadline:
+        await anyio.sleep(0.2)
+    async with Client(server.url + "/mcp", auth=ALICE) as agent:
+        made = structured(await agent.call_tool("create_container", {"ttl_seconds": 60}))
+        container_id = made["container_id"]
+        assert structured(await agent.call_tool("check_container", {"container_id": container_id})
+                          )["seconds_remaining"] <= 60
+        pooled = subprocess.run(["podman", "inspect", "--format", '{{index .Config.Labels "mcp-sandbox.pooled"}}',
+                                 f"mcp-sandbox-{container_id}"], capture_output=True, text=True).stdout.strip()
+        assert pooled == "true"  # handed out from the pool: its claim is inside it
+        forged = structured(await agent.call_tool("execute_command", {
+            "container_id": container_id, "command": "echo '1 9999999999 local' > /var/lib/mcp-sandbox/claim"}))
+        assert forged["exit_code"] == 0, forged
+    await signed_in(page, server, ALICE)
+    await page.click(f'tr[data-id="{container_id}"]')
+    await page.click("#extend")
+    await page.locator("#detail-note", has_text="now lives until").wait_for(timeout=10000)
+    await page.screenshot(path=str(ARTIFACTS / "console-extended.png"), full_page=True)
+    async with Client(server.url + "/mcp", auth=ALICE) as agent:
+        extended = structured(await agent.call_tool("check_container", {"container_id": container_id}))
+        assert 1800 < extended["seconds_remaining"] <= 1860, extended
+    async with httpx.AsyncClient(base_url=server.url + "/console/api/", timeout=30,
+                                 headers={"Authorization": f"Bearer {ALICE}"}) as http:
+        capped = (await http.post(f"sandboxes/{container_id}/lifetime", json={"seconds": 100000})).json()
+        assert 3590 <= capped["seconds_remaining"] <= 3600 and capped["most_seconds_remaining"] == 3600, capped
+        for wrong in ({"seconds": 0}, {"seconds": True}, {"seconds": "60"}, {}):
+            refused = await http.post(f"sandboxes/{container_id}/lifetime", json=wrong)
+            assert refused.status_code == 400 and "seconds" in refused.json()["error"]
+        assert (await http.post(f"sandboxes/{'0' * 32}/lifetime", json={"seconds": 60})).status_code == 404
+
+    server.stop()
+    server.start()
+    async with Client(server.url + "/mcp", auth=ALICE) as agent:
+        after = structured(await agent.call_tool("check_container", {"container_id": container_id}))
+        assert after["expires_at"] == capped["expires_at"], (after, capped)
+        await agent.call_tool("destroy_container", {"container_id": container_id})

@@ -241,6 +241,19 @@ async function snapshotSelected() {
   }
 }
 
+async function extendSelected() {
+  const id = state.selected;
+  try {
+    const extended = await api('POST', `sandboxes/${id}/lifetime`, { seconds: 1800 });
+    const minutes = Math.round(extended.seconds_remaining / 60);
+    $('detail-note').textContent = `Sandbox ${id} now lives until ${extended.expires_at} (${minutes} min left; `
+      + `at most ${Math.round(extended.most_seconds_remaining / 60)} min from now).`;
+    await refresh();
+  } catch (error) {
+    $('detail-error').textContent = error.message;
+  }
+}
+
 async function destroySelected() {
   const id = state.selected;
   if (!id || !confirm(`Destroy sandbox ${id}? Its files and running commands go with it.`)) return;
@@ -266,6 +279,7 @@ window.addEventListener('DOMContentLoaded', () => {
   $('open-terminal').addEventListener('click', () => openTerminal());
   $('destroy').addEventListener('click', () => destroySelected());
   $('snapshot').addEventListener('click', () => snapshotSelected());
+  $('extend').addEventListener('click', () => extendSelected());
   $('files-form').addEventListener('submit', (event) => {
     event.preventDefault();
     listFiles(state.selected, $('files-path').value || '/');
