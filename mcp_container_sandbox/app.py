@@ -130,5 +130,5 @@ def create_app(settings: Settings, backend: Backend | None = None) -> App:
     mcp.custom_route("/files/{file_id}", methods=["GET", "HEAD"])(routes.download_file)
     console = Console(sandboxes, authn.verify if authenticated else None, allowed_hosts(settings.server),
                       allowed_origins(settings.server), settings.sandbox.output_limit_bytes,
-                      settings.sandbox.write_max_bytes, settings.server.console_admin_tokens)
+                      settings.sandbox.write_max_bytes, settings.server.console_admin_tokens, authn.console_sign_in)
     return App(settings, sandboxes, mcp, preview, side_server, console)

@@ -226,6 +226,7 @@ class OAuthSettings:
     proxy_client_id: str = ""
     proxy_client_secret: str = ""
     allowed_users: tuple[str, ...] = ()
+    console_client_id: str = ""  # "": the console registers itself at the issuer where it can
 
     @property
     def enabled(self) -> bool:
@@ -246,6 +247,7 @@ class OAuthSettings:
             proxy_client_id=environ.get("OAUTH_PROXY_CLIENT_ID", "").strip(),
             proxy_client_secret=environ.get("OAUTH_PROXY_CLIENT_SECRET", "").strip(),
             allowed_users=_env_list(environ, "OAUTH_ALLOWED_USERS"),
+            console_client_id=environ.get("OAUTH_CONSOLE_CLIENT_ID", "").strip(),
         )
         oauth.check(base_url)
         return oauth
@@ -353,6 +355,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OAUTH_PROXY_CLIENT_ID", "unset", "this server's client at that provider"),
     ("OAUTH_PROXY_CLIENT_SECRET", "unset", "that client's secret"),
     ("OAUTH_ALLOWED_USERS", "unset", "with the proxy: comma-separated emails or subjects who may sign in (* everyone)"),
+    ("OAUTH_CONSOLE_CLIENT_ID", "registered by the server", "public client the console signs people in as at OAUTH_ISSUER"),
     ("SANDBOX_IMAGE", DEFAULT_IMAGE, "image of new sandboxes"),
     ("SANDBOX_ALLOWED_IMAGES", "none", "comma-separated further images create_container may ask for"),
     ("SANDBOX_TTL_SECONDS", "7200", "sandbox lifetime, and the most ttl_seconds may ask for"),

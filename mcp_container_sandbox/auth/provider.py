@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from ..settings import ServerSettings
+from .console_client import ConsoleSignIn, IssuerSignIn, ProxySignIn
 from .oauth import OAuthTokens
 from .proxy import SignInProxy
 from .static import BearerTokens, TenantAccess
@@ -46,6 +47,7 @@ class Authentication:
     verifier: TokenVerifier | None
     root_routes: list[Route] = field(default_factory=list)
     root_metadata_url: AnyHttpUrl | None = None
+    console_sign_in: ConsoleSignIn | None = None  # how the console signs a person in by OAuth
 
     async def verify(self, token: str) -> TenantAccess | None:
         access = await self.verifier.verify_token(token) if self.verifier else None
@@ -76,18 +78,22 @@ def authentication(server: ServerSettings, state_dir: str) -> Authentication:
         token_verifier=verifier, authorization_servers=[oauth.issuer], base_url=server.base_url,
         scopes_supported=scopes, required_scopes=scopes, challenge_scopes=scopes, resource_name=RESOURCE_NAME,
     )
-    return _with_root(Authentication(provider, verifier), server.base_url, oauth.issuer, scopes)
+    authn = Authentication(provider, verifier, console_sign_in=IssuerSignIn(oauth, server.base_url, state_dir))
+    return _with_root(authn, server.base_url, oauth.issuer, scopes)
 
 
 def _signing_in_here(server: ServerSettings, state_dir: str) -> Authentication:
     """The server as the AI apps' authorization server, fronting OAUTH_PROXY_UPSTREAM_ISSUER; static tokens
     beside it (tried after its own, which it checks without the network)."""
     proxy = SignInProxy(server.oauth, server.base_url, state_dir)
+    console = ProxySignIn(proxy, server.base_url)
     if not server.auth_tokens:
-        return _with_root(Authentication(proxy, proxy), server.base_url, str(proxy.issuer_url), proxy.required_scopes)
+        return _with_root(Authentication(proxy, proxy, console_sign_in=console), server.base_url,
+                          str(proxy.issuer_url), proxy.required_scopes)
     static = BearerTokens(server.auth_tokens, proxy.required_scopes)
     both = MultiAuth(server=proxy, verifiers={"static": static})
-    return _with_root(Authentication(both, both), server.base_url, str(proxy.issuer_url), proxy.required_scopes)
+    return _with_root(Authentication(both, both, console_sign_in=console), server.base_url, str(proxy.issuer_url),
+                      proxy.required_scopes)
 
 
 def _with_root(authn: Authentication, base_url: str, issuer: str, scopes: list[str]) -> Authentication:

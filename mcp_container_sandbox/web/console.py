@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..auth import BearerTokens, TenantAccess
+from ..auth.console_client import TOKEN_ROUTE, ConsoleSignIn
 from ..auth.tenancy import bearer_token
 from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager
 from .console_api import NOT_FOUND, SandboxesApi, Tickets, Viewer
@@ -51,11 +52,14 @@ class Console:
     """The console's routes, over the sandbox facade and the server's token check."""
 
     def __init__(self, sandboxes: SandboxManager, verify: Verify | None, hosts: list[str], origins: list[str],
-                 output_cap: int, write_max_bytes: int, admin_tokens: tuple[str, ...] = ()) -> None:
+                 output_cap: int, write_max_bytes: int, admin_tokens: tuple[str, ...] = (),
+                 sign_in: ConsoleSignIn | None = None) -> None:
         """``verify``: the server's token check; None for a server without authentication, whose one
         (local) tenant anyone who reaches it is, as on its MCP endpoint. ``admin_tokens``:
-        CONSOLE_ADMIN_TOKENS, which see every tenant's sandboxes, read-only."""
+        CONSOLE_ADMIN_TOKENS, which see every tenant's sandboxes, read-only. ``sign_in``: how a person
+        signs in by OAuth in the browser (auth/console_client.py), None without OAuth."""
         self.sandboxes, self.verify, self.hosts, self.origins = sandboxes, verify, hosts, origins
+        self.sign_in = sign_in
         self.admins = BearerTokens(admin_tokens)
         self.tickets = Tickets()
         self.feeds = CommandFeeds(sandboxes, output_cap)
@@ -63,6 +67,8 @@ class Console:
             Route(PREFIX, lambda request: RedirectResponse(PREFIX + "/"), methods=["GET"]),
             Route(PREFIX + "/", self.page, methods=["GET"]),
             Route(PREFIX + "/assets/{name:path}", self.asset, methods=["GET"]),
+            Route(PREFIX + "/api/sign-in", self.ways_in, methods=["GET"]),
+            Route(TOKEN_ROUTE, self.token, methods=["POST"]),
             *SandboxesApi(sandboxes, self._caller, self._refused, self.tickets).routes(PREFIX),
             WebSocketRoute(PREFIX + "/api/terminal", self.terminal),
             WebSocketRoute(PREFIX + "/api/commands", self.commands),
@@ -103,6 +109,22 @@ class Console:
             return None
         named = (access.claims or {}).get("email") or (access.claims or {}).get("sub")
         return Viewer(access.tenant, f"tenant {access.tenant}" + (f" ({named})" if named else ""))
+
+    async def ways_in(self, request: Request) -> Response:
+        """How a person signs in here: a token, and OAuth in the browser where the server has it."""
+        oauth = await self.sign_in.sign_in() if self.sign_in is not None else None
+        return JSONResponse({"token": self.verify is not None, "oauth": None if isinstance(oauth, str) else
+                             oauth and oauth.public(), "oauth_unavailable": oauth if isinstance(oauth, str) else ""},
+                            headers={"Cache-Control": "no-store"})
+
+    async def token(self, request: Request) -> Response:
+        """The page's authorization code (or refresh token), exchanged at the issuer's token endpoint."""
+        if self.sign_in is None:
+            return JSONResponse({"error": "invalid_request", "error_description": "No OAuth sign-in here."},
+                                status_code=404)
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        status, answer = await self.sign_in.exchange(form)
+        return JSONResponse(answer, status_code=status, headers={"Cache-Control": "no-store"})
 
     @staticmethod
     def _refused() -> Response:

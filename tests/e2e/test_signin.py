@@ -361,6 +361,7 @@ def test_the_server_fronts_a_provider_that_registers_no_clients(tmp_path: Path) 
         # upstream sessions kept (encrypted) in SANDBOX_STATE_DIR.
         proc.stop()
         proc = ServerProcess(env, port=port).start()
+        anyio.run(_console_signs_in_through_the_server, proc)
         anyio.run(_stored_tokens_still_work, proc, idp)
     finally:
         if proc.process is not None and proc.process.poll() is None:
@@ -395,6 +396,24 @@ async def _proxy_flow(server: ServerProcess, idp: AuthorizationServer) -> None:
     assert "grace@example.test" in refused[0].page and "OAUTH_ALLOWED_USERS" in refused[0].page
 
 
+async def _console_signs_in_through_the_server(server: ServerProcess) -> None:
+    """The console as a client of the server's own authorization server: ada sees her sandbox."""
+    from playwright.async_api import async_playwright
+    from support.browser import launch_chromium
+
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page()
+            await page.goto(server.url + "/console/")
+            await page.wait_for_selector("#oauth-sign-in", state="visible")
+            await sign_in_in_the_browser(page, server.url + "/console/", "ada")
+            await page.wait_for_selector("#rows tr[data-id]", timeout=5000)
+            assert await page.locator("#rows tr[data-id]").count() == 1
+        finally:
+            await browser.close()
+
+
 async def _stored_tokens_still_work(server: ServerProcess, idp: AuthorizationServer) -> None:
     def must_not_sign_in(url: str, user: str, client_redirect: str) -> str:
         raise AssertionError("the client had to sign in again after the server restarted")
@@ -403,3 +422,59 @@ async def _stored_tokens_still_work(server: ServerProcess, idp: AuthorizationSer
         listed = structured(await ada.call_tool("list_containers", {}))["containers"]
         assert len(listed) == 1
         await ada.call_tool("destroy_container", {"container_id": listed[0]["container_id"]})
+
+
+# --------------------------------------------------------------------------- the console, signed in by OAuth
+
+POST_FORM = """(action) => { const form = document.createElement('form'); form.method = 'POST';
+  form.action = action; document.body.appendChild(form); form.submit(); }"""
+
+
+async def sign_in_in_the_browser(page: Any, console_url: str, user: str) -> None:
+    """Click the console's OAuth button and sign ``user`` in as a person would: the provider's sign-in and
+    consent (JSON pages here, answered by a form post, as its own pages' forms would), and the consent page
+    of this server's own when it fronts the provider; until the console is back, signed in."""
+    async with page.expect_navigation():
+        await page.click("#oauth-sign-in")
+    for _ in range(10):
+        if page.url.startswith(console_url):
+            break
+        async with page.expect_navigation():
+            if "/interaction/" in page.url:
+                prompt = json.loads(await page.inner_text("body"))["prompt"]
+                step = f"/login?user={user}" if prompt == "login" else "/consent"
+                await page.evaluate(POST_FORM, page.url.split("?")[0] + step)
+            else:
+                await page.click('button[value="approve"]')
+    await page.wait_for_selector("#console", state="visible", timeout=10000)
+
+
+async def test_a_person_signs_in_to_the_console_by_oauth_and_sees_their_agents_sandboxes(
+        server: ServerProcess, idp: AuthorizationServer) -> None:
+    from playwright.async_api import async_playwright
+    from support.browser import launch_chromium
+
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page()
+            await page.goto(server.url + "/console/")
+            await page.wait_for_selector("#oauth-sign-in", state="visible")
+            await sign_in_in_the_browser(page, server.url + "/console/", "ada")
+            async with python_sdk_client(server, idp, "ada") as agent, python_sdk_client(server, idp, "linus") as other:
+                mine = structured(await agent.call_tool("create_container", {}))["container_id"]
+                theirs = structured(await other.call_tool("create_container", {}))["container_id"]
+                try:
+                    await page.wait_for_selector(f'tr[data-id="{mine}"]', timeout=5000)
+                    assert await page.locator(f'tr[data-id="{theirs}"]').count() == 0
+                finally:
+                    await agent.call_tool("destroy_container", {"container_id": mine}, raise_on_error=False)
+                    await other.call_tool("destroy_container", {"container_id": theirs}, raise_on_error=False)
+        finally:
+            await browser.close()
+    ways = httpx.get(server.url + "/console/api/sign-in", timeout=10).json()
+    assert ways["oauth"]["resource"] == server.url + "/mcp" and ways["oauth"]["scope"] == "sandbox"
+    # The server passes on only the console's own grants: another client's code is not exchanged here.
+    refused = httpx.post(server.url + "/console/api/sign-in/token", timeout=10, data={
+        "grant_type": "authorization_code", "code": "x", "client_id": "someone-else", "code_verifier": "y"})
+    assert refused.status_code == 400 and "console" in refused.json()["error_description"]

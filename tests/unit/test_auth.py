@@ -51,3 +51,31 @@ def test_a_sign_in_proxy_whose_provider_cannot_be_read_stops_the_server_saying_s
     })
     with pytest.raises(ValueError, match="could not read the OpenID configuration of http://127.0.0.1"):
         create_app(settings)
+
+
+async def test_the_console_says_what_to_set_where_the_issuer_registers_no_clients(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mcp_container_sandbox.auth.console_client import BrowserSignIn, IssuerSignIn
+    from mcp_container_sandbox.settings import OAuthSettings
+
+    metadata = {"issuer": "https://idp.test", "authorization_endpoint": "https://idp.test/authorize",
+                "token_endpoint": "https://idp.test/token"}
+
+    async def known() -> dict[str, str]:
+        return metadata
+
+    unregistered = IssuerSignIn(OAuthSettings(issuer="https://idp.test"), "https://sandbox.test", str(tmp_path))
+    unregistered.metadata.get = known  # type: ignore[method-assign]
+    why = await unregistered.sign_in()
+    assert isinstance(why, str) and "OAUTH_CONSOLE_CLIENT_ID" in why and "https://sandbox.test/console/" in why
+    # No client of the console's: nothing is passed on to the issuer.
+    status, answer = await unregistered.exchange({"grant_type": "authorization_code", "client_id": ""})
+    assert status == 400 and answer["error"] == "invalid_request"
+
+    named = IssuerSignIn(OAuthSettings(issuer="https://idp.test", required_scopes=("sandbox",),
+                                       console_client_id="console-1"), "https://sandbox.test", str(tmp_path))
+    named.metadata.get = known  # type: ignore[method-assign]
+    way = await named.sign_in()
+    assert way == BrowserSignIn("https://idp.test/authorize", "/console/api/sign-in/token", "console-1", "sandbox",
+                                "https://sandbox.test/mcp", "https://sandbox.test/console/")
+    status, answer = await named.exchange({"grant_type": "password", "client_id": "console-1"})
+    assert status == 400

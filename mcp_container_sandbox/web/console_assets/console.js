@@ -1,4 +1,4 @@
-// The sandbox console: sign in with a token, list the tenant's sandboxes (refreshed every half
+// The sandbox console: sign in with a token or by OAuth (below), list the tenant's sandboxes (refreshed every half
 // second), open a terminal of your own in one (xterm.js over a WebSocket), destroy one.
 // The token stays in this tab's sessionStorage and goes in the Authorization header only.
 'use strict';
@@ -28,6 +28,63 @@ function signIn(message) {
   $('sign-out').hidden = true;
   $('sign-in').hidden = false;
   $('sign-in-error').textContent = message || '';
+  offerOAuth().catch(() => {});
+}
+
+// Sign-in by OAuth in this tab: the authorization code flow with PKCE, the page a public client of the
+// server's authorization server; the code comes back to this page and is exchanged at the server.
+async function offerOAuth() {
+  const ways = await (await fetch('api/sign-in', { cache: 'no-store' })).json();
+  state.oauth = ways.oauth;
+  $('oauth').hidden = !ways.oauth;
+  $('oauth-unavailable').textContent = ways.oauth_unavailable || '';
+  if (ways.oauth) $('oauth-issuer').textContent = `at ${new URL(ways.oauth.authorization_endpoint).host}`;
+}
+
+function randomText(bytes) {
+  return base64url(crypto.getRandomValues(new Uint8Array(bytes)));
+}
+
+function base64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, '-').replace(/\//g, '_')
+    .replace(/=+$/, '');
+}
+
+async function startOAuth() {
+  const oauth = state.oauth;
+  const verifier = randomText(32);
+  const flow = { verifier, state: randomText(16), oauth };
+  sessionStorage.setItem('console-oauth', JSON.stringify(flow));
+  const challenge = base64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+  const url = new URL(oauth.authorization_endpoint);
+  const query = { response_type: 'code', client_id: oauth.client_id, redirect_uri: oauth.redirect_uri,
+    code_challenge: challenge, code_challenge_method: 'S256', state: flow.state, resource: oauth.resource };
+  if (oauth.scope) query.scope = oauth.scope;
+  for (const [name, value] of Object.entries(query)) url.searchParams.set(name, value);
+  location.assign(url.href);
+}
+
+// Back from the authorization server with ?code=...&state=... (or ?error=...): the code for a token.
+async function finishOAuth() {
+  const back = new URLSearchParams(location.search);
+  if (!back.has('code') && !back.has('error')) return '';
+  history.replaceState(null, '', location.pathname);
+  const flow = JSON.parse(sessionStorage.getItem('console-oauth') || 'null');
+  sessionStorage.removeItem('console-oauth');
+  if (back.has('error')) return `Sign-in refused: ${back.get('error_description') || back.get('error')}`;
+  if (!flow || back.get('state') !== flow.state) return 'That sign-in was not started in this tab; try again.';
+  const response = await fetch(flow.oauth.token_endpoint, {
+    method: 'POST', cache: 'no-store',
+    body: new URLSearchParams({ grant_type: 'authorization_code', code: back.get('code'),
+      redirect_uri: flow.oauth.redirect_uri, client_id: flow.oauth.client_id, code_verifier: flow.verifier,
+      resource: flow.oauth.resource }),
+  });
+  const answer = await response.json();
+  if (!response.ok || !answer.access_token) {
+    return `Sign-in failed: ${answer.error_description || answer.error || `HTTP ${response.status}`}`;
+  }
+  sessionStorage.setItem('console-token', answer.access_token);
+  return '';
 }
 
 async function start() {
@@ -276,6 +333,9 @@ window.addEventListener('DOMContentLoaded', () => {
     start().catch(() => {});
   });
   $('sign-out').addEventListener('click', () => { sessionStorage.removeItem('console-token'); signIn(''); });
+  $('oauth-sign-in').addEventListener('click', () => startOAuth().catch((error) => {
+    $('sign-in-error').textContent = error.message;
+  }));
   $('open-terminal').addEventListener('click', () => openTerminal());
   $('destroy').addEventListener('click', () => destroySelected());
   $('snapshot').addEventListener('click', () => snapshotSelected());
@@ -290,5 +350,8 @@ window.addEventListener('DOMContentLoaded', () => {
     event.target.value = '';
   });
   window.addEventListener('resize', () => { if (state.fit) state.fit.fit(); });
-  start().catch(() => {});  // a server without tokens, or a token already in this tab
+  finishOAuth().then((problem) => {
+    if (problem) signIn(problem);
+    else start().catch(() => {});  // a server without tokens, or a token already in this tab
+  }).catch((error) => signIn(error.message));
 });
