@@ -18,7 +18,7 @@ from .auth import PreviewAuthorizer, authentication, current_tenant
 from .fastmcp_private import is_stdio_transport
 from .sandbox import Backend, BackgroundTasks, SandboxManager
 from .settings import Settings
-from .tools import ToolContext, register_tools, tool_names
+from .tools import AppOnlyTools, ToolContext, register_tools, tool_names
 from .tools.schemas import PortableSchemas
 from .tools.waits import WaitAdvisor, WaitTracking
 from .web.guards import McpOriginGuard, RequestSizeLimit, allowed_hosts, allowed_origins
@@ -121,14 +121,16 @@ def create_app(settings: Settings, backend: Backend | None = None) -> App:
     mcp.add_middleware(PortableSchemas())  # schemas Gemini's, OpenAI's and LangChain's converters take whole
     waits = WaitAdvisor()  # how long each session is told to wait for a running command
     mcp.add_middleware(WaitTracking(waits))
+    mcp.add_middleware(AppOnlyTools())  # the MCP App's own tool, for hosts that show apps only
+    console = Console(sandboxes, authn.verify if authenticated else None, allowed_hosts(settings.server),
+                      allowed_origins(settings.server), settings.sandbox.output_limit_bytes,
+                      settings.sandbox.write_max_bytes, settings.server.console_admin_tokens, authn.console_sign_in)
     register_tools(mcp, ToolContext(sandboxes, settings.server, settings.sandbox, waits,
-                                    lambda: current_tenant(authenticated), lambda: side_server.error))
+                                    lambda: current_tenant(authenticated), lambda: side_server.error,
+                                    console.app_terminal))
     mcp.custom_route("/", methods=["GET", "POST", "DELETE"])(RootEndpoint(server_info(), authn.guard_root))
     for route in authn.root_routes:  # the root MCP endpoint's protected resource metadata
         mcp.custom_route(route.path, methods=sorted(route.methods or ()))(route.endpoint)
     mcp.custom_route("/health", methods=["GET"])(routes.health)
     mcp.custom_route("/files/{file_id}", methods=["GET", "HEAD"])(routes.download_file)
-    console = Console(sandboxes, authn.verify if authenticated else None, allowed_hosts(settings.server),
-                      allowed_origins(settings.server), settings.sandbox.output_limit_bytes,
-                      settings.sandbox.write_max_bytes, settings.server.console_admin_tokens, authn.console_sign_in)
     return App(settings, sandboxes, mcp, preview, side_server, console)

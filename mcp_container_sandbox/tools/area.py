@@ -21,13 +21,16 @@ ContainerId = Annotated[
 CommandId = Annotated[str, Field(description="The command_id from execute_command.", max_length=200)]
 
 
-def tool(*, title: str, description: str | None = None, app: str | None = None, **hints: bool) -> Callable[[F], F]:
+def tool(*, title: str, description: str | None = None, app: str | None = None, app_only: bool = False,
+         **hints: bool) -> Callable[[F], F]:
     """Marks a method of a ToolArea as a tool, with its MCP annotations (read_only_hint, ...) and, with
-    ``app``, the ``ui://`` resource a host that supports MCP Apps shows with its result (app.py)."""
+    ``app``, the ``ui://`` resource a host that supports MCP Apps shows with its result; ``app_only``: a
+    tool an app calls, which hosts do not offer the model (app.py)."""
 
     def mark(function: F) -> F:
+        config = AppConfig(resource_uri=app) if app else AppConfig(visibility=["app"]) if app_only else None
         function.__mcp_tool__ = {"annotations": ToolAnnotations(title=title, **hints), "description": description,  # type: ignore[attr-defined]
-                                 "app": AppConfig(resource_uri=app) if app else None}
+                                 "app": config}
         return function
 
     return mark

@@ -29,6 +29,9 @@ class ToolContext:
     # Why file and preview URLs cannot work now ("" while they can): a stdio server that could not
     # listen for downloads (web/stdio_side.py).
     links_unavailable: Callable[[], str] = lambda: ""
+    # For the MCP App's terminal (tenant, container_id): the WebSocket's path with a one-time ticket
+    # ("socket") and where xterm.js is served ("assets"), both paths on this server (web/console.py).
+    app_terminal: Callable[[str, str], dict[str, str]] = lambda tenant, container_id: {}
 
     def base_url(self) -> str:
         """BASE_URL; else the address the client reached over HTTP; else http://$HOST:$PORT."""

@@ -30,7 +30,7 @@ from ..auth import BearerTokens, TenantAccess
 from ..auth.console_client import TOKEN_ROUTE, ConsoleSignIn
 from ..auth.tenancy import bearer_token
 from ..sandbox import LOCAL_TENANT, SandboxError, SandboxManager
-from .console_api import NOT_FOUND, SandboxesApi, Tickets, Viewer
+from .console_api import APP_TERMINAL, NOT_FOUND, SandboxesApi, Tickets, Viewer
 from .console_feed import CommandFeeds
 from .console_files import ConsoleFiles
 
@@ -138,12 +138,23 @@ class Console:
         host = websocket.headers.get("host", "")
         return bool(origin) and (origin in (f"http://{host}", f"https://{host}") or origin in self.origins)
 
+    def app_terminal(self, tenant: str, container_id: str) -> dict[str, str]:
+        """For the MCP App (tools/app.py): a terminal WebSocket's path with a one-time ticket, and where
+        xterm.js is. Its upgrade comes from the host's frame, whatever its origin: the ticket, made by an
+        authenticated tool call moments before, is the credential (no cookie rides along)."""
+        ticket = self.tickets.issue(tenant, container_id, APP_TERMINAL)
+        return {"socket": f"{PREFIX}/api/terminal?ticket={ticket}", "assets": f"{PREFIX}/assets/vendor/"}
+
     async def _admit(self, websocket: WebSocket, purpose: str) -> tuple[str, str] | None:
-        """(tenant, container_id) of a same-origin upgrade with a good ticket; otherwise refused."""
-        if not self._same_origin(websocket):
+        """(tenant, container_id) of a same-origin upgrade with a good ticket (a terminal of the MCP App's
+        from any origin); otherwise refused."""
+        ticket = websocket.query_params.get("ticket", "")
+        if purpose == "terminal" and self.tickets.purpose(ticket) == APP_TERMINAL:
+            purpose = APP_TERMINAL
+        elif not self._same_origin(websocket):
             await websocket.send_denial_response(Response("Cross-origin upgrade refused", status_code=403))
             return None
-        redeemed = self.tickets.redeem(websocket.query_params.get("ticket", ""), purpose)
+        redeemed = self.tickets.redeem(ticket, purpose)
         if redeemed is None:
             await websocket.send_denial_response(Response("Unknown or used ticket", status_code=401))
         return redeemed

@@ -21,6 +21,7 @@ logger = logging.getLogger("mcp_sandbox.console")
 TICKET_SECONDS = 30.0
 MAX_TICKETS = 1024
 PURPOSES = ("terminal", "commands")
+APP_TERMINAL = "app-terminal"  # a terminal of the MCP App's, which runs in the host's frame (any origin)
 NOT_FOUND = "No such sandbox: it was never made, has gone, or is not yours."
 READ_ONLY = "An admin token sees every sandbox but changes none; sign in with the owner's token to act."
 
@@ -61,6 +62,10 @@ class Tickets:
         ticket = secrets.token_urlsafe(24)
         self._tickets[ticket] = (now + TICKET_SECONDS, tenant, container_id, purpose)
         return ticket
+
+    def purpose(self, ticket: str) -> str | None:
+        entry = self._tickets.get(ticket)
+        return entry[3] if entry is not None else None
 
     def redeem(self, ticket: str, purpose: str) -> tuple[str, str] | None:
         """(tenant, container_id) of a ticket for this purpose, not used before and not expired."""

@@ -2,7 +2,7 @@
 @modelcontextprotocol/ext-apps (npm): a test host page (Debian's Chromium, Playwright) loads the app
 resource the server lists, hands it a tool's input and result through the official AppBridge, and
 answers the app's tools/call through a real MCP client to the server. The app shows the command's
-output and follows it, live, to its end."""
+output and follows it, live, to its end, and opens a terminal of its own in the sandbox."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 from conftest import ROOT, ServerProcess, structured
 from fastmcp import Client
+from fastmcp.apps.config import UI_EXTENSION_ID
+from mcp.client.extension import advertise
 from support.browser import launch_chromium
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -107,3 +111,65 @@ async def test_hosts_without_apps_get_the_results_they_always_got(http_server: S
             assert "ui" not in (result.meta or {})  # the app is declared on the tool, not forced into results
         finally:
             await client.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
+
+
+SCREEN = """() => { const b = window.terminalForTests.term.buffer.active; const lines = [];
+  for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true)); return lines.join('\\n'); }"""
+
+
+async def test_the_app_opens_a_terminal_of_its_own_and_only_hosts_with_apps_are_offered_its_tool(
+        http_server: ServerProcess, host_bundle: Path) -> None:
+    with_apps = [advertise(UI_EXTENSION_ID, {"mimeTypes": ["text/html;profile=mcp-app"]})]
+    async with Client(http_server.url + "/mcp", extensions=with_apps) as host, \
+            Client(http_server.url + "/mcp") as plain:
+        offered = {tool.name: tool for tool in await host.list_tools()}
+        assert offered["open_terminal"].meta["ui"]["visibility"] == ["app"]
+        assert "open_terminal" not in [tool.name for tool in await plain.list_tools()]
+        app_resource = next(r for r in await host.list_resources() if str(r.uri).startswith("ui://"))
+        csp = app_resource.meta["ui"]["csp"]
+        socket_origin = "ws" + http_server.url[len("http"):]
+        assert socket_origin in csp["connectDomains"] and http_server.url in csp["resourceDomains"]
+        html = (await host.read_resource(str(app_resource.uri)))[0].text
+        created = await host.call_tool("create_container", {})
+        container_id = structured(created)["container_id"]
+        try:
+            calls: list[str] = []
+
+            async def call_server_tool(params: dict[str, Any]) -> dict[str, Any]:
+                calls.append(params["name"])
+                return as_wire(await host.call_tool(params["name"], params.get("arguments") or {}))
+
+            async with playwright_api.async_playwright() as playwright:
+                browser = await launch_chromium(playwright)
+                try:
+                    page = await browser.new_page()
+                    await page.expose_function("callServerTool", call_server_tool)
+                    await page.set_content("<!DOCTYPE html><html><body></body></html>")
+                    await page.add_script_tag(path=str(host_bundle))
+                    await page.evaluate(HOST, {"html": html, "input": {}, "result": as_wire(created)})
+                    app = page.frame_locator("iframe")
+                    await app.locator("#open-terminal").click()
+                    frame = page.frames[1]
+                    await frame.wait_for_function(
+                        "() => window.terminalForTests && window.terminalForTests.socket.readyState === 1")
+                    await app.locator("#terminal").click()
+                    await page.keyboard.type("echo h''i")  # the typed line differs from what it prints
+                    await page.keyboard.press("Enter")
+                    await frame.wait_for_function(f"() => ({SCREEN})().includes('\\nhi')", timeout=10000)
+                    await page.screenshot(path=str(ROOT / ".pytest_cache" / "artifacts" / "mcp-app-terminal.png"))
+                finally:
+                    await browser.close()
+            assert calls == ["open_terminal"]
+            # Its URL is good once, from any origin (the app runs in the host's frame): spent, it is no app's
+            # ticket any more, and the console's own rule refuses the upgrade from another origin.
+            url = structured(await host.call_tool("open_terminal", {"container_id": container_id}))["url"]
+            async with ws_connect(url, origin="null") as terminal:  # type: ignore[arg-type]
+                await terminal.send(b"echo once\n")
+            with pytest.raises(InvalidStatus) as refused:
+                async with ws_connect(url, origin="null"):  # type: ignore[arg-type]
+                    pass
+            assert refused.value.response.status_code == 403
+            unknown = await host.call_tool("open_terminal", {"container_id": "0" * 32}, raise_on_error=False)
+            assert unknown.is_error and "0" * 32 in unknown.content[0].text
+        finally:
+            await host.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
