@@ -105,16 +105,19 @@ class SandboxesApi:
 
     def _row(self, sandbox: Sandbox, admin: bool) -> dict[str, object]:
         container_id, tenant = sandbox.container_id, sandbox.tenant
+        links = self.sandboxes.port_links(container_id, tenant)
         row: dict[str, object] = {
             "container_id": container_id, "image": sandbox.image,
             "created_at": utc_iso(sandbox.created_at), "expires_at": utc_iso(sandbox.expires_at),
             "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
             "egress": self.sandboxes.egress_of(container_id, tenant).get("policy"),
-            "ports": [link.port for link in self.sandboxes.port_links(container_id, tenant)],
+            "ports": [link.port for link in links],
             "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(container_id, tenant),
             **self._use(container_id, tenant),
         }
-        return {**row, "tenant": tenant} if admin else row
+        if admin:  # a preview link opens the app inside: the owner's, not a read-only viewer's
+            return {**row, "tenant": tenant}
+        return {**row, "previews": [{"port": link.port, "url": f"/ports/{link.token}/"} for link in links]}
 
     async def list(self, request: Request) -> Response:
         viewer = await self.caller(request)

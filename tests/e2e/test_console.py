@@ -149,6 +149,12 @@ async def test_a_person_watches_types_interrupts_and_destroys(server: ServerProc
         assert (await download.path()).read_text() == "written by the agent\n"
         await page.screenshot(path=str(ARTIFACTS / "console-files.png"), full_page=True)
 
+        # The sandbox's preview links, as the agent's expose_port made them.
+        exposed = structured(await agent.call_tool("expose_port", {"container_id": container_id, "port": 8080}))
+        preview = page.locator('#previews a[data-port="8080"]')
+        await preview.wait_for(timeout=5000)
+        assert server.url + await preview.get_attribute("href") == exposed["url"]
+
         # A snapshot from the console is the agent's to continue from.
         await page.click("#snapshot")
         note = page.locator("#detail-note", has_text="Snapshot ")

@@ -132,6 +132,8 @@ async function refresh() {
     row.addEventListener('click', () => select(sandbox.container_id));
     rows.appendChild(row);
   }
+  const selected = sandboxes.find((s) => s.container_id === state.selected);
+  if (selected) showPreviews(selected.previews || []);
   $('count').textContent = `(${sandboxes.length})`;
   $('empty').hidden = sandboxes.length > 0;
   if (state.selected && !sandboxes.some((s) => s.container_id === state.selected)) {
@@ -140,9 +142,23 @@ async function refresh() {
   }
 }
 
+// The sandbox's preview links (expose_port), each opening the app it serves in a new tab.
+function showPreviews(previews) {
+  const shown = previews.map((p) => `${p.port} ${p.url}`).join(' ');
+  if ($('previews').dataset.shown === shown) return;
+  $('previews').dataset.shown = shown;
+  $('previews').replaceChildren(...(previews.length ? ['Preview links: '] : []), ...previews.map((preview) => {
+    const anchor = Object.assign(document.createElement('a'), { href: preview.url, target: '_blank', rel: 'noopener',
+      textContent: `port ${preview.port}` });
+    anchor.dataset.port = preview.port;
+    return anchor;
+  }));
+}
+
 function select(id) {
   if (state.selected !== id) {
     closeTerminal();
+    showPreviews([]);
     follow(id);
     if (!state.admin) listFiles(id, '/root');
   }
