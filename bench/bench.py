@@ -42,7 +42,8 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
              OAUTH_ISSUER and AUTH_TOKENS (oidc-provider on loopback), keys cached; and the two token checks
              alone, in the bench's process
   console    the web console's list with 100 live sandboxes / with 1; a line a command prints until an open
-             console page (Debian's Chromium, Playwright) shows it; a keystroke in its terminal until the echo
+             console page (Debian's Chromium, Playwright) shows it; a keystroke in its terminal until the echo;
+             a sandbox an MCP client creates until the open console lists it
 """
 
 from __future__ import annotations

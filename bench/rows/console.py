@@ -6,7 +6,8 @@ local tenant):
   (execute_command keep_stdin_open, then write_stdin) and the console page in Debian's Chromium
   (Playwright) notes when that line appears on the page (Date.now(), on this same clock); timed from
   just before the write, so the write's own call is counted too;
-- a keystroke in the console's terminal until its echo comes back, over the terminal's WebSocket."""
+- a keystroke in the console's terminal until its echo comes back, over the terminal's WebSocket;
+- a sandbox an MCP client creates, from create_container's answer until an open console lists it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,35 @@ WATCH = """(commandId) => { window.arrivals = {};
     if (!block) return; for (const m of block.textContent.matchAll(/M(\\d+)/g))
       if (!(m[1] in window.arrivals)) window.arrivals[m[1]] = Date.now(); };
   new MutationObserver(seen).observe(document.body, { subtree: true, childList: true, characterData: true }); seen(); }"""
+
+
+# Notes, on the page, when each sandbox's row first shows in the list.
+ROWS = """() => { window.rowsSeen = {}; const seen = () => { for (const row of document.querySelectorAll('#rows tr'))
+    if (!(row.dataset.id in window.rowsSeen)) window.rowsSeen[row.dataset.id] = Date.now(); };
+  new MutationObserver(seen).observe(document.body, { subtree: true, childList: true }); seen(); }"""
+
+
+async def listed_latency(url: str, client: Client, count: int) -> list[float]:
+    from playwright.async_api import async_playwright
+
+    times, made = [], []
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page()
+            await page.goto(url + "/console/")
+            await page.wait_for_selector("#console", state="visible")
+            await page.evaluate(ROWS)
+            for _ in range(count):
+                container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+                answered = time.time() * 1000
+                made.append(container_id)
+                shown = await page.wait_for_function(f"() => window.rowsSeen[{container_id!r}]", timeout=30000)
+                times.append(await shown.json_value() - answered)
+        finally:
+            await browser.close()
+    await four_at_a_time(len(made), lambda n: client.call_tool("destroy_container", {"container_id": made[n]}))
+    return times
 
 
 async def list_times(url: str, count: int) -> list[float]:
@@ -108,3 +138,5 @@ async def console(bench: Bench, client: Client, live: int, count: int = 200) -> 
     keys = await keystrokes(bench.url, first, count)
     bench.row("console terminal: keystroke to echo", keys, None, note=f"p50 {statistics.median(keys):.1f} ms")
     await four_at_a_time(len(ids), lambda n: client.call_tool("destroy_container", {"container_id": ids[n]}))
+    listed = await listed_latency(bench.url, client, 20)
+    bench.row("console: a new sandbox listed", listed, None, note="create_container's answer until on the page")

@@ -335,23 +335,46 @@ class PodmanBackend:
             raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
 
 
+# Per container id, its cgroup's CPU and memory files and whether they are cgroup v2's: found once (a
+# console's list reads every sandbox's twice a second).
+_USAGE_FILES: dict[str, tuple[str, str, bool]] = {}
+_USAGE_FILES_MAX = 8192
+
+
+def _usage_files(container_id: str) -> tuple[str, str, bool] | None:
+    for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
+        if (CGROUP_ROOT / folder / "memory.current").exists():
+            return str(CGROUP_ROOT / folder / "cpu.stat"), str(CGROUP_ROOT / folder / "memory.current"), True
+        memory = CGROUP_ROOT / "memory" / folder / "memory.usage_in_bytes"
+        if memory.exists():
+            return str(CGROUP_ROOT / "cpuacct" / folder / "cpuacct.usage"), str(memory), False
+    return None
+
+
 def cgroup_usage(container_id: str) -> Usage | None:
     """CPU time and memory of a container's cgroup, where Podman's cgroupfs and systemd managers put it
     (cgroup v2, then v1's cpuacct and memory controllers); None elsewhere."""
     if not container_id:
         return None
-    for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
-        try:
-            if (CGROUP_ROOT / folder / "memory.current").exists():
-                stat = dict(line.split() for line in (CGROUP_ROOT / folder / "cpu.stat").read_text().splitlines())
-                return Usage(int(stat["usage_usec"]) / 1e6, int((CGROUP_ROOT / folder / "memory.current").read_text()))
-            memory = CGROUP_ROOT / "memory" / folder / "memory.usage_in_bytes"
-            if memory.exists():
-                cpu = int((CGROUP_ROOT / "cpuacct" / folder / "cpuacct.usage").read_text()) / 1e9
-                return Usage(cpu, int(memory.read_text()))
-        except (OSError, ValueError, KeyError):  # gone meanwhile, or a layout not known here
+    files = _USAGE_FILES.get(container_id)
+    if files is None:
+        files = _usage_files(container_id)
+        if files is None:
             return None
-    return None
+        if len(_USAGE_FILES) >= _USAGE_FILES_MAX:
+            _USAGE_FILES.clear()
+        _USAGE_FILES[container_id] = files
+    cpu_file, memory_file, v2 = files
+    try:
+        with open(cpu_file) as cpu, open(memory_file) as memory:
+            cpu_text, memory_bytes = cpu.read(), int(memory.read())
+        if not v2:
+            return Usage(int(cpu_text) / 1e9, memory_bytes)
+        usec = next(line.split()[1] for line in cpu_text.splitlines() if line.startswith("usage_usec "))
+        return Usage(int(usec) / 1e6, memory_bytes)
+    except (OSError, ValueError, StopIteration, IndexError):  # gone meanwhile, or a layout not known here
+        _USAGE_FILES.pop(container_id, None)
+        return None
 
 
 @dataclass(frozen=True)
