@@ -34,6 +34,8 @@ from typing import Any
 
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
+from ..fastmcp_private import progress_requested
+
 FIRST_WAIT = 4  # fits the shortest default timeout known (the OpenAI Agents SDK's 5 s), with room for latency
 LONG_WAIT = 30
 MAX_WAIT = 50  # under the TypeScript SDK's 60 s default
@@ -139,8 +141,7 @@ class WaitTracking(Middleware):
                 session_id = ctx.session_id
                 params = ctx.session.client_params
                 name = params.client_info.name if params is not None and params.client_info is not None else None
-                meta = ctx.request_context.meta if ctx.request_context is not None else None
-                progress = bool(meta) and meta.get("progress_token") is not None
+                progress = progress_requested(ctx)
             except (RuntimeError, AttributeError, LookupError):
                 pass
         _CURRENT.set((self.advisor.of(session_id, name), progress))

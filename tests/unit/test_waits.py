@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mcp_container_sandbox.tools.waits as waits
+import pytest
 from mcp_container_sandbox.tools.waits import (
     FIRST_WAIT,
     LONG_WAIT,
@@ -62,3 +63,25 @@ def test_sessions_are_kept_by_id_and_the_oldest_forgotten(monkeypatch) -> None: 
     assert advisor.of("1", "x") is first
     assert advisor.of("2", "x").gave_up_after is None
     assert SessionWaits(gave_up_after=1.0).suggested() == 1  # never below a second
+
+
+@pytest.mark.anyio
+async def test_the_middleware_sees_whether_a_call_asked_for_progress() -> None:
+    from fastmcp import Client, FastMCP
+
+    from mcp_container_sandbox.tools.waits import WaitAdvisor, WaitTracking, current
+
+    server = FastMCP("probe")
+    server.add_middleware(WaitTracking(WaitAdvisor()))
+
+    @server.tool
+    def probe() -> dict[str, bool]:
+        return {"progress": current()[1]}
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+    async with Client(server) as client:
+        plain = (await client.session.call_tool("probe", {})).structured_content
+        asked = (await client.call_tool("probe", {}, progress_handler=on_progress)).structured_content
+    assert plain == {"progress": False} and asked == {"progress": True}
