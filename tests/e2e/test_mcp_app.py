@@ -7,6 +7,8 @@ output and follows it, live, to its end, and opens a terminal of its own in the 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,24 @@ def host_bundle() -> Path:
     return bundle
 
 
+@asynccontextmanager
+async def app_in_host(host_bundle: Path, call_server_tool: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+                      html: str, tool_input: dict[str, Any], result: dict[str, Any]) -> AsyncIterator[Any]:
+    """A test host page in Chromium showing the app (``html``) with a tool's input and result; the app's
+    tools/call are answered by ``call_server_tool``."""
+    async with playwright_api.async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page()
+            await page.expose_function("callServerTool", call_server_tool)
+            await page.set_content("<!DOCTYPE html><html><body></body></html>")
+            await page.add_script_tag(path=str(host_bundle))
+            await page.evaluate(HOST, {"html": html, "input": tool_input, "result": result})
+            yield page
+        finally:
+            await browser.close()
+
+
 def as_wire(result: Any) -> dict[str, Any]:
     """A FastMCP client's CallToolResult as the JSON a host hands an app."""
     return {"content": [block.model_dump(mode="json", exclude_none=True) for block in result.content],
@@ -79,24 +99,15 @@ async def test_the_command_app_shows_and_follows_a_command_under_the_official_ho
                 follow_calls.append(params)
                 return as_wire(await client.call_tool(params["name"], params.get("arguments") or {}))
 
-            async with playwright_api.async_playwright() as playwright:
-                browser = await launch_chromium(playwright)
-                try:
-                    page = await browser.new_page()
-                    await page.expose_function("callServerTool", call_server_tool)
-                    await page.set_content("<!DOCTYPE html><html><body></body></html>")
-                    await page.add_script_tag(path=str(host_bundle))
-                    await page.evaluate(HOST, {"html": resource.text, "input": arguments, "result": as_wire(first)})
-                    app = page.frame_locator("iframe")
-                    await app.locator("#stdout").filter(has_text="line-1").wait_for(timeout=10000)
-                    await app.locator("#status").filter(has_text="completed").wait_for(timeout=20000)
-                    shown = await app.locator("#stdout").text_content()
-                    assert shown == "".join(f"line-{i}\n" for i in range(1, 7)), shown
-                    assert await app.locator("#stderr").text_content() == "done\n"
-                    assert "exit code 0" in await app.locator("#status").text_content()
-                    await page.screenshot(path=str(ROOT / ".pytest_cache" / "artifacts" / "mcp-app.png"))
-                finally:
-                    await browser.close()
+            async with app_in_host(host_bundle, call_server_tool, resource.text, arguments, as_wire(first)) as page:
+                app = page.frame_locator("iframe")
+                await app.locator("#stdout").filter(has_text="line-1").wait_for(timeout=10000)
+                await app.locator("#status").filter(has_text="completed").wait_for(timeout=20000)
+                shown = await app.locator("#stdout").text_content()
+                assert shown == "".join(f"line-{i}\n" for i in range(1, 7)), shown
+                assert await app.locator("#stderr").text_content() == "done\n"
+                assert "exit code 0" in await app.locator("#status").text_content()
+                await page.screenshot(path=str(ROOT / ".pytest_cache" / "artifacts" / "mcp-app.png"))
             assert follow_calls and all(call["name"] == "check_container" for call in follow_calls)
         finally:
             await client.call_tool("destroy_container", {"container_id": container_id}, raise_on_error=False)
@@ -139,26 +150,17 @@ async def test_the_app_opens_a_terminal_of_its_own_and_only_hosts_with_apps_are_
                 calls.append(params["name"])
                 return as_wire(await host.call_tool(params["name"], params.get("arguments") or {}))
 
-            async with playwright_api.async_playwright() as playwright:
-                browser = await launch_chromium(playwright)
-                try:
-                    page = await browser.new_page()
-                    await page.expose_function("callServerTool", call_server_tool)
-                    await page.set_content("<!DOCTYPE html><html><body></body></html>")
-                    await page.add_script_tag(path=str(host_bundle))
-                    await page.evaluate(HOST, {"html": html, "input": {}, "result": as_wire(created)})
-                    app = page.frame_locator("iframe")
-                    await app.locator("#open-terminal").click()
-                    frame = page.frames[1]
-                    await frame.wait_for_function(
-                        "() => window.terminalForTests && window.terminalForTests.socket.readyState === 1")
-                    await app.locator("#terminal").click()
-                    await page.keyboard.type("echo h''i")  # the typed line differs from what it prints
-                    await page.keyboard.press("Enter")
-                    await frame.wait_for_function(f"() => ({SCREEN})().includes('\\nhi')", timeout=10000)
-                    await page.screenshot(path=str(ROOT / ".pytest_cache" / "artifacts" / "mcp-app-terminal.png"))
-                finally:
-                    await browser.close()
+            async with app_in_host(host_bundle, call_server_tool, html, {}, as_wire(created)) as page:
+                app = page.frame_locator("iframe")
+                await app.locator("#open-terminal").click()
+                frame = page.frames[1]
+                await frame.wait_for_function(
+                    "() => window.terminalForTests && window.terminalForTests.socket.readyState === 1")
+                await app.locator("#terminal").click()
+                await page.keyboard.type("echo h''i")  # the typed line differs from what it prints
+                await page.keyboard.press("Enter")
+                await frame.wait_for_function(f"() => ({SCREEN})().includes('\\nhi')", timeout=10000)
+                await page.screenshot(path=str(ROOT / ".pytest_cache" / "artifacts" / "mcp-app-terminal.png"))
             assert calls == ["open_terminal"]
             # Its URL is good once, from any origin (the app runs in the host's frame): spent, it is no app's
             # ticket any more, and the console's own rule refuses the upgrade from another origin.

@@ -12,7 +12,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -398,20 +399,9 @@ async def _proxy_flow(server: ServerProcess, idp: AuthorizationServer) -> None:
 
 async def _console_signs_in_through_the_server(server: ServerProcess) -> None:
     """The console as a client of the server's own authorization server: ada sees her sandbox."""
-    from playwright.async_api import async_playwright
-    from support.browser import launch_chromium
-
-    async with async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
-        try:
-            page = await browser.new_page()
-            await page.goto(server.url + "/console/")
-            await page.wait_for_selector("#oauth-sign-in", state="visible")
-            await sign_in_in_the_browser(page, server.url + "/console/", "ada")
-            await page.wait_for_selector("#rows tr[data-id]", timeout=5000)
-            assert await page.locator("#rows tr[data-id]").count() == 1
-        finally:
-            await browser.close()
+    async with console_signed_in(server, "ada") as page:
+        await page.wait_for_selector("#rows tr[data-id]", timeout=5000)
+        assert await page.locator("#rows tr[data-id]").count() == 1
 
 
 async def _stored_tokens_still_work(server: ServerProcess, idp: AuthorizationServer) -> None:
@@ -428,6 +418,24 @@ async def _stored_tokens_still_work(server: ServerProcess, idp: AuthorizationSer
 
 POST_FORM = """(action) => { const form = document.createElement('form'); form.method = 'POST';
   form.action = action; document.body.appendChild(form); form.submit(); }"""
+
+
+@asynccontextmanager
+async def console_signed_in(server: ServerProcess, user: str) -> AsyncIterator[Any]:
+    """The console in Chromium, ``user`` signed in by its OAuth button."""
+    from playwright.async_api import async_playwright
+    from support.browser import launch_chromium
+
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page()
+            await page.goto(server.url + "/console/")
+            await page.wait_for_selector("#oauth-sign-in", state="visible")
+            await sign_in_in_the_browser(page, server.url + "/console/", user)
+            yield page
+        finally:
+            await browser.close()
 
 
 async def sign_in_in_the_browser(page: Any, console_url: str, user: str) -> None:
@@ -451,27 +459,16 @@ async def sign_in_in_the_browser(page: Any, console_url: str, user: str) -> None
 
 async def test_a_person_signs_in_to_the_console_by_oauth_and_sees_their_agents_sandboxes(
         server: ServerProcess, idp: AuthorizationServer) -> None:
-    from playwright.async_api import async_playwright
-    from support.browser import launch_chromium
-
-    async with async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
+    async with console_signed_in(server, "ada") as page, \
+            python_sdk_client(server, idp, "ada") as agent, python_sdk_client(server, idp, "linus") as other:
+        mine = structured(await agent.call_tool("create_container", {}))["container_id"]
+        theirs = structured(await other.call_tool("create_container", {}))["container_id"]
         try:
-            page = await browser.new_page()
-            await page.goto(server.url + "/console/")
-            await page.wait_for_selector("#oauth-sign-in", state="visible")
-            await sign_in_in_the_browser(page, server.url + "/console/", "ada")
-            async with python_sdk_client(server, idp, "ada") as agent, python_sdk_client(server, idp, "linus") as other:
-                mine = structured(await agent.call_tool("create_container", {}))["container_id"]
-                theirs = structured(await other.call_tool("create_container", {}))["container_id"]
-                try:
-                    await page.wait_for_selector(f'tr[data-id="{mine}"]', timeout=5000)
-                    assert await page.locator(f'tr[data-id="{theirs}"]').count() == 0
-                finally:
-                    await agent.call_tool("destroy_container", {"container_id": mine}, raise_on_error=False)
-                    await other.call_tool("destroy_container", {"container_id": theirs}, raise_on_error=False)
+            await page.wait_for_selector(f'tr[data-id="{mine}"]', timeout=5000)
+            assert await page.locator(f'tr[data-id="{theirs}"]').count() == 0
         finally:
-            await browser.close()
+            await agent.call_tool("destroy_container", {"container_id": mine}, raise_on_error=False)
+            await other.call_tool("destroy_container", {"container_id": theirs}, raise_on_error=False)
     ways = httpx.get(server.url + "/console/api/sign-in", timeout=10).json()
     assert ways["oauth"]["resource"] == server.url + "/mcp" and ways["oauth"]["scope"] == "sandbox"
     # The server passes on only the console's own grants: another client's code is not exchanged here.
