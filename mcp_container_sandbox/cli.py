@@ -4,15 +4,21 @@ Configuration is read from the environment; ``--help`` lists it."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import secrets
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 import uvicorn
 
 from . import __version__
 from .app import create_app
+from .sandbox.backend.kubernetes import sandbox_pod
+from .sandbox.containers import sandbox_labels, sandbox_spec
+from .sandbox.model import Sandbox
 from .settings import VARIABLES, Settings
 
 logger = logging.getLogger("mcp_sandbox.server")
@@ -36,7 +42,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="")
+    kube = commands.add_parser("kube", help="what a sandbox is on Kubernetes (docs/kubernetes.md)")
+    kube_commands = kube.add_subparsers(dest="kube_command", metavar="", required=True)
+    pod = kube_commands.add_parser("pod-manifest", help="the Pod of a new sandbox under the settings in force, as JSON "
+                                   "(kubectl apply -f and podman kube play take it)")
+    pod.add_argument("--pooled", action="store_true", help="as the warm pool starts one: no tenant, no deadline yet")
     return parser.parse_args(argv)
+
+
+def pod_manifest(settings: Settings, pooled: bool = False) -> str:
+    """The Pod a new sandbox would be, made as the server makes a container (containers.py)."""
+    sandbox_settings = settings.sandbox
+    kubernetes = sandbox_settings.kubernetes
+    now = time.time()
+    sandbox = Sandbox(secrets.token_hex(16), sandbox_settings.image, now, now + sandbox_settings.ttl_seconds,
+                      network=sandbox_settings.network)
+    labels = sandbox_labels(sandbox, sandbox_settings.namespace, {"image": sandbox.image} if pooled else None)
+    pod = sandbox_pod(sandbox_spec(sandbox, labels), kubernetes.namespace, sandbox_settings.disk_limit_bytes,
+                      None if pooled else sandbox_settings.ttl_seconds, kubernetes.runtime_class,
+                      kubernetes.node_selector, kubernetes.tolerations)
+    return json.dumps(pod, indent=2)
 
 
 def warn_if_exposed(settings: Settings) -> None:
@@ -56,11 +82,14 @@ def warn_if_exposed(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parse_args(argv)
+    args = parse_args(argv)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.exit(f"mcp-container-sandbox: {exc}")
+    if args.command == "kube":
+        print(pod_manifest(settings, args.pooled))
+        return
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; that second
     # delivery lands here and ends the process with status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -54,6 +54,37 @@ def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: f
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    """Where and how sandboxes run as Pods (docs/kubernetes.md): the namespace, a RuntimeClass (gVisor,
+    say), and the node pool they are placed on (node labels to select, taints to tolerate)."""
+
+    namespace: str = "mcp-sandboxes"
+    runtime_class: str = ""
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[tuple[str, str, str], ...] = ()  # (key, value or "", effect or "")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> KubernetesSettings:
+        selector = []
+        for item in _env_list(environ, "SANDBOX_K8S_NODE_SELECTOR"):
+            key, equals, value = item.partition("=")
+            if not equals or not key.strip():
+                raise ValueError(f"SANDBOX_K8S_NODE_SELECTOR takes label=value pairs, comma-separated; got {item!r}")
+            selector.append((key.strip(), value.strip()))
+        tolerations = []
+        for item in _env_list(environ, "SANDBOX_K8S_TOLERATIONS"):  # as kubectl taint writes them
+            taint, _, effect = item.partition(":")
+            key, _, value = taint.partition("=")
+            if not key.strip() or effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+                raise ValueError(f"SANDBOX_K8S_TOLERATIONS takes key[=value][:NoSchedule|PreferNoSchedule|NoExecute], "
+                                 f"comma-separated; got {item!r}")
+            tolerations.append((key.strip(), value.strip(), effect))
+        return cls(namespace=environ.get("SANDBOX_K8S_NAMESPACE", "").strip() or "mcp-sandboxes",
+                   runtime_class=environ.get("SANDBOX_K8S_RUNTIME_CLASS", "").strip(),
+                   node_selector=tuple(selector), tolerations=tuple(tolerations))
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     """How sandboxes are made and kept; read from the environment by ``from_env``."""
 
@@ -85,6 +116,7 @@ class SandboxSettings:
     pool_max: int = 16  # what the pool may grow to after a burst of creates
     pool_idle_seconds: float = 300.0  # how long it keeps what a burst called for
     disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
+    kubernetes: KubernetesSettings = KubernetesSettings()
     disk_dir: str = "/var/lib/mcp-sandbox/disks"
     snapshot_ttl_seconds: int = 7 * 24 * 3600
     max_snapshots_per_tenant: int = 10
@@ -135,6 +167,7 @@ class SandboxSettings:
             pool_max=_env_int(env, "SANDBOX_POOL_MAX", 16, minimum=0),
             pool_idle_seconds=_env_float(env, "SANDBOX_POOL_IDLE_SECONDS", 300.0, minimum=1),
             disk_limit_bytes=_disk_limit(env),
+            kubernetes=KubernetesSettings.from_env(env),
             disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
             snapshot_ttl_seconds=_env_int(env, "SANDBOX_SNAPSHOT_TTL_SECONDS", 7 * 24 * 3600, minimum=1),
             max_snapshots_per_tenant=_env_int(env, "SANDBOX_MAX_SNAPSHOTS_PER_TENANT", 10, minimum=0),
@@ -355,6 +388,10 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OAUTH_PROXY_CLIENT_ID", "unset", "this server's client at that provider"),
     ("OAUTH_PROXY_CLIENT_SECRET", "unset", "that client's secret"),
     ("OAUTH_ALLOWED_USERS", "unset", "with the proxy: comma-separated emails or subjects who may sign in (* everyone)"),
+    ("SANDBOX_K8S_NAMESPACE", "mcp-sandboxes", "Kubernetes namespace of sandbox Pods (kube pod-manifest)"),
+    ("SANDBOX_K8S_RUNTIME_CLASS", "unset", "RuntimeClass of sandbox Pods (gvisor, say)"),
+    ("SANDBOX_K8S_NODE_SELECTOR", "unset", "label=value pairs of the nodes sandbox Pods run on"),
+    ("SANDBOX_K8S_TOLERATIONS", "unset", "taints sandbox Pods tolerate: key[=value][:effect], comma-separated"),
     ("OAUTH_CONSOLE_CLIENT_ID", "registered by the server", "public client the console signs people in as at OAUTH_ISSUER"),
     ("SANDBOX_IMAGE", DEFAULT_IMAGE, "image of new sandboxes"),
     ("SANDBOX_ALLOWED_IMAGES", "none", "comma-separated further images create_container may ask for"),

@@ -76,12 +76,9 @@ class SandboxContainers:
                           network=network or self.egress.network)
         labels = await self._labels(sandbox, pooled)
         try:
-            # The server's own files (DATA_DIR) live on a mount of their own, never in the image's
-            # tree, which may be read-only to the sandbox's root: on the sandbox's disk, or on an
-            # anonymous volume that goes with the container (podman rm -v).
-            dns = self.egress.dns if sandbox.network == self.egress.network else ()
-            spec = ContainerSpec(sandbox.name, labels, ("sleep", "2147483647"), image=image,
-                                 network=sandbox.network, tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,), dns=dns)
+            # DATA_DIR: on the sandbox's disk, or on an anonymous volume that goes with the container
+            # (podman rm -v).
+            spec = sandbox_spec(sandbox, labels, self.egress.dns if sandbox.network == self.egress.network else ())
             helpers_placed = False
             if self.disks.enabled:
                 root = await self.disks.create(sandbox.name, image, layer)
@@ -116,22 +113,7 @@ class SandboxContainers:
         return sandbox
 
     async def _labels(self, sandbox: Sandbox, pooled: bool) -> dict[str, str]:
-        """What a restarted server finds the sandbox by: its lifetime, image and network, and its
-        tenant, or for a pooled one what it was made under."""
-        labels = {
-            LABEL_MANAGED: "true",
-            LABEL_NAMESPACE: self.settings.namespace,
-            LABEL_CREATED: f"{sandbox.created_at:.3f}",
-            LABEL_EXPIRES: f"{sandbox.expires_at:.3f}",
-            LABEL_IMAGE: sandbox.image,
-            LABEL_NETWORK: sandbox.network,
-        }
-        if pooled:
-            labels[LABEL_POOLED] = "true"
-            labels[LABEL_MADE_UNDER] = json.dumps(await self.made_under(), sort_keys=True, separators=(",", ":"))
-        else:
-            labels[LABEL_TENANT] = sandbox.tenant
-        return labels
+        return sandbox_labels(sandbox, self.settings.namespace, await self.made_under() if pooled else None)
 
     async def restart(self, sandbox: Sandbox) -> None:
         """Start a stopped sandbox again (after a reboot of the host), its disk mounted first."""
@@ -149,6 +131,33 @@ class SandboxContainers:
                 raise failure
             return
         await self.disks.release(name)
+
+
+def sandbox_labels(sandbox: Sandbox, namespace: str, made_under: dict[str, str] | None = None) -> dict[str, str]:
+    """What a restarted server finds the sandbox by: its lifetime, image and network, and its tenant,
+    or for a pooled one (``made_under`` given) what it was made under."""
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_NAMESPACE: namespace,
+        LABEL_CREATED: f"{sandbox.created_at:.3f}",
+        LABEL_EXPIRES: f"{sandbox.expires_at:.3f}",
+        LABEL_IMAGE: sandbox.image,
+        LABEL_NETWORK: sandbox.network,
+    }
+    if made_under is not None:
+        labels[LABEL_POOLED] = "true"
+        labels[LABEL_MADE_UNDER] = json.dumps(made_under, sort_keys=True, separators=(",", ":"))
+    else:
+        labels[LABEL_TENANT] = sandbox.tenant
+    return labels
+
+
+def sandbox_spec(sandbox: Sandbox, labels: dict[str, str], dns: tuple[str, ...] = ()) -> ContainerSpec:
+    """A sandbox's container, run from its image: it only waits; the server's state tmpfs, and its data
+    folder (DATA_DIR) on a mount of its own, never in the image's tree (which may be read-only to
+    the sandbox's root). A sandbox disk changes this to run from the disk's root (start)."""
+    return ContainerSpec(sandbox.name, labels, ("sleep", "2147483647"), image=sandbox.image, network=sandbox.network,
+                         tmpfs=(STATE_TMPFS,), volumes=(DATA_DIR,), dns=dns)
 
 
 def _start_failure(exc: PodmanError, sandbox: Sandbox, image: str) -> PodmanError:
