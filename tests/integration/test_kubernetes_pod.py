@@ -6,20 +6,14 @@ real cluster shows.) What kube play does not carry out is said, not passed off a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import RUN_ID
-
-# This machine's Podman cannot raise rlimits (ENVIRONMENT.md): the pod's infra container gets the
-# bounded ones the server's own containers are started with.
-CONTAINERS_CONF = '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]\n'
-
+from support.kube import kube_played, printed_pod
 
 def inside(name: str, script: str) -> str:
     return subprocess.run(["podman", "exec", name, "sh", "-c", script], capture_output=True, text=True,
@@ -27,18 +21,8 @@ def inside(name: str, script: str) -> str:
 
 
 def test_the_generated_pod_runs_under_a_real_engine_with_the_products_limits(tmp_path: Path) -> None:
-    env = {**os.environ, "SANDBOX_NAMESPACE": f"{RUN_ID}-kube"}
-    printed = subprocess.run([sys.executable, "-m", "mcp_container_sandbox", "kube", "pod-manifest"], env=env,
-                             capture_output=True, text=True, check=True, timeout=60).stdout
-    manifest = tmp_path / "pod.json"
-    manifest.write_text(printed)
-    pod = json.loads(printed)
-    name = pod["metadata"]["name"]
-    (tmp_path / "containers.conf").write_text(CONTAINERS_CONF)
-    played = subprocess.run(["podman", "kube", "play", str(manifest)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "CONTAINERS_CONF": str(tmp_path / "containers.conf")})
-    try:
-        assert played.returncode == 0, played.stderr
+    pod = printed_pod(f"{RUN_ID}-kube")
+    with kube_played(pod, tmp_path) as name:
         container = f"{name}-sandbox"
         status = inside(container, "cat /proc/self/status")
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
@@ -61,8 +45,6 @@ def test_the_generated_pod_runs_under_a_real_engine_with_the_products_limits(tmp
                 f"a process limit (none per Pod in Kubernetes: the node's podPidsLimit; here pids.max={pids})",
                 "ephemeral-storage (the kubelet's eviction)", "activeDeadlineSeconds (the kubelet)"]
         warnings.warn("podman kube play does not enforce: " + "; ".join(item for item in left if item), stacklevel=1)
-    finally:
-        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
 
 
 @pytest.fixture(autouse=True)
