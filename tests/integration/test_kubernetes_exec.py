@@ -5,6 +5,7 @@ code, stdin and its end (v5), v4's limits, output split at odd places, a cut con
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -81,3 +82,40 @@ async def test_a_refused_session_says_what_the_api_answered(pod: str) -> None:
             await session(base, "mcp-sandbox-gone", ["true"])
     with pytest.raises(ExecFailed, match="could not reach"):
         await ExecStream.open("ws://127.0.0.1:9" + exec_path("sandboxes", pod, "sandbox", ["true"]))
+
+
+async def test_the_sandbox_agents_protocol_runs_over_the_exec_stream(pod: str) -> None:
+    """The command channel a sandbox's commands go through, over pods/exec instead of podman exec: the
+    helpers installed through one session's stdin (ended by v5's close), then the agent in another.
+    (Closed, the agent still follows a finished command's output for 30 s, for what it left running:
+    this test's session, and so the test, lasts that long.)"""
+    from mcp_container_sandbox.sandbox.paths import AGENT_PATH
+    from mcp_container_sandbox.sandbox.runtime.channel import AgentChannel, find_agent_binary
+    from mcp_container_sandbox.sandbox.runtime.command_records import parse_report
+    from mcp_container_sandbox.sandbox.runtime.helpers import INSTALL_HELPERS, helpers_files, helpers_tar
+
+    agent = find_agent_binary()
+    assert agent is not None, "the sandbox agent is built by scripts/setup.sh"
+    async with KubeletExec({pod}).serving() as base:
+        install = await session(base, pod, ["/bin/sh", "-c", INSTALL_HELPERS])
+        await install.send(helpers_tar(helpers_files(agent)))
+        await install.send_eof()
+        assert await install.wait() == 0, bytes(install.stderr)
+        argv = [AGENT_PATH, str(1 << 20)]
+        channel = AgentChannel(argv, open_stream=lambda: session(base, pod, argv))
+        async with anyio.create_task_group() as group:
+            await channel.open(group.start_soon)
+            try:
+                command_id = "cmd_" + "0123456789abcdef"
+                exited = channel.expect_exit(command_id)
+                started = int(time.time() * 1000)
+                assert await channel.run(command_id, 30, started, 65536, b"echo over-exec; echo err >&2; exit 4") > 0
+                await exited.wait(30)
+                state = parse_report(command_id, await channel.report(command_id, 65536))
+                assert state is not None
+                assert (state.stdout, state.stderr, state.exit_code) == ("over-exec\n", "err\n", 4)
+                await channel.put("/tmp/from-the-server", b"put over exec\n")
+                assert (await channel.read_file("/tmp/from-the-server", 0, 100)).endswith(b"put over exec\n")
+            finally:
+                await channel.close()
+                group.cancel_scope.cancel()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
@@ -71,14 +72,19 @@ class KubeletExec:
 
         async def feed() -> None:
             assert process.stdin is not None
-            async for message in connection:
-                if isinstance(message, str) or not message:
-                    continue
-                if message[0] == STDIN:
-                    process.stdin.write(message[1:])
-                    await process.stdin.drain()
-                elif message[:2] == bytes([CLOSE, STDIN]) and connection.subprotocol.startswith("v5"):
-                    process.stdin.close()
+            try:
+                async for message in connection:
+                    if isinstance(message, str) or not message:
+                        continue
+                    if message[0] == STDIN:
+                        process.stdin.write(message[1:])
+                        await process.stdin.drain()
+                    elif message[:2] == bytes([CLOSE, STDIN]) and connection.subprotocol.startswith("v5"):
+                        process.stdin.close()
+            except ConnectionClosed:
+                pass
+            finally:  # the client went: the process's stdin ends, as the kubelet ends it
+                process.stdin.close()
 
         feeding = asyncio.ensure_future(feed())
         assert process.stdout is not None and process.stderr is not None
@@ -90,8 +96,11 @@ class KubeletExec:
         status = {"metadata": {}, "status": "Success"} if code == 0 else {
             "metadata": {}, "status": "Failure", "message": f"command terminated with non-zero exit code: {code}",
             "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
-        await connection.send(bytes([STATUS]) + json.dumps(status).encode())
-        await connection.close()
+        try:
+            await connection.send(bytes([STATUS]) + json.dumps(status).encode())
+            await connection.close()
+        except ConnectionClosed:  # the client went first (a channel closed from its side)
+            pass
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:

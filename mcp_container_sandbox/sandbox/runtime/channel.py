@@ -15,7 +15,7 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..backend.netns import SocketBytes
 from ..backend.podman_cli import kill_process
-from ..errors import ChannelClosed, ChannelRequestFailed
+from ..errors import ChannelClosed, ChannelRequestFailed, SandboxError
 
 logger = logging.getLogger("mcp_sandbox.channel")
 
@@ -95,12 +96,17 @@ class Reply:
 class AgentChannel:
     """One ``podman exec SANDBOX /run/mcp-sandbox/agent`` and the requests in flight on it.
     ``over_socket``: the host command (backend.exec_argv with pass_fd) hands its stdin to the agent
-    as descriptor 3, and the channel is a socket pair; else the process's stdin and stdout."""
+    as descriptor 3, and the channel is a socket pair; else the process's stdin and stdout. With
+    ``open_stream`` there is no host process: the agent's stdin and stdout are a byte stream that
+    opens (a Kubernetes exec session, backend/kubernetes/exec_stream.py); ``argv`` only names it."""
 
-    def __init__(self, argv: list[str], spawn_options: dict[str, Any] | None = None, over_socket: bool = False) -> None:
+    def __init__(self, argv: list[str], spawn_options: dict[str, Any] | None = None, over_socket: bool = False,
+                 open_stream: Callable[[], Awaitable[ByteStream]] | None = None) -> None:
         self.argv = argv
         self.spawn_options = spawn_options or {}
         self.over_socket = over_socket
+        self.open_stream = open_stream
+        self._stream: ByteStream | None = None
         self.closed = False
         self.last_used = time.monotonic()
         self.stderr_tail = b""
@@ -117,7 +123,13 @@ class AgentChannel:
     async def open(self, spawn: Callable[..., None], timeout: float = 15) -> None:
         """Start the agent and wait for its ``ready`` line; ``spawn`` runs the reader task."""
         logger.debug("open %s", shlex.join(self.argv))
-        if self.over_socket:
+        if self.open_stream is not None:
+            try:
+                self._stream = await self.open_stream()
+            except SandboxError as exc:
+                raise ChannelClosed(str(exc)) from None
+            self._writer, received = self._stream, self._stream
+        elif self.over_socket:
             ours, theirs = socket.socketpair()
             try:
                 self._process = await anyio.open_process(
@@ -158,6 +170,7 @@ class AgentChannel:
     async def _collect_stderr(self) -> None:
         process = self._process
         if process is None or process.stderr is None:
+            self.stderr_tail = bytes(getattr(self._stream, "stderr", b""))[-4096:]  # what an exec stream kept
             return
         try:
             async for chunk in process.stderr:
@@ -212,7 +225,7 @@ class AgentChannel:
             table.clear()
 
     async def _send(self, data: bytes) -> None:
-        if self.closed or self._process is None or self._writer is None:
+        if self.closed or self._writer is None:
             raise ChannelClosed("the command channel is closed")
         self.last_used = time.monotonic()
         try:
@@ -297,7 +310,9 @@ class AgentChannel:
         self._fail_all()
         process, self._process = self._process, None
         held, self._socket, self._writer = self._socket, None, None
-        if held is not None:  # the agent reads its end of input: it stops taking requests
-            with anyio.CancelScope(shield=True):  # a cancelled caller must still reach the kill below
-                await held.aclose()
+        stream, self._stream = self._stream, None
+        for closing in (held, stream):
+            if closing is not None:  # the agent reads its end of input: it stops taking requests
+                with anyio.CancelScope(shield=True):  # a cancelled caller must still reach the kill below
+                    await closing.aclose()
         await kill_process(process)
