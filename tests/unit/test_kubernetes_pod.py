@@ -1,6 +1,6 @@
 """The Pod a sandbox is (sandbox/backend/kubernetes/pod.py): the product's limits as Kubernetes says
 them, valid against the Kubernetes API's own schemas (kubernetes-validate, offline), and what cannot be
-a Pod refused with a reason. tests/integration/test_kubernetes_pod.py runs it under podman kube play."""
+a Pod refused with a reason. tests/integration/test_kubernetes_kube_play.py runs it under podman kube play."""
 
 from __future__ import annotations
 
