@@ -62,9 +62,11 @@ class ConsoleSignIn(Protocol):
 class IssuerSignIn:
     """OAUTH_ISSUER's: a client of the console's own at the issuer, codes exchanged through this server."""
 
-    def __init__(self, oauth: OAuthSettings, base_url: str, state_dir: str) -> None:
+    def __init__(self, oauth: OAuthSettings, base_url: str, state_dir: str,
+                 metadata: IssuerMetadata | None = None) -> None:
+        """``metadata``: the issuer's, as the token check already reads it (one fetch for both)."""
         self.oauth, self.base_url = oauth, base_url
-        self.metadata = IssuerMetadata(oauth.issuer)
+        self.metadata = metadata or IssuerMetadata(oauth.issuer)
         self.saved = Path(state_dir) / "console-client.json"
         self._client_id = oauth.console_client_id
         self._lock = anyio.Lock()

@@ -70,7 +70,8 @@ def authentication(server: ServerSettings, state_dir: str) -> Authentication:
     static = BearerTokens(server.auth_tokens, oauth.required_scopes)
     if not oauth.issuer:
         return Authentication(static if server.auth_tokens else None, static if server.auth_tokens else None)
-    verifier = StaticThenOAuth(static, OAuthTokens(oauth, oauth.audiences(server.base_url)))
+    tokens = OAuthTokens(oauth, oauth.audiences(server.base_url))
+    verifier = StaticThenOAuth(static, tokens)
     scopes = list(oauth.required_scopes)
     # The issuer as it names itself (a str): a client compares it with the issuer's metadata as a string, and
     # pydantic's AnyHttpUrl would add a "/" to an issuer without a path.
@@ -78,7 +79,8 @@ def authentication(server: ServerSettings, state_dir: str) -> Authentication:
         token_verifier=verifier, authorization_servers=[oauth.issuer], base_url=server.base_url,
         scopes_supported=scopes, required_scopes=scopes, challenge_scopes=scopes, resource_name=RESOURCE_NAME,
     )
-    authn = Authentication(provider, verifier, console_sign_in=IssuerSignIn(oauth, server.base_url, state_dir))
+    authn = Authentication(provider, verifier, console_sign_in=IssuerSignIn(oauth, server.base_url, state_dir,
+                                                                                    tokens.metadata))
     return _with_root(authn, server.base_url, oauth.issuer, scopes)
 
 

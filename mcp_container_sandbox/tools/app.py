@@ -22,11 +22,15 @@ from .context import tool_errors
 COMMAND_APP_URI = "ui://mcp-container-sandbox/command.html"
 
 
+def socket_url(url: str) -> str:
+    """An http(s) URL of this server as the ws(s) URL of the same place."""
+    return "ws" + url[len("http"):] if url.startswith("http") else url
+
+
 def register_app(mcp: FastMCP, base_url: str) -> None:
     """The app's resource; ``base_url``: where it opens terminals and loads xterm.js from (its CSP)."""
     html = resources.files(__package__).joinpath("command-app.html").read_text()
-    socket_origin = "ws" + base_url[len("http"):] if base_url.startswith("http") else base_url
-    csp = ResourceCSP(connect_domains=[socket_origin, base_url], resource_domains=[base_url])
+    csp = ResourceCSP(connect_domains=[socket_url(base_url), base_url], resource_domains=[base_url])
 
     @mcp.resource(COMMAND_APP_URI, name="command-view", title="Sandbox command",
                   description="The sandbox or command of a create_container or execute_command result, live.",
@@ -46,7 +50,7 @@ class AppTools(ToolArea):
             sandbox = self.sandboxes.get(container_id, self.context.tenant())
         opened = self.context.app_terminal(sandbox.tenant, sandbox.container_id)
         base = self.context.base_url()
-        return {"container_id": sandbox.container_id, "url": "ws" + base[len("http"):] + opened["socket"],
+        return {"container_id": sandbox.container_id, "url": socket_url(base + opened["socket"]),
                 "assets": base + opened["assets"]}
 
 
