@@ -53,6 +53,18 @@ def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: f
     return value
 
 
+CLUSTER_VARIABLES = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG")
+BACKENDS = ("podman", "kubernetes")
+
+
+def _backend(environ: Mapping[str, str]) -> str:
+    backend = environ.get("SANDBOX_BACKEND", "").strip().lower() or "podman"
+    if backend not in BACKENDS:
+        raise ValueError(f"SANDBOX_BACKEND must be podman (sandboxes as containers of this host) or kubernetes "
+                         f"(as Pods of a cluster, docs/kubernetes.md), got {backend[:40]!r}")
+    return backend
+
+
 @dataclass(frozen=True)
 class KubernetesSettings:
     """Where and how sandboxes run as Pods (docs/kubernetes.md): the namespace, a RuntimeClass (gVisor,
@@ -62,6 +74,8 @@ class KubernetesSettings:
     runtime_class: str = ""
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[tuple[str, str, str], ...] = ()  # (key, value or "", effect or "")
+    # Where the cluster is: the in-cluster service's host and port, and KUBECONFIG (backend/kubernetes/api.py).
+    cluster_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> KubernetesSettings:
@@ -79,9 +93,13 @@ class KubernetesSettings:
                 raise ValueError(f"SANDBOX_K8S_TOLERATIONS takes key[=value][:NoSchedule|PreferNoSchedule|NoExecute], "
                                  f"comma-separated; got {item!r}")
             tolerations.append((key.strip(), value.strip(), effect))
-        return cls(namespace=environ.get("SANDBOX_K8S_NAMESPACE", "").strip() or "mcp-sandboxes",
-                   runtime_class=environ.get("SANDBOX_K8S_RUNTIME_CLASS", "").strip(),
-                   node_selector=tuple(selector), tolerations=tuple(tolerations))
+        namespace = environ.get("SANDBOX_K8S_NAMESPACE", "").strip() or "mcp-sandboxes"
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+            raise ValueError(f"SANDBOX_K8S_NAMESPACE must be a Kubernetes namespace name (lower-case letters, digits "
+                             f"and '-', at most 63), got {namespace[:80]!r}")
+        cluster_env = tuple((name, environ[name]) for name in CLUSTER_VARIABLES if environ.get(name))
+        return cls(namespace=namespace, runtime_class=environ.get("SANDBOX_K8S_RUNTIME_CLASS", "").strip(),
+                   node_selector=tuple(selector), tolerations=tuple(tolerations), cluster_env=cluster_env)
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,7 @@ class SandboxSettings:
     pool_max: int = 16  # what the pool may grow to after a burst of creates
     pool_idle_seconds: float = 300.0  # how long it keeps what a burst called for
     disk_limit_bytes: int = 2 * 1024 * 1024 * 1024  # 0: no disk of its own per sandbox
+    backend: str = "podman"  # podman | kubernetes
     kubernetes: KubernetesSettings = KubernetesSettings()
     disk_dir: str = "/var/lib/mcp-sandbox/disks"
     snapshot_ttl_seconds: int = 7 * 24 * 3600
@@ -167,6 +186,7 @@ class SandboxSettings:
             pool_max=_env_int(env, "SANDBOX_POOL_MAX", 16, minimum=0),
             pool_idle_seconds=_env_float(env, "SANDBOX_POOL_IDLE_SECONDS", 300.0, minimum=1),
             disk_limit_bytes=_disk_limit(env),
+            backend=_backend(env),
             kubernetes=KubernetesSettings.from_env(env),
             disk_dir=env.get("SANDBOX_DISK_DIR", "").strip() or "/var/lib/mcp-sandbox/disks",
             snapshot_ttl_seconds=_env_int(env, "SANDBOX_SNAPSHOT_TTL_SECONDS", 7 * 24 * 3600, minimum=1),
@@ -388,7 +408,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OAUTH_PROXY_CLIENT_ID", "unset", "this server's client at that provider"),
     ("OAUTH_PROXY_CLIENT_SECRET", "unset", "that client's secret"),
     ("OAUTH_ALLOWED_USERS", "unset", "with the proxy: comma-separated emails or subjects who may sign in (* everyone)"),
-    ("SANDBOX_K8S_NAMESPACE", "mcp-sandboxes", "Kubernetes namespace of sandbox Pods (kube pod-manifest)"),
+    ("SANDBOX_BACKEND", "podman", "where sandboxes run: podman (this host) or kubernetes (Pods of a cluster)"),
+    ("SANDBOX_K8S_NAMESPACE", "mcp-sandboxes", "Kubernetes namespace of sandbox Pods"),
+    ("KUBECONFIG", "~/.kube/config", "with SANDBOX_BACKEND=kubernetes outside a cluster: its current context"),
+    ("KUBERNETES_SERVICE_HOST", "set by Kubernetes", "in a Pod: the API server, with the Pod's service account"),
+    ("KUBERNETES_SERVICE_PORT", "set by Kubernetes", "in a Pod: the API server's port"),
     ("SANDBOX_K8S_RUNTIME_CLASS", "unset", "RuntimeClass of sandbox Pods (gvisor, say)"),
     ("SANDBOX_K8S_NODE_SELECTOR", "unset", "label=value pairs of the nodes sandbox Pods run on"),
     ("SANDBOX_K8S_TOLERATIONS", "unset", "taints sandbox Pods tolerate: key[=value][:effect], comma-separated"),

@@ -44,5 +44,14 @@ class HealthProbe:
         version = answer
         self.limits.require()
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
-        return {"podman_version": version, "sandboxes": len(self.registry), "egress": self.egress.describe(),
-                "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe()}
+        answer: dict[str, Any] = {"backend": self.backend.name, f"{self.backend.name}_version": version,
+                                  "sandboxes": len(self.registry), "egress": self.egress.describe(),
+                                  "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe()}
+        if self.backend.name == "kubernetes":  # what the server can see in force, and what it cannot
+            answer["sandbox_disk_bytes"] = f"the Pod's ephemeral-storage limit: {self.disks.limit_bytes} (eviction, no ENOSPC)"
+            answer["limits"] = {
+                "memory_and_cpu": "enforced: requests = limits (256Mi, 500m), checked in the first sandbox's cgroup",
+                "processes": "not set per Pod: the sandbox nodes' kubelet podPidsLimit, which the server cannot see "
+                             "(docs/kubernetes.md)",
+            }
+        return answer

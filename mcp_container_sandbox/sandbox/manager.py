@@ -22,6 +22,8 @@ from ..settings import SandboxSettings
 from .backend.abstract import Backend, Usage
 from .backend.terminal import Terminal
 from .backend.disks import SandboxDisks
+from .backend.kubernetes.api import Cluster
+from .backend.kubernetes.backend import KubernetesBackend
 from .backend.podman import PodmanBackend
 from .backend.podman_cli import Podman, check_event_loop, system_env
 from .background import BackgroundTasks
@@ -34,6 +36,7 @@ from .lifecycle import Lifecycle
 from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
 from .model import LOCAL_TENANT, FileLink, Sandbox
+from .network.cluster_egress import ClusterEgress
 from .network.egress import Egress
 from .network.preview_links import PortLink, PortLinks
 from .pool import WarmPool
@@ -53,6 +56,15 @@ from .storage.snapshots import Snapshot, Snapshots
 logger = logging.getLogger("mcp_sandbox.manager")
 
 
+def chosen_backend(settings: SandboxSettings, podman: Podman) -> Backend:
+    """Where sandboxes live, as SANDBOX_BACKEND says; ValueError when a cluster is asked for and none is named."""
+    if settings.backend == "kubernetes":
+        cluster = Cluster.find(dict(settings.kubernetes.cluster_env))
+        return KubernetesBackend(settings.kubernetes, cluster, disk_bytes=settings.disk_limit_bytes,
+                                 egress_policy=settings.egress)
+    return PodmanBackend(podman)
+
+
 class SandboxManager:
     """Creates, tracks, reaps and destroys sandboxes; runs commands; serves files."""
 
@@ -60,12 +72,12 @@ class SandboxManager:
         """``backend``: where sandboxes live; Podman's unless given (tests/support has a stand-in)."""
         self.settings = settings
         self.podman = Podman(settings.podman, settings.runtime)
-        self.backend: Backend = backend if backend is not None else PodmanBackend(self.podman)
+        self.backend: Backend = backend if backend is not None else chosen_backend(settings, self.podman)
         self.disks = SandboxDisks(settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.backend)
         # Why sandboxes cannot be given their limits here ("" while they can): decided at start
         # from Podman's own account, and again from the first sandbox's cgroup.
         self.limits = LimitsCheck(self.backend)
-        self.egress = Egress(settings, self.backend, system_env())
+        self.egress = (ClusterEgress if self.backend.name == "kubernetes" else Egress)(settings, self.backend, system_env())
         self.snapshots = Snapshots(
             Path(settings.state_dir) / settings.namespace / "snapshots", settings.snapshot_ttl_seconds,
             settings.max_snapshots_per_tenant, settings.snapshot_max_bytes, self.backend, self.disks,
@@ -100,7 +112,7 @@ class SandboxManager:
         self.reader = FileReader(settings.read_max_bytes, self.registry.get, self.runtimes)
         self.links = FileLinks(
             settings.file_max_bytes, settings.write_max_bytes, self.registry.get, self.registry.live, self.runtimes,
-            self.backend.exec_argv, lambda: self.podman.spawn_options,
+            self.backend, lambda: self.podman.spawn_options,
         )
         self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
                                self.registry.get, self.registry.live, self.backend)
@@ -144,10 +156,13 @@ class SandboxManager:
         self._helpers_digest = helpers_digest(self._agent)
         self.channels.enabled = self._agent is not None
         self.pool.reset()  # rebuilt from Podman by adopt()
-        await self.disks.probe()
+        if self.backend.name == "kubernetes":
+            await self._reach_cluster()
+        else:
+            await self.disks.probe()
         if self.disks.enabled:
             logger.info("each sandbox gets a disk of its own: %d bytes", self.disks.limit_bytes)
-        else:
+        elif self.backend.name != "kubernetes":
             logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
                            "storage", self.disks.why_not)
         await self.limits.check_host()
@@ -165,6 +180,17 @@ class SandboxManager:
         if self.settings.pool_size > 0:
             self._background.start_soon(self.pool.fill_forever)
 
+    async def _reach_cluster(self) -> None:
+        """A server told to run sandboxes on a cluster it cannot reach does not start."""
+        try:
+            version = await self.backend.version()
+        except SandboxError as exc:
+            raise SandboxError(f"SANDBOX_BACKEND=kubernetes, but {exc}. Check KUBECONFIG (or the service account "
+                               "the server runs under) and that the cluster is up; docs/kubernetes.md.") from None
+        self.disks.why_not = (f"on Kubernetes the Pod's ephemeral-storage limit ({self.settings.disk_limit_bytes} bytes, "
+                              "SANDBOX_DISK_LIMIT_BYTES) stands for it: the kubelet evicts a Pod past it")
+        logger.info("sandboxes are Pods in namespace %s of Kubernetes %s", self.settings.kubernetes.namespace, version)
+
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start.
         Removals under way get a while to finish; the next start finishes the rest."""
@@ -174,6 +200,8 @@ class SandboxManager:
         await self._background.stop()
         await self.disks.release_spares()
         self.podman.close()
+        if isinstance(self.backend, KubernetesBackend):
+            await self.backend.aclose()
 
     # ----- sandboxes
 

@@ -222,7 +222,7 @@ async def _keys_to_terminal(websocket: WebSocket, terminal: Any) -> None:
             elif message.get("text"):
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     cols, rows = json.loads(message["text"])["resize"]
-                    terminal.resize(_int(cols, 80), _int(rows, 24))
+                    await terminal.resize(_int(cols, 80), _int(rows, 24))
 
 
 def _int(value: Any, default: int) -> int:

@@ -38,3 +38,46 @@ def kube_played(pod: dict[str, Any], folder: Path) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+
+
+class PodRunner:
+    """The kubelet's part for the API stand-in (tests/support/kube_api.py): a Pod created through the API
+    runs under podman kube play, and its exec sessions go into it (kubelet_exec.py)."""
+
+    def __init__(self, folder: Path) -> None:
+        from support.kubelet_exec import KubeletExec
+
+        self.folder = folder
+        self.kubelet = KubeletExec(set())
+        self.played: set[str] = set()
+        (folder / "containers.conf").write_text(CONTAINERS_CONF)
+
+    @staticmethod
+    def played_name(name: str) -> str:
+        return name
+
+    def play(self, pod: dict[str, Any]) -> str:
+        """Run the Pod; "" when it runs, else what kube play said."""
+        name = pod["metadata"]["name"]
+        # podman kube play 4.3 makes an emptyDir a named volume shared by every Pod that names it alike;
+        # a kubelet gives each Pod its own: the stand-in names them after the Pod.
+        for volume in pod["spec"].get("volumes") or ():
+            volume["name"] = f"{name}-{volume['name']}"
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or ():
+            mount["name"] = f"{name}-{mount['name']}"
+        manifest = self.folder / f"{name}.json"
+        manifest.write_text(json.dumps(pod))
+        self.played.add(name)
+        played = subprocess.run(["podman", "kube", "play", str(manifest)], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "CONTAINERS_CONF": str(self.folder / "containers.conf")})
+        return "" if played.returncode == 0 else played.stderr or f"kube play exited with {played.returncode}"
+
+    def remove(self, name: str) -> None:
+        if name not in self.played:
+            return
+        self.played.discard(name)
+        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+        volumes = subprocess.run(["podman", "volume", "ls", "-q", "--filter", f"name={name}-"], capture_output=True,
+                                 text=True, timeout=60).stdout.split()
+        if volumes:
+            subprocess.run(["podman", "volume", "rm", "-f", *volumes], capture_output=True, timeout=120)

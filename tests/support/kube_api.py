@@ -22,10 +22,32 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from support.kube import PodRunner
 
 PODS = "/api/v1/namespaces/{namespace}/pods"
 WINDOW = 50  # events a watch can resume from; older versions are 410 Expired, as after etcd's compaction
+
+
+class BearerCheck:
+    """401 for a request without the service account's token, as the API server answers."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or ())
+            if headers.get(b"authorization", b"").decode() != f"Bearer {self.token}":
+                if scope["type"] == "websocket":
+                    await WebSocket(scope, receive, send).send_denial_response(status(401, "Unauthorized", "Unauthorized"))
+                    return
+                await status(401, "Unauthorized", "Unauthorized")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def status(code: int, reason: str, message: str) -> JSONResponse:
@@ -53,17 +75,61 @@ def matches(pod: dict[str, Any], selector: str) -> bool:
 
 
 class KubeApiStandIn:
-    def __init__(self, version: str = "1.33.0") -> None:
-        self.version = version
+    def __init__(self, version: str = "1.33.0", runner: PodRunner | None = None, token: str = "") -> None:
+        """``runner``: what runs the Pods made (kube play); without one they are records only.
+        ``token``: the bearer token every request must carry (401 without it), as a service account's."""
+        self.version, self.runner, self.token = version, runner, token
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[tuple[int, str, dict[str, Any]]] = []
         self.forbidden: set[str] = set()  # verbs refused with 403, as a Role without them would
         self._versions = itertools.count(1000)
         self._changed: asyncio.Condition | None = None
         self.app = Starlette(routes=[
+            Route("/version", self.get_version),
             Route(PODS, self.collection, methods=["GET", "POST"]),
             Route(PODS + "/{name}", self.one, methods=["GET", "PATCH", "DELETE"]),
-        ])
+            WebSocketRoute(PODS + "/{name}/exec", self.exec),
+        ], middleware=[Middleware(BearerCheck, token=token)] if token else [])
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get_version(self, request: Request) -> Response:
+        major, minor, _ = self.version.split(".")
+        return JSONResponse({"major": major, "minor": minor, "gitVersion": f"v{self.version}-stand-in"})
+
+    async def exec(self, websocket: WebSocket) -> None:
+        """pods/exec: the kubelet's streaming, relayed into the Pod the runner runs (kubelet_exec.py)."""
+        namespace, name = websocket.path_params["namespace"], websocket.path_params["name"]
+        offered = websocket.scope.get("subprotocols") or []
+        protocol = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        pod = self.pods.get((namespace, name))
+        refusal = None
+        if "create" in self.forbidden:
+            refusal = status(403, "Forbidden", f'pods "{name}" is forbidden: cannot create resource "pods/exec"')
+        elif pod is None:
+            refusal = status(404, "NotFound", f'pods "{name}" not found')
+        elif (pod.get("status") or {}).get("phase") != "Running" or self.runner is None:
+            refusal = status(400, "BadRequest", f"unable to upgrade connection: pod {name} is not running")
+        elif protocol is None:
+            refusal = status(400, "BadRequest", "none of the offered subprotocols is spoken here")
+        if refusal is not None:  # an HTTP answer instead of the upgrade, as the API server gives
+            await websocket.send_denial_response(refusal)
+            return
+        await websocket.accept(subprotocol=protocol)
+
+        async def incoming() -> AsyncIterator[bytes]:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes"):
+                    yield message["bytes"]
+
+        async def close() -> None:
+            await websocket.close()
+
+        query = {key: websocket.query_params.getlist(key) for key in websocket.query_params.keys()}
+        await self.runner.kubelet.run(self.runner.played_name(name), query, protocol, websocket.send_bytes, incoming(),
+                                      lambda: None, close)
 
     def _refused(self, verb: str, request: Request) -> JSONResponse | None:
         if verb not in self.forbidden:
@@ -96,9 +162,11 @@ class KubeApiStandIn:
                 return status(409, "AlreadyExists", f'pods "{name}" already exists')
             pod["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()),
                                    creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            pod["status"] = {"phase": "Running"}
+            pod["status"] = {"phase": "Pending"} if self.runner else {"phase": "Running"}
             self.pods[(namespace, name)] = pod
             await self._record("ADDED", pod)
+            if self.runner is not None:
+                self._soon(self._run(namespace, name, json.loads(json.dumps(pod))))
             return JSONResponse(pod, status_code=201)
         verb = "watch" if request.query_params.get("watch") in ("1", "true") else "list"
         if refused := self._refused(verb, request):
@@ -141,6 +209,8 @@ class KubeApiStandIn:
         if verb == "delete":
             del self.pods[(namespace, name)]
             await self._record("DELETED", pod)
+            if self.runner is not None:
+                self._soon(asyncio.to_thread(self.runner.remove, name))
             return JSONResponse(pod)
         if request.headers.get("content-type") != "application/merge-patch+json":
             return status(415, "UnsupportedMediaType", "the body of the request was in an unknown format")
@@ -157,6 +227,34 @@ class KubeApiStandIn:
         await self._record("MODIFIED", patched)
         return JSONResponse(patched)
 
+    def _soon(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, namespace: str, name: str, pod: dict[str, Any]) -> None:
+        """The kubelet's part: the Pod runs (kube play), then its status says so, as a watch would see."""
+        assert self.runner is not None
+        failure = await asyncio.to_thread(self.runner.play, pod)
+        current = self.pods.get((namespace, name))
+        if current is None:  # deleted while it started
+            await asyncio.to_thread(self.runner.remove, name)
+            return
+        if failure:
+            current["status"] = {"phase": "Failed", "reason": "StartError", "message": failure[-300:]}
+        else:
+            current["status"] = {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
+                {"name": "sandbox", "ready": True, "restartCount": 0, "image": pod["spec"]["containers"][0]["image"],
+                 "imageID": "", "state": {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}}]}
+        await self._record("MODIFIED", current)
+
+    def close(self) -> None:
+        """Remove every Pod the runner still runs."""
+        if self.runner is not None:
+            for _, name in list(self.pods):
+                self.runner.remove(name)
+            self.pods.clear()
+
     @contextmanager
     def serving(self, port: int) -> Iterator[str]:
         """Serve on 127.0.0.1:port in a thread of its own; yields the server's URL."""
@@ -172,3 +270,4 @@ class KubeApiStandIn:
         finally:
             server.should_exit = True
             thread.join(10)
+            self.close()

@@ -8,9 +8,10 @@ connection without a status (``abrupt_after``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
+STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 PATH = "/api/v1/namespaces/{namespace}/pods/{pod}/exec"
 
 
@@ -30,6 +31,7 @@ class KubeletExec:
     abrupt_after: int | None = None  # bytes of stdout after which the connection is cut, no status sent
     seed: int = 7
     sessions: list[dict[str, object]] = field(default_factory=list)
+    resizes: list[dict[str, int]] = field(default_factory=list)  # the terminal sizes clients sent
 
     def _refuse(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path).path.split("/")
@@ -45,11 +47,29 @@ class KubeletExec:
 
     async def _session(self, connection: ServerConnection) -> None:
         url = urlsplit(connection.request.path)  # type: ignore[union-attr]
-        pod = url.path.split("/")[6]
-        query = parse_qs(url.query)
+
+        async def incoming() -> AsyncIterator[bytes]:
+            try:
+                async for message in connection:
+                    if isinstance(message, bytes) and message:
+                        yield message
+            except ConnectionClosed:
+                pass
+
+        async def send(data: bytes) -> None:
+            await connection.send(data)
+
+        await self.run(url.path.split("/")[6], parse_qs(url.query), connection.subprotocol or "", send, incoming(),
+                       connection.transport.abort, connection.close)
+
+    async def run(self, pod: str, query: dict[str, list[str]], protocol: str, send: Callable[[bytes], Awaitable[None]],
+                  incoming: AsyncIterator[bytes], abort: Callable[[], object],
+                  close: Callable[[], Awaitable[None]]) -> None:
+        """One exec session over any WebSocket: ``send`` a message, ``incoming`` the client's, ``abort`` cuts
+        the connection without a word, ``close`` ends it as the kubelet does after the status."""
         argv, container = query["command"], query.get("container", ["sandbox"])[0]
         tty = query.get("tty", ["false"])[0] == "true"
-        self.sessions.append({"pod": pod, "argv": argv, "protocol": connection.subprotocol, "tty": tty})
+        self.sessions.append({"pod": pod, "argv": argv, "protocol": protocol, "tty": tty})
         process = await asyncio.create_subprocess_exec(
             "podman", "exec", "-i", *(["-t"] if tty else []), f"{pod}-{container}", *argv,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -62,29 +82,37 @@ class KubeletExec:
                 while data:  # split where a pipe's reads might fall: anywhere
                     size = chunks.randint(1, 700)
                     piece, data = data[:size], data[size:]
-                    await connection.send(bytes([channel]) + piece)
+                    try:
+                        await send(bytes([channel]) + piece)
+                    except Exception:  # the client went: the process goes with it, as under the kubelet
+                        process.kill()
+                        return
                     if channel == STDOUT:
                         sent += len(piece)
                         if self.abrupt_after is not None and sent >= self.abrupt_after:
-                            connection.transport.abort()
+                            abort()
                             process.kill()
                             return
 
         async def feed() -> None:
             assert process.stdin is not None
             try:
-                async for message in connection:
-                    if isinstance(message, str) or not message:
-                        continue
+                async for message in incoming:
                     if message[0] == STDIN:
                         process.stdin.write(message[1:])
                         await process.stdin.drain()
-                    elif message[:2] == bytes([CLOSE, STDIN]) and connection.subprotocol.startswith("v5"):
+                    elif message[:2] == bytes([CLOSE, STDIN]) and protocol.startswith("v5"):
                         process.stdin.close()
-            except ConnectionClosed:
+                    elif message[0] == RESIZE and tty:
+                        self.resizes.append(json.loads(message[1:]))
+            except (ConnectionError, BrokenPipeError):
                 pass
             finally:  # the client went: the process's stdin ends, as the kubelet ends it
                 process.stdin.close()
+                if not tty:
+                    return
+                with contextlib.suppress(ProcessLookupError):  # a terminal's shell does not end at its stdin's end
+                    process.kill()
 
         feeding = asyncio.ensure_future(feed())
         assert process.stdout is not None and process.stderr is not None
@@ -97,9 +125,9 @@ class KubeletExec:
             "metadata": {}, "status": "Failure", "message": f"command terminated with non-zero exit code: {code}",
             "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
         try:
-            await connection.send(bytes([STATUS]) + json.dumps(status).encode())
-            await connection.close()
-        except ConnectionClosed:  # the client went first (a channel closed from its side)
+            await send(bytes([STATUS]) + json.dumps(status).encode())
+            await close()
+        except Exception:  # the client went first (a channel closed from its side)
             pass
 
     @asynccontextmanager

@@ -30,7 +30,7 @@ from mcp_container_sandbox.sandbox.backend.abstract import (
 )
 from mcp_container_sandbox.sandbox.backend.podman_cli import PodmanResult
 from mcp_container_sandbox.sandbox.contract import MEMORY_LIMIT_BYTES
-from mcp_container_sandbox.sandbox.errors import DiskUnavailable, PortClosed
+from mcp_container_sandbox.sandbox.errors import DiskUnavailable, PortClosed, SandboxError
 from mcp_container_sandbox.sandbox.runtime.helpers import BOOTSTRAP, INSTALL_HELPERS
 
 MISSING = 'Error: no container with name or ID "{name}" found: no such container'
@@ -107,6 +107,9 @@ class StandInContainer:
 class StandInBackend:
     """The stand-in: every ``Backend`` method, in memory (see the module's docstring)."""
 
+    name = "stand-in"
+    host_processes = True
+
     def __init__(self, programs: Sequence[Program] = ()) -> None:
         self.containers: dict[str, StandInContainer] = {}
         self.programs: list[Program] = [*programs, default_programs]
@@ -149,6 +152,9 @@ class StandInBackend:
 
     def exec_argv(self, name: str, *argv: str, interactive: bool = False, pass_fd: bool = False) -> list[str]:
         return ["false"]  # no long-lived process into a stand-in: the server falls back to one exec a call
+
+    async def open_stream(self, name: str, *argv: str) -> ByteStream:
+        raise SandboxError("no long-lived process runs in the stand-in")
 
     async def image_id(self, image: str) -> str:
         return "sha256:" + "0" * 64

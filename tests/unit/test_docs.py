@@ -26,7 +26,7 @@ def variables_read() -> set[str]:
             continue
         for inner in ast.walk(node):
             if isinstance(inner, ast.Constant) and isinstance(inner.value, str):
-                found |= set(re.findall(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|\b(?:HOST|PORT|PODMAN)\b", inner.value))
+                found |= set(re.findall(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|\b(?:HOST|PORT|PODMAN|KUBECONFIG)\b", inner.value))
     return found
 
 

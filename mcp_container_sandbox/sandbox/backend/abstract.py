@@ -1,7 +1,7 @@
 """Where a sandbox lives, as the rest of the server sees it: the ``Backend`` protocol (start, list,
 inspect and remove a sandbox's container; a process or a byte stream inside it) and the records
-it speaks in. ``PodmanBackend`` (podman.py) is the one implementation; a Kubernetes one plugs in
-here. containers.py (one level up) decides what a sandbox is made of; a backend only carries it out.
+it speaks in. ``PodmanBackend`` (podman.py) runs them on this host, ``KubernetesBackend``
+(kubernetes/backend.py) as Pods of a cluster. containers.py (one level up) decides what a sandbox is made of; a backend only carries it out.
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ class Usage:
 
 
 class Backend(Protocol):
+    name: str  # "podman", "kubernetes": what an error or /health names
+    # Whether a process in a sandbox can be a host process (exec_argv: podman exec); False where only
+    # open_stream reaches inside (an exec session over the Kubernetes API).
+    host_processes: bool
+
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         """Start a sandbox's container, its writable layer first filled from a snapshot's archive
         (layers.py) when given; returns what the backend warned about (may be "")."""
@@ -115,6 +120,10 @@ class Backend(Protocol):
         With ``pass_fd``: the command's stdin (a socket) reaches the process as its descriptor 3
         instead, and nothing relays its bytes; the command fails at once, saying so on stderr,
         where the backend cannot pass it."""
+
+    async def open_stream(self, name: str, *argv: str) -> ByteStream:
+        """A process in the sandbox whose stdin and stdout are the stream (closing it ends the process);
+        what the process wrote to stderr is in the stream's ``stderr`` once it has ended, if kept."""
 
     def usage(self, name: str) -> Usage | None:
         """The sandbox's CPU time and memory from its cgroup; None where they cannot be read."""

@@ -49,6 +49,9 @@ FREEZE_SECONDS = 10  # a process in uninterruptible sleep can hold a freeze up
 class PodmanBackend:
     """Sandboxes as containers of the local Podman."""
 
+    name = "podman"
+    host_processes = True
+
     def __init__(self, podman: Podman) -> None:
         self.podman = podman
         self._ids: dict[str, str] = {}  # container name -> Podman's full id, as start and list learn them
@@ -202,6 +205,10 @@ class PodmanBackend:
             return ["/bin/sh", "-c", 'exec "$0" "$@" 3<&0 </dev/null',
                     *self.podman.argv("exec", "--preserve-fds=1", name, *argv)]
         return self.podman.argv("exec", *(["-i"] if interactive else []), name, *argv)
+
+    async def open_stream(self, name: str, *argv: str) -> ByteStream:
+        process = await anyio.open_process(self.exec_argv(name, *argv, interactive=True), **self.podman.spawn_options)
+        return RelayStream(process)
 
     def usage(self, name: str) -> Usage | None:
         return cgroup_usage(self._ids.get(name, ""))

@@ -69,7 +69,7 @@ class Terminal:
             except BlockingIOError:
                 await anyio.wait_writable(self._master)
 
-    def resize(self, cols: int, rows: int) -> None:
+    async def resize(self, cols: int, rows: int) -> None:
         """A new window size: set on the terminal, and podman told (it passes it into the sandbox)."""
         if self.closed:
             return

@@ -78,6 +78,7 @@ class Written:
     tty: bool  # the command runs on a terminal
     stdout_before: int  # its output's sizes just before the write: where the answer starts
     stderr_before: int
+    ended: bool = False  # a command just started had ended before its input came (nothing written)
 
 
 class CommandRunner:
@@ -126,11 +127,11 @@ class CommandRunner:
                 return self._seen(container_id, await self.output.head_and_tail(sandbox, state))
             started = await self._start(sandbox, command_id, encoded, timeout_seconds, started_ms, flags)
             if stdin or not keep_stdin_open:  # a terminal without kept-open stdin gets ^D after it
-                written = (await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open,
-                                             starting=True)).bytes
-                if written < len(stdin or b""):
+                written = await self._write(sandbox, command_id, stdin or b"", not keep_stdin_open, starting=True)
+                # A command may end before its input comes (a terminal's program that reads none).
+                if not written.ended and written.bytes < len(stdin or b""):
                     raise InvalidCommand(
-                        f"Command {command_id} started but took only {written:,} of the {len(stdin or b''):,} "
+                        f"Command {command_id} started but took only {written.bytes:,} of the {len(stdin or b''):,} "
                         "bytes of stdin (it is not reading its input). Send the rest with write_stdin, or stop "
                         "it with send_signal.")
             if keep_stdin_open:
@@ -187,6 +188,8 @@ class CommandRunner:
                 await anyio.sleep(0.005)
                 continue
             break
+        if starting and verdict[:2] == ["error", "finished"]:
+            return Written(0, False, 0, 0, ended=True)
         if verdict[:1] == ["ok"] and len(verdict) == 5 and all(field.isdigit() for field in verdict[1:]):
             return Written(int(verdict[1]), verdict[2] == "1", int(verdict[3]), int(verdict[4]))
         why = verdict[1] if len(verdict) > 1 else "refused"

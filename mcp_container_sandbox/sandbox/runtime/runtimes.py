@@ -364,12 +364,9 @@ class AgentChannels:
             channel = self.open_one(sandbox.container_id)
             if channel is not None:
                 return channel
-            over_socket, installed = self.pass_fd, False
+            over_socket, installed = self.pass_fd and self.backend.host_processes, False
             while True:
-                channel = AgentChannel(self.backend.exec_argv(
-                    sandbox.name, AGENT_PATH, str(self._output_file_max_bytes), *(["fd3"] if over_socket else []),
-                    interactive=not over_socket, pass_fd=over_socket,
-                ), self._spawn_options(), over_socket=over_socket)
+                channel = self._channel(sandbox, over_socket)
                 try:
                     await channel.open(self._spawn)
                     break
@@ -396,6 +393,14 @@ class AgentChannels:
             self._channels[sandbox.container_id] = channel
         await self._limit()
         return channel
+
+    def _channel(self, sandbox: Sandbox, over_socket: bool) -> AgentChannel:
+        argv = [AGENT_PATH, str(self._output_file_max_bytes)]
+        if not self.backend.host_processes:  # an exec session of the backend's, no process on this host
+            return AgentChannel(argv, open_stream=lambda: self.backend.open_stream(sandbox.name, *argv))
+        return AgentChannel(self.backend.exec_argv(sandbox.name, *argv, *(["fd3"] if over_socket else []),
+                                                   interactive=not over_socket, pass_fd=over_socket),
+                            self._spawn_options(), over_socket=over_socket)
 
     async def _limit(self) -> None:
         counted = [(cid, channel) for cid, channel in self._channels.items() if not self.pooled(cid)]

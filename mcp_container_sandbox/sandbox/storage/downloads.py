@@ -7,7 +7,7 @@ import mimetypes
 import posixpath
 import shlex
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -15,7 +15,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..backend.podman_cli import kill_process
-from ..errors import FileLinkNotFound, InvalidPath, PodmanUnavailable
+from ..errors import FileLinkNotFound, InvalidPath, PodmanUnavailable, SandboxError
 from ..model import FileLink
 
 logger = logging.getLogger("mcp_sandbox.files")
@@ -60,13 +60,17 @@ def _widen_pipe(process: anyio.abc.Process) -> None:
 
 
 class FileDownload:
-    """One file streaming out of a sandbox through ``podman exec``; memory stays flat."""
+    """One file streaming out of a sandbox through ``podman exec`` (``argv`` on this host), or through
+    a byte stream the backend opens (``open_stream``: an exec session); memory stays flat."""
 
-    def __init__(self, argv: list[str], link: FileLink, spawn_options: dict[str, Any]) -> None:
+    def __init__(self, argv: list[str], link: FileLink, spawn_options: dict[str, Any] | None = None,
+                 open_stream: Callable[[], Awaitable[anyio.abc.ByteStream]] | None = None) -> None:
         self.argv = argv
         self.link = link
-        self.spawn_options = spawn_options
+        self.spawn_options = spawn_options or {}
+        self.open_stream = open_stream
         self.size = 0
+        self._stream: anyio.abc.ByteStream | None = None
         self._process: anyio.abc.Process | None = None
         self._stdout: BufferedByteReceiveStream | None = None
 
@@ -76,16 +80,23 @@ class FileDownload:
 
     async def start(self) -> None:
         logger.debug("run %s", shlex.join(self.argv))
-        try:
-            self._process = await anyio.open_process(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                **self.spawn_options,
-            )
-        except FileNotFoundError:
-            raise PodmanUnavailable(self.argv, None, "podman was not found") from None
-        assert self._process.stdout is not None
-        _widen_pipe(self._process)
-        self._stdout = BufferedByteReceiveStream(self._process.stdout)
+        if self.open_stream is not None:
+            try:
+                self._stream = await self.open_stream()
+            except SandboxError as exc:
+                raise FileLinkNotFound(f"The file could not be read from its sandbox ({exc}).") from None
+            self._stdout = BufferedByteReceiveStream(self._stream)
+        else:
+            try:
+                self._process = await anyio.open_process(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    **self.spawn_options,
+                )
+            except FileNotFoundError:
+                raise PodmanUnavailable(self.argv, None, "podman was not found") from None
+            assert self._process.stdout is not None
+            _widen_pipe(self._process)
+            self._stdout = BufferedByteReceiveStream(self._process.stdout)
         try:
             with anyio.fail_after(30):
                 header = (await self._stdout.receive_until(b"\n", 200)).decode(errors="replace")
@@ -126,3 +137,7 @@ class FileDownload:
     async def aclose(self) -> None:
         process, self._process = self._process, None
         await kill_process(process)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()

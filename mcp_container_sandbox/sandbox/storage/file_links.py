@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..backend.abstract import Backend
 from ..errors import FileLinkNotFound, FileNotShareable, FileNotWritable, SandboxError
 from ..model import FILE_ID_RE, LOCAL_TENANT, FileLink, Sandbox
 from ..paths import DATA_DIR
@@ -25,12 +26,12 @@ class FileLinks:
 
     def __init__(
         self, file_max_bytes: int, write_max_bytes: int, get: Callable[[str, str], Sandbox],
-        live: Callable[[str], Sandbox | None], runtimes: Runtimes, exec_argv: Callable[..., list[str]],
+        live: Callable[[str], Sandbox | None], runtimes: Runtimes, backend: Backend,
         spawn_options: Callable[[], dict[str, Any]],
     ) -> None:
         self.file_max_bytes, self.write_max_bytes = file_max_bytes, write_max_bytes
         self._get, self._live, self.runtimes = get, live, runtimes
-        self._exec_argv, self._spawn_options = exec_argv, spawn_options
+        self._backend, self._spawn_options = backend, spawn_options
         self._links: dict[str, FileLink] = {}
 
     def forget(self, container_id: str) -> None:
@@ -103,7 +104,10 @@ class FileLinks:
         sandbox = self._live(link.container_id)
         if sandbox is None or sandbox.expires_at <= time.time():
             raise FileLinkNotFound("The sandbox of this file link no longer exists.")
-        argv = self._exec_argv(sandbox.name, "/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path)
-        download = FileDownload(argv, link, self._spawn_options())
+        argv = ["/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path]
+        if self._backend.host_processes:
+            download = FileDownload(self._backend.exec_argv(sandbox.name, *argv), link, self._spawn_options())
+        else:
+            download = FileDownload(argv, link, open_stream=lambda: self._backend.open_stream(sandbox.name, *argv))
         await download.start()
         return download

@@ -11,6 +11,7 @@ import json
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ...errors import SandboxError
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT_SECONDS = 30.0
+TOKEN_REREAD_SECONDS = 60.0
 
 
 class ApiError(SandboxError):
@@ -48,6 +50,18 @@ class Cluster:
     ssl_context: ssl.SSLContext | bool = True
     client_cert: tuple[str, str] | None = None  # (certificate file, key file)
     headers: dict[str, str] = field(default_factory=dict)
+    token_file: str = ""  # a service account's token, which the kubelet rotates: read again every minute
+    _read_at: float = 0.0
+
+    def bearer(self) -> dict[str, str]:
+        """The Authorization header to send now ({} without a token)."""
+        if self.token_file and time.monotonic() - self._read_at > TOKEN_REREAD_SECONDS:
+            try:
+                self.token = Path(self.token_file).read_text().strip()
+                self._read_at = time.monotonic()
+            except OSError:
+                pass  # the last one read stays until the file is back
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @classmethod
     def find(cls, environ: Mapping[str, str]) -> Cluster:
@@ -57,7 +71,7 @@ class Cluster:
         if host and port and (SERVICE_ACCOUNT / "token").exists():
             context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
             server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-            return cls(server, (SERVICE_ACCOUNT / "token").read_text().strip(), context)
+            return cls(server, ssl_context=context, token_file=str(SERVICE_ACCOUNT / "token"))
         path = Path(environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
         if not path.is_file():
             raise ValueError(f"no Kubernetes cluster: not in a Pod with a service account, and no kubeconfig at {path} "
@@ -108,10 +122,7 @@ def selector(labels: Mapping[str, str]) -> str:
 class KubeApi:
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         self.cluster, self.namespace = cluster, namespace
-        headers = dict(cluster.headers)
-        if cluster.token:
-            headers["Authorization"] = f"Bearer {cluster.token}"
-        self._http = httpx.AsyncClient(base_url=cluster.server, headers=headers, verify=cluster.ssl_context,
+        self._http = httpx.AsyncClient(base_url=cluster.server, headers=cluster.headers, verify=cluster.ssl_context,
                                        cert=cluster.client_cert, timeout=TIMEOUT_SECONDS)
 
     @property
@@ -123,12 +134,18 @@ class KubeApi:
 
     async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = await self._http.request(method, path, **kwargs)
+            headers = {**kwargs.pop("headers", {}), **self.cluster.bearer()}
+            response = await self._http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise ApiError(0, "Unreachable", f"the Kubernetes API at {self.cluster.server} did not answer ({exc})") from None
         if response.status_code >= 400:
             raise _error(response, what)
         return response.json()
+
+    async def version(self) -> str:
+        """The API server's version (what /health shows); raises when it does not answer."""
+        said = await self._call("GET", "/version", "get the version")
+        return str(said.get("gitVersion") or "unknown")
 
     async def create_pod(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("POST", self.pods, "create pods", json=manifest)
@@ -170,7 +187,8 @@ class KubeApi:
         params = {"labelSelector": selector(labels), "watch": "1", "resourceVersion": resource_version,
                   "allowWatchBookmarks": "true"}
         try:
-            async with self._http.stream("GET", self.pods, params=params, timeout=httpx.Timeout(None)) as response:
+            async with self._http.stream("GET", self.pods, params=params, timeout=httpx.Timeout(None),
+                                         headers=self.cluster.bearer()) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _error(response, "watch pods")

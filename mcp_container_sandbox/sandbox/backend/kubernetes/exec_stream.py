@@ -105,7 +105,10 @@ class ExecStream(ByteStream):
             raise anyio.BrokenResourceError from None
 
     async def resize(self, cols: int, rows: int) -> None:
-        await self._socket.send(bytes([RESIZE]) + json.dumps({"Width": cols, "Height": rows}).encode())
+        try:
+            await self._socket.send(bytes([RESIZE]) + json.dumps({"Width": cols, "Height": rows}).encode())
+        except ConnectionClosed:
+            raise anyio.BrokenResourceError from None
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Stdout's next bytes; EndOfStream once the session has ended (its status read)."""

@@ -1,0 +1,174 @@
+"""The whole tool flow on SANDBOX_BACKEND=kubernetes: a real server process and FastMCP's client, the
+server's sandboxes made as Pods through a STAND-IN for the Kubernetes API server (tests/support/kube_api.py,
+which checks each Pod against the API's schema, answers pods/exec with the kubelet's streaming protocol
+and has podman kube play run the Pods: no API server or kubelet can run on these machines). Every
+process in a sandbox, the agent's channel included, is an exec session: nothing of the sandbox runs on
+the server's host. scripts/test-kubernetes.sh runs this module against a real cluster."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from conftest import RUN_ID, ServerProcess, free_port, structured
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from support.kube import PodRunner
+from support.kube_api import KubeApiStandIn
+from support.preview_app import preview_app_binary, start_app
+
+pytestmark = pytest.mark.anyio
+NAMESPACE = "sandboxes"
+TOKEN = "stand-in-service-account-token"
+
+
+def kubeconfig(folder: Path, server: str, token: str = TOKEN) -> Path:
+    path = folder / "kubeconfig"
+    path.write_text(json.dumps({  # JSON is YAML
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "users": [{"name": "test", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeApiStandIn, Path]]:
+    """A real cluster's KUBECONFIG when scripts/test-kubernetes.sh gives one, else the stand-in's."""
+    folder = tmp_path_factory.mktemp("cluster")
+    api = KubeApiStandIn(runner=PodRunner(folder), token=TOKEN)
+    with api.serving(free_port()) as url:
+        yield api, kubeconfig(folder, url)
+
+
+@pytest.fixture
+def kube_server(start_server, cluster, tmp_path: Path) -> ServerProcess:  # type: ignore[no-untyped-def]
+    api, config = cluster
+    real = os.environ.get("MCP_SANDBOX_TEST_KUBECONFIG", "")
+    return start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": real or str(config),
+                         "SANDBOX_K8S_NAMESPACE": os.environ.get("MCP_SANDBOX_TEST_K8S_NAMESPACE", NAMESPACE),
+                         "SANDBOX_STATE_DIR": str(tmp_path / "state"), "SANDBOX_EGRESS": "none"})
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    return structured(await client.call_tool(tool, arguments))
+
+
+def pods(api: KubeApiStandIn) -> list[dict[str, Any]]:
+    return [pod for (namespace, _), pod in api.pods.items() if namespace == NAMESPACE]
+
+
+async def pod_deleted(api: KubeApiStandIn, container_id: str) -> bool:
+    """Whether the sandbox's Pod is deleted within 30 s (destroy_container answers first, as on Podman)."""
+    with anyio.move_on_after(30):
+        while any(p["metadata"]["name"].endswith(container_id) for p in pods(api)):
+            await anyio.sleep(0.1)
+        return True
+    return False
+
+
+async def test_every_tool_runs_in_a_pod_through_the_api(kube_server: ServerProcess, cluster) -> None:  # type: ignore[no-untyped-def]
+    api, _ = cluster
+    health = httpx.get(kube_server.url + "/health").json()
+    assert health["backend"] == "kubernetes" and health["kubernetes_version"] == "v1.33.0-stand-in"
+    assert "podPidsLimit" in health["limits"]["processes"] and health["egress"]["policy"] == "none"
+    async with Client(kube_server.url + "/mcp") as client:
+        box = (await call(client, "create_container"))["container_id"]
+        [pod] = [p for p in pods(api) if p["metadata"]["name"].endswith(box)]
+        assert pod["metadata"]["labels"]["mcp-sandbox.egress"] == "none"
+        assert pod["spec"]["containers"][0]["resources"]["limits"] == {
+            "cpu": "500m", "memory": "256Mi", "ephemeral-storage": str(2 * 1024 ** 3)}
+        assert pod["spec"]["activeDeadlineSeconds"] > 7000
+
+        ran = await call(client, "execute_command", container_id=box,
+                         command="echo hello; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                                 "2>/dev/null; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; exit 3")
+        assert ran["exit_code"] == 3 and ran["stdout"].startswith("hello\n268435456\n"), ran
+        assert "CapEff:\t0000000000000000" in ran["stdout"] and re.search(r"NoNewPrivs:\s+1", ran["stdout"])
+
+        written = await call(client, "write_file", container_id=box, path="/tmp/data.bin",
+                             content=base64.b64encode(bytes(range(256)) * 64).decode(), encoding="base64")
+        assert written["size_bytes"] == 16384
+        read = await call(client, "read_file", container_id=box, path="/tmp/data.bin", encoding="base64")
+        assert base64.b64decode(read["content"]) == bytes(range(256)) * 64
+        listed = await call(client, "list_files", container_id=box, path="/tmp")
+        assert "data.bin" in json.dumps(listed)
+
+        fed = await call(client, "execute_command", container_id=box, command="tr a-z A-Z", stdin="through the api\n")
+        assert fed["stdout"] == "THROUGH THE API\n"
+        waiting = await call(client, "execute_command", container_id=box, command="cat", keep_stdin_open=True)
+        turn = await call(client, "write_stdin", container_id=box, command_id=waiting["command_id"], data="turn\n")
+        assert turn["stdout"] == "turn\n", turn
+        closed = await call(client, "write_stdin", container_id=box, command_id=waiting["command_id"], data="",
+                            close=True)
+        assert (closed["status"], closed["exit_code"]) == ("completed", 0), closed
+
+        trap = await call(client, "execute_command", container_id=box,
+                          command="trap 'echo trapped; exit 7' INT; echo ready; while :; do sleep 0.1; done")
+        sent = await call(client, "send_signal", container_id=box, command_id=trap["command_id"], signal="INT")
+        assert (sent["exit_code"], sent["stdout"]) == (7, "ready\ntrapped\n"), sent
+
+        tty = await call(client, "execute_command", container_id=box, command="test -t 1 && echo terminal", tty=True)
+        assert "terminal" in tty["stdout"]
+
+        await call(client, "execute_command", container_id=box, command="printf 'Hello World' > /tmp/hello.txt")
+        link = await call(client, "get_file_url", container_id=box, path="/tmp/hello.txt")
+        downloaded = httpx.get(link["url"])
+        assert downloaded.status_code == 200 and downloaded.content == b"Hello World"
+
+        await start_app(client, box, preview_app_binary(), "8000")
+        preview = await call(client, "expose_port", container_id=box, port=8000)
+        answered = httpx.get(preview["url"] + "hello", timeout=30)
+        assert answered.status_code == 200, answered.text
+
+        with pytest.raises(ToolError) as refused:
+            await client.call_tool("snapshot_container", {"container_id": box})
+        assert "Kubernetes backend" in str(refused.value)
+        with pytest.raises(ToolError) as refused:
+            await client.call_tool("create_container", {"network": True, "allow_domains": ["example.org"]})
+        assert "Kubernetes backend" in str(refused.value)
+
+        await call(client, "destroy_container", container_id=box)
+        with pytest.raises(ToolError):
+            await client.call_tool("execute_command", {"container_id": box, "command": "true"})
+    assert await pod_deleted(api, box)
+    agent = [s for s in api.runner.kubelet.sessions if s["argv"][0] == "/run/mcp-sandbox/agent"]
+    assert agent and all(s["protocol"] == "v5.channel.k8s.io" for s in agent)  # the channel went over exec
+
+
+async def test_a_restarted_server_finds_its_pods_again(start_server, cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    api, config = cluster
+    env = {"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(config), "SANDBOX_K8S_NAMESPACE": NAMESPACE,
+           "SANDBOX_STATE_DIR": str(tmp_path / "state"), "SANDBOX_EGRESS": "none",
+           "SANDBOX_NAMESPACE": f"{RUN_ID}-kube-restart"}
+    first = start_server(env)
+    async with Client(first.url + "/mcp") as client:
+        box = (await call(client, "create_container"))["container_id"]
+        started = await call(client, "execute_command", container_id=box, command="sleep 2; echo survived")
+    first.stop()
+    second = start_server(env)
+    async with Client(second.url + "/mcp") as client:
+        ended = (await call(client, "check_container", container_id=box, command_id=started["command_id"],
+                            wait_seconds=20))["command"]
+        assert ended["stdout"] == "survived\n"
+        await call(client, "destroy_container", container_id=box)
+    assert await pod_deleted(api, box)
+
+
+def test_no_cluster_is_a_clear_error_at_start(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError) as missing:
+        start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(tmp_path / "none")})
+    assert f"no kubeconfig at {tmp_path / 'none'}" in str(missing.value)
+    with pytest.raises(RuntimeError) as unreachable:
+        start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}"))})
+    assert "SANDBOX_BACKEND=kubernetes, but the Kubernetes API at" in str(unreachable.value)
+    assert "did not answer" in str(unreachable.value)
