@@ -172,3 +172,32 @@ def test_no_cluster_is_a_clear_error_at_start(start_server, tmp_path: Path) -> N
         start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}"))})
     assert "SANDBOX_BACKEND=kubernetes, but the Kubernetes API at" in str(unreachable.value)
     assert "did not answer" in str(unreachable.value)
+
+
+async def test_a_terminal_in_a_pod_is_an_exec_session_with_a_tty(cluster) -> None:  # type: ignore[no-untyped-def]
+    from mcp_container_sandbox.sandbox.backend.kubernetes.api import Cluster
+    from mcp_container_sandbox.sandbox.backend.kubernetes.backend import KubernetesBackend
+    from mcp_container_sandbox.sandbox.containers import sandbox_labels, sandbox_spec
+    from mcp_container_sandbox.sandbox.model import Sandbox
+    from mcp_container_sandbox.settings import KubernetesSettings
+
+    api, config = cluster
+    backend = KubernetesBackend(KubernetesSettings(namespace=NAMESPACE), Cluster.from_kubeconfig(config.read_text()))
+    sandbox = Sandbox("ab" * 16, os.environ["SANDBOX_IMAGE"], 0, 9e9, network="none")
+    await backend.start(sandbox_spec(sandbox, sandbox_labels(sandbox, f"{RUN_ID}-kube-terminal")))
+    try:
+        terminal = await backend.open_terminal(sandbox.name, 100, 30)
+        await terminal.write(b"echo tty-$((6*7)); stty size\n")
+        shown = b""
+        with anyio.fail_after(30):
+            while b"tty-42" not in shown:
+                shown += await terminal.read()
+        await terminal.resize(120, 40)
+        await terminal.close()
+        assert await terminal.read() == b""
+        assert {"Width": 100, "Height": 30} in api.runner.kubelet.resizes
+        assert {"Width": 120, "Height": 40} in api.runner.kubelet.resizes
+    finally:
+        await backend.remove(sandbox.name)
+        await backend.aclose()
+    assert await pod_deleted(api, sandbox.container_id)

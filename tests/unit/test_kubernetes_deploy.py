@@ -1,0 +1,86 @@
+"""deploy/kubernetes/ holds what its comments say: every object valid for the Kubernetes releases a
+cluster may run, the Role exactly the verbs the server's API calls need, the sandboxes' NetworkPolicies
+one per egress label the backend gives (blocking what the Podman backend's rules block), and the
+Deployment's settings ones the server reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from test_kubernetes_pod import VERSIONS
+
+from mcp_container_sandbox import settings
+from mcp_container_sandbox.sandbox.backend.kubernetes import api
+from mcp_container_sandbox.sandbox.backend.kubernetes.backend import LABEL_EGRESS
+from mcp_container_sandbox.sandbox.network.egress_rules import BLOCKED_V4, BLOCKED_V6
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+MANIFESTS = sorted(path for path in DEPLOY.glob("*.yaml") if path.name != "kustomization.yaml")
+
+
+def objects() -> list[dict[str, Any]]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def one(kind: str, name: str = "") -> dict[str, Any]:
+    [found] = [o for o in objects() if o["kind"] == kind and (not name or o["metadata"]["name"] == name)]
+    return found
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_object_is_valid_for_each_release(version: str) -> None:
+    assert len(objects()) >= 10
+    for manifest in objects():
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == [path.name for path in MANIFESTS]
+
+
+def test_the_role_grants_exactly_the_verbs_the_api_calls_use() -> None:
+    granted = {resource: set(rule["verbs"]) for rule in one("Role")["rules"] for resource in rule["resources"]}
+    # Each call names its verb for the 403 message: "create pods", "watch pods", ...
+    called = set(re.findall(r'"(\w+) pods"', Path(api.__file__).read_text()))
+    assert called and called <= granted["pods"], called - granted["pods"]
+    assert granted == {"pods": {"create", "get", "list", "watch", "patch", "delete"},
+                       "pods/exec": {"create", "get"}}
+    binding, deployment = one("RoleBinding"), one("Deployment")
+    assert binding["roleRef"]["name"] == one("Role")["metadata"]["name"]
+    [subject] = binding["subjects"]
+    assert (subject["name"], subject["namespace"]) == (
+        deployment["spec"]["template"]["spec"]["serviceAccountName"], deployment["metadata"]["namespace"])
+
+
+def test_sandboxes_namespace_is_the_one_the_server_is_told() -> None:
+    deployment = one("Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    described = {name for name, _, _ in settings.VARIABLES}
+    assert set(env) <= described, set(env) - described
+    assert env["SANDBOX_BACKEND"] == "kubernetes"
+    sandboxes = env["SANDBOX_K8S_NAMESPACE"]
+    assert one("Role")["metadata"]["namespace"] == sandboxes
+    assert {p["metadata"]["namespace"] for p in objects() if p["kind"] == "NetworkPolicy"} == {sandboxes}
+    assert sandboxes in {o["metadata"]["name"] for o in objects() if o["kind"] == "Namespace"}
+    assert deployment["spec"]["replicas"] >= 2
+
+
+def test_each_egress_label_has_its_policy_and_public_blocks_what_podman_blocks() -> None:
+    policies = [p for p in objects() if p["kind"] == "NetworkPolicy"]
+    deny = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1 and "egress" not in deny[0]["spec"] and "ingress" not in deny[0]["spec"]
+    assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    by_label = {p["spec"]["podSelector"]["matchLabels"][LABEL_EGRESS]: p for p in policies if p not in deny}
+    assert set(by_label) | {"none"} == set(settings.EGRESS_POLICIES)  # none: the default deny alone
+    assert by_label["open"]["spec"]["egress"] == [{}]
+    blocks = {rule["ipBlock"]["cidr"]: rule["ipBlock"]["except"]
+              for rule in by_label["public"]["spec"]["egress"][1]["to"]}
+    assert blocks == {"0.0.0.0/0": list(BLOCKED_V4), "::/0": list(BLOCKED_V6)}
+    dns = by_label["public"]["spec"]["egress"][0]
+    assert {p["port"] for p in dns["ports"]} == {53} and "ipBlock" not in dns["to"][0]
