@@ -3,7 +3,7 @@ server's sandboxes made as Pods through a STAND-IN for the Kubernetes API server
 which checks each Pod against the API's schema, answers pods/exec with the kubelet's streaming protocol
 and has podman kube play run the Pods: no API server or kubelet can run on these machines). Every
 process in a sandbox, the agent's channel included, is an exec session: nothing of the sandbox runs on
-the server's host. scripts/test-kubernetes.sh runs this module against a real cluster."""
+the server's host. scripts/test-kubernetes.sh runs this module against a real cluster instead."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ from fastmcp.exceptions import ToolError
 from support.kube import PodRunner
 from support.kube_api import KubeApiStandIn
 from support.preview_app import preview_app_binary, start_app
+
+from mcp_container_sandbox.sandbox.backend.kubernetes.api import Cluster, KubeApi
+from mcp_container_sandbox.sandbox.backend.kubernetes.backend import KubernetesBackend
+from mcp_container_sandbox.sandbox.containers import sandbox_labels, sandbox_spec
+from mcp_container_sandbox.sandbox.model import NAME_PREFIX, Sandbox
+from mcp_container_sandbox.settings import KubernetesSettings
 
 pytestmark = pytest.mark.anyio
 NAMESPACE = "sandboxes"
@@ -41,49 +48,65 @@ def kubeconfig(folder: Path, server: str, token: str = TOKEN) -> Path:
     return path
 
 
+@dataclass
+class PodCluster:
+    """Where the tests' Pods run: the stand-in (``stand_in`` set), or a real cluster."""
+
+    kubeconfig: Path
+    namespace: str
+    stand_in: KubeApiStandIn | None = None
+
+    def api(self) -> KubeApi:
+        return KubeApi(Cluster.from_kubeconfig(self.kubeconfig.read_text()), self.namespace)
+
+    async def pod(self, container_id: str) -> dict[str, Any] | None:
+        api = self.api()
+        try:
+            pod = await api.get_pod(NAME_PREFIX + container_id)
+        finally:
+            await api.aclose()
+        return None if pod is None or pod["metadata"].get("deletionTimestamp") else pod
+
+    async def deleted(self, container_id: str) -> bool:
+        """Whether the sandbox's Pod goes within 60 s (destroy_container answers first, as on Podman)."""
+        with anyio.move_on_after(60):
+            while await self.pod(container_id) is not None:
+                await anyio.sleep(0.2)
+            return True
+        return False
+
+    def env(self, state: Path, **extra: str) -> dict[str, str]:
+        return {"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(self.kubeconfig),
+                "SANDBOX_K8S_NAMESPACE": self.namespace, "SANDBOX_STATE_DIR": str(state), "SANDBOX_EGRESS": "none",
+                **extra}
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeApiStandIn, Path]]:
-    """A real cluster's KUBECONFIG when scripts/test-kubernetes.sh gives one, else the stand-in's."""
-    folder = tmp_path_factory.mktemp("cluster")
-    api = KubeApiStandIn(runner=PodRunner(folder), token=TOKEN)
-    with api.serving(free_port()) as url:
-        yield api, kubeconfig(folder, url)
-
-
-@pytest.fixture
-def kube_server(start_server, cluster, tmp_path: Path) -> ServerProcess:  # type: ignore[no-untyped-def]
-    api, config = cluster
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodCluster]:
+    """The cluster scripts/test-kubernetes.sh names (MCP_SANDBOX_TEST_KUBECONFIG), else the stand-in."""
     real = os.environ.get("MCP_SANDBOX_TEST_KUBECONFIG", "")
-    return start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": real or str(config),
-                         "SANDBOX_K8S_NAMESPACE": os.environ.get("MCP_SANDBOX_TEST_K8S_NAMESPACE", NAMESPACE),
-                         "SANDBOX_STATE_DIR": str(tmp_path / "state"), "SANDBOX_EGRESS": "none"})
+    if real:
+        yield PodCluster(Path(real), os.environ.get("MCP_SANDBOX_TEST_K8S_NAMESPACE", "mcp-sandboxes"))
+        return
+    folder = tmp_path_factory.mktemp("cluster")
+    stand_in = KubeApiStandIn(runner=PodRunner(folder), token=TOKEN)
+    with stand_in.serving(free_port()) as url:
+        yield PodCluster(kubeconfig(folder, url), NAMESPACE, stand_in)
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     return structured(await client.call_tool(tool, arguments))
 
 
-def pods(api: KubeApiStandIn) -> list[dict[str, Any]]:
-    return [pod for (namespace, _), pod in api.pods.items() if namespace == NAMESPACE]
-
-
-async def pod_deleted(api: KubeApiStandIn, container_id: str) -> bool:
-    """Whether the sandbox's Pod is deleted within 30 s (destroy_container answers first, as on Podman)."""
-    with anyio.move_on_after(30):
-        while any(p["metadata"]["name"].endswith(container_id) for p in pods(api)):
-            await anyio.sleep(0.1)
-        return True
-    return False
-
-
-async def test_every_tool_runs_in_a_pod_through_the_api(kube_server: ServerProcess, cluster) -> None:  # type: ignore[no-untyped-def]
-    api, _ = cluster
-    health = httpx.get(kube_server.url + "/health").json()
-    assert health["backend"] == "kubernetes" and health["kubernetes_version"] == "v1.33.0-stand-in"
+async def test_every_tool_runs_in_a_pod_through_the_api(start_server, cluster: PodCluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = start_server(cluster.env(tmp_path / "state"))
+    health = httpx.get(server.url + "/health").json()
+    assert health["backend"] == "kubernetes" and health["kubernetes_version"].startswith("v1.")
     assert "podPidsLimit" in health["limits"]["processes"] and health["egress"]["policy"] == "none"
-    async with Client(kube_server.url + "/mcp") as client:
+    async with Client(server.url + "/mcp") as client:
         box = (await call(client, "create_container"))["container_id"]
-        [pod] = [p for p in pods(api) if p["metadata"]["name"].endswith(box)]
+        pod = await cluster.pod(box)
+        assert pod is not None
         assert pod["metadata"]["labels"]["mcp-sandbox.egress"] == "none"
         assert pod["spec"]["containers"][0]["resources"]["limits"] == {
             "cpu": "500m", "memory": "256Mi", "ephemeral-storage": str(2 * 1024 ** 3)}
@@ -140,16 +163,15 @@ async def test_every_tool_runs_in_a_pod_through_the_api(kube_server: ServerProce
         await call(client, "destroy_container", container_id=box)
         with pytest.raises(ToolError):
             await client.call_tool("execute_command", {"container_id": box, "command": "true"})
-    assert await pod_deleted(api, box)
-    agent = [s for s in api.runner.kubelet.sessions if s["argv"][0] == "/run/mcp-sandbox/agent"]
-    assert agent and all(s["protocol"] == "v5.channel.k8s.io" for s in agent)  # the channel went over exec
+    assert await cluster.deleted(box)
+    if cluster.stand_in is not None:  # what only the stand-in can tell: the channel went over exec, under v5
+        assert cluster.stand_in.runner is not None
+        agent = [s for s in cluster.stand_in.runner.kubelet.sessions if s["argv"][0] == "/run/mcp-sandbox/agent"]
+        assert agent and all(s["protocol"] == "v5.channel.k8s.io" for s in agent)
 
 
-async def test_a_restarted_server_finds_its_pods_again(start_server, cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    api, config = cluster
-    env = {"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(config), "SANDBOX_K8S_NAMESPACE": NAMESPACE,
-           "SANDBOX_STATE_DIR": str(tmp_path / "state"), "SANDBOX_EGRESS": "none",
-           "SANDBOX_NAMESPACE": f"{RUN_ID}-kube-restart"}
+async def test_a_restarted_server_finds_its_pods_again(start_server, cluster: PodCluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = cluster.env(tmp_path / "state", SANDBOX_NAMESPACE=f"{RUN_ID}-kube-restart")
     first = start_server(env)
     async with Client(first.url + "/mcp") as client:
         box = (await call(client, "create_container"))["container_id"]
@@ -161,28 +183,12 @@ async def test_a_restarted_server_finds_its_pods_again(start_server, cluster, tm
                             wait_seconds=20))["command"]
         assert ended["stdout"] == "survived\n"
         await call(client, "destroy_container", container_id=box)
-    assert await pod_deleted(api, box)
+    assert await cluster.deleted(box)
 
 
-def test_no_cluster_is_a_clear_error_at_start(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(RuntimeError) as missing:
-        start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(tmp_path / "none")})
-    assert f"no kubeconfig at {tmp_path / 'none'}" in str(missing.value)
-    with pytest.raises(RuntimeError) as unreachable:
-        start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}"))})
-    assert "SANDBOX_BACKEND=kubernetes, but the Kubernetes API at" in str(unreachable.value)
-    assert "did not answer" in str(unreachable.value)
-
-
-async def test_a_terminal_in_a_pod_is_an_exec_session_with_a_tty(cluster) -> None:  # type: ignore[no-untyped-def]
-    from mcp_container_sandbox.sandbox.backend.kubernetes.api import Cluster
-    from mcp_container_sandbox.sandbox.backend.kubernetes.backend import KubernetesBackend
-    from mcp_container_sandbox.sandbox.containers import sandbox_labels, sandbox_spec
-    from mcp_container_sandbox.sandbox.model import Sandbox
-    from mcp_container_sandbox.settings import KubernetesSettings
-
-    api, config = cluster
-    backend = KubernetesBackend(KubernetesSettings(namespace=NAMESPACE), Cluster.from_kubeconfig(config.read_text()))
+async def test_a_terminal_in_a_pod_is_an_exec_session_with_a_tty(cluster: PodCluster) -> None:
+    backend = KubernetesBackend(KubernetesSettings(namespace=cluster.namespace),
+                                Cluster.from_kubeconfig(cluster.kubeconfig.read_text()))
     sandbox = Sandbox("ab" * 16, os.environ["SANDBOX_IMAGE"], 0, 9e9, network="none")
     await backend.start(sandbox_spec(sandbox, sandbox_labels(sandbox, f"{RUN_ID}-kube-terminal")))
     try:
@@ -195,9 +201,20 @@ async def test_a_terminal_in_a_pod_is_an_exec_session_with_a_tty(cluster) -> Non
         await terminal.resize(120, 40)
         await terminal.close()
         assert await terminal.read() == b""
-        assert {"Width": 100, "Height": 30} in api.runner.kubelet.resizes
-        assert {"Width": 120, "Height": 40} in api.runner.kubelet.resizes
     finally:
         await backend.remove(sandbox.name)
         await backend.aclose()
-    assert await pod_deleted(api, sandbox.container_id)
+    assert await cluster.deleted(sandbox.container_id)
+    if cluster.stand_in is not None:  # the sizes went on the resize channel
+        assert cluster.stand_in.runner is not None
+        assert [{"Width": 100, "Height": 30}, {"Width": 120, "Height": 40}] == cluster.stand_in.runner.kubelet.resizes[-2:]
+
+
+def test_no_cluster_is_a_clear_error_at_start(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError) as missing:
+        start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(tmp_path / "none")})
+    assert f"no kubeconfig at {tmp_path / 'none'}" in str(missing.value)
+    with pytest.raises(RuntimeError) as unreachable:
+        start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}"))})
+    assert "SANDBOX_BACKEND=kubernetes, but the Kubernetes API at" in str(unreachable.value)
+    assert "did not answer" in str(unreachable.value)
