@@ -10,8 +10,8 @@ from typing import Any
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
-from .containers import SandboxContainers
-from .errors import ImageNotAllowed, SandboxError
+from .containers import SandboxContainers, sandbox_labels
+from .errors import ImageNotAllowed, SandboxError, TakenElsewhere
 from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
 from .model import LOCAL_TENANT, Sandbox
@@ -140,7 +140,13 @@ class Creation:
 
     async def claim_pooled(self, sandbox: Sandbox, claim: bytes) -> None:
         """Hand a pooled sandbox out: its lifetime and tenant recorded on the host (what a restarted
-        server believes), then the claim inside it (what tells a server before that one it was taken)."""
+        server believes), then the claim inside it (what tells a server before that one it was taken).
+        Where servers share the sandboxes, the claim is the backend's instead, and only one of them wins."""
+        if self.backend.shared:
+            if not await self.backend.claim(sandbox.name, sandbox_labels(sandbox, self.settings.namespace)):
+                await self.channels.close(sandbox.container_id)
+                raise TakenElsewhere(f"pooled sandbox {sandbox.container_id} was handed out by another server")
+            return
         try:
             self.lifetimes.record(sandbox.container_id, Lifetime(sandbox.created_at, sandbox.expires_at, sandbox.tenant))
         except OSError as exc:

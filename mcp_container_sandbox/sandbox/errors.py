@@ -160,6 +160,10 @@ class SnapshotLimitReached(SandboxError):
     pass
 
 
+class TakenElsewhere(SandboxError):
+    """A pooled sandbox another server (sharing the sandboxes) handed out first: not this one's to use."""
+
+
 class PortClosed(SandboxError):
     """Nothing accepts connections on that port inside the sandbox."""
 

@@ -139,6 +139,28 @@ class Lifecycle:
                          sandbox.container_id, exc)
             await self._destroy(sandbox.container_id, sandbox.tenant, GONE_REMOVED)
 
+    async def follow_others(self) -> None:
+        """Where servers share the sandboxes (Kubernetes): a sandbox another server made is served here
+        too once it runs, one it destroyed is forgotten, and the links made for any are served here."""
+        labels = {LABEL_MANAGED: "true", LABEL_NAMESPACE: self.settings.namespace}
+        async for kind, entry in self.backend.follow(labels):
+            container_id = entry.name[len(NAME_PREFIX):] if entry.name.startswith(NAME_PREFIX) else ""
+            known = self.registry.live(container_id)
+            if kind == "DELETED":
+                if known is not None and not known.destroying:
+                    logger.info("sandbox %s was removed by another server", container_id)
+                    self._forget(container_id, GONE_REMOVED)
+                continue
+            if known is None and not entry.ours and entry.running and entry.labels.get(LABEL_POOLED) != "true":
+                sandbox = self._from_labels(entry)
+                if CONTAINER_ID_RE.match(container_id) and math.isfinite(sandbox.expires_at) and \
+                        sandbox.expires_at > time.time():
+                    self.registry.add(sandbox)
+                    known = sandbox
+            if known is not None:
+                self.links.learn(container_id, entry.records)
+                self.ports.learn(container_id, known.tenant, entry.records)
+
     async def _adopt_pooled(self, sandbox: Sandbox, made_under: str) -> bool:
         """A pooled sandbox was handed out if its lifetime was recorded (lifetimes.py) or it holds a
         claim: then it is adopted with that lifetime (True), whatever changed since. Unclaimed, it

@@ -177,6 +177,8 @@ class SandboxManager:
             await self.disks.release_spares()  # what a server that died left
             self._background.start_soon(self.disks.keep_spares)
         self._background.start_soon(self.lifecycle.reap_forever)
+        if self.backend.shared:
+            self._background.start_soon(self.lifecycle.follow_others)
         if self.settings.pool_size > 0:
             self._background.start_soon(self.pool.fill_forever)
 
@@ -237,6 +239,9 @@ class SandboxManager:
         """Give the sandbox ``seconds`` more, up to SANDBOX_TTL_SECONDS from now (the longest lifetime a
         create may ask for); recorded on the host, so a restarted server keeps it (lifetimes.py)."""
         sandbox = self.get(container_id, tenant)
+        if self.backend.shared:
+            raise SandboxError(f"A sandbox's lifetime cannot be extended on the {self.backend.name} backend: its "
+                               "Pod's deadline (activeDeadlineSeconds) is set when it starts and can only be shortened.")
         expires_at = min(sandbox.expires_at + max(0, seconds), time.time() + self.settings.ttl_seconds)
         if expires_at > sandbox.expires_at:
             try:
@@ -274,8 +279,8 @@ class SandboxManager:
 
     # ----- preview links (network/preview_links.py)
 
-    def expose_port(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
-        return self.ports.expose(container_id, port, tenant)
+    async def expose_port(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
+        return await self.ports.expose(container_id, port, tenant)
 
     def port_links(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[PortLink]:
         return self.ports.of(self.get(container_id, tenant).container_id)

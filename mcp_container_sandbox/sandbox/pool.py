@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from .errors import SandboxError
+from .errors import SandboxError, TakenElsewhere
 from .model import Sandbox
 
 logger = logging.getLogger("mcp_sandbox.pool")
@@ -135,6 +135,8 @@ class WarmPool:
             try:
                 await self._claim(sandbox, claim)
                 return sandbox
+            except TakenElsewhere:
+                continue  # another server's now: it is not removed
             except SandboxError as exc:
                 logger.warning("pooled sandbox %s unusable (%s); destroying it", sandbox.container_id, exc)
                 await self._discard(sandbox)

@@ -31,7 +31,7 @@ class PortTools(ToolArea):
             unavailable = self.context.links_unavailable()
             if unavailable:
                 raise SandboxError(unavailable.replace("File URLs", "Preview URLs"))
-            link = self.sandboxes.expose_port(container_id, port, tenant)
+            link = await self.sandboxes.expose_port(container_id, port, tenant)
             expires_at = utc_iso(self.sandboxes.get(container_id, tenant).expires_at)
         shown = port_link_fields(link, self.context.base_url(), self.context.server.preview_domain)
         return {**shown, "expires_at": expires_at}

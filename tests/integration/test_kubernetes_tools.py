@@ -75,6 +75,15 @@ class PodCluster:
             return True
         return False
 
+    async def sweep(self, server_namespace: str) -> None:
+        """Delete what servers of that SANDBOX_NAMESPACE left (their warm pools' Pods)."""
+        api = self.api()
+        try:
+            for pod in (await api.list_pods({"mcp-sandbox.namespace": server_namespace}))[0]:
+                await api.delete_pod(pod["metadata"]["name"])
+        finally:
+            await api.aclose()
+
     def env(self, state: Path, **extra: str) -> dict[str, str]:
         return {"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(self.kubeconfig),
                 "SANDBOX_K8S_NAMESPACE": self.namespace, "SANDBOX_STATE_DIR": str(state), "SANDBOX_EGRESS": "none",
@@ -218,3 +227,92 @@ def test_no_cluster_is_a_clear_error_at_start(start_server, tmp_path: Path) -> N
         start_server({"SANDBOX_BACKEND": "kubernetes", "KUBECONFIG": str(kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}"))})
     assert "SANDBOX_BACKEND=kubernetes, but the Kubernetes API at" in str(unreachable.value)
     assert "did not answer" in str(unreachable.value)
+
+
+async def eventually(client: Client, tool: str, seconds: float = 15, **arguments: Any) -> dict[str, Any]:
+    """A call that succeeds once the server has learnt what another server did (through the cluster)."""
+    with anyio.fail_after(seconds):
+        while True:
+            try:
+                return await call(client, tool, **arguments)
+            except ToolError:
+                await anyio.sleep(0.2)
+
+
+async def test_two_servers_serve_the_same_sandboxes(start_server, cluster: PodCluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shared = f"{RUN_ID}-kube-shared"
+    first = start_server(cluster.env(tmp_path / "a", SANDBOX_NAMESPACE=shared))
+    second = start_server(cluster.env(tmp_path / "b", SANDBOX_NAMESPACE=shared))
+    async with Client(first.url + "/mcp") as on_first, Client(second.url + "/mcp") as on_second:
+        box = (await call(on_first, "create_container"))["container_id"]
+        ran = await eventually(on_second, "execute_command", container_id=box, command="echo made-by-the-first")
+        assert ran["stdout"] == "made-by-the-first\n"
+        started = await call(on_first, "execute_command", container_id=box, command="sleep 1; echo followed")
+        ended = (await call(on_second, "check_container", container_id=box, command_id=started["command_id"],
+                            wait_seconds=20))["command"]
+        assert (ended["status"], ended["stdout"]) == ("completed", "followed\n")
+        listed = await call(on_second, "list_containers")
+        assert box in json.dumps(listed)
+
+        await call(on_first, "execute_command", container_id=box, command="printf shared > /tmp/shared.txt")
+        link = await call(on_first, "get_file_url", container_id=box, path="/tmp/shared.txt")
+        await start_app(on_first, box, preview_app_binary(), "8000")
+        preview = await call(on_first, "expose_port", container_id=box, port=8000)
+        with anyio.fail_after(15):  # the second learns the links from the Pod's records
+            while (downloaded := httpx.get(link["url"].replace(first.url, second.url))).status_code != 200:
+                await anyio.sleep(0.2)
+        assert downloaded.content == b"shared"
+        answered = httpx.get(preview["url"].replace(first.url, second.url) + "hello", timeout=30)
+        assert answered.status_code == 200, answered.text
+
+        await call(on_second, "destroy_container", container_id=box)
+        with anyio.fail_after(15):  # the first hears of it through the cluster
+            while True:
+                try:
+                    await call(on_first, "check_container", container_id=box)
+                except ToolError as gone:
+                    assert "No sandbox" in str(gone)
+                    break
+                await anyio.sleep(0.2)
+        assert httpx.get(link["url"]).status_code == 404
+    assert await cluster.deleted(box)
+
+
+async def test_a_pooled_pod_is_handed_out_once_among_servers(start_server, cluster: PodCluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shared = f"{RUN_ID}-kube-pool"
+    env = {"SANDBOX_NAMESPACE": shared, "SANDBOX_POOL_SIZE": "1", "SANDBOX_POOL_MAX": "1"}
+    maker = start_server(cluster.env(tmp_path / "maker", **env))
+    with anyio.fail_after(60):  # its pool fills
+        while httpx.get(maker.url + "/health").json()["pool"]["ready"] < 1:
+            await anyio.sleep(0.2)
+    maker.stop()  # its pooled Pod stays, unclaimed: both servers below take it into their pools
+    api = cluster.api()
+    try:
+        [pooled] = [pod["metadata"]["name"][len(NAME_PREFIX):] for pod in
+                    (await api.list_pods({"mcp-sandbox.namespace": shared, "mcp-sandbox.pooled": "true"}))[0]]
+    finally:
+        await api.aclose()
+    first = start_server(cluster.env(tmp_path / "first", **env))
+    second = start_server(cluster.env(tmp_path / "second", **env))
+    for server in (first, second):  # each holds the same pooled Pod (its pool full with it)
+        assert httpx.get(server.url + "/health").json()["pool"]["ready"] == 1
+    async with Client(first.url + "/mcp") as on_first, Client(second.url + "/mcp") as on_second:
+        async with anyio.create_task_group() as group:
+            made: list[str] = []
+
+            async def create(client: Client) -> None:
+                made.append((await call(client, "create_container"))["container_id"])
+
+            group.start_soon(create, on_first)
+            group.start_soon(create, on_second)
+        assert len(set(made)) == 2 and pooled in made  # one claimed the pooled Pod; the other lost and made one
+        for box, other in ((made[0], on_second), (made[1], on_first)):  # each is served by both, once claimed
+            ran = await eventually(other, "execute_command", container_id=box, command="echo claimed")
+            assert ran["stdout"] == "claimed\n"
+        for box in made:
+            await call(on_first, "destroy_container", container_id=box)
+    for box in made:
+        assert await cluster.deleted(box)
+    first.stop()
+    second.stop()
+    await cluster.sweep(shared)

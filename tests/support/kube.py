@@ -65,6 +65,10 @@ class PodRunner:
             volume["name"] = f"{name}-{volume['name']}"
         for mount in pod["spec"]["containers"][0].get("volumeMounts") or ():
             mount["name"] = f"{name}-{mount['name']}"
+        # podman kube play 4.3 refuses an annotation longer than 63 characters (a label's limit; the API
+        # server takes 256 KiB of them): what it runs goes without those; the API's record keeps them.
+        annotations = pod["metadata"].get("annotations") or {}
+        pod["metadata"]["annotations"] = {key: value for key, value in annotations.items() if len(value) <= 63}
         manifest = self.folder / f"{name}.json"
         manifest.write_text(json.dumps(pod))
         self.played.add(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,7 @@ class StandInBackend:
 
     name = "stand-in"
     host_processes = True
+    shared = False  # one server's containers: nothing to follow or record for others
 
     def __init__(self, programs: Sequence[Program] = ()) -> None:
         self.containers: dict[str, StandInContainer] = {}
@@ -144,6 +145,16 @@ class StandInBackend:
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
         return [Container(c.name, dict(c.labels), c.running, c.image) for c in self.containers.values()
                 if all(c.labels.get(key) == value for key, value in labels.items())]
+
+    async def put_records(self, name: str, records: Mapping[str, str | None]) -> None:
+        return None
+
+    async def claim(self, name: str, labels: Mapping[str, str]) -> bool:
+        return True
+
+    async def follow(self, labels: Mapping[str, str]) -> AsyncIterator[tuple[str, Container]]:
+        raise NotImplementedError("the stand-in is not shared")
+        yield  # pragma: no cover
 
     async def status(self, name: str) -> PodmanResult:
         if name not in self.containers:

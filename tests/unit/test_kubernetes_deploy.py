@@ -68,7 +68,8 @@ def test_sandboxes_namespace_is_the_one_the_server_is_told() -> None:
     assert one("Role")["metadata"]["namespace"] == sandboxes
     assert {p["metadata"]["namespace"] for p in objects() if p["kind"] == "NetworkPolicy"} == {sandboxes}
     assert sandboxes in {o["metadata"]["name"] for o in objects() if o["kind"] == "Namespace"}
-    assert deployment["spec"]["replicas"] == 1  # replicas do not share what each knows yet (docs/kubernetes.md)
+    assert deployment["spec"]["replicas"] >= 2
+    assert one("Service")["spec"]["sessionAffinity"] == "ClientIP"  # an MCP session lives in one replica
 
 
 def test_each_egress_label_has_its_policy_and_public_blocks_what_podman_blocks() -> None:

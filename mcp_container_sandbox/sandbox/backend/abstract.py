@@ -6,8 +6,8 @@ it speaks in. ``PodmanBackend`` (podman.py) runs them on this host, ``Kubernetes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ class Container:
     running: bool
     image: str
     paused: bool = False  # frozen by Podman (a server stopped while taking a snapshot)
+    # What servers recorded on it for each other (put_records): "file:<id>" -> path, "port:<token>" -> ...
+    records: Mapping[str, str] = field(default_factory=dict)
+    ours: bool = False  # made by this very server (where shared): it knows it already
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class Backend(Protocol):
     # Whether a process in a sandbox can be a host process (exec_argv: podman exec); False where only
     # open_stream reaches inside (an exec session over the Kubernetes API).
     host_processes: bool
+    # Whether several servers share the sandboxes (a cluster's): each follows the others' (follow) and
+    # what they record on a sandbox (put_records). False: one server's sandboxes, its state on its host.
+    shared: bool
 
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         """Start a sandbox's container, its writable layer first filled from a snapshot's archive
@@ -107,6 +113,18 @@ class Backend(Protocol):
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
         """The containers carrying all these labels."""
+
+    async def put_records(self, name: str, records: Mapping[str, str | None]) -> None:
+        """Record on the sandbox what other servers must know of it (None removes a record); nothing
+        where the backend is not shared."""
+
+    async def claim(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Where shared: hand a pooled sandbox out with these labels, if no other server did first (False
+        then). Elsewhere True: the one server holding it has claimed it already."""
+
+    def follow(self, labels: Mapping[str, str]) -> AsyncIterator[tuple[str, Container]]:
+        """Where shared: every container with these labels as it is now ("ADDED"), then each change
+        ("ADDED", "MODIFIED", "DELETED") as it comes, for as long as it is read."""
 
     async def status(self, name: str) -> PodmanResult:
         """The container's state ("running", "exited", ...) on stdout."""

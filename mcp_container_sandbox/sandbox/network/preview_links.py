@@ -2,7 +2,9 @@
 
 A link is a token (160 random bits) naming a sandbox and a port; the token is the capability,
 as a file link's id is. Links are kept where a restart finds them, in the server's state folder
-(``<SANDBOX_STATE_DIR>/<namespace>/ports/<token>.json``), and die with their sandbox. Each
+(``<SANDBOX_STATE_DIR>/<namespace>/ports/<token>.json``), and die with their sandbox; where servers
+share the sandboxes (Kubernetes), also on the sandbox (``port:<token>`` records), so any of them
+serves the link. Each
 connection through a link is made inside the sandbox's own network namespace by the backend
 (backend.connect): nothing is published on the host, and a sandbox without a network, or under
 the egress policy, is reached alike.
@@ -15,7 +17,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,7 +79,19 @@ class PortLinks:
         return sorted((link for link in self._links.values() if link.container_id == container_id),
                       key=lambda link: link.port)
 
-    def expose(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
+    def learn(self, container_id: str, tenant: str, records: Mapping[str, str]) -> None:
+        """The links another server made for a sandbox, from its records ("port:<token>" -> "<port> <made at>")."""
+        for record, value in records.items():
+            kind, _, token = record.partition(":")
+            fields = value.split()
+            if (kind == "port" and TOKEN_RE.match(token) and token not in self._links and len(fields) == 2
+                    and fields[0].isdigit()):
+                try:
+                    self._links[token] = PortLink(token, container_id, int(fields[0]), tenant, float(fields[1]))
+                except ValueError:
+                    continue
+
+    async def expose(self, container_id: str, port: int, tenant: str = LOCAL_TENANT) -> PortLink:
         sandbox = self._get(container_id, tenant)
         if not isinstance(port, int) or not 1 <= port <= 65535:
             raise SandboxError(f"port must be a TCP port number from 1 to 65535, got {port!r}.")
@@ -90,6 +104,8 @@ class PortLinks:
                 f"(SANDBOX_MAX_PORTS): {', '.join(str(link.port) for link in self.of(sandbox.container_id))}. "
                 "Serve more on one port (one web server for several apps), or use another sandbox.")
         link = PortLink(secrets.token_hex(20), sandbox.container_id, port, sandbox.tenant, time.time())
+        if self.backend.shared:  # before it is handed out: any server serves it from now on
+            await self.backend.put_records(sandbox.name, {f"port:{link.token}": f"{port} {link.created_at:.3f}"})
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = self.dir / f"{link.token}.json.part"
         part.write_text(json.dumps(asdict(link)))

@@ -7,7 +7,7 @@ import logging
 import secrets
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..backend.abstract import Backend
@@ -53,6 +53,13 @@ class FileLinks:
             if FILE_ID_RE.match(file_id) and path.startswith("/"):
                 self._links[file_id] = FileLink(file_id, sandbox.container_id, path, 0, content_type(path))
 
+    def learn(self, container_id: str, records: Mapping[str, str]) -> None:
+        """The links another server made for a sandbox, from its records ("file:<id>" -> path)."""
+        for record, path in records.items():
+            kind, _, file_id = record.partition(":")
+            if kind == "file" and FILE_ID_RE.match(file_id) and file_id not in self._links and path.startswith("/"):
+                self._links[file_id] = FileLink(file_id, container_id, path, 0, content_type(path))
+
     async def write_file(
         self, container_id: str, path: str, data: bytes, mode: int | None = None, tenant: str = LOCAL_TENANT
     ) -> int:
@@ -87,6 +94,8 @@ class FileLinks:
         }
         if verdict[0] == "file" and len(verdict) == 2 and verdict[1].isdigit():
             link = FileLink(file_id, sandbox.container_id, path, int(verdict[1]), content_type(path))
+            if self._backend.shared:  # any server serves the link (the sandbox's own record is for restarts)
+                await self._backend.put_records(sandbox.name, {f"file:{file_id}": path})
             self._links[file_id] = link
             return link
         if verdict[0] == "too-big":

@@ -15,9 +15,11 @@ What maps and how (docs/kubernetes.md):
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +28,24 @@ from anyio.abc import ByteStream
 
 from ....settings import KubernetesSettings
 from ...errors import DiskUnavailable, PortClosed, SandboxError, SandboxStopped, SnapshotFailed
-from ...model import LABEL_EXPIRES, LABEL_POOLED
+from ...model import LABEL_EXPIRES, LABEL_MADE_UNDER, LABEL_POOLED
 from ...paths import AGENT_PATH
 from ..abstract import BridgeNetwork, Container, ContainerSpec, ImageRoot, Usage
 from ..podman_cli import PodmanResult
 from ..terminal import SHELL
-from .api import ApiError, Cluster, KubeApi
+from .api import ApiError, Cluster, Conflict, Expired, KubeApi
 from .exec_stream import ExecFailed, ExecStream, exec_path
-from .pod import CONTAINER, sandbox_pod
+from .pod import CONTAINER, DEADLINE_GRACE_SECONDS, SELECTED_BY, sandbox_pod
 from .terminal import PodTerminal
 
 logger = logging.getLogger("mcp_sandbox.kubernetes")
 
 START_SECONDS = 300.0  # a Pod's image pull and scheduling
 POLL_SECONDS = 0.1
-LABEL_EGRESS = "mcp-sandbox.egress"  # what the sandboxes' NetworkPolicies select by (deploy/kubernetes/)
+LABEL_EGRESS = "mcp-sandbox.egress"
+RECORDS = "records.mcp-sandbox"  # the prefix of the annotations that carry servers' records (put_records)
+FOLLOW_RETRY_SECONDS = 2.0
+MADE_BY = "mcp-sandbox.server-instance"  # what the sandboxes' NetworkPolicies select by (deploy/kubernetes/)
 # A Pod that waits for one of these will not start by waiting longer.
 STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
          "CreateContainerError", "RunContainerError")
@@ -57,12 +62,14 @@ class KubernetesBackend:
 
     name = "kubernetes"
     host_processes = False
+    shared = True  # the cluster holds the sandboxes and their records: any number of servers share them
 
     def __init__(self, settings: KubernetesSettings, cluster: Cluster, *, disk_bytes: int = 0,
                  egress_policy: str = "public") -> None:
         self.settings, self.cluster = settings, cluster
         self.api = KubeApi(cluster, settings.namespace)
         self.disk_bytes, self.egress_policy = disk_bytes, egress_policy
+        self.instance = secrets.token_hex(8)  # this server process, on the Pods it makes (Container.ours)
         self._ws_base = cluster.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         self._ssl = self._exec_ssl(cluster)
 
@@ -85,6 +92,7 @@ class KubernetesBackend:
         manifest = sandbox_pod(spec, self.settings.namespace, self.disk_bytes, _lifetime(spec.labels),
                                self.settings.runtime_class, self.settings.node_selector, self.settings.tolerations)
         manifest["metadata"]["labels"][LABEL_EGRESS] = egress_label(spec, self.egress_policy)
+        manifest["metadata"]["annotations"][MADE_BY] = self.instance
         await self.api.create_pod(manifest)
         try:
             await self._until_running(spec.name, spec.image)
@@ -133,9 +141,59 @@ class KubernetesBackend:
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
         pods, _ = await self.api.list_pods(labels)
-        return [Container(pod["metadata"]["name"], dict(pod["metadata"].get("annotations") or {}),
-                          _phase(pod) == "Running", _image(pod)) for pod in pods
-                if not pod["metadata"].get("deletionTimestamp")]
+        return [self._container(pod) for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+
+    def _container(self, pod: Mapping[str, Any]) -> Container:
+        annotations = dict(pod["metadata"].get("annotations") or {})
+        records = {}
+        for key, value in annotations.items():
+            if key.startswith(RECORDS + "/") and key.endswith(".r"):
+                kind, _, record = key[len(RECORDS) + 1:-2].partition(".")
+                records[f"{kind}:{record}"] = value
+        labels = {key: value for key, value in annotations.items() if not key.startswith(RECORDS + "/")}
+        return Container(pod["metadata"]["name"], labels, _phase(pod) == "Running", _image(pod), records=records,
+                         ours=annotations.get(MADE_BY) == self.instance)
+
+    async def put_records(self, name: str, records: Mapping[str, str | None]) -> None:
+        await self.api.patch_pod(name, {"metadata": {"annotations": {
+            _record_annotation(record): value for record, value in records.items()}}})
+
+    async def claim(self, name: str, labels: Mapping[str, str]) -> bool:
+        """A merge patch conditioned on the resourceVersion the Pod was read at with its pooled label:
+        of two servers claiming it, one wins and the other (409) is told False. Its selector labels and
+        records become the claimer's, and it gets its deadline (a field that may be set once)."""
+        pod = await self.api.get_pod(name)
+        if pod is None or pod["metadata"].get("deletionTimestamp") or \
+                (pod["metadata"].get("labels") or {}).get(LABEL_POOLED) != "true":
+            return False
+        selected = {key: labels.get(key) for key in (pod["metadata"].get("labels") or {}) if key in SELECTED_BY}
+        patch: dict[str, Any] = {"metadata": {
+            "labels": {**selected, **{key: value for key, value in labels.items() if key in SELECTED_BY}},
+            "annotations": {**{key: None for key in (pod["metadata"].get("annotations") or {})
+                               if key in (LABEL_POOLED, LABEL_MADE_UNDER)},
+                            **labels, MADE_BY: self.instance}}}
+        lifetime = _lifetime(labels)
+        if lifetime is not None:
+            patch["spec"] = {"activeDeadlineSeconds": lifetime + DEADLINE_GRACE_SECONDS}
+        try:
+            await self.api.patch_pod(name, patch, pod["metadata"]["resourceVersion"])
+        except Conflict:
+            return False
+        return True
+
+    async def follow(self, labels: Mapping[str, str]) -> AsyncIterator[tuple[str, Container]]:
+        """A list, then a watch from its version; listed again after a 410 or a broken watch."""
+        while True:
+            try:
+                pods, version = await self.api.list_pods(labels)
+                for pod in pods:
+                    yield ("DELETED" if pod["metadata"].get("deletionTimestamp") else "ADDED"), self._container(pod)
+                async for kind, pod in self.api.watch_pods(labels, version):
+                    yield ("DELETED" if pod["metadata"].get("deletionTimestamp") else kind), self._container(pod)
+            except ApiError as exc:
+                if not isinstance(exc, Expired):
+                    logger.warning("following the sandboxes' Pods: %s; listing again in %.0f s", exc, FOLLOW_RETRY_SECONDS)
+                    await anyio.sleep(FOLLOW_RETRY_SECONDS)
 
     async def status(self, name: str) -> PodmanResult:
         argv = ["kubernetes", "get", "pod", name]
@@ -284,6 +342,16 @@ def _lifetime(labels: Mapping[str, str]) -> int | None:
         return None
 
 
+def _record_annotation(record: str) -> str:
+    """A record ("file:<id>", "port:<token>") as an annotation's key: records.mcp-sandbox/<kind>.<key>.r
+    (a key's name must start and end with a letter or digit, which an id may not)."""
+    kind, _, key = record.partition(":")
+    name = f"{kind}.{key}.r"
+    if len(name) > 63 or not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]", name):
+        raise ValueError(f"{record!r} cannot be an annotation's key")
+    return f"{RECORDS}/{name}"
+
+
 def _phase(pod: Mapping[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "")
 
@@ -311,7 +379,8 @@ def _why_ended(pod: Mapping[str, Any]) -> str:
         ended = (container.get("state") or {}).get("terminated")
         if ended:
             return f"its container ended: {ended.get('reason') or 'exit code ' + str(ended.get('exitCode'))}"
-    return str(status.get("reason") or status.get("message") or f"phase {_phase(pod) or 'unknown'}")
+    said = ": ".join(str(status[key]) for key in ("reason", "message") if status.get(key))
+    return said[:500] or f"phase {_phase(pod) or 'unknown'}"
 
 
 def _image(pod: Mapping[str, Any]) -> str:
