@@ -16,7 +16,7 @@ import uvicorn
 
 from . import __version__
 from .app import create_app
-from .sandbox.backend.kubernetes import sandbox_pod
+from .sandbox.backend.kubernetes import egress_label, sandbox_pod
 from .sandbox.containers import sandbox_labels, sandbox_spec
 from .sandbox.model import Sandbox
 from .settings import VARIABLES, Settings
@@ -59,9 +59,10 @@ def pod_manifest(settings: Settings, pooled: bool = False) -> str:
     sandbox = Sandbox(secrets.token_hex(16), sandbox_settings.image, now, now + sandbox_settings.ttl_seconds,
                       network=sandbox_settings.network)
     labels = sandbox_labels(sandbox, sandbox_settings.namespace, {"image": sandbox.image} if pooled else None)
-    pod = sandbox_pod(sandbox_spec(sandbox, labels), kubernetes.namespace, sandbox_settings.disk_limit_bytes,
+    spec = sandbox_spec(sandbox, labels)
+    pod = sandbox_pod(spec, kubernetes.namespace, sandbox_settings.disk_limit_bytes,
                       None if pooled else sandbox_settings.ttl_seconds, kubernetes.runtime_class,
-                      kubernetes.node_selector, kubernetes.tolerations)
+                      kubernetes.node_selector, kubernetes.tolerations, egress_label(spec, sandbox_settings.egress))
     return json.dumps(pod, indent=2)
 
 

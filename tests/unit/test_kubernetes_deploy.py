@@ -16,7 +16,7 @@ from test_kubernetes_pod import VERSIONS
 
 from mcp_container_sandbox import settings
 from mcp_container_sandbox.sandbox.backend.kubernetes import api
-from mcp_container_sandbox.sandbox.backend.kubernetes.backend import LABEL_EGRESS
+from mcp_container_sandbox.sandbox.backend.kubernetes import LABEL_EGRESS
 from mcp_container_sandbox.sandbox.network.egress_rules import BLOCKED_V4, BLOCKED_V6
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"

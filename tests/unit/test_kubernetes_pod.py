@@ -50,7 +50,7 @@ def test_every_sandbox_pod_is_valid_for_the_kubernetes_api(version: str) -> None
     placed = KubernetesSettings.from_env({"SANDBOX_K8S_RUNTIME_CLASS": "gvisor",
                                           "SANDBOX_K8S_NODE_SELECTOR": "pool=sandboxes",
                                           "SANDBOX_K8S_TOLERATIONS": "sandboxes=true:NoSchedule,dedicated"})
-    pods = [sandbox_pod(spec(), "sandboxes", 2 << 30, 7200),
+    pods = [sandbox_pod(spec(), "sandboxes", 2 << 30, 7200, egress="public"),
             sandbox_pod(spec(pooled=True), "sandboxes", 0, None, placed.runtime_class, placed.node_selector,
                         placed.tolerations)]
     for pod in pods:
@@ -60,6 +60,8 @@ def test_every_sandbox_pod_is_valid_for_the_kubernetes_api(version: str) -> None
         {"key": "dedicated", "operator": "Exists"}]
     assert "activeDeadlineSeconds" not in pods[1]["spec"]  # a pooled one gets its deadline when claimed
     assert pods[1]["metadata"]["labels"]["mcp-sandbox.pooled"] == "true"
+    assert pods[0]["metadata"]["labels"]["mcp-sandbox.egress"] == "public"  # what its NetworkPolicy selects
+    assert "mcp-sandbox.egress" not in pods[1]["metadata"]["labels"]
 
 
 def test_the_validator_refuses_what_the_api_server_would() -> None:

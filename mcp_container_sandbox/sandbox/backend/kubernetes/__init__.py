@@ -1,8 +1,7 @@
-"""Sandboxes as Kubernetes Pods (docs/kubernetes.md). What exists: the Pod a sandbox is (pod.py),
-generated from the same ContainerSpec as a Podman container, with the product's limits; and a
-process in it over the API server's pods/exec WebSocket (exec_stream.py). The backend that drives a
-cluster through its API is not built yet, so SANDBOX_BACKEND does not exist yet either."""
+"""Sandboxes as Kubernetes Pods (docs/kubernetes.md): the backend (backend.py), the Pod a sandbox is
+(pod.py), the API calls (api.py), and every process in a Pod over the pods/exec stream
+(exec_stream.py, terminal.py)."""
 
-from .pod import sandbox_pod
+from .pod import LABEL_EGRESS, egress_label, sandbox_pod
 
-__all__ = ["sandbox_pod"]
+__all__ = ["LABEL_EGRESS", "egress_label", "sandbox_pod"]

@@ -35,7 +35,7 @@ from ..podman_cli import PodmanResult
 from ..terminal import SHELL
 from .api import ApiError, Cluster, Conflict, Expired, KubeApi
 from .exec_stream import ExecFailed, ExecStream, exec_path
-from .pod import CONTAINER, DEADLINE_GRACE_SECONDS, SELECTED_BY, sandbox_pod
+from .pod import CONTAINER, DEADLINE_GRACE_SECONDS, SELECTED_BY, egress_label, sandbox_pod
 from .terminal import PodTerminal
 
 logger = logging.getLogger("mcp_sandbox.kubernetes")
@@ -50,11 +50,6 @@ MADE_BY = "mcp-sandbox.server-instance"  # what the sandboxes' NetworkPolicies s
 STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
          "CreateContainerError", "RunContainerError")
 NOT_HERE = "on the Kubernetes backend"
-
-
-def egress_label(spec: ContainerSpec, policy: str) -> str:
-    """The egress a sandbox's Pod gets: none when it has no network, else the server's policy."""
-    return "none" if spec.network == "none" else policy
 
 
 class KubernetesBackend:
@@ -90,8 +85,8 @@ class KubernetesBackend:
         if layer is not None:
             raise SnapshotFailed(f"A sandbox cannot start from a snapshot {NOT_HERE} (docs/kubernetes.md).")
         manifest = sandbox_pod(spec, self.settings.namespace, self.disk_bytes, _lifetime(spec.labels),
-                               self.settings.runtime_class, self.settings.node_selector, self.settings.tolerations)
-        manifest["metadata"]["labels"][LABEL_EGRESS] = egress_label(spec, self.egress_policy)
+                               self.settings.runtime_class, self.settings.node_selector, self.settings.tolerations,
+                               egress_label(spec, self.egress_policy))
         manifest["metadata"]["annotations"][MADE_BY] = self.instance
         await self.api.create_pod(manifest)
         try:

@@ -28,6 +28,7 @@ CONTAINER = "sandbox"
 # What the server lists and claims sandboxes by: label values of at most 63 characters.
 SELECTED_BY = ("mcp-sandbox.managed", "mcp-sandbox.namespace", "mcp-sandbox.pooled", "mcp-sandbox.tenant")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_EGRESS = "mcp-sandbox.egress"  # what the sandboxes' NetworkPolicies select by (deploy/kubernetes/)
 DEADLINE_GRACE_SECONDS = 300  # the reaper ends a sandbox first (and can snapshot it); the deadline is the backstop
 TERMINATION_GRACE_SECONDS = 2  # a destroyed sandbox goes at once, as podman rm -f
 
@@ -65,11 +66,17 @@ def _labels(spec: ContainerSpec) -> dict[str, str]:
     return labels
 
 
+def egress_label(spec: ContainerSpec, policy: str) -> str:
+    """The egress a sandbox's Pod gets: none when it has no network, else the server's policy."""
+    return "none" if spec.network == "none" else policy
+
+
 def sandbox_pod(spec: ContainerSpec, namespace: str, disk_bytes: int = 0, lifetime_seconds: int | None = None,
                 runtime_class: str = "", node_selector: tuple[tuple[str, str], ...] = (),
-                tolerations: tuple[tuple[str, str, str], ...] = ()) -> dict[str, Any]:
+                tolerations: tuple[tuple[str, str, str], ...] = (), egress: str = "") -> dict[str, Any]:
     """The Pod of a sandbox. ``disk_bytes``: its ephemeral-storage (0: none set); ``lifetime_seconds``:
-    from now until its end (None: no deadline yet, as for a pooled one until it is claimed)."""
+    from now until its end (None: no deadline yet, as for a pooled one until it is claimed); ``egress``:
+    the policy its NetworkPolicies select it by (LABEL_EGRESS)."""
     if spec.rootfs:
         raise ValueError("a Pod runs an image: a sandbox disk's root file system is Podman's only")
     volumes, mounts = [], []
@@ -111,9 +118,12 @@ def sandbox_pod(spec: ContainerSpec, namespace: str, disk_bytes: int = 0, lifeti
     if spec.dns:
         pod_spec["dnsPolicy"] = "None"
         pod_spec["dnsConfig"] = {"nameservers": list(spec.dns)}
+    labels = _labels(spec)
+    if egress:
+        labels[LABEL_EGRESS] = egress
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": spec.name, "namespace": namespace, "labels": _labels(spec),
+        "metadata": {"name": spec.name, "namespace": namespace, "labels": labels,
                      "annotations": dict(spec.labels)},
         "spec": pod_spec,
     }
