@@ -109,6 +109,7 @@ class SandboxManager:
             lambda: self._helper_files,
         )
         self.commands = CommandRunner(settings, self.registry.get, self.registry.live, self.runtimes, self._gone)
+        self.commands.sole = not self.backend.shared  # other servers start commands in shared sandboxes too
         self.reader = FileReader(settings.read_max_bytes, self.registry.get, self.runtimes)
         self.links = FileLinks(
             settings.file_max_bytes, settings.write_max_bytes, self.registry.get, self.registry.live, self.runtimes,

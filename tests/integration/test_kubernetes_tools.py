@@ -253,6 +253,8 @@ async def test_two_servers_serve_the_same_sandboxes(start_server, cluster: PodCl
         assert (ended["status"], ended["stdout"]) == ("completed", "followed\n")
         listed = await call(on_second, "list_containers")
         assert box in json.dumps(listed)
+        busy = await call(on_second, "execute_command", container_id=box, command="sleep 30")
+        assert busy["command_id"] in json.dumps(await call(on_first, "list_containers"))  # started elsewhere, seen
 
         await call(on_first, "execute_command", container_id=box, command="printf shared > /tmp/shared.txt")
         link = await call(on_first, "get_file_url", container_id=box, path="/tmp/shared.txt")

@@ -94,10 +94,13 @@ class CommandRunner:
         self.output = CommandOutput(settings.output_limit_bytes, runtimes)
         # Sandboxes whose commands this server knows all of: made by it, or listed since it started.
         self._known: set[str] = set()
+        # Whether this server starts every command of its sandboxes (False where servers share them).
+        self.sole = True
 
     def know(self, container_id: str) -> None:
         """A sandbox this server just made: no command of it runs that the server did not start."""
-        self._known.add(container_id)
+        if self.sole:
+            self._known.add(container_id)
 
     async def execute(
         self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
@@ -356,7 +359,8 @@ class CommandRunner:
 
     def _listed(self, container_id: str, listed: list[CommandSummary]) -> None:
         if self._live(container_id) is not None:
-            self._known.add(container_id)
+            if self.sole:
+                self._known.add(container_id)
             self._gone.settle(container_id, {c.command_id for c in listed if c.status == "running"})
 
     def forget(self, container_id: str) -> None:

@@ -41,11 +41,10 @@ from .terminal import PodTerminal
 logger = logging.getLogger("mcp_sandbox.kubernetes")
 
 START_SECONDS = 300.0  # a Pod's image pull and scheduling
-POLL_SECONDS = 0.1
-LABEL_EGRESS = "mcp-sandbox.egress"
+POLL_SECONDS = (0.05, 1.0)  # a starting Pod is read again after this, doubling up to that
 RECORDS = "records.mcp-sandbox"  # the prefix of the annotations that carry servers' records (put_records)
 FOLLOW_RETRY_SECONDS = 2.0
-MADE_BY = "mcp-sandbox.server-instance"  # what the sandboxes' NetworkPolicies select by (deploy/kubernetes/)
+MADE_BY = "mcp-sandbox.server-instance"  # the server process that made a Pod (Container.ours)
 # A Pod that waits for one of these will not start by waiting longer.
 STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
          "CreateContainerError", "RunContainerError")
@@ -98,7 +97,7 @@ class KubernetesBackend:
         return ""
 
     async def _until_running(self, name: str, image: str) -> None:
-        deadline = time.monotonic() + START_SECONDS
+        deadline, pause = time.monotonic() + START_SECONDS, POLL_SECONDS[0]
         while True:
             pod = await self.api.get_pod(name)
             if pod is None:
@@ -116,7 +115,8 @@ class KubernetesBackend:
                 raise SandboxError(f"The sandbox's Pod {name} did not start within {START_SECONDS:.0f} s (phase "
                                    f"{phase or 'unknown'}{': ' + waiting[0] if waiting else ''}); the cluster may "
                                    "lack room on the sandbox nodes. Try again later.")
-            await anyio.sleep(POLL_SECONDS)
+            await anyio.sleep(pause)
+            pause = min(pause * 2, POLL_SECONDS[1])
 
     async def restart(self, name: str) -> None:
         pod = await self.api.get_pod(name)
@@ -185,7 +185,7 @@ class KubernetesBackend:
                     yield ("DELETED" if pod["metadata"].get("deletionTimestamp") else "ADDED"), self._container(pod)
                 async for kind, pod in self.api.watch_pods(labels, version):
                     yield ("DELETED" if pod["metadata"].get("deletionTimestamp") else kind), self._container(pod)
-            except ApiError as exc:
+            except (ApiError, ValueError, KeyError) as exc:  # ValueError, KeyError: a watch event cut short
                 if not isinstance(exc, Expired):
                     logger.warning("following the sandboxes' Pods: %s; listing again in %.0f s", exc, FOLLOW_RETRY_SECONDS)
                     await anyio.sleep(FOLLOW_RETRY_SECONDS)
