@@ -76,6 +76,7 @@ class KubernetesSettings:
     tolerations: tuple[tuple[str, str, str], ...] = ()  # (key, value or "", effect or "")
     # Where the cluster is: the in-cluster service's host and port, and KUBECONFIG (backend/kubernetes/api.py).
     cluster_env: tuple[tuple[str, str], ...] = ()
+    proxy: str = ""  # host:port at which sandboxes reach the servers' egress proxy (a Service); "": no allow_domains
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> KubernetesSettings:
@@ -98,8 +99,12 @@ class KubernetesSettings:
             raise ValueError(f"SANDBOX_K8S_NAMESPACE must be a Kubernetes namespace name (lower-case letters, digits "
                              f"and '-', at most 63), got {namespace[:80]!r}")
         cluster_env = tuple((name, environ[name]) for name in CLUSTER_VARIABLES if environ.get(name))
+        proxy = environ.get("SANDBOX_K8S_PROXY", "").strip()
+        if proxy and not re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", proxy):
+            raise ValueError(f"SANDBOX_K8S_PROXY must be host:port (the Service in front of the servers' proxy port, "
+                             f"e.g. mcp-sandbox-proxy.mcp-sandbox.svc:3128), got {proxy[:80]!r}")
         return cls(namespace=namespace, runtime_class=environ.get("SANDBOX_K8S_RUNTIME_CLASS", "").strip(),
-                   node_selector=tuple(selector), tolerations=tuple(tolerations), cluster_env=cluster_env)
+                   node_selector=tuple(selector), tolerations=tuple(tolerations), cluster_env=cluster_env, proxy=proxy)
 
 
 @dataclass(frozen=True)
@@ -410,6 +415,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OAUTH_ALLOWED_USERS", "unset", "with the proxy: comma-separated emails or subjects who may sign in (* everyone)"),
     ("SANDBOX_BACKEND", "podman", "where sandboxes run: podman (this host) or kubernetes (Pods of a cluster)"),
     ("SANDBOX_K8S_NAMESPACE", "mcp-sandboxes", "Kubernetes namespace of sandbox Pods"),
+    ("SANDBOX_K8S_PROXY", "unset", "host:port sandboxes reach the servers' allow_domains proxy at (a Service)"),
     ("KUBECONFIG", "~/.kube/config", "with SANDBOX_BACKEND=kubernetes outside a cluster: its current context"),
     ("KUBERNETES_SERVICE_HOST", "set by Kubernetes", "in a Pod: the API server, with the Pod's service account"),
     ("KUBERNETES_SERVICE_PORT", "set by Kubernetes", "in a Pod: the API server's port"),

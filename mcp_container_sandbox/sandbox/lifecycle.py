@@ -160,6 +160,7 @@ class Lifecycle:
             if known is not None:
                 self.links.learn(container_id, entry.records)
                 self.ports.learn(container_id, known.tenant, entry.records)
+                self.containers.egress.learn(container_id, entry.address, entry.records)
 
     async def _adopt_pooled(self, sandbox: Sandbox, made_under: str) -> bool:
         """A pooled sandbox was handed out if its lifetime was recorded (lifetimes.py) or it holds a

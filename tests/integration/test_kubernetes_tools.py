@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ import pytest
 from conftest import RUN_ID, ServerProcess, free_port, structured
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
-from support.kube import PodRunner
+from support.kube import KUBE_NETWORK, PodRunner
 from support.kube_api import KubeApiStandIn
 from support.preview_app import preview_app_binary, start_app
+from test_egress import fetch_listed, http_request, package_archive_host, run, via_proxy_variable
 
 from mcp_container_sandbox.sandbox.backend.kubernetes.api import Cluster, KubeApi
 from mcp_container_sandbox.sandbox.backend.kubernetes.backend import KubernetesBackend
@@ -167,7 +169,7 @@ async def test_every_tool_runs_in_a_pod_through_the_api(start_server, cluster: P
         assert "Kubernetes backend" in str(refused.value)
         with pytest.raises(ToolError) as refused:
             await client.call_tool("create_container", {"network": True, "allow_domains": ["example.org"]})
-        assert "Kubernetes backend" in str(refused.value)
+        assert "SANDBOX_EGRESS is none" in str(refused.value)
 
         await call(client, "destroy_container", container_id=box)
         with pytest.raises(ToolError):
@@ -318,3 +320,52 @@ async def test_a_pooled_pod_is_handed_out_once_among_servers(start_server, clust
     first.stop()
     second.stop()
     await cluster.sweep(shared)
+
+
+def kube_network_gateway() -> str:
+    """The gateway of the network podman kube play puts Pods on (the stand-in's "cluster network"):
+    where a Pod reaches a server on this host, as it reaches the proxy Service in a cluster."""
+    if subprocess.run(["podman", "network", "exists", KUBE_NETWORK]).returncode != 0:
+        subprocess.run(["podman", "network", "create", KUBE_NETWORK], capture_output=True, check=True)
+    inspected = json.loads(subprocess.run(["podman", "network", "inspect", KUBE_NETWORK], capture_output=True,
+                                          text=True, check=True).stdout)[0]
+    return next(s["gateway"] for s in inspected["subnets"] if "." in s.get("gateway", ""))
+
+
+async def test_allow_domains_go_through_any_servers_proxy(start_server, cluster: PodCluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if cluster.stand_in is None:
+        pytest.skip("on a real cluster the proxy is a Service of the deployed servers: tested by deploying them")
+    archive, gateway = package_archive_host(), kube_network_gateway()
+    shared, ports = f"{RUN_ID}-kube-proxy", (free_port(), free_port())
+    first, second = (start_server(cluster.env(tmp_path / str(port), SANDBOX_NAMESPACE=shared, SANDBOX_EGRESS="public",
+                                              SANDBOX_PROXY_PORT=str(port), SANDBOX_K8S_PROXY=f"{gateway}:{port}"))
+                     for port in ports)
+    async with Client(first.url + "/mcp") as on_first, Client(second.url + "/mcp") as on_second:
+        created = await call(on_first, "create_container", allow_domains=[archive])
+        box, egress = created["container_id"], created["egress"]
+        assert egress == {"policy": "allow_domains", "allow_domains": [archive.lower()],
+                          "proxy": f"http://{gateway}:{ports[0]}"}
+        pod = await cluster.pod(box)
+        assert pod is not None and pod["metadata"]["labels"]["mcp-sandbox.egress"] == "proxied"
+        fetched = await fetch_listed(on_first, box, archive)
+        assert fetched["stdout"].startswith("HTTP/1.") and not fetched["stdout"].startswith(
+            ("HTTP/1.1 403", "HTTP/1.1 502")), fetched
+        refused = await run(on_first, box, via_proxy_variable("GET http://unlisted.invalid/", "unlisted.invalid"))
+        assert refused["stdout"].startswith("HTTP/1.1 403") and "is not in the allow_domains" in refused["stdout"]
+        # The other server's proxy learnt the list from the Pod: the sandbox is let through there too.
+        with anyio.fail_after(30):
+            while True:
+                through_second = await run(on_first, box, http_request(f"HEAD http://{archive}/", archive,
+                                                                        f"{gateway} {ports[1]}"))
+                if through_second["stdout"].startswith("HTTP/1.") and "403" not in through_second["stdout"][:12]:
+                    break
+                await anyio.sleep(0.5)
+        assert (await call(on_second, "check_container", container_id=box))["egress"]["allow_domains"] == [archive.lower()]
+        # A sandbox without a list is refused by every proxy.
+        plain = (await call(on_second, "create_container"))["container_id"]
+        for port in ports:
+            via = await run(on_second, plain, http_request(f"HEAD http://{archive}/", archive, f"{gateway} {port}"))
+            assert via["stdout"].startswith("HTTP/1.1 403"), via
+        for made in (box, plain):
+            await call(on_second, "destroy_container", container_id=made)
+    assert await cluster.deleted(box) and await cluster.deleted(plain)

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+KUBE_NETWORK = "podman-default-kube-network"  # where podman kube play puts Pods
+
 # This machine's Podman cannot raise rlimits (ENVIRONMENT.md): the pod's infra container gets the
 # bounded ones the server's own containers are started with.
 CONTAINERS_CONF = '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]\n'
@@ -75,6 +77,14 @@ class PodRunner:
         played = subprocess.run(["podman", "kube", "play", str(manifest)], capture_output=True, text=True, timeout=300,
                                 env={**os.environ, "CONTAINERS_CONF": str(self.folder / "containers.conf")})
         return "" if played.returncode == 0 else played.stderr or f"kube play exited with {played.returncode}"
+
+    @staticmethod
+    def address(name: str) -> str:
+        """The Pod's address on kube play's network (its status.podIP)."""
+        inspected = subprocess.run(["podman", "inspect", f"{name}-sandbox", "--format",
+                                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"],
+                                   capture_output=True, text=True, timeout=60)
+        return (inspected.stdout.split() or [""])[0]
 
     def remove(self, name: str) -> None:
         if name not in self.played:

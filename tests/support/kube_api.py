@@ -243,7 +243,8 @@ class KubeApiStandIn:
         if failure:
             current["status"] = {"phase": "Failed", "reason": "StartError", "message": failure[-300:]}
         else:
-            current["status"] = {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
+            address = await asyncio.to_thread(self.runner.address, name)
+            current["status"] = {"phase": "Running", "podIP": address, "containerStatuses": [
                 {"name": "sandbox", "ready": True, "restartCount": 0, "image": pod["spec"]["containers"][0]["image"],
                  "imageID": "", "state": {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}}]}
         await self._record("MODIFIED", current)

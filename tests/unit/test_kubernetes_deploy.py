@@ -17,6 +17,7 @@ from test_kubernetes_pod import VERSIONS
 from mcp_container_sandbox import settings
 from mcp_container_sandbox.sandbox.backend.kubernetes import api
 from mcp_container_sandbox.sandbox.backend.kubernetes import LABEL_EGRESS
+from mcp_container_sandbox.sandbox.network.cluster_egress import PROXIED
 from mcp_container_sandbox.sandbox.network.egress_rules import BLOCKED_V4, BLOCKED_V6
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
@@ -25,6 +26,10 @@ MANIFESTS = sorted(path for path in DEPLOY.glob("*.yaml") if path.name != "kusto
 
 def objects() -> list[dict[str, Any]]:
     return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
 def one(kind: str, name: str = "") -> dict[str, Any]:
@@ -60,7 +65,7 @@ def test_the_role_grants_exactly_the_verbs_the_api_calls_use() -> None:
 
 def test_sandboxes_namespace_is_the_one_the_server_is_told() -> None:
     deployment = one("Deployment")
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = container_env(deployment)
     described = {name for name, _, _ in settings.VARIABLES}
     assert set(env) <= described, set(env) - described
     assert env["SANDBOX_BACKEND"] == "kubernetes"
@@ -69,7 +74,7 @@ def test_sandboxes_namespace_is_the_one_the_server_is_told() -> None:
     assert {p["metadata"]["namespace"] for p in objects() if p["kind"] == "NetworkPolicy"} == {sandboxes}
     assert sandboxes in {o["metadata"]["name"] for o in objects() if o["kind"] == "Namespace"}
     assert deployment["spec"]["replicas"] >= 2
-    assert one("Service")["spec"]["sessionAffinity"] == "ClientIP"  # an MCP session lives in one replica
+    assert one("Service", "mcp-sandbox")["spec"]["sessionAffinity"] == "ClientIP"  # an MCP session lives in one replica
 
 
 def test_each_egress_label_has_its_policy_and_public_blocks_what_podman_blocks() -> None:
@@ -78,10 +83,29 @@ def test_each_egress_label_has_its_policy_and_public_blocks_what_podman_blocks()
     assert len(deny) == 1 and "egress" not in deny[0]["spec"] and "ingress" not in deny[0]["spec"]
     assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     by_label = {p["spec"]["podSelector"]["matchLabels"][LABEL_EGRESS]: p for p in policies if p not in deny}
-    assert set(by_label) | {"none"} == set(settings.EGRESS_POLICIES)  # none: the default deny alone
+    assert set(by_label) | {"none"} == {*settings.EGRESS_POLICIES, PROXIED}  # none: the default deny alone
     assert by_label["open"]["spec"]["egress"] == [{}]
     blocks = {rule["ipBlock"]["cidr"]: rule["ipBlock"]["except"]
               for rule in by_label["public"]["spec"]["egress"][1]["to"]}
     assert blocks == {"0.0.0.0/0": list(BLOCKED_V4), "::/0": list(BLOCKED_V6)}
     dns = by_label["public"]["spec"]["egress"][0]
     assert {p["port"] for p in dns["ports"]} == {53} and "ipBlock" not in dns["to"][0]
+
+
+def test_sandboxes_behind_the_proxy_reach_only_the_servers_proxy_port_through_its_service() -> None:
+    proxied = next(p for p in objects() if p["kind"] == "NetworkPolicy"
+                   and p["spec"]["podSelector"].get("matchLabels", {}).get(LABEL_EGRESS) == PROXIED)
+    dns, to_servers = proxied["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    deployment, service = one("Deployment"), one("Service", "mcp-sandbox-proxy")
+    [peer] = to_servers["to"]
+    assert peer["podSelector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": deployment["metadata"]["namespace"]}
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert [p["port"] for p in to_servers["ports"]] == [ports["proxy"]] == [settings.SandboxSettings().proxy_port]
+    [service_port] = service["spec"]["ports"]
+    assert service_port["targetPort"] == "proxy" and service["spec"]["selector"] == peer["podSelector"]["matchLabels"]
+    host, port = container_env(deployment)["SANDBOX_K8S_PROXY"].split(":")
+    assert host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert int(port) == service_port["port"]
+

@@ -29,6 +29,7 @@ class Container:
     # What servers recorded on it for each other (put_records): "file:<id>" -> path, "port:<token>" -> ...
     records: Mapping[str, str] = field(default_factory=dict)
     ours: bool = False  # made by this very server (where shared): it knows it already
+    address: str = ""  # its address where shared (a Pod's IP): what the egress proxy knows it by
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ...settings import SandboxSettings
 from ..backend.abstract import Backend, BridgeNetwork
-from ..errors import InvalidAllowList, SandboxError
+from ..errors import SandboxError
 from ..model import LABEL_MANAGED, Sandbox
 from .egress_rules import (
     BLOCKED_V4,
@@ -50,13 +50,14 @@ from .egress_rules import (
     table_name,
     upstream_resolvers,
 )
-from .proxy import EgressProxy, check_allow_domains
+from .allow_lists import AllowLists
+from .proxy import EgressProxy
 
 logger = logging.getLogger("mcp_sandbox.egress")
 
 # The network sandboxes live on under the public policy, unless SANDBOX_NETWORK names another.
 DEFAULT_NETWORK = "mcp-sandbox"
-class Egress:
+class Egress(AllowLists):
     """The policy in force: decided and installed at start (again after a reboot of the host), it
     says which network new sandboxes join; and the allow-lists of sandboxes behind the proxy."""
 
@@ -251,31 +252,6 @@ class Egress:
 
     # ----- allow-lists
 
-    def check_allow_domains(self, domains: object, network: bool | None) -> tuple[str, ...]:
-        """create_container's allow_domains, checked; InvalidAllowList says what is wrong and what to do."""
-        if network is False:
-            raise InvalidAllowList("allow_domains needs a network; omit network=false, or omit allow_domains for a "
-                                   "sandbox with no network at all.")
-        why = self._why_no_allow_lists()
-        if why:
-            raise InvalidAllowList(f"allow_domains cannot be enforced on this server ({why}). Create the sandbox "
-                                   "without allow_domains, or ask its operator to run it under SANDBOX_EGRESS=public.")
-        return check_allow_domains(domains, self._max_domains)
-
-    def _why_no_allow_lists(self) -> str:
-        """Why this server cannot put sandboxes behind the proxy ("" when it can)."""
-        if self.policy != "public":
-            return f"SANDBOX_EGRESS is {self.policy}"
-        return self.why_not or self.proxy_why_not or ("" if self.bridge is not None else "no sandbox network")
-
-    def environment(self) -> bytes:
-        """The environment file of a sandbox behind the proxy (layout.ENV_PATH), by IP address."""
-        url = self.proxy.url
-        local = "localhost,127.0.0.1,::1"
-        return "".join(f"{key}={value}\n" for key, value in (
-            ("http_proxy", url), ("https_proxy", url), ("HTTP_PROXY", url), ("HTTPS_PROXY", url),
-            ("no_proxy", local), ("NO_PROXY", local))).encode()
-
     async def restrict(self, container_id: str, address: str, domains: Sequence[str]) -> None:
         """Put a sandbox behind the proxy: its direct traffic is dropped from now on."""
         assert self.bridge is not None
@@ -303,13 +279,6 @@ class Egress:
         except SandboxError:
             sandbox.address = str(saved["address"])
         await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]])
-
-    def forget_saved(self, keep: set[str]) -> None:
-        """Remove the saved allow-lists of sandboxes that are gone."""
-        if self._state.is_dir():
-            for path in self._state.glob("*.json"):
-                if path.stem not in keep:
-                    path.unlink(missing_ok=True)
 
     async def release(self, container_id: str) -> None:
         """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set

@@ -35,7 +35,7 @@ from ..podman_cli import PodmanResult
 from ..terminal import SHELL
 from .api import ApiError, Cluster, Conflict, Expired, KubeApi
 from .exec_stream import ExecFailed, ExecStream, exec_path
-from .pod import CONTAINER, DEADLINE_GRACE_SECONDS, SELECTED_BY, egress_label, sandbox_pod
+from .pod import CONTAINER, DEADLINE_GRACE_SECONDS, LABEL_EGRESS, SELECTED_BY, egress_label, sandbox_pod
 from .terminal import PodTerminal
 
 logger = logging.getLogger("mcp_sandbox.kubernetes")
@@ -147,11 +147,17 @@ class KubernetesBackend:
                 records[f"{kind}:{record}"] = value
         labels = {key: value for key, value in annotations.items() if not key.startswith(RECORDS + "/")}
         return Container(pod["metadata"]["name"], labels, _phase(pod) == "Running", _image(pod), records=records,
-                         ours=annotations.get(MADE_BY) == self.instance)
+                         ours=annotations.get(MADE_BY) == self.instance,
+                         address=str((pod.get("status") or {}).get("podIP") or ""))
 
     async def put_records(self, name: str, records: Mapping[str, str | None]) -> None:
         await self.api.patch_pod(name, {"metadata": {"annotations": {
             _record_annotation(record): value for record, value in records.items()}}})
+
+    async def set_egress(self, name: str, egress: str) -> None:
+        """The label the sandboxes' NetworkPolicies select the Pod by (LABEL_EGRESS): "proxied" puts it
+        behind the servers' proxy."""
+        await self.api.patch_pod(name, {"metadata": {"labels": {LABEL_EGRESS: egress}}})
 
     async def claim(self, name: str, labels: Mapping[str, str]) -> bool:
         """A merge patch conditioned on the resourceVersion the Pod was read at with its pooled label:
