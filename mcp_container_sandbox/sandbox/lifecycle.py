@@ -37,7 +37,7 @@ from .paths import CLAIM_PATH
 from .pool import WarmPool, changed_settings
 from .registry import SandboxRegistry
 from .removals import Removals
-from .runtime.gone_commands import GONE_EXPIRED, GONE_REMOVED
+from .runtime.gone_commands import GONE_ELSEWHERE, GONE_EXPIRED, GONE_REMOVED
 from .runtime.runtimes import AgentChannels
 from .storage.file_links import FileLinks
 from .storage.snapshots import Snapshots
@@ -149,7 +149,7 @@ class Lifecycle:
             if kind == "DELETED":
                 if known is not None and not known.destroying:
                     logger.info("sandbox %s was removed by another server", container_id)
-                    self._forget(container_id, GONE_REMOVED)
+                    self._forget(container_id, GONE_ELSEWHERE)
                 continue
             if known is None and not entry.ours and entry.running and entry.labels.get(LABEL_POOLED) != "true":
                 sandbox = self._from_labels(entry)

@@ -22,6 +22,7 @@ SEEN_OUTPUT_CHARS = 2048
 GONE_DESTROYED = "was destroyed by destroy_container"
 GONE_EXPIRED = "reached the end of its lifetime and was destroyed"
 GONE_REMOVED = "was removed outside this server (Podman no longer has its container)"
+GONE_ELSEWHERE = "was destroyed through another server, or its Pod deleted (servers sharing a cluster)"
 GONE_STOPPED = "stopped (Podman reports its container as exited: it was stopped or killed outside this server)"
 
 
