@@ -73,8 +73,10 @@ async def test_pool_hands_out_each_sandbox_once_with_lifetime_from_hand_out(star
         assert third["container_id"] not in handed_out
         for container_id in [*handed_out, third["container_id"]]:
             await client.call_tool("destroy_container", {"container_id": container_id})
-    await wait_until(lambda: len(sandbox_names(namespace)) == 2)  # just the refilled pool
-    assert set(sandbox_names(namespace)) == pooled_names(namespace)
+    # Just the refilled pool, once the destroyed ones are gone (they go in the background: a count of
+    # two can pass while one of them is still there and the pool not yet refilled).
+    await wait_until(lambda: len(sandbox_names(namespace)) == 2 and set(sandbox_names(namespace)) == pooled_names(namespace))
+    assert len(pooled_names(namespace)) == 2 and not set(sandbox_names(namespace)) & {f"mcp-sandbox-{c}" for c in handed_out}
 
 
 @pytest.mark.slow
