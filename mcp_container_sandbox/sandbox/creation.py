@@ -12,6 +12,7 @@ from ..settings import SandboxSettings
 from .backend.abstract import Backend
 from .containers import SandboxContainers, sandbox_labels
 from .errors import ImageNotAllowed, SandboxError, TakenElsewhere
+from .idempotency import IdempotencyKeys
 from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
 from .model import LOCAL_TENANT, Sandbox
@@ -38,6 +39,8 @@ class Creation:
         self.channels, self.runtimes, self.commands, self.lifetimes = channels, runtimes, commands, lifetimes
         self._start_soon = start_soon
         self.pool: WarmPool  # made by the manager with this object's pool callbacks, then set here
+        self.keys: IdempotencyKeys  # create_container's idempotency keys, set by the manager
+        self.discard_created: Callable[[Sandbox], Any]  # destroys a sandbox just made (the manager's destroy)
 
     def room(self) -> int:
         """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes and, on
@@ -50,12 +53,36 @@ class Creation:
     async def create(
         self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
         network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
-        snapshot_on_expiry: bool = False,
+        snapshot_on_expiry: bool = False, idempotency_key: str | None = None,
     ) -> Sandbox:
         """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
         network=False cuts it off from every network (None: as the egress policy says), allow_domains
         lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
-        snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires."""
+        snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires;
+        idempotency_key: the sandbox an earlier create with this key made, while it lives (idempotency.py)."""
+        arguments = (image, ttl_seconds, network, allow_domains, snapshot_id, snapshot_on_expiry)
+        if idempotency_key is None:
+            return await self._create(tenant, *arguments)
+        key_hash = self.keys.hashed(tenant, idempotency_key)
+        async with self.keys.held(key_hash) as earlier:
+            made = self.registry.live(earlier[0]) if earlier is not None else None
+            if made is not None and earlier is not None and made.tenant == tenant and not made.destroying:
+                if earlier[1] != self.keys.arguments(*arguments):
+                    raise SandboxError(
+                        f"idempotency_key was used for sandbox {made.container_id}, created with other arguments. "
+                        "Send a new key for another sandbox, or the same arguments to get that one again.")
+                return made
+            sandbox = await self._create(tenant, *arguments)
+            try:
+                self.keys.record(sandbox.container_id, key_hash, self.keys.arguments(*arguments))
+            except OSError as exc:
+                self._start_soon(self.discard_created, sandbox)
+                raise SandboxError(f"The sandbox's idempotency_key could not be recorded under {self.keys.folder} "
+                                   f"({exc}); nothing was made. Try again.") from exc
+            return sandbox
+
+    async def _create(self, tenant: str, image: str | None, ttl_seconds: int | None, network: bool | None,
+                      allow_domains: list[str] | None, snapshot_id: str | None, snapshot_on_expiry: bool) -> Sandbox:
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "

@@ -12,6 +12,7 @@ from .background import BackgroundTasks
 from .backend.disks import SandboxDisks
 from .containers import SandboxContainers
 from .errors import SandboxError, SandboxNotFound
+from .idempotency import IdempotencyKeys
 from .lifetimes import Lifetimes
 from .model import LOCAL_TENANT, NAME_PREFIX
 from .network.egress import Egress
@@ -43,6 +44,7 @@ class Endings:
     lifetimes: Lifetimes
     background: BackgroundTasks
     removals: Removals | None = None  # set once made (it calls back into remove_destroyed)
+    keys: IdempotencyKeys | None = None  # create_container's idempotency keys, set by the manager
     # destroyed sandboxes' channels, closed by their removal
     _closing: dict[str, AgentChannel] = field(default_factory=dict)
 
@@ -84,6 +86,8 @@ class Endings:
         self.snapshots.unmark(container_id)
         self.ports.forget(container_id)
         self.lifetimes.forget(container_id)
+        if self.keys is not None:
+            self.keys.forget(container_id)
         if release_egress:
             self.background.start_soon(self.egress.release, container_id)
 

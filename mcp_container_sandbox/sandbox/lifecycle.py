@@ -15,6 +15,7 @@ from .backend.abstract import Container
 from .backend.podman_cli import is_missing_container
 from .containers import SandboxContainers
 from .errors import DiskUnavailable, PodmanError, SandboxError
+from .idempotency import IdempotencyKeys
 from .lifetimes import Lifetimes
 from .model import (
     CONTAINER_ID_RE,
@@ -58,6 +59,7 @@ class Lifecycle:
         self.snapshots, self.ports = snapshots, ports
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
         self._destroy, self._forget, self.removals, self.lifetimes = destroy, forget, removals, lifetimes
+        self.keys: IdempotencyKeys | None = None  # create_container's idempotency keys, set by the manager
 
     async def adopt(self) -> list[str]:
         """Take over this namespace's sandboxes: expired or unreadable ones are destroyed, stopped
@@ -101,6 +103,8 @@ class Lifecycle:
         egress = self.containers.egress
         egress.forget_saved({sandbox.container_id for sandbox in adopted})
         self.lifetimes.keep({sandbox.container_id for sandbox in adopted})
+        if self.keys is not None:
+            self.keys.keep({sandbox.container_id for sandbox in adopted})
         self.snapshots.keep_marks({sandbox.container_id for sandbox in adopted})
         self.ports.keep({sandbox.container_id for sandbox in adopted})
         async with anyio.create_task_group() as tg:

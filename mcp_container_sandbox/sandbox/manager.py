@@ -32,6 +32,7 @@ from .creation import Creation
 from .endings import Endings
 from .errors import SandboxError
 from .health import HealthProbe
+from .idempotency import IdempotencyKeys
 from .lifecycle import Lifecycle
 from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
@@ -139,6 +140,9 @@ class SandboxManager:
         self.lifecycle = Lifecycle(self.containers, self.registry, self.pool, self.links, self.channels,
                                    self.snapshots, self.ports, self.destroy, self.endings.forget, self.removals,
                                    self.lifetimes)
+        keys = IdempotencyKeys(Path(settings.state_dir) / settings.namespace / "idempotency")
+        self.creation.keys = self.endings.keys = self.lifecycle.keys = keys
+        self.creation.discard_created = lambda sandbox: self.destroy(sandbox.container_id, sandbox.tenant)
 
     # ----- the server's own life
 
@@ -228,10 +232,11 @@ class SandboxManager:
 
     async def create(self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
                      network: bool | None = None, allow_domains: list[str] | None = None,
-                     snapshot_id: str | None = None, snapshot_on_expiry: bool = False) -> Sandbox:
+                     snapshot_id: str | None = None, snapshot_on_expiry: bool = False,
+                     idempotency_key: str | None = None) -> Sandbox:
         """A sandbox for the tenant (creation.py says how each argument shapes it)."""
         return await self.creation.create(image, tenant, ttl_seconds, network, allow_domains, snapshot_id,
-                                          snapshot_on_expiry)
+                                          snapshot_on_expiry, idempotency_key)
 
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         await self.endings.destroy(container_id, tenant, why)

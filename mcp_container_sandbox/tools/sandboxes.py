@@ -60,11 +60,17 @@ class SandboxTools(ToolArea):
             Field(description="true: when the sandbox's lifetime ends, its files are kept in a snapshot (reason "
                               "'expired') before it is destroyed; check_container then names it."),
         ] = False,
+        idempotency_key: Annotated[
+            str | None,
+            Field(description="A key of the client's own (a UUID, say): asked again with the same key while the "
+                              "sandbox lives, the same sandbox comes back instead of a second one. Use it when a "
+                              "create may be retried.", max_length=128),
+        ] = None,
     ) -> dict[str, Any]:
         with tool_errors():
             tenant = self.context.tenant()
             sandbox = await self.sandboxes.create(image, tenant, ttl_seconds, network, allow_domains,
-                                                  snapshot_id, snapshot_on_expiry)
+                                                  snapshot_id, snapshot_on_expiry, idempotency_key)
             egress = self.sandboxes.egress_of(sandbox.container_id, tenant)
         return {
             "container_id": sandbox.container_id,
