@@ -75,10 +75,12 @@ class Creation:
             sandbox = await self._create(tenant, *arguments)
             try:
                 self.keys.record(sandbox.container_id, key_hash, self.keys.arguments(*arguments))
-            except OSError as exc:
+                if self.backend.shared:
+                    await self.backend.put_records(sandbox.name, {f"idem:{key_hash}": self.keys.arguments(*arguments)})
+            except (OSError, SandboxError) as exc:
                 self._start_soon(self.discard_created, sandbox)
-                raise SandboxError(f"The sandbox's idempotency_key could not be recorded under {self.keys.folder} "
-                                   f"({exc}); nothing was made. Try again.") from exc
+                raise SandboxError(f"The sandbox's idempotency_key could not be recorded ({exc}); nothing was made. "
+                                   "Try again.") from exc
             return sandbox
 
     async def _create(self, tenant: str, image: str | None, ttl_seconds: int | None, network: bool | None,

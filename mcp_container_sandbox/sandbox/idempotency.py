@@ -5,7 +5,8 @@ A key counts per tenant (kept as a hash of tenant and key, so two tenants' keys 
 as its sandbox lives. Two calls with one key at the same moment: the second waits for the first and gets
 its sandbox. The same key with other arguments is refused (the client meant another sandbox). Kept on the
 host, ``<SANDBOX_STATE_DIR>/<namespace>/idempotency/<container_id>`` ("key-hash arguments-hash"), where a
-restarted server reads them back."""
+restarted server reads them back; where servers share the sandboxes (Kubernetes), also on the sandbox,
+so a retry that reaches another server gets the same one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -63,6 +64,13 @@ class IdempotencyKeys:
         temporary.write_text(f"{key_hash} {arguments}\n")
         os.replace(temporary, path)
         self._sandboxes[key_hash] = (container_id, arguments)
+
+    def learn(self, container_id: str, records: Mapping[str, str]) -> None:
+        """The keys another server recorded on a shared sandbox ("idem:<key hash>" -> arguments hash)."""
+        for record, arguments in records.items():
+            kind, _, key_hash = record.partition(":")
+            if kind == "idem" and re.fullmatch(r"[0-9a-f]{32}", key_hash):
+                self._sandboxes.setdefault(key_hash, (container_id, arguments))
 
     def forget(self, container_id: str) -> None:
         for key_hash, (held, _) in list(self._sandboxes.items()):

@@ -165,6 +165,8 @@ class Lifecycle:
                 self.links.learn(container_id, entry.records)
                 self.ports.learn(container_id, known.tenant, entry.records)
                 self.containers.egress.learn(container_id, entry.address, entry.records)
+                if self.keys is not None:
+                    self.keys.learn(container_id, entry.records)
 
     async def _adopt_pooled(self, sandbox: Sandbox, made_under: str) -> bool:
         """A pooled sandbox was handed out if its lifetime was recorded (lifetimes.py) or it holds a

@@ -246,7 +246,7 @@ async def test_two_servers_serve_the_same_sandboxes(start_server, cluster: PodCl
     first = start_server(cluster.env(tmp_path / "a", SANDBOX_NAMESPACE=shared))
     second = start_server(cluster.env(tmp_path / "b", SANDBOX_NAMESPACE=shared))
     async with Client(first.url + "/mcp") as on_first, Client(second.url + "/mcp") as on_second:
-        box = (await call(on_first, "create_container"))["container_id"]
+        box = (await call(on_first, "create_container", idempotency_key="retried-elsewhere"))["container_id"]
         ran = await eventually(on_second, "execute_command", container_id=box, command="echo made-by-the-first")
         assert ran["stdout"] == "made-by-the-first\n"
         started = await call(on_first, "execute_command", container_id=box, command="sleep 1; echo followed")
@@ -266,6 +266,9 @@ async def test_two_servers_serve_the_same_sandboxes(start_server, cluster: PodCl
             while (downloaded := httpx.get(link["url"].replace(first.url, second.url))).status_code != 200:
                 await anyio.sleep(0.2)
         assert downloaded.content == b"shared"
+        # A retry that reaches the other server gets the same sandbox: the key is recorded on the Pod (before
+        # the link just served through the second, so the second has seen it).
+        assert (await call(on_second, "create_container", idempotency_key="retried-elsewhere"))["container_id"] == box
         answered = httpx.get(preview["url"].replace(first.url, second.url) + "hello", timeout=30)
         assert answered.status_code == 200, answered.text
 
