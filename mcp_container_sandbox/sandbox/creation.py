@@ -5,6 +5,7 @@ its channel opened ahead; and the pool's own makes, claims and discards."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +67,8 @@ class Creation:
         key_hash = self.keys.hashed(tenant, idempotency_key)
         async with self.keys.held(key_hash) as earlier:
             made = self.registry.live(earlier[0]) if earlier is not None else None
-            if made is not None and earlier is not None and made.tenant == tenant and not made.destroying:
+            if (made is not None and earlier is not None and made.tenant == tenant and not made.destroying
+                    and made.expires_at > time.time()):
                 if earlier[1] != self.keys.arguments(*arguments):
                     raise SandboxError(
                         f"idempotency_key was used for sandbox {made.container_id}, created with other arguments. "
