@@ -146,6 +146,8 @@ class SandboxSettings:
     max_snapshots_per_tenant: int = 10
     snapshot_max_bytes: int = 4 * 1024 * 1024 * 1024  # what one tenant's snapshots may hold together
     max_ports: int = 10  # preview links per sandbox
+    max_volumes_per_tenant: int = 10
+    volume_max_bytes: int = 4 * 1024 * 1024 * 1024  # what one tenant's volumes may hold together
     stdin_max_bytes: int = 1024 * 1024  # execute_command's stdin, and one write_stdin
     read_max_bytes: int = 1024 * 1024  # one read_file
 
@@ -198,6 +200,8 @@ class SandboxSettings:
             max_snapshots_per_tenant=_env_int(env, "SANDBOX_MAX_SNAPSHOTS_PER_TENANT", 10, minimum=0),
             snapshot_max_bytes=_env_int(env, "SANDBOX_SNAPSHOT_MAX_BYTES", 4 * 1024 * 1024 * 1024, minimum=0),
             max_ports=_env_int(env, "SANDBOX_MAX_PORTS", 10, minimum=0),
+            max_volumes_per_tenant=_env_int(env, "SANDBOX_MAX_VOLUMES_PER_TENANT", 10, minimum=0),
+            volume_max_bytes=_env_int(env, "SANDBOX_VOLUME_MAX_BYTES", 4 * 1024 * 1024 * 1024, minimum=8 * 1024 * 1024),
         )
 
     @property
@@ -453,6 +457,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("SANDBOX_MAX_SNAPSHOTS_PER_TENANT", "10", "most snapshots one tenant may keep"),
     ("SANDBOX_SNAPSHOT_MAX_BYTES", "4294967296", "bytes one tenant's snapshots may hold together"),
     ("SANDBOX_MAX_PORTS", "10", "most preview links per sandbox"),
+    ("SANDBOX_MAX_VOLUMES_PER_TENANT", "10", "most volumes one tenant may keep (0: no volumes)"),
+    ("SANDBOX_VOLUME_MAX_BYTES", "4294967296", "bytes one tenant's volumes may hold together"),
     ("SANDBOX_NETWORK", "mcp-sandbox", "Podman bridge network of new sandboxes (none cuts them off)"),
     ("SANDBOX_RUNTIME", "Podman's default", "OCI runtime for Podman (runc, /usr/bin/runsc)"),
     ("SANDBOX_NAMESPACE", "default", "label value that marks this server's sandboxes"),

@@ -23,7 +23,7 @@ from .errors import (
     SandboxNotFound,
 )
 from .manager import SandboxManager
-from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, FileLink, Sandbox, utc_iso
+from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, FileLink, Sandbox, VolumeMount, utc_iso
 from .network.preview_links import PortLink
 from .runtime.command_records import CommandState, CommandSummary, killed_by
 from .storage.file_reading import Entry, FileSlice
@@ -33,5 +33,5 @@ __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
     "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
     "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxNotFound", "SandboxSettings",
-    "Snapshot", "Terminal", "Usage", "killed_by", "utc_iso",
+    "Snapshot", "Terminal", "Usage", "VolumeMount", "killed_by", "utc_iso",
 ]

@@ -28,13 +28,17 @@ from .model import (
     LABEL_NETWORK,
     LABEL_POOLED,
     LABEL_TENANT,
+    LABEL_VOLUMES,
     LOCAL_TENANT,
     Sandbox,
+    VolumeMount,
+    volumes_label,
 )
 from .network.egress import Egress
 from .network.egress_rules import BRIDGE_MAX_PORTS
 from .paths import DATA_DIR, HELPERS_COPY, MAIN_WITH_HELPERS, STATE_TMPFS
 from .runtime.runtimes import ExecRuntime
+from .storage.volumes import Volumes
 
 
 class SandboxContainers:
@@ -47,6 +51,7 @@ class SandboxContainers:
         self.exec_runtime = exec_runtime
         self._helpers_digest, self._helper_files = helpers_digest, helper_files
         self._made_under: dict[str, str] | None = None
+        self.volumes: Volumes | None = None  # set by the manager: mounted again before a restart
 
     async def made_under(self) -> dict[str, str]:
         """Everything that shapes a sandbox of the default kind, as a pooled one records it."""
@@ -66,14 +71,15 @@ class SandboxContainers:
 
     async def start(
         self, image: str, pooled: bool, tenant: str = LOCAL_TENANT, ttl: int | None = None, network: str | None = None,
-        layer: Path | None = None,
+        layer: Path | None = None, mounts: tuple[VolumeMount, ...] = (), binds: tuple[str, ...] = (),
     ) -> Sandbox:
         """A new sandbox, running, its limits verified and its helpers installed; nothing is left
-        behind when it fails. With layer (a snapshot's archive), its files start as the snapshot's."""
+        behind when it fails. With layer (a snapshot's archive), its files start as the snapshot's;
+        mounts: the tenant's volumes it mounts, at the host folders of binds (storage/volumes.py)."""
         container_id = secrets.token_hex(16)
         created = time.time()
         sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant,
-                          network=network or self.egress.network)
+                          network=network or self.egress.network, volumes=mounts)
         labels = await self._labels(sandbox, pooled)
         try:
             # DATA_DIR: on the sandbox's disk, or on an anonymous volume that goes with the container
@@ -91,6 +97,7 @@ class SandboxContainers:
                     self.disks.place(sandbox.name, HELPERS_COPY, self._helper_files())
                     spec = replace(spec, command=("/bin/sh", "-c", MAIN_WITH_HELPERS))
                     helpers_placed = True
+            spec = replace(spec, volumes=(*spec.volumes, *binds))
             warnings = await self.backend.start(spec, layer)
             if sandbox.network == self.egress.network:
                 self.egress.hold_bridge_address()
@@ -119,6 +126,8 @@ class SandboxContainers:
         """Start a stopped sandbox again (after a reboot of the host), its disk mounted first."""
         if self.disks.exists(sandbox.name):  # mounts do not survive a reboot of the host
             await self.disks.remount(sandbox.name, sandbox.image)
+        for mount in sandbox.volumes if self.volumes is not None else ():
+            await self.volumes.ensure_mounted(sandbox.tenant, mount.name)
         await self.backend.restart(sandbox.name)
 
     async def remove(self, name: str, check: bool = False) -> None:
@@ -144,6 +153,8 @@ def sandbox_labels(sandbox: Sandbox, namespace: str, made_under: dict[str, str] 
         LABEL_IMAGE: sandbox.image,
         LABEL_NETWORK: sandbox.network,
     }
+    if sandbox.volumes:
+        labels[LABEL_VOLUMES] = volumes_label(sandbox.volumes)
     if made_under is not None:
         labels[LABEL_POOLED] = "true"
         labels[LABEL_MADE_UNDER] = json.dumps(made_under, sort_keys=True, separators=(",", ":"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..settings import SandboxSettings
@@ -16,7 +16,7 @@ from .errors import ImageNotAllowed, SandboxError, TakenElsewhere
 from .idempotency import IdempotencyKeys
 from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
-from .model import LOCAL_TENANT, Sandbox
+from .model import LOCAL_TENANT, Sandbox, VolumeMount
 from .network.egress import Egress
 from .paths import CLAIM_PATH, ENV_PATH
 from .pool import WarmPool
@@ -24,6 +24,7 @@ from .registry import SandboxRegistry
 from .runtime.commands import CommandRunner
 from .runtime.runtimes import AgentChannels, Runtimes
 from .storage.snapshots import Snapshots
+from .storage.volumes import Volumes
 
 logger = logging.getLogger("mcp_sandbox.manager")
 OPEN_AHEAD_WAIT_SECONDS = 10.0  # how long a new sandbox's channel waits for a burst of creates to end
@@ -41,6 +42,7 @@ class Creation:
         self._start_soon = start_soon
         self.pool: WarmPool  # made by the manager with this object's pool callbacks, then set here
         self.keys: IdempotencyKeys  # create_container's idempotency keys, set by the manager
+        self.volumes: Volumes  # the tenants' volumes, set by the manager
         self.discard_created: Callable[[Sandbox], Any]  # destroys a sandbox just made (the manager's destroy)
 
     def room(self) -> int:
@@ -55,13 +57,15 @@ class Creation:
         self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
         network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
         snapshot_on_expiry: bool = False, idempotency_key: str | None = None,
+        volumes: Sequence[VolumeMount] = (),
     ) -> Sandbox:
         """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
         network=False cuts it off from every network (None: as the egress policy says), allow_domains
         lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
         snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires;
-        idempotency_key: the sandbox an earlier create with this key made, while it lives (idempotency.py)."""
-        arguments = (image, ttl_seconds, network, allow_domains, snapshot_id, snapshot_on_expiry)
+        idempotency_key: the sandbox an earlier create with this key made, while it lives (idempotency.py);
+        volumes: the tenant's volumes it mounts (storage/volumes.py)."""
+        arguments = (image, ttl_seconds, network, allow_domains, snapshot_id, snapshot_on_expiry, tuple(volumes))
         if idempotency_key is None:
             return await self._create(tenant, *arguments)
         key_hash = self.keys.hashed(tenant, idempotency_key)
@@ -86,7 +90,8 @@ class Creation:
             return sandbox
 
     async def _create(self, tenant: str, image: str | None, ttl_seconds: int | None, network: bool | None,
-                      allow_domains: list[str] | None, snapshot_id: str | None, snapshot_on_expiry: bool) -> Sandbox:
+                      allow_domains: list[str] | None, snapshot_id: str | None, snapshot_on_expiry: bool,
+                      volumes: tuple[VolumeMount, ...]) -> Sandbox:
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
@@ -107,11 +112,12 @@ class Creation:
                 "Omit the image argument to get the default one."
             )
         domains = self.egress.check_allow_domains(allow_domains, network) if allow_domains is not None else ()
+        mounts = self.volumes.check(tenant, volumes)
         self.limits.require()
-        async with self.registry.reserve(tenant):
-            # The pool holds sandboxes of the default image on the server's network only.
+        async with self.registry.reserve(tenant), self.volumes.taken(tenant, mounts) as binds:
+            # The pool holds sandboxes of the default image on the server's network, with no volumes.
             offline = network is False and self.egress.network != "none"
-            pooled = image == self.settings.image and not offline and snapshot is None
+            pooled = image == self.settings.image and not offline and snapshot is None and not mounts
             sandbox = await self.pool.take(tenant, ttl) if pooled else None
             fresh = sandbox is None
             if sandbox is None:
@@ -120,8 +126,8 @@ class Creation:
                     image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
                 async with self.pool.creating():  # the pool waits for this one to start
                     sandbox = await self.containers.start(
-                        image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer
-                    )
+                        image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer,
+                        mounts=mounts, binds=binds)
             if domains:
                 await self._behind_proxy(sandbox, domains)
             if snapshot_on_expiry:

@@ -16,7 +16,7 @@ from .backend.podman_cli import is_missing_container
 from .containers import SandboxContainers
 from .errors import DiskUnavailable, PodmanError, SandboxError
 from .idempotency import IdempotencyKeys
-from .lifetimes import Lifetimes
+from .lifetimes import Lifetime, Lifetimes
 from .model import (
     CONTAINER_ID_RE,
     LABEL_CREATED,
@@ -28,10 +28,12 @@ from .model import (
     LABEL_NETWORK,
     LABEL_POOLED,
     LABEL_TENANT,
+    LABEL_VOLUMES,
     LOCAL_TENANT,
     NAME_PREFIX,
     TENANT_RE,
     Sandbox,
+    volumes_from_label,
 )
 from .network.preview_links import PortLinks
 from .paths import CLAIM_PATH
@@ -60,6 +62,24 @@ class Lifecycle:
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
         self._destroy, self._forget, self.removals, self.lifetimes = destroy, forget, removals, lifetimes
         self.keys: IdempotencyKeys | None = None  # create_container's idempotency keys, set by the manager
+
+    def extend(self, sandbox: Sandbox, seconds: int) -> Sandbox:
+        """Give the sandbox ``seconds`` more, up to SANDBOX_TTL_SECONDS from now (the longest lifetime a
+        create may ask for); recorded on the host, so a restarted server keeps it (lifetimes.py)."""
+        if self.backend.shared:
+            raise SandboxError(f"A sandbox's lifetime cannot be extended on the {self.backend.name} backend: its "
+                               "Pod's deadline (activeDeadlineSeconds) is set when it starts and can only be shortened.")
+        expires_at = min(sandbox.expires_at + max(0, seconds), time.time() + self.settings.ttl_seconds)
+        if expires_at > sandbox.expires_at:
+            try:
+                self.lifetimes.record(sandbox.container_id, Lifetime(sandbox.created_at, expires_at, sandbox.tenant))
+            except OSError as exc:
+                raise SandboxError(
+                    f"Sandbox {sandbox.container_id} keeps its lifetime: the server could not record the new one under "
+                    f"{self.lifetimes.folder} ({exc.strerror or exc}). Free space or fix the permissions of "
+                    "SANDBOX_STATE_DIR, then try again.") from exc
+            sandbox.expires_at = expires_at
+        return sandbox
 
     async def adopt(self) -> list[str]:
         """Take over this namespace's sandboxes: expired or unreadable ones are destroyed, stopped
@@ -127,7 +147,8 @@ class Lifecycle:
         tenant = labels.get(LABEL_TENANT, LOCAL_TENANT)
         sandbox = Sandbox(container_id, labels.get(LABEL_IMAGE) or entry.image, created, expires,
                           tenant=tenant if TENANT_RE.match(tenant) else LOCAL_TENANT,
-                          network=labels.get(LABEL_NETWORK, ""))
+                          network=labels.get(LABEL_NETWORK, ""),
+                          volumes=volumes_from_label(labels.get(LABEL_VOLUMES, "")))
         recorded = self.lifetimes.read(container_id)  # handed out from the pool, or extended since
         if recorded is not None and (recorded.tenant == sandbox.tenant or labels.get(LABEL_POOLED) == "true"):
             sandbox.created_at, sandbox.expires_at, sandbox.tenant = (

@@ -34,9 +34,9 @@ from .errors import SandboxError
 from .health import HealthProbe
 from .idempotency import IdempotencyKeys
 from .lifecycle import Lifecycle
-from .lifetimes import Lifetime, Lifetimes
+from .lifetimes import Lifetimes
 from .limits import LimitsCheck
-from .model import LOCAL_TENANT, FileLink, Sandbox
+from .model import LOCAL_TENANT, FileLink, Sandbox, VolumeMount
 from .network.cluster_egress import ClusterEgress
 from .network.egress import Egress
 from .network.preview_links import PortLink, PortLinks
@@ -53,6 +53,7 @@ from .storage.downloads import FileDownload
 from .storage.file_links import FileLinks
 from .storage.file_reading import Entry, FileReader, FileSlice
 from .storage.snapshots import Snapshot, Snapshots
+from .storage.volumes import Volume, Volumes
 
 logger = logging.getLogger("mcp_sandbox.manager")
 
@@ -116,6 +117,9 @@ class SandboxManager:
             settings.file_max_bytes, settings.write_max_bytes, self.registry.get, self.registry.live, self.runtimes,
             self.backend, lambda: self.podman.spawn_options,
         )
+        self.volumes = Volumes(settings.disk_dir, settings.namespace, settings.max_volumes_per_tenant,
+                               settings.volume_max_bytes, self.registry.mounting)
+        self.containers.volumes = self.volumes
         self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
                                self.registry.get, self.registry.live, self.backend)
         self._wire_comings_and_goings(settings)
@@ -142,6 +146,7 @@ class SandboxManager:
                                    self.lifetimes)
         keys = IdempotencyKeys(Path(settings.state_dir) / settings.namespace / "idempotency")
         self.creation.keys = self.endings.keys = self.lifecycle.keys = keys
+        self.creation.volumes = self.volumes
         self.creation.discard_created = lambda sandbox: self.destroy(sandbox.container_id, sandbox.tenant)
 
     # ----- the server's own life
@@ -170,6 +175,7 @@ class SandboxManager:
         elif self.backend.name != "kubernetes":
             logger.warning("sandbox disk use is NOT bounded (%s): a sandbox can fill the disk under Podman's "
                            "storage", self.disks.why_not)
+        await self.volumes.probe(f"the {self.backend.name} backend keeps no volumes" if self.backend.shared else "")
         await self.limits.check_host()
         await self.egress.start()
         await anyio.to_thread.run_sync(self.snapshots.load)
@@ -233,32 +239,16 @@ class SandboxManager:
     async def create(self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
                      network: bool | None = None, allow_domains: list[str] | None = None,
                      snapshot_id: str | None = None, snapshot_on_expiry: bool = False,
-                     idempotency_key: str | None = None) -> Sandbox:
+                     idempotency_key: str | None = None, volumes: tuple[VolumeMount, ...] = ()) -> Sandbox:
         """A sandbox for the tenant (creation.py says how each argument shapes it)."""
         return await self.creation.create(image, tenant, ttl_seconds, network, allow_domains, snapshot_id,
-                                          snapshot_on_expiry, idempotency_key)
+                                          snapshot_on_expiry, idempotency_key, volumes)
 
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         await self.endings.destroy(container_id, tenant, why)
 
     def extend(self, container_id: str, seconds: int, tenant: str = LOCAL_TENANT) -> Sandbox:
-        """Give the sandbox ``seconds`` more, up to SANDBOX_TTL_SECONDS from now (the longest lifetime a
-        create may ask for); recorded on the host, so a restarted server keeps it (lifetimes.py)."""
-        sandbox = self.get(container_id, tenant)
-        if self.backend.shared:
-            raise SandboxError(f"A sandbox's lifetime cannot be extended on the {self.backend.name} backend: its "
-                               "Pod's deadline (activeDeadlineSeconds) is set when it starts and can only be shortened.")
-        expires_at = min(sandbox.expires_at + max(0, seconds), time.time() + self.settings.ttl_seconds)
-        if expires_at > sandbox.expires_at:
-            try:
-                self.lifetimes.record(container_id, Lifetime(sandbox.created_at, expires_at, sandbox.tenant))
-            except OSError as exc:
-                raise SandboxError(
-                    f"Sandbox {container_id} keeps its lifetime: the server could not record the new one under "
-                    f"{self.lifetimes.folder} ({exc.strerror or exc}). Free space or fix the permissions of "
-                    "SANDBOX_STATE_DIR, then try again.") from exc
-            sandbox.expires_at = expires_at
-        return sandbox
+        return self.lifecycle.extend(self.get(container_id, tenant), seconds)
 
     def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
         return self.egress.of(self.get(container_id, tenant).network, container_id)
@@ -282,6 +272,17 @@ class SandboxManager:
 
     def delete_snapshot(self, snapshot_id: str, tenant: str = LOCAL_TENANT) -> None:
         self.snapshots.delete(snapshot_id, tenant)
+
+    # ----- volumes (storage/volumes.py)
+
+    async def create_volume(self, name: str, size_mb: int, tenant: str = LOCAL_TENANT) -> Volume:
+        return await self.volumes.create(tenant, name, size_mb)
+
+    def list_volumes(self, tenant: str = LOCAL_TENANT) -> list[tuple[Volume, int | None, list[str]]]:
+        return self.volumes.listed(tenant)
+
+    async def delete_volume(self, name: str, tenant: str = LOCAL_TENANT) -> None:
+        await self.volumes.delete(tenant, name)
 
     # ----- preview links (network/preview_links.py)
 

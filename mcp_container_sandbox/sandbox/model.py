@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ LABEL_POOLED = "mcp-sandbox.pooled"  # started ahead of demand; its lifetime is 
 # is handed out only while this matches the server's configuration (see made_under).
 LABEL_MADE_UNDER = "mcp-sandbox.made-under"
 LABEL_NETWORK = "mcp-sandbox.network"  # the network it joined: "none", or a network's name ("" Podman's default)
+LABEL_VOLUMES = "mcp-sandbox.volumes"  # the volumes it mounts, as JSON [[name, path, read_only], ...]
 NAME_PREFIX = "mcp-sandbox-"
 LOCAL_TENANT = "local"  # everyone, when the server has no tokens
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -26,6 +28,28 @@ FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 
 def utc_iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """One of a tenant's volumes (storage/volumes.py) in one sandbox: where, and whether it may write."""
+
+    name: str
+    path: str
+    read_only: bool = False
+
+
+def volumes_label(mounts: tuple[VolumeMount, ...]) -> str:
+    return json.dumps([[m.name, m.path, m.read_only] for m in mounts], separators=(",", ":"))
+
+
+def volumes_from_label(value: str) -> tuple[VolumeMount, ...]:
+    try:
+        listed = json.loads(value) if value else []
+    except ValueError:
+        return ()
+    return tuple(VolumeMount(str(m[0]), str(m[1]), bool(m[2])) for m in listed
+                 if isinstance(m, list) and len(m) == 3) if isinstance(listed, list) else ()
 
 
 @dataclass
@@ -40,6 +64,7 @@ class Sandbox:
     gone_why: str = ""
     network: str = ""  # as LABEL_NETWORK
     address: str = ""  # its IPv4 address on that network, once asked (the egress proxy knows it by it)
+    volumes: tuple[VolumeMount, ...] = ()
 
     @property
     def name(self) -> str:

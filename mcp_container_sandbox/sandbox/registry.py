@@ -47,6 +47,12 @@ class SandboxRegistry:
     def all(self) -> list[Sandbox]:
         return list(self._sandboxes.values())
 
+    def mounting(self, tenant: str, volume: str) -> list[str]:
+        """The tenant's sandboxes that mount the volume (those being destroyed too: their containers may
+        hold it still)."""
+        return [sandbox.container_id for sandbox in self._sandboxes.values()
+                if sandbox.tenant == tenant and any(mount.name == volume for mount in sandbox.volumes)]
+
     def add(self, sandbox: Sandbox) -> None:
         self._sandboxes[sandbox.container_id] = sandbox
 

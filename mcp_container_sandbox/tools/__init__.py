@@ -13,8 +13,9 @@ from .files import FileTools
 from .ports import PortTools
 from .sandboxes import SandboxTools
 from .snapshots import SnapshotTools
+from .volumes import VolumeTools
 
-AREAS = (SandboxTools, CommandTools, FileTools, SnapshotTools, PortTools)
+AREAS = (SandboxTools, CommandTools, FileTools, SnapshotTools, VolumeTools, PortTools)
 
 __all__ = ["AREAS", "AppOnlyTools", "ToolContext", "register_tools", "tool_names"]
 

@@ -12,7 +12,17 @@ from ..sandbox import LIMITS, LIMITS_IN_WORDS, SandboxError, utc_iso
 from .app import COMMAND_APP_URI
 from .area import ContainerId, ToolArea, tool
 from .context import progress_reporter, tool_errors
-from .shaping import port_link_fields, sandbox_times
+from .create_options import (
+    AllowDomains,
+    FromSnapshot,
+    IdempotencyKey,
+    Image,
+    Network,
+    SnapshotOnExpiry,
+    TtlSeconds,
+    VolumesToMount,
+)
+from .shaping import port_link_fields, sandbox_times, volume_fields
 from .waits import MAX_WAIT
 from .waits import current as current_waits
 
@@ -31,46 +41,20 @@ class SandboxTools(ToolArea):
           destructive_hint=False, open_world_hint=False)
     async def create_container(
         self,
-        image: Annotated[
-            str | None,
-            Field(description="Container image; only images on the server's allow-list. Omit for the default (Alpine Linux).", max_length=300),
-        ] = None,
-        ttl_seconds: Annotated[
-            int | None,
-            Field(description="Lifetime in seconds, up to the server's maximum (2 hours by default); omit for the maximum.", ge=1),
-        ] = None,
-        network: Annotated[
-            bool | None,
-            Field(description="false: no network at all inside the sandbox. Omit for the server's default "
-                              "(the internet, but nothing of the host or the networks around it)."),
-        ] = None,
-        allow_domains: Annotated[
-            list[Annotated[str, Field(max_length=253)]] | None,
-            Field(description="Only these hosts may be reached, over HTTP(S) through the server's proxy (set in the "
-                              "sandbox's http_proxy/https_proxy): exact names like 'api.github.com', or '*.example.org' "
-                              "for its subdomains. Omit for the server's default."),
-        ] = None,
-        snapshot_id: Annotated[
-            str | None,
-            Field(description="Start from this snapshot's files (from snapshot_container or list_snapshots), on its "
-                              "image. Omit for a fresh sandbox.", max_length=100),
-        ] = None,
-        snapshot_on_expiry: Annotated[
-            bool,
-            Field(description="true: when the sandbox's lifetime ends, its files are kept in a snapshot (reason "
-                              "'expired') before it is destroyed; check_container then names it."),
-        ] = False,
-        idempotency_key: Annotated[
-            str | None,
-            Field(description="A key of the client's own (a UUID, say): asked again with the same key while the "
-                              "sandbox lives, the same sandbox comes back instead of a second one. Use it when a "
-                              "create may be retried.", max_length=128),
-        ] = None,
+        image: Image = None,
+        ttl_seconds: TtlSeconds = None,
+        network: Network = None,
+        allow_domains: AllowDomains = None,
+        snapshot_id: FromSnapshot = None,
+        snapshot_on_expiry: SnapshotOnExpiry = False,
+        idempotency_key: IdempotencyKey = None,
+        volumes: VolumesToMount = None,
     ) -> dict[str, Any]:
         with tool_errors():
             tenant = self.context.tenant()
             sandbox = await self.sandboxes.create(image, tenant, ttl_seconds, network, allow_domains,
-                                                  snapshot_id, snapshot_on_expiry, idempotency_key)
+                                                  snapshot_id, snapshot_on_expiry, idempotency_key,
+                                                  tuple(spec.mount() for spec in volumes or ()))
             egress = self.sandboxes.egress_of(sandbox.container_id, tenant)
         return {
             "container_id": sandbox.container_id,
@@ -82,6 +66,7 @@ class SandboxTools(ToolArea):
             "egress": egress,
             "snapshot_on_expiry": snapshot_on_expiry,
             **({"snapshot_id": snapshot_id} if snapshot_id is not None else {}),
+            **({"volumes": volume_fields(sandbox)} if sandbox.volumes else {}),
         }
 
     @tool(title="List my sandboxes", read_only_hint=True, open_world_hint=False)
@@ -156,10 +141,11 @@ class SandboxTools(ToolArea):
             return {**await self._sandbox_state(container_id, tenant), "command": command}
 
     async def _sandbox_state(self, container_id: str, tenant: str) -> dict[str, Any]:
-        times = sandbox_times(self.sandboxes.get(container_id, tenant))
+        sandbox = self.sandboxes.get(container_id, tenant)
         status = await self.sandboxes.container_status(container_id, tenant)
         base_url, domain = self.context.base_url(), self.context.server.preview_domain
-        return {"container_id": container_id, "status": status, **times,
+        return {"container_id": container_id, "status": status, **sandbox_times(sandbox),
+                **({"volumes": volume_fields(sandbox)} if sandbox.volumes else {}),
                 "egress": self.sandboxes.egress_of(container_id, tenant),
                 "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(container_id, tenant),
                 "ports": [port_link_fields(link, base_url, domain)

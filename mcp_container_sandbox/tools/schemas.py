@@ -22,12 +22,23 @@ from fastmcp.tools import Tool
 
 def portable(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema rewritten as the module says; anything else is left as it is."""
-    out = copy.deepcopy(schema)
-    if out.get("additionalProperties") is False:
-        del out["additionalProperties"]
+    out = _closed_nowhere(copy.deepcopy(schema))
     for name, prop in (out.get("properties") or {}).items():
         out["properties"][name] = _nullable(prop)
     return out
+
+
+def _closed_nowhere(schema: Any) -> Any:
+    """The schema without ``"additionalProperties": false`` at any depth (an object in a list, say)."""
+    if isinstance(schema, dict):
+        if schema.get("additionalProperties") is False:
+            del schema["additionalProperties"]
+        for value in schema.values():
+            _closed_nowhere(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _closed_nowhere(value)
+    return schema
 
 
 def _nullable(prop: dict[str, Any]) -> dict[str, Any]:

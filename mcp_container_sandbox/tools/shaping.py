@@ -118,6 +118,10 @@ def sandbox_times(sandbox: Sandbox) -> dict[str, Any]:
     }
 
 
+def volume_fields(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return [{"name": m.name, "path": m.path, "read_only": m.read_only} for m in sandbox.volumes]
+
+
 def snapshot_fields(snapshot: Snapshot) -> dict[str, Any]:
     return {
         "snapshot_id": snapshot.snapshot_id,

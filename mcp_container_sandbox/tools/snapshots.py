@@ -25,12 +25,17 @@ class SnapshotTools(ToolArea):
     ) -> dict[str, Any]:
         """Keep a sandbox's files as they are now: everything written, changed or deleted since it was made.
 
-        Running processes and memory are not kept. The sandbox is paused for the moment it takes and
+        Running processes, memory and mounted volumes are not kept. The sandbox is paused for the moment it takes and
         then carries on. create_container(snapshot_id=...) starts new sandboxes from it (forks);
         snapshots outlive their sandbox and expire after a few days (expires_at).
         """
         with tool_errors():
-            snapshot = await self.sandboxes.snapshot(container_id, name, self.context.tenant())
+            tenant = self.context.tenant()
+            volumes = [mount.path for mount in self.sandboxes.get(container_id, tenant).volumes]
+            snapshot = await self.sandboxes.snapshot(container_id, name, tenant)
+        if volumes:
+            return {**snapshot_fields(snapshot), "note": f"The volumes at {', '.join(volumes)} are not in the snapshot "
+                                                         "(a volume is kept apart from any sandbox); a fork mounts none."}
         return snapshot_fields(snapshot)
 
     @tool(title="List my snapshots", read_only_hint=True, open_world_hint=False)

@@ -18,8 +18,9 @@ def release_namespace(base: str, namespace: str) -> None:
     directory = Path(base) / namespace
     if not directory.is_dir():
         return
+    volumes = list((directory / ".volumes").glob("*/*"))  # storage/volumes.py: <tenant key>/<name>
     for disk in directory.iterdir():
-        for mount_point in (disk / "root", disk / "fs"):
+        for mount_point in (disk / "root", disk / "fs", *(volumes if disk.name == ".volumes" else ())):
             if os.path.ismount(mount_point) and subprocess.run(["umount", str(mount_point)]).returncode != 0:
                 subprocess.run(["umount", "-l", str(mount_point)])
     shutil.rmtree(directory, ignore_errors=True)

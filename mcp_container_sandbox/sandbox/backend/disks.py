@@ -50,7 +50,8 @@ LOOP_CTL_GET_FREE = 0x4C82  # linux/loop.h
 LOOP_MAJOR = 7
 
 
-async def _run(*argv: str, env: dict[str, str] | None = None) -> None:
+async def run_tool(*argv: str, env: dict[str, str] | None = None) -> None:
+    """Run a host tool (mkfs, mount, umount); DiskUnavailable says why it failed."""
     try:
         result = await anyio.run_process(list(argv), check=False, env=env)
     except OSError as exc:
@@ -63,7 +64,7 @@ async def _run(*argv: str, env: dict[str, str] | None = None) -> None:
         raise DiskUnavailable(f"'{' '.join(argv[:2])}' failed: {said}")
 
 
-def _ensure_free_loop_node() -> None:
+def ensure_free_loop_node() -> None:
     """Give the next free loop device a node in /dev when it has none. In a container (the nested
     deployment) /dev is a copy made when it started, without the loop devices the kernel adds
     later, and mount(8) would fail on the one it is handed."""
@@ -113,7 +114,7 @@ class SandboxDisks:
         self._spare_taken = anyio.Event()
 
     async def _run(self, *argv: str) -> None:
-        await _run(*argv, env=self._env)
+        await run_tool(*argv, env=self._env)
 
     async def probe(self) -> None:
         """Decide once, at start, whether sandboxes get disks: the settings, root, the tools,
@@ -262,7 +263,7 @@ class SandboxDisks:
         elif not image_file.exists():
             raise DiskUnavailable(f"the disk image {image_file} is gone")
         if not os.path.ismount(fs):
-            _ensure_free_loop_node()
+            ensure_free_loop_node()
             await self._run("mount", "-o", "loop,nodev", str(image_file), str(fs))
         for sub in ("upper", "work", "data"):
             (fs / sub).mkdir(exist_ok=True)
