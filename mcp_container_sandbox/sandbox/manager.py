@@ -29,6 +29,7 @@ from .backend.podman_cli import Podman, check_event_loop, system_env
 from .background import BackgroundTasks
 from .containers import SandboxContainers
 from .creation import Creation
+from .egress_changes import EgressChanges
 from .endings import Endings
 from .errors import SandboxError
 from .health import HealthProbe
@@ -65,6 +66,16 @@ def chosen_backend(settings: SandboxSettings, podman: Podman) -> Backend:
         return KubernetesBackend(settings.kubernetes, cluster, disk_bytes=settings.disk_limit_bytes,
                                  egress_policy=settings.egress)
     return PodmanBackend(podman)
+
+
+async def reach_cluster(backend: KubernetesBackend, settings: SandboxSettings) -> None:
+    """A server told to run sandboxes on a cluster it cannot reach does not start."""
+    try:
+        version = await backend.version()
+    except SandboxError as exc:
+        raise SandboxError(f"SANDBOX_BACKEND=kubernetes, but {exc}. Check KUBECONFIG (or the service account "
+                           "the server runs under) and that the cluster is up; docs/kubernetes.md.") from None
+    logger.info("sandboxes are Pods in namespace %s of Kubernetes %s", settings.kubernetes.namespace, version)
 
 
 class SandboxManager:
@@ -120,6 +131,7 @@ class SandboxManager:
         self.volumes = Volumes(settings.disk_dir, settings.namespace, settings.max_volumes_per_tenant,
                                settings.volume_max_bytes, self.registry.mounting)
         self.containers.volumes = self.volumes
+        self.egress_changes = EgressChanges(self.egress, self.backend, self.runtimes)
         self.ports = PortLinks(Path(settings.state_dir) / settings.namespace / "ports", settings.max_ports,
                                self.registry.get, self.registry.live, self.backend)
         self._wire_comings_and_goings(settings)
@@ -166,8 +178,10 @@ class SandboxManager:
         self._helpers_digest = helpers_digest(self._agent)
         self.channels.enabled = self._agent is not None
         self.pool.reset()  # rebuilt from Podman by adopt()
-        if self.backend.name == "kubernetes":
-            await self._reach_cluster()
+        if isinstance(self.backend, KubernetesBackend):
+            await reach_cluster(self.backend, self.settings)
+            self.disks.why_not = (f"on Kubernetes the Pod's ephemeral-storage limit ({self.settings.disk_limit_bytes} "
+                                  "bytes, SANDBOX_DISK_LIMIT_BYTES) stands for it: the kubelet evicts a Pod past it")
         else:
             await self.disks.probe()
         if self.disks.enabled:
@@ -192,17 +206,6 @@ class SandboxManager:
             self._background.start_soon(self.lifecycle.follow_others)
         if self.settings.pool_size > 0:
             self._background.start_soon(self.pool.fill_forever)
-
-    async def _reach_cluster(self) -> None:
-        """A server told to run sandboxes on a cluster it cannot reach does not start."""
-        try:
-            version = await self.backend.version()
-        except SandboxError as exc:
-            raise SandboxError(f"SANDBOX_BACKEND=kubernetes, but {exc}. Check KUBECONFIG (or the service account "
-                               "the server runs under) and that the cluster is up; docs/kubernetes.md.") from None
-        self.disks.why_not = (f"on Kubernetes the Pod's ephemeral-storage limit ({self.settings.disk_limit_bytes} bytes, "
-                              "SANDBOX_DISK_LIMIT_BYTES) stands for it: the kubelet evicts a Pod past it")
-        logger.info("sandboxes are Pods in namespace %s of Kubernetes %s", self.settings.kubernetes.namespace, version)
 
     async def stop(self) -> None:
         """Stop following commands; sandboxes and their commands go on for the next start.
@@ -249,6 +252,10 @@ class SandboxManager:
 
     def extend(self, container_id: str, seconds: int, tenant: str = LOCAL_TENANT) -> Sandbox:
         return self.lifecycle.extend(self.get(container_id, tenant), seconds)
+
+    async def set_egress(self, container_id: str, network: bool | None, allow_domains: list[str] | None,
+                         tenant: str = LOCAL_TENANT) -> None:
+        await self.egress_changes.set(self.get(container_id, tenant), network, allow_domains)
 
     def egress_of(self, container_id: str, tenant: str = LOCAL_TENANT) -> dict[str, object]:
         return self.egress.of(self.get(container_id, tenant).network, container_id)

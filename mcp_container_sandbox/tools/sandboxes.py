@@ -163,6 +163,28 @@ class SandboxTools(ToolArea):
             for summary in await self.sandboxes.list_commands(container_id, tenant)
         ]
 
+    @tool(title="Change a sandbox's network access", read_only_hint=False, destructive_hint=False,
+          idempotent_hint=True, open_world_hint=False)
+    async def set_egress(
+        self,
+        container_id: ContainerId,
+        network: Annotated[bool | None, Field(
+            description="false: cut the sandbox off from every network now; true: back to the server's default. "
+                        "Omit when giving allow_domains.")] = None,
+        allow_domains: AllowDomains = None,
+    ) -> dict[str, Any]:
+        """Change where a running sandbox may connect, in place: its processes keep running.
+
+        Send network=false to cut it off, network=true to give it the server's default back, or
+        allow_domains to let it reach only those hosts through the proxy. Takes effect at once;
+        open connections that are no longer allowed are cut. Commands started afterwards get the
+        matching proxy settings; check_container shows the policy in force.
+        """
+        with tool_errors():
+            tenant = self.context.tenant()
+            await self.sandboxes.set_egress(container_id, network, allow_domains, tenant)
+            return {"container_id": container_id, "egress": self.sandboxes.egress_of(container_id, tenant)}
+
     @tool(title="Destroy sandbox", read_only_hint=False, destructive_hint=True, idempotent_hint=True,
           open_world_hint=False)
     async def destroy_container(self, container_id: ContainerId) -> dict[str, Any]:

@@ -39,7 +39,7 @@ async def test_stdio_transport_lists_the_tools_runs_commands_and_serves_file_url
     transport = StdioTransport(command=fastmcp_cli, args=["run", str(ROOT / "server.py")], env=env, cwd=str(ROOT))
     async with Client(transport) as client:
         listed = [tool.name for tool in await client.list_tools()]
-        assert listed == tool_names() and len(listed) == 18
+        assert listed == tool_names() and len(listed) == 19
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
         result = structured(await client.call_tool(
             "execute_command", {"container_id": container_id, "command": "printf 'from stdio' > /tmp/out.txt; date"}

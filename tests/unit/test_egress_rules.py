@@ -84,6 +84,17 @@ def test_sandboxes_behind_the_proxy_reach_only_the_proxy() -> None:
     assert "flush set inet mcp_sandbox_podman7 proxied" not in script and "delete" not in script
 
 
+def test_sandboxes_cut_off_reach_nothing_not_even_what_they_had_open() -> None:
+    script = ruleset(BRIDGE, proxy_port=3128)
+    for chain in ("input", "forward"):
+        rules = _rules(script, chain)
+        assert rules.index("ip saddr @cut_off counter drop") == 1  # before the proxy's port, DNS and conntrack
+    forward = _rules(script, "forward")
+    assert forward.index("ip daddr @cut_off counter drop") < forward.index("ct state established,related accept")
+    assert "add set inet mcp_sandbox_podman7 cut_off { type ipv4_addr; }" in script
+    assert "flush set inet mcp_sandbox_podman7 cut_off" not in script
+
+
 def test_an_operators_ranges_are_accepted_before_the_blocked_ones() -> None:
     script = ruleset(BRIDGE, ("10.1.2.0/24", "2001:db8:1::/48"))
     assert "add element inet mcp_sandbox_podman7 allowed_v4 { 10.1.2.0/24 }" in script

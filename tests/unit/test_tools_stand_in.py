@@ -91,7 +91,7 @@ def epoch(iso: str) -> float:
 async def test_the_tools_listed_are_the_registered_ones_each_with_a_title(stand_in: StandIn) -> None:
     listed = await stand_in.client.list_tools()
     assert [tool.name for tool in listed] == tool_names()
-    assert len(listed) == 18 and all(tool.annotations and tool.annotations.title for tool in listed)
+    assert len(listed) == 19 and all(tool.annotations and tool.annotations.title for tool in listed)
 
 
 # --------------------------------------------------------------------------- sandboxes

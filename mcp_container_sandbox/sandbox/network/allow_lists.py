@@ -1,15 +1,21 @@
-"""What create_container's allow_domains asks of the egress policy (egress.py): the list checked, why
-a server cannot enforce one, the environment that points a sandbox at the proxy, and the lists kept
-on the host that no sandbox holds any more."""
+"""What create_container's allow_domains and set_egress ask of the egress policy (egress.py): the list
+checked, why a server cannot enforce one, the environment that points a sandbox at the proxy, a
+sandbox cut off from every network while it runs, and the lists kept on the host that no sandbox
+holds any more."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..backend.abstract import BridgeNetwork
-from ..errors import InvalidAllowList
+from ..errors import InvalidAllowList, SandboxError
+from .egress_rules import run_nft, table_name
 from .proxy import EgressProxy, check_allow_domains
+
+logger = logging.getLogger("mcp_sandbox.egress")
 
 
 class AllowLists:
@@ -20,6 +26,35 @@ class AllowLists:
     proxy: EgressProxy
     _max_domains: int
     _state: Path
+    _env: dict[str, str]
+    _restricted: dict[str, tuple[str, tuple[str, ...]]]
+    _cut: dict[str, str]
+
+    async def cut_off(self, container_id: str, address: str) -> None:
+        """set_egress(network=false): nothing reaches the sandbox or leaves it through the host from now
+        on, its allow-list (if it had one) included; kept on the host across restarts of the server."""
+        if self.bridge is None:
+            raise SandboxError(f"A sandbox's network can be turned off while it runs only under SANDBOX_EGRESS=public "
+                               f"({self.why_not or 'SANDBOX_EGRESS is ' + self.policy}).")
+        self._state.mkdir(parents=True, exist_ok=True)
+        (self._state / f"{container_id}.json").write_text(json.dumps({"address": address, "cut": True}))
+        self._cut[container_id] = address
+        await run_nft(self._env, "add", "element", "inet", table_name(self.bridge), "cut_off", f"{{ {address} }}")
+        restricted = self._restricted.pop(container_id, None)
+        if restricted is not None:
+            await self._drop_element("proxied", restricted[0])
+
+    async def _drop_element(self, name: str, address: str) -> None:
+        """An address out of the set ``proxied`` or ``cut_off``, unless another sandbox here holds it there."""
+        held = [a for a, _ in self._restricted.values()] if name == "proxied" else list(self._cut.values())
+        if self.bridge is None or address in held:
+            return
+        if name == "proxied":
+            self.proxy.forget(address)
+        try:
+            await run_nft(self._env, "delete", "element", "inet", table_name(self.bridge), name, f"{{ {address} }}")
+        except SandboxError as exc:
+            logger.warning("could not take %s out of the %s set: %s", address, name, exc)
 
     def check_allow_domains(self, domains: object, network: bool | None) -> tuple[str, ...]:
         """create_container's allow_domains, checked; InvalidAllowList says what is wrong and what to do."""

@@ -74,7 +74,8 @@ class Egress(AllowLists):
         self._needed = settings.max_containers + (max(settings.pool_size, settings.pool_max) if settings.pool_size else 0)
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
-        self._stale: set[str] = set()  # proxied addresses no container held at the last look
+        self._cut: dict[str, str] = {}  # container id -> address, of sandboxes set_egress cut off
+        self._stale: dict[str, set[str]] = {}  # by set: addresses no container held at the last look
         self._hold_failed = False  # said once: the bridge's address could not be held
 
     def describe(self) -> dict[str, object]:
@@ -90,7 +91,7 @@ class Egress(AllowLists):
 
     def of(self, network: str, container_id: str = "") -> dict[str, object]:
         """What create_container and check_container say of a sandbox's egress."""
-        if network == "none":
+        if network == "none" or container_id in self._cut:
             return {"policy": "none"}
         restricted = self._restricted.get(container_id)
         if restricted is not None:
@@ -182,7 +183,8 @@ class Egress(AllowLists):
         upstream = [r for r in self.dns if r not in self.bridge.gateways]
         await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
                                                   0 if self.proxy_why_not else self.proxy.port, upstream))
-        await self._add_proxied(address for address, _ in self._restricted.values())
+        await self._add_elements("proxied", (address for address, _ in self._restricted.values()))
+        await self._add_elements("cut_off", self._cut.values())
         try:
             await self._prune()
         except (SandboxError, ValueError, KeyError) as exc:  # tidying only: the rules are in place
@@ -195,16 +197,17 @@ class Egress(AllowLists):
         the gateway (a sandbox behind the proxy could reach whatever listens there later)."""
         assert self.bridge is not None
         table = table_name(self.bridge)
-        ours = {address for address, _ in self._restricted.values()}
-        proxied = {str(e) for e in await self._elements("proxied")} - ours
-        held = await self.backend.network_addresses(self.bridge.name) if proxied else set()
-        if proxied and held is not None:
-            # Seen stale twice in a row: an address is taken out only when no container held it at
-            # either look (never one of a sandbox another server is putting behind its proxy now).
-            stale, self._stale = (proxied - held) & self._stale, proxied - held
-            if stale:
-                logger.info("taking %d addresses of sandboxes that are gone out of the proxied set", len(stale))
-                await self._nft("delete", "element", "inet", table, "proxied", f"{{ {', '.join(sorted(stale))} }}")
+        for name, ours in (("proxied", {address for address, _ in self._restricted.values()}),
+                           ("cut_off", set(self._cut.values()))):
+            listed = {str(e) for e in await self._elements(name)} - ours
+            held = await self.backend.network_addresses(self.bridge.name) if listed else set()
+            if listed and held is not None:
+                # Seen stale twice in a row: an address is taken out only when no container held it at
+                # either look (never one of a sandbox another server is putting behind its proxy now).
+                stale, self._stale[name] = (listed - held) & self._stale.get(name, set()), listed - held
+                if stale:
+                    logger.info("taking %d addresses of sandboxes that are gone out of the %s set", len(stale), name)
+                    await self._nft("delete", "element", "inet", table, name, f"{{ {', '.join(sorted(stale))} }}")
         gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
         ports = {int(e) for e in await self._elements("proxy_ports")} - {self.proxy.port}
         idle = ports - listening_ports(gateways)
@@ -223,11 +226,11 @@ class Egress(AllowLists):
         listed = json.loads(await self._nft("-j", "list", "set", "inet", table_name(self.bridge), name))
         return next((item["set"].get("elem", []) for item in listed.get("nftables", []) if "set" in item), [])
 
-    async def _add_proxied(self, addresses: Iterable[str]) -> None:
+    async def _add_elements(self, name: str, addresses: Iterable[str]) -> None:
         assert self.bridge is not None
         listed = sorted(set(addresses))
         if listed:
-            await self._nft("add", "element", "inet", table_name(self.bridge), "proxied", f"{{ {', '.join(listed)} }}")
+            await self._nft("add", "element", "inet", table_name(self.bridge), name, f"{{ {', '.join(listed)} }}")
 
     async def keep(self) -> None:
         """Put the rules back if something removed them (a firewall reload, ``nft flush ruleset``);
@@ -241,8 +244,9 @@ class Egress(AllowLists):
                                "again", self.bridge.name)
                 await self._install()
             else:
-                if self._restricted:  # another server on the network may have made the table anew
-                    await self._add_proxied(address for address, _ in self._restricted.values())
+                # Another server on the network may have made the table anew.
+                await self._add_elements("proxied", (address for address, _ in self._restricted.values()))
+                await self._add_elements("cut_off", self._cut.values())
                 if self.proxy.port and not self.proxy_why_not:  # or taken this port out (see _prune)
                     await self._nft("add", "element", "inet", table_name(self.bridge), "proxy_ports",
                                     f"{{ {self.proxy.port} }}")
@@ -259,7 +263,10 @@ class Egress(AllowLists):
         (self._state / f"{container_id}.json").write_text(json.dumps({"address": address, "domains": list(domains)}))
         self._restricted[container_id] = (address, tuple(domains))
         self.proxy.allow(address, container_id, domains)
-        await self._add_proxied([address])
+        await self._add_elements("proxied", [address])
+        cut = self._cut.pop(container_id, None)  # set_egress from network=false to allow_domains
+        if cut is not None:
+            await self._drop_element("cut_off", cut)
 
     async def readopt(self, sandbox: Sandbox) -> None:
         """After a restart of the server: a sandbox behind the proxy stays behind it (the allow-list
@@ -271,30 +278,27 @@ class Egress(AllowLists):
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        why = self._why_no_allow_lists()
+        why = self._why_no_allow_lists() if not saved.get("cut") else self._cannot_install()
         if why:
             raise SandboxError(why)
         try:
             sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
         except SandboxError:
             sandbox.address = str(saved["address"])
-        await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]])
+        if saved.get("cut"):
+            await self.cut_off(container_id, sandbox.address)
+        else:
+            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]])
 
     async def release(self, container_id: str) -> None:
         """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set
         (unless a newer sandbox with that address holds it already)."""
-        restricted = self._restricted.pop(container_id, None)
+        restricted, cut = self._restricted.pop(container_id, None), self._cut.pop(container_id, None)
         (self._state / f"{container_id}.json").unlink(missing_ok=True)
-        if restricted is None or self.bridge is None:
-            return
-        address = restricted[0]
-        if any(other == address for other, _ in self._restricted.values()):
-            return
-        self.proxy.forget(address)
-        try:
-            await self._nft("delete", "element", "inet", table_name(self.bridge), "proxied", f"{{ {address} }}")
-        except SandboxError as exc:
-            logger.warning("could not take %s out of the proxied set: %s", address, exc)
+        if restricted is not None:
+            await self._drop_element("proxied", restricted[0])
+        if cut is not None:
+            await self._drop_element("cut_off", cut)
 
     async def listing(self) -> str:
         """The server's table as the kernel holds it ("" when there is none)."""

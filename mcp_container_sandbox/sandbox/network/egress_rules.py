@@ -109,15 +109,16 @@ def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port:
             resolvers: Sequence[str] = ()) -> str:
     """The nft script (one transaction) that makes or refreshes the table for sandboxes on
     ``network``. Sandboxes in the set ``proxied`` (those with allow_domains) reach only the proxy
-    ports on the gateway. The sets ``proxied`` and ``proxy_ports`` are kept as they are, since other
-    servers on the same network add to them too."""
+    ports on the gateway; those in ``cut_off`` (set_egress(network=false)) reach nothing, and nothing
+    reaches them through the host. The sets ``proxied``, ``cut_off`` and ``proxy_ports`` are kept as
+    they are, since other servers on the same network add to them too."""
     table = table_name(network)
     allow_v4 = [c for c in allow_cidrs if ipaddress.ip_network(c).version == 4]
     allow_v6 = [c for c in allow_cidrs if ipaddress.ip_network(c).version == 6]
     gateways_v4 = [g for g in network.gateways if ipaddress.ip_address(g).version == 4]
     gateways_v6 = [g for g in network.gateways if ipaddress.ip_address(g).version == 6]
     iface = f'"{network.interface}"'
-    input_rules = [f"iifname != {iface} accept"]
+    input_rules = [f"iifname != {iface} accept", "ip saddr @cut_off counter drop"]
     if gateways_v4:
         input_rules.append(f"ip saddr @proxied ip daddr {{ {', '.join(gateways_v4)} }} tcp dport @proxy_ports accept")
     input_rules += ["ip saddr @proxied counter drop", "ct state established,related accept"]
@@ -130,6 +131,8 @@ def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port:
     resolvers_v6 = [r for r in resolvers if ipaddress.ip_address(r).version == 6]
     forward_rules = [
         f"iifname != {iface} accept",
+        "ip saddr @cut_off counter drop",
+        "ip daddr @cut_off counter drop",  # from the other sandboxes on the bridge
         "ip saddr @proxied counter drop",
         "ct state established,related accept",
         *([f"ip daddr {{ {', '.join(resolvers_v4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"]
@@ -149,6 +152,7 @@ def ruleset(network: BridgeNetwork, allow_cidrs: Sequence[str] = (), proxy_port:
         + _set(table, "blocked_v4", "ipv4_addr", BLOCKED_V4)
         + _set(table, "blocked_v6", "ipv6_addr", BLOCKED_V6)
         + _set(table, "proxied", "ipv4_addr", interval=False)
+        + _set(table, "cut_off", "ipv4_addr", interval=False)
         + _set(table, "proxy_ports", "inet_service", interval=False)
         + (f"add element inet {table} proxy_ports {{ {proxy_port} }}\n" if proxy_port else "")
         + _chain(table, "input", "input", input_rules)

@@ -86,6 +86,8 @@ class EgressProxy:
         self.blocked, self.allowed_cidrs = tuple(blocked), tuple(allowed_cidrs)
         self._host_addresses = host_addresses  # the host's own: never a destination either
         self._lists: dict[str, tuple[str, tuple[str, ...]]] = {}  # sandbox address -> (container_id, patterns)
+        # The connections open through the proxy, by sandbox address: (host, the sandbox's end).
+        self._open_now: dict[str, set[tuple[str, asyncio.StreamWriter]]] = {}
         self._server: asyncio.base_events.Server | None = None
         self.address, self.port = "", 0
 
@@ -108,10 +110,19 @@ class EgressProxy:
             server.close()
 
     def allow(self, address: str, container_id: str, patterns: Sequence[str]) -> None:
+        """The sandbox's allow-list from now on: its open connections to hosts no longer on it are cut."""
         self._lists[address] = (container_id, tuple(patterns))
+        self._cut(address, lambda host: not domain_allowed(host, patterns))
 
     def forget(self, address: str) -> None:
+        """The sandbox is no longer behind the proxy: its open connections through it are cut."""
         self._lists.pop(address, None)
+        self._cut(address, lambda host: True)
+
+    def _cut(self, address: str, which: Callable[[str], bool]) -> None:
+        for host, writer in list(self._open_now.get(address, ())):
+            if which(host):
+                writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
@@ -125,8 +136,15 @@ class EgressProxy:
             opened = await self._open(peer, head, writer)
             if opened is None:
                 return
-            up_reader, upstream, silent = opened
-            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer, silent))
+            up_reader, upstream, silent, host = opened
+            held = (host, writer)
+            self._open_now.setdefault(peer, set()).add(held)
+            try:
+                await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer, silent))
+            finally:
+                self._open_now.get(peer, set()).discard(held)
+                if not self._open_now.get(peer, True):
+                    del self._open_now[peer]
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -137,10 +155,10 @@ class EgressProxy:
                     stream.close()
 
     async def _open(self, peer: str, head: bytes, writer: asyncio.StreamWriter
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes, str] | None:
         """Check the request and connect upstream; None when it was answered here. With the
         streams comes what to answer if the upstream ends without a byte (plain HTTP only: a
-        CONNECT tunnel carries whatever the two ends say)."""
+        CONNECT tunnel carries whatever the two ends say), and the host."""
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         entry = self._lists.get(peer)
@@ -164,7 +182,7 @@ class EgressProxy:
         if not domain_allowed(host, patterns):
             writer.write(_response(
                 "403 Forbidden", f"{host[:253]} is not in the allow_domains of sandbox {container_id} "
-                f"({', '.join(patterns)}). Create a sandbox whose allow_domains include it."))
+                f"({', '.join(patterns)}). set_egress can give it allow_domains that include it."))
             return None
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
@@ -186,10 +204,10 @@ class EgressProxy:
             return None
         if method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            return up_reader, upstream, b""
+            return up_reader, upstream, b"", host
         upstream.write(rest)
         return up_reader, upstream, _response(
-            "502 Bad Gateway", f"{host}:{port_text} closed the connection without answering; try again")
+            "502 Bad Gateway", f"{host}:{port_text} closed the connection without answering; try again"), host
 
 
 def _destination(method: str, target: str, version: str, lines: list[str]) -> tuple[str, str, bytes] | None:
