@@ -75,6 +75,7 @@ from rows import (
     signin,
     snapshot,
     unpooled,
+    volume,
 )
 from target import Target
 
@@ -108,6 +109,7 @@ ROWS: dict[str, Callable[[Bench, Shared], Awaitable[None]]] = {
     "download": lambda bench, s: download.download(bench, s.client, s.container_id, s.raw_name),
     "proxy": lambda bench, s: proxy.proxy(bench, s.client),
     "snapshot": lambda bench, s: snapshot.snapshot(bench, s.client),
+    "volume": lambda bench, s: volume.volume(bench, s.client),
     "preview": lambda bench, s: preview.preview(bench, s.client),
     "interactive": lambda bench, s: interactive.interactive(bench, s.client),
     "signin": lambda bench, s: signin.signin(bench, s.execs),
