@@ -10,23 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, RUN_ID, disk_dir, sandbox_names, structured, wait_until
+from conftest import ROOT, RUN_ID, disk_dir, sandbox_names, wait_until
 from fastmcp import Client
-from fastmcp.exceptions import ToolError
+from test_interactive import call, refused
 
 pytestmark = pytest.mark.anyio
 TOKENS = ("token-a-volumes-0123", "token-b-volumes-0123")
 MB = 1024 * 1024
-
-
-async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    return structured(await client.call_tool(tool, arguments))
-
-
-async def refused(client: Client, tool: str, **arguments: Any) -> str:
-    with pytest.raises(ToolError) as caught:
-        await client.call_tool(tool, arguments)
-    return str(caught.value)
 
 
 async def run(client: Client, container_id: str, command: str) -> dict[str, Any]:

@@ -64,6 +64,14 @@ async def run_tool(*argv: str, env: dict[str, str] | None = None) -> None:
         raise DiskUnavailable(f"'{' '.join(argv[:2])}' failed: {said}")
 
 
+def cannot_mount(env: dict[str, str], what_needs_root: str) -> str:
+    """Why the server cannot make and loop-mount file systems here ("" when it can): root and the tools."""
+    if os.geteuid() != 0:
+        return f"the server does not run as root ({what_needs_root})"
+    missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool, path=env.get("PATH")) is None]
+    return f"{', '.join(missing)} not found (Debian: apt-get install e2fsprogs mount)" if missing else ""
+
+
 def ensure_free_loop_node() -> None:
     """Give the next free loop device a node in /dev when it has none. In a container (the nested
     deployment) /dev is a copy made when it started, without the loop devices the kernel adds
@@ -124,13 +132,8 @@ class SandboxDisks:
         if self.limit_bytes <= 0:
             self.why_not = "SANDBOX_DISK_LIMIT_BYTES is 0"
             return
-        if os.geteuid() != 0:
-            self.why_not = "the server does not run as root (loop and overlay mounts need it)"
-            return
-        path = self._env.get("PATH")
-        missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool, path=path) is None]
-        if missing:
-            self.why_not = f"{', '.join(missing)} not found (Debian: apt-get install e2fsprogs mount)"
+        self.why_not = cannot_mount(self._env, "loop and overlay mounts need it")
+        if self.why_not:
             return
         try:
             info = await self.backend.host_info()

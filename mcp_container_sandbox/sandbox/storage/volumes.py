@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 
-from ..backend.disks import ensure_free_loop_node, run_tool
+from ..backend.disks import cannot_mount, ensure_free_loop_node, run_tool
 from ..backend.podman_cli import system_env
 from ..errors import DiskUnavailable, SandboxError, shown
 from ..model import VolumeMount
@@ -125,13 +125,8 @@ class Volumes:
         if self.max_per_tenant <= 0:
             self.why_not = "SANDBOX_MAX_VOLUMES_PER_TENANT is 0"
             return
-        if os.geteuid() != 0:
-            self.why_not = "the server does not run as root (a volume is a loop-mounted file system)"
-            return
-        path = self._env.get("PATH")
-        missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool, path=path) is None]
-        if missing:
-            self.why_not = f"{', '.join(missing)} not found (Debian: apt-get install e2fsprogs mount)"
+        self.why_not = cannot_mount(self._env, "a volume is a loop-mounted file system")
+        if self.why_not:
             return
         probe = self.dir / f".probe-{os.getpid()}"
         try:
