@@ -84,9 +84,7 @@ def inspector(url: str, *args: str, expect_tool_error: bool = False) -> dict:
 def test_mcp_inspector_cli_lists_schemas_and_runs_the_date_example(http_server: ServerProcess) -> None:
     url = http_server.url + "/"
     tools = {tool["name"]: tool for tool in inspector(url, "--method", "tools/list")["tools"]}
-    assert set(tools) == {"create_container", "execute_command", "check_container", "destroy_container", "get_file_url",
-                          "list_containers", "write_file", "snapshot_container", "list_snapshots", "delete_snapshot",
-                          "expose_port", "write_stdin", "send_signal", "read_file", "list_files"}
+    assert sorted(tools) == sorted(tool_names())
     timeout = tools["execute_command"]["inputSchema"]["properties"]["timeout_seconds"]
     assert (timeout["minimum"], timeout["default"]) == (1, 600)
     assert tools["destroy_container"]["annotations"]["destructiveHint"] is True

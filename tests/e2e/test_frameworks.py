@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, sandboxes_left
 
+from mcp_container_sandbox.tools import tool_names
+
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 E2E = ROOT / "tests" / "e2e"
 LONG_COMMAND_SECONDS = 8  # longer than the OpenAI Agents SDK's 5 s timeout, and than FIRST_WAIT
@@ -41,12 +43,12 @@ def test_every_framework_converts_every_tool_keeping_each_description(start_serv
     assert set(report) == {"google-genai", "openai-agents (strict)", "langchain-mcp-adapters -> OpenAI",
                            "pydantic-ai (Gemini)", "pydantic-ai (OpenAI strict)"}
     for converter, tools in report.items():
-        assert len(tools) >= 15, converter
+        assert len(tools) == len(tool_names()), converter
         for tool, outcome in tools.items():
             if "error" in outcome:
                 # The Agents SDK makes a strict schema only for an object that lists its properties;
                 # a tool without parameters is offered non-strict (and works: see the flow below).
-                assert converter == "openai-agents (strict)" and tool in {"list_containers", "list_snapshots"}, \
+                assert converter == "openai-agents (strict)" and tool in {"list_containers", "list_snapshots", "list_volumes"}, \
                     (converter, tool, outcome["error"])
                 continue
             for name, param in outcome["params"].items():
