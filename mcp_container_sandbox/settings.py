@@ -130,6 +130,7 @@ class SandboxSettings:
     egress_allow_cidrs: tuple[str, ...] = ()
     proxy_port: int = 3128  # the egress proxy's port on the sandbox bridge's gateway
     max_allow_domains: int = 64
+    secrets_file: str = ""  # NAME=value lines the egress proxy puts into requests (network/secrets.py)
     state_dir: str = "/var/lib/mcp-sandbox/state"  # what the server keeps on the host (allow-lists)
     reap_interval_seconds: float = 1.0
     agent_path: str = ""
@@ -185,6 +186,7 @@ class SandboxSettings:
             egress_allow_cidrs=_cidrs(env, "SANDBOX_EGRESS_ALLOW_CIDRS"),
             proxy_port=_env_int(env, "SANDBOX_PROXY_PORT", 3128, minimum=1),
             max_allow_domains=_env_int(env, "SANDBOX_MAX_ALLOW_DOMAINS", 64, minimum=1),
+            secrets_file=env.get("SANDBOX_SECRETS_FILE", "").strip(),
             state_dir=env.get("SANDBOX_STATE_DIR", "").strip() or "/var/lib/mcp-sandbox/state",
             agent_path=env.get("SANDBOX_AGENT", "").strip(),
             max_channels=_env_int(env, "SANDBOX_MAX_CHANNELS", 32, minimum=1),
@@ -452,6 +454,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("SANDBOX_EGRESS_ALLOW_CIDRS", "none", "comma-separated ranges public lets sandboxes reach on purpose"),
     ("SANDBOX_PROXY_PORT", "3128", "port of the allow_domains proxy on the sandbox bridge's gateway"),
     ("SANDBOX_MAX_ALLOW_DOMAINS", "64", "most names in one sandbox's allow_domains"),
+    ("SANDBOX_SECRETS_FILE", "unset", "NAME=value lines (mode 0600) the proxy puts into sandboxes' requests"),
     ("SANDBOX_STATE_DIR", "/var/lib/mcp-sandbox/state", "where the server keeps snapshots, allow-lists and links"),
     ("SANDBOX_SNAPSHOT_TTL_SECONDS", "604800", "how long a snapshot is kept"),
     ("SANDBOX_MAX_SNAPSHOTS_PER_TENANT", "10", "most snapshots one tenant may keep"),

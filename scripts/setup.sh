@@ -56,6 +56,7 @@ if [ "$WANT_TEST" -eq 1 ]; then
   command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)  # rootless Podman, in the limits test
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # the in-sandbox shell library's linter
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the console's browser tests (Playwright drives it)
+  [ -e /usr/lib/x86_64-linux-gnu/libssl.a ] || [ -e /usr/lib/aarch64-linux-gnu/libssl.a ] || missing+=(libssl-dev)  # the secrets tests' static HTTPS client
 fi
 python_ok() { "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 PYTHON=${PYTHON:-python3}

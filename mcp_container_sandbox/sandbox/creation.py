@@ -18,6 +18,7 @@ from .lifetimes import Lifetime, Lifetimes
 from .limits import LimitsCheck
 from .model import LOCAL_TENANT, Sandbox, VolumeMount
 from .network.egress import Egress
+from .network.secret_rules import SecretRule
 from .paths import CLAIM_PATH, ENV_PATH
 from .pool import WarmPool
 from .registry import SandboxRegistry
@@ -57,32 +58,36 @@ class Creation:
         self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
         network: bool | None = None, allow_domains: list[str] | None = None, snapshot_id: str | None = None,
         snapshot_on_expiry: bool = False, idempotency_key: str | None = None,
-        volumes: Sequence[VolumeMount] = (),
+        volumes: Sequence[VolumeMount] = (), secrets: Sequence[dict[str, str]] = (),
     ) -> Sandbox:
         """A sandbox for the tenant; ttl_seconds (up to SANDBOX_TTL_SECONDS) shortens its lifetime,
         network=False cuts it off from every network (None: as the egress policy says), allow_domains
         lets it reach only those hosts, through the egress proxy; snapshot_id starts it from that
         snapshot's files (a fork), snapshot_on_expiry keeps its files in a snapshot when it expires;
         idempotency_key: the sandbox an earlier create with this key made, while it lives (idempotency.py);
-        volumes: the tenant's volumes it mounts (storage/volumes.py)."""
-        arguments = (image, ttl_seconds, network, allow_domains, snapshot_id, snapshot_on_expiry, tuple(volumes))
+        volumes: the tenant's volumes it mounts (storage/volumes.py); secrets: the server's secrets the
+        egress proxy puts into its requests (network/secrets.py)."""
+        arguments = (image, ttl_seconds, network, allow_domains, snapshot_id, snapshot_on_expiry)
         if idempotency_key is None:
-            return await self._create(tenant, *arguments)
+            return await self._create(tenant, *arguments, tuple(volumes), secrets)
+        # What the key's sandbox was asked with (the newer arguments only when given: keys recorded before them hold).
+        asked = self.keys.arguments(*arguments, *((tuple(volumes), tuple(tuple(sorted(entry.items())) for entry in secrets))
+                                                   if volumes or secrets else ()))
         key_hash = self.keys.hashed(tenant, idempotency_key)
         async with self.keys.held(key_hash) as earlier:
             made = self.registry.live(earlier[0]) if earlier is not None else None
             if (made is not None and earlier is not None and made.tenant == tenant and not made.destroying
                     and made.expires_at > time.time()):
-                if earlier[1] != self.keys.arguments(*arguments):
+                if earlier[1] != asked:
                     raise SandboxError(
                         f"idempotency_key was used for sandbox {made.container_id}, created with other arguments. "
                         "Send a new key for another sandbox, or the same arguments to get that one again.")
                 return made
-            sandbox = await self._create(tenant, *arguments)
+            sandbox = await self._create(tenant, *arguments, tuple(volumes), secrets)
             try:
-                self.keys.record(sandbox.container_id, key_hash, self.keys.arguments(*arguments))
+                self.keys.record(sandbox.container_id, key_hash, asked)
                 if self.backend.shared:
-                    await self.backend.put_records(sandbox.name, {f"idem:{key_hash}": self.keys.arguments(*arguments)})
+                    await self.backend.put_records(sandbox.name, {f"idem:{key_hash}": asked})
             except (OSError, SandboxError) as exc:
                 self._start_soon(self.discard_created, sandbox)
                 raise SandboxError(f"The sandbox's idempotency_key could not be recorded ({exc}); nothing was made. "
@@ -91,7 +96,7 @@ class Creation:
 
     async def _create(self, tenant: str, image: str | None, ttl_seconds: int | None, network: bool | None,
                       allow_domains: list[str] | None, snapshot_id: str | None, snapshot_on_expiry: bool,
-                      volumes: tuple[VolumeMount, ...]) -> Sandbox:
+                      volumes: tuple[VolumeMount, ...] = (), secrets: Sequence[dict[str, str]] = ()) -> Sandbox:
         if ttl_seconds is not None and not 1 <= ttl_seconds <= self.settings.ttl_seconds:
             raise SandboxError(
                 f"ttl_seconds must be between 1 and {self.settings.ttl_seconds} (SANDBOX_TTL_SECONDS, the server's "
@@ -112,6 +117,7 @@ class Creation:
                 "Omit the image argument to get the default one."
             )
         domains = self.egress.check_allow_domains(allow_domains, network) if allow_domains is not None else ()
+        rules = self.egress.check_secrets(secrets, domains)
         mounts = self.volumes.check(tenant, volumes)
         self.limits.require()
         async with self.registry.reserve(tenant), self.volumes.taken(tenant, mounts) as binds:
@@ -129,7 +135,7 @@ class Creation:
                         image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer,
                         mounts=mounts, binds=binds)
             if domains:
-                await self._behind_proxy(sandbox, domains)
+                await self._behind_proxy(sandbox, domains, rules)
             if snapshot_on_expiry:
                 self.snapshots.mark(sandbox.container_id)
             self.registry.add(sandbox)
@@ -154,15 +160,18 @@ class Creation:
         if self.registry.live(sandbox.container_id) is None:  # destroyed meanwhile
             await self.channels.close(sandbox.container_id)
 
-    async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...]) -> None:
-        """Let the sandbox reach only these hosts, through the proxy; it is removed if that fails."""
+    async def _behind_proxy(self, sandbox: Sandbox, domains: tuple[str, ...], rules: tuple[SecretRule, ...]) -> None:
+        """Let the sandbox reach only these hosts, through the proxy, which puts its secrets (rules)
+        into its requests; it is removed if that fails."""
         try:
             sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
             if not sandbox.address:
                 raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
-            await self.egress.restrict(sandbox.container_id, sandbox.address, domains)
+            for path, data in self.egress.ca_files() if rules else ():
+                await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, path, data, 0o644))
+            await self.egress.restrict(sandbox.container_id, sandbox.address, domains, rules)
             await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
-                sandbox, ENV_PATH, self.egress.environment(), 0o644))
+                sandbox, ENV_PATH, self.egress.sandbox_environment(sandbox.container_id), 0o644))
         except SandboxError:
             await self.containers.remove(sandbox.name)
             await self.egress.release(sandbox.container_id)

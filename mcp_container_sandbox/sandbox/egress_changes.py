@@ -50,5 +50,5 @@ class EgressChanges:
     async def _write_environment(self, sandbox: Sandbox) -> None:
         """The proxy's variables for commands started from now on, or none."""
         behind_proxy = self.egress.of(sandbox.network, sandbox.container_id)["policy"] == "allow_domains"
-        data = self.egress.environment() if behind_proxy else b""
+        data = self.egress.sandbox_environment(sandbox.container_id) if behind_proxy else b""
         await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, ENV_PATH, data, 0o644))

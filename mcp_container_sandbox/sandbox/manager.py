@@ -242,10 +242,11 @@ class SandboxManager:
     async def create(self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
                      network: bool | None = None, allow_domains: list[str] | None = None,
                      snapshot_id: str | None = None, snapshot_on_expiry: bool = False,
-                     idempotency_key: str | None = None, volumes: tuple[VolumeMount, ...] = ()) -> Sandbox:
+                     idempotency_key: str | None = None, volumes: tuple[VolumeMount, ...] = (),
+                     secrets: tuple[dict[str, str], ...] = ()) -> Sandbox:
         """A sandbox for the tenant (creation.py says how each argument shapes it)."""
         return await self.creation.create(image, tenant, ttl_seconds, network, allow_domains, snapshot_id,
-                                          snapshot_on_expiry, idempotency_key, volumes)
+                                          snapshot_on_expiry, idempotency_key, volumes, secrets)
 
     async def destroy(self, container_id: str, tenant: str = LOCAL_TENANT, why: str = GONE_DESTROYED) -> None:
         await self.endings.destroy(container_id, tenant, why)

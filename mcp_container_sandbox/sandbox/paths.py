@@ -17,7 +17,9 @@ OUTPUT_DIR = f"{DATA_DIR}/output"
 LINKS_DIR = f"{DATA_DIR}/links"
 CLAIM_PATH = f"{DATA_DIR}/claim"
 HELPERS_COPY = f"{DATA_DIR}/.helpers"  # the helpers, written on the host before a sandbox with a disk starts
-ENV_PATH = f"{DATA_DIR}/env"  # NAME=value lines every command gets (the egress proxy)
+ENV_PATH = f"{DATA_DIR}/env"  # NAME=value lines every command gets (the egress proxy, secrets' placeholders)
+CA_PATH = f"{DATA_DIR}/proxy-ca.crt"  # the egress proxy's CA, in a sandbox with secrets
+CA_BUNDLE_PATH = f"{DATA_DIR}/ca-bundle.crt"  # the host's trust store and that CA
 AGENT_PATH = f"{STATE_DIR}/agent"
 LIB_PATH = f"{STATE_DIR}/lib-6.sh"  # a new name whenever the library changes: old sandboxes get it anew
 STATE_TMPFS = f"{STATE_DIR}:rw,exec,nosuid,nodev,size=64m,mode=0755"

@@ -21,6 +21,19 @@ class VolumeSpec(BaseModel):
         return VolumeMount(self.name, self.path, self.read_only)
 
 
+class SecretSpec(BaseModel):
+    """One secret in create_container's secrets."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="The secret's name on the server, like GITHUB_TOKEN; the sandbox gets that variable "
+                                  "with a placeholder, never the value.", max_length=64)
+    host: str = Field(description="The one host whose HTTPS requests get the value, like api.github.com; it must be in "
+                                  "allow_domains.", max_length=253)
+    header: str = Field(default="Authorization", description="The request header the value goes into.", max_length=64)
+    format: str = Field(default="Bearer {value}", description="The header's value, with {value} where the secret goes.",
+                        max_length=200)
+
+
 Image = Annotated[
     str | None,
     Field(description="Container image; only images on the server's allow-list. Omit for the default (Alpine Linux).", max_length=300),
@@ -61,4 +74,10 @@ VolumesToMount = Annotated[
     Field(description="Your volumes (create_volume) to mount, each {name, path, read_only}: their files are "
                       "shared with every sandbox that mounts them and outlive this one. Omit for none.",
           max_length=16),
+]
+Secrets = Annotated[
+    list[SecretSpec] | None,
+    Field(description="Secrets of the server's that the sandbox may use but never read: the egress proxy puts each "
+                      "into the HTTPS requests to its host (needs allow_domains with that host). The sandbox's variable "
+                      "of the same name holds a placeholder. Omit for none.", max_length=16),
 ]

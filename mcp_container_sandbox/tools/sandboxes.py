@@ -18,6 +18,7 @@ from .create_options import (
     IdempotencyKey,
     Image,
     Network,
+    Secrets,
     SnapshotOnExpiry,
     TtlSeconds,
     VolumesToMount,
@@ -49,12 +50,14 @@ class SandboxTools(ToolArea):
         snapshot_on_expiry: SnapshotOnExpiry = False,
         idempotency_key: IdempotencyKey = None,
         volumes: VolumesToMount = None,
+        secrets: Secrets = None,
     ) -> dict[str, Any]:
         with tool_errors():
             tenant = self.context.tenant()
             sandbox = await self.sandboxes.create(image, tenant, ttl_seconds, network, allow_domains,
                                                   snapshot_id, snapshot_on_expiry, idempotency_key,
-                                                  tuple(spec.mount() for spec in volumes or ()))
+                                                  tuple(spec.mount() for spec in volumes or ()),
+                                                  tuple(spec.model_dump() for spec in secrets or ()))
             egress = self.sandboxes.egress_of(sandbox.container_id, tenant)
         return {
             "container_id": sandbox.container_id,

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..backend.abstract import BridgeNetwork
 from ..errors import InvalidAllowList, SandboxError
 from .egress_rules import run_nft, table_name
+from ..paths import CA_BUNDLE_PATH, CA_PATH
 from .proxy import EgressProxy, check_allow_domains
+from .secret_rules import SecretRule
+from .secrets import SecretStore, check_secrets, host_bundle, secret_environment
 
 logger = logging.getLogger("mcp_sandbox.egress")
 
@@ -29,6 +32,21 @@ class AllowLists:
     _env: dict[str, str]
     _restricted: dict[str, tuple[str, tuple[str, ...]]]
     _cut: dict[str, str]
+    _rules: dict[str, tuple[SecretRule, ...]]
+    secrets: SecretStore
+
+    def check_secrets(self, asked: Sequence[dict[str, str]], domains: Sequence[str]) -> tuple[SecretRule, ...]:
+        """create_container's secrets, checked against its allow-list and the server's secrets."""
+        return check_secrets(asked, domains, self.secrets)
+
+    def sandbox_environment(self, container_id: str) -> bytes:
+        """The environment file of a sandbox behind the proxy: the proxy, and its secrets' placeholders."""
+        return self.environment() + secret_environment(self._rules.get(container_id, ()), CA_BUNDLE_PATH, CA_PATH)
+
+    def ca_files(self) -> list[tuple[str, bytes]]:
+        """What a sandbox with secrets gets to trust the proxy: its CA, and the host's trust store with it."""
+        assert self.proxy.ca is not None
+        return [(CA_PATH, self.proxy.ca.cert_pem), (CA_BUNDLE_PATH, host_bundle() + b"\n" + self.proxy.ca.cert_pem)]
 
     async def cut_off(self, container_id: str, address: str) -> None:
         """set_egress(network=false): nothing reaches the sandbox or leaves it through the host from now

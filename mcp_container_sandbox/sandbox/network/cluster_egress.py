@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from ...settings import SandboxSettings
 from ..backend.abstract import Backend
+from ..errors import InvalidAllowList
 from ..model import NAME_PREFIX
 from .egress import Egress
 
@@ -56,6 +57,12 @@ class ClusterEgress(Egress):
 
     async def keep(self) -> None:
         return None
+
+    def check_secrets(self, asked: Sequence[dict[str, str]], domains: Sequence[str]) -> tuple[()]:
+        if asked:
+            raise InvalidAllowList("secrets are not available on the Kubernetes backend yet: every server's proxy "
+                                   "would need them. Create the sandbox without secrets.")
+        return ()
 
     def _why_no_allow_lists(self) -> str:
         return self.proxy_why_not

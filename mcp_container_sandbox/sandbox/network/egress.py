@@ -51,7 +51,10 @@ from .egress_rules import (
     upstream_resolvers,
 )
 from .allow_lists import AllowLists
+from .certificates import ProxyCA
 from .proxy import EgressProxy
+from .secret_rules import SecretRule
+from .secrets import SecretStore
 
 logger = logging.getLogger("mcp_sandbox.egress")
 
@@ -75,6 +78,9 @@ class Egress(AllowLists):
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
         self._cut: dict[str, str] = {}  # container id -> address, of sandboxes set_egress cut off
+        self._rules: dict[str, tuple[SecretRule, ...]] = {}  # container id -> its secrets (secrets.py)
+        self.secrets = SecretStore(settings.secrets_file)
+        self.proxy.secret_value, self.proxy.ca = self.secrets.value, ProxyCA(self._state.parent / "ca", settings.namespace)
         self._stale: dict[str, set[str]] = {}  # by set: addresses no container held at the last look
         self._hold_failed = False  # said once: the bridge's address could not be held
 
@@ -95,7 +101,9 @@ class Egress(AllowLists):
             return {"policy": "none"}
         restricted = self._restricted.get(container_id)
         if restricted is not None:
-            return {"policy": "allow_domains", "allow_domains": list(restricted[1]), "proxy": self.proxy.url}
+            secrets = [{"name": r.name, "host": r.host, "header": r.header} for r in self._rules.get(container_id, ())]
+            return {"policy": "allow_domains", "allow_domains": list(restricted[1]), "proxy": self.proxy.url,
+                    **({"secrets": secrets} if secrets else {})}
         if network == (self.bridge.name if self.bridge else DEFAULT_NETWORK):
             # The rules stay while any sandbox is on the server's network, whatever the policy now.
             return {"policy": "public", "allow_cidrs": list(self.allow_cidrs)} if self.allow_cidrs else {"policy": "public"}
@@ -256,13 +264,17 @@ class Egress(AllowLists):
 
     # ----- allow-lists
 
-    async def restrict(self, container_id: str, address: str, domains: Sequence[str]) -> None:
-        """Put a sandbox behind the proxy: its direct traffic is dropped from now on."""
+    async def restrict(self, container_id: str, address: str, domains: Sequence[str],
+                       rules: Sequence[SecretRule] | None = None) -> None:
+        """Put a sandbox behind the proxy: its direct traffic is dropped from now on; ``rules``: its
+        secrets (None keeps those it has)."""
         assert self.bridge is not None
+        rules = self._rules.get(container_id, ()) if rules is None else tuple(rules)
         self._state.mkdir(parents=True, exist_ok=True)
-        (self._state / f"{container_id}.json").write_text(json.dumps({"address": address, "domains": list(domains)}))
-        self._restricted[container_id] = (address, tuple(domains))
-        self.proxy.allow(address, container_id, domains)
+        (self._state / f"{container_id}.json").write_text(json.dumps(
+            {"address": address, "domains": list(domains), "secrets": [rule.record() for rule in rules]}))
+        self._restricted[container_id], self._rules[container_id] = (address, tuple(domains)), rules
+        self.proxy.allow(address, container_id, domains, rules)
         await self._add_elements("proxied", [address])
         cut = self._cut.pop(container_id, None)  # set_egress from network=false to allow_domains
         if cut is not None:
@@ -288,12 +300,14 @@ class Egress(AllowLists):
         if saved.get("cut"):
             await self.cut_off(container_id, sandbox.address)
         else:
-            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]])
+            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]],
+                                [SecretRule(**rule) for rule in saved.get("secrets", [])])
 
     async def release(self, container_id: str) -> None:
         """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set
         (unless a newer sandbox with that address holds it already)."""
         restricted, cut = self._restricted.pop(container_id, None), self._cut.pop(container_id, None)
+        self._rules.pop(container_id, None)
         (self._state / f"{container_id}.json").unlink(missing_ok=True)
         if restricted is not None:
             await self._drop_element("proxied", restricted[0])

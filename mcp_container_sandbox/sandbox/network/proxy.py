@@ -16,9 +16,13 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import InvalidAllowList
+from .certificates import ProxyCA, upstream_context
+from .interception import intercept
+from .secret_rules import SecretRule
 
 logger = logging.getLogger("mcp_sandbox.proxy")
 
@@ -86,6 +90,10 @@ class EgressProxy:
         self.blocked, self.allowed_cidrs = tuple(blocked), tuple(allowed_cidrs)
         self._host_addresses = host_addresses  # the host's own: never a destination either
         self._lists: dict[str, tuple[str, tuple[str, ...]]] = {}  # sandbox address -> (container_id, patterns)
+        self._secrets: dict[str, tuple[SecretRule, ...]] = {}  # sandbox address -> its secrets (secrets.py)
+        self.secret_value: Callable[[str], str | None] = lambda name: None  # set by the egress policy
+        self.ca: ProxyCA | None = None  # made when the first sandbox with secrets needs it
+        self._upstream_tls: ssl.SSLContext | None = None
         # The connections open through the proxy, by sandbox address: (host, the sandbox's end).
         self._open_now: dict[str, set[tuple[str, asyncio.StreamWriter]]] = {}
         self._server: asyncio.base_events.Server | None = None
@@ -109,14 +117,17 @@ class EgressProxy:
         if server is not None:
             server.close()
 
-    def allow(self, address: str, container_id: str, patterns: Sequence[str]) -> None:
-        """The sandbox's allow-list from now on: its open connections to hosts no longer on it are cut."""
+    def allow(self, address: str, container_id: str, patterns: Sequence[str], rules: Sequence[SecretRule] = ()) -> None:
+        """The sandbox's allow-list (and secrets) from now on: its open connections to hosts no longer
+        on it are cut."""
         self._lists[address] = (container_id, tuple(patterns))
+        self._secrets[address] = tuple(rules)
         self._cut(address, lambda host: not domain_allowed(host, patterns))
 
     def forget(self, address: str) -> None:
         """The sandbox is no longer behind the proxy: its open connections through it are cut."""
         self._lists.pop(address, None)
+        self._secrets.pop(address, None)
         self._cut(address, lambda host: True)
 
     def _cut(self, address: str, which: Callable[[str], bool]) -> None:
@@ -133,7 +144,7 @@ class EgressProxy:
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                 writer.write(_response("400 Bad Request", "the request's head did not arrive whole"))
                 return
-            opened = await self._open(peer, head, writer)
+            opened = await self._open(peer, head, reader, writer)
             if opened is None:
                 return
             up_reader, upstream, silent, host = opened
@@ -154,11 +165,12 @@ class EgressProxy:
                 if stream is not None:
                     stream.close()
 
-    async def _open(self, peer: str, head: bytes, writer: asyncio.StreamWriter
+    async def _open(self, peer: str, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes, str] | None:
-        """Check the request and connect upstream; None when it was answered here. With the
-        streams comes what to answer if the upstream ends without a byte (plain HTTP only: a
-        CONNECT tunnel carries whatever the two ends say), and the host."""
+        """Check the request and connect upstream; None when it was answered here (a CONNECT to a
+        host with the sandbox's secrets is served here whole: interception.py). With the streams
+        comes what to answer if the upstream ends without a byte (plain HTTP only: a CONNECT tunnel
+        carries whatever the two ends say), and the host."""
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         entry = self._lists.get(peer)
@@ -196,6 +208,11 @@ class EgressProxy:
             writer.write(_response("403 Forbidden", f"{host} resolves to {refused[0]}, an address sandboxes may not "
                                    "reach (the host, or a private, loopback or link-local range)"))
             return None
+        rules = [rule for rule in self._secrets.get(peer, ()) if rule.host == host]
+        if method == "CONNECT" and rules:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await self._intercept(reader, writer, host, addresses[0], int(port_text), rules)
+            return None
         try:
             up_reader, upstream = await asyncio.wait_for(
                 asyncio.open_connection(addresses[0], int(port_text), limit=CHUNK_BYTES), CONNECT_TIMEOUT_SECONDS)
@@ -208,6 +225,19 @@ class EgressProxy:
         upstream.write(rest)
         return up_reader, upstream, _response(
             "502 Bad Gateway", f"{host}:{port_text} closed the connection without answering; try again"), host
+
+
+    async def _intercept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, address: str,
+                         port: int, rules: Sequence[SecretRule]) -> None:
+        assert self.ca is not None
+        if self._upstream_tls is None:
+            self._upstream_tls = upstream_context()
+        held = (host, writer)
+        self._open_now.setdefault(writer.get_extra_info("peername")[0], set()).add(held)
+        try:
+            await intercept(reader, writer, host, address, port, rules, self.secret_value, self.ca, self._upstream_tls)
+        finally:
+            self._open_now.get(writer.get_extra_info("peername")[0], set()).discard(held)
 
 
 def _destination(method: str, target: str, version: str, lines: list[str]) -> tuple[str, str, bytes] | None:
