@@ -72,6 +72,7 @@ from rows import (
     preview,
     proxy,
     scale,
+    secrets,
     signin,
     snapshot,
     unpooled,
@@ -108,6 +109,7 @@ ROWS: dict[str, Callable[[Bench, Shared], Awaitable[None]]] = {
     "output": lambda bench, s: output.output(bench, s.client, s.container_id),
     "download": lambda bench, s: download.download(bench, s.client, s.container_id, s.raw_name),
     "proxy": lambda bench, s: proxy.proxy(bench, s.client),
+    "secrets": lambda bench, s: secrets.secrets(bench, s.client),
     "snapshot": lambda bench, s: snapshot.snapshot(bench, s.client),
     "volume": lambda bench, s: volume.volume(bench, s.client),
     "preview": lambda bench, s: preview.preview(bench, s.client),
@@ -120,7 +122,7 @@ NEEDS_A_SANDBOX = {"exec", "floor", "output", "download"}
 
 async def run(rows: list[str], creates: int, execs: int, live: int, image: str, peer: bool,
               header: list[str]) -> Bench:
-    bench = Bench(image, Target() if "proxy" in rows else None)
+    bench = Bench(image, Target() if {"proxy", "secrets"} & set(rows) else None)
     bench.live = live
     bench.start_server()
 

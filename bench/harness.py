@@ -170,6 +170,11 @@ class Bench:
                "SANDBOX_POOL_SIZE": os.environ.get("SANDBOX_POOL_SIZE", "4")}
         if self.target is not None:
             env["SANDBOX_EGRESS_ALLOW_CIDRS"] = f"{self.target.ip}/32"
+            env["SSL_CERT_FILE"] = str(self.target.ca_file)  # the proxy checks the target's certificate
+            secrets_file = self.target.folder / "secrets.env"
+            secrets_file.write_text(f"BENCH_TOKEN=bench-{secrets.token_hex(8)}\n")
+            secrets_file.chmod(0o600)
+            env["SANDBOX_SECRETS_FILE"] = str(secrets_file)
         self.server = self.spawn_server(self.namespace, self.port, env)
 
     def spawn_server(self, namespace: str, port: int, settings: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -269,4 +269,6 @@ class Lifecycle:
                 continue
             said = await self.backend.status(sandbox.name)
             if said.exit_code != 0 and is_missing_container(said.stderr) and self.registry.live(sandbox.container_id):
-                self._forget(sandbox.container_id, GONE_REMOVED)
+                # Where servers share the sandboxes, another server's destroy is the likely cause (its
+                # watch event may simply come after this look).
+                self._forget(sandbox.container_id, GONE_ELSEWHERE if self.backend.shared else GONE_REMOVED)
