@@ -34,7 +34,8 @@ CREATE_DESCRIPTION = f"""Create an isolated Linux sandbox ({LIMITS_IN_WORDS}).
 Returns its container_id for execute_command, check_container, get_file_url and destroy_container.
 It is destroyed automatically at expires_at (two hours after creation by default). With snapshot_id
 it starts with the files of that snapshot (a fork; the snapshot and its source stay as they are);
-with snapshot_on_expiry=true its files are kept in a snapshot when its lifetime ends."""
+with snapshot_on_expiry=true its files are kept in a snapshot when its lifetime ends. volumes mounts
+your named volumes (create_volume); secrets lets it use API keys of the server's without reading them."""
 
 
 class SandboxTools(ToolArea):

@@ -119,6 +119,18 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
                 await client.call_tool("destroy_container", {"container_id": fork})
             else:
                 assert taken.is_error and "Snapshots need the sandbox's files in an overlay" in taken.content[0].text, taken
+            # Volumes: loop-mounted like the sandboxes' disks, so only where loop devices are.
+            if mode == "privileged":
+                await client.call_tool("create_volume", {"name": "kept", "size_mb": 8})
+                holder = structured(await client.call_tool("create_container", {
+                    "volumes": [{"name": "kept", "path": "/data"}]}))["container_id"]
+                wrote = structured(await client.call_tool("execute_command", {"container_id": holder, "command":
+                                   "echo kept > /data/k; dd if=/dev/zero of=/data/big bs=1M count=16 2>&1; rm /data/big"}))
+                assert "No space left on device" in wrote["stdout"], wrote
+                await client.call_tool("destroy_container", {"container_id": holder})
+            else:
+                refused = await client.call_tool("create_volume", {"name": "kept", "size_mb": 8}, raise_on_error=False)
+                assert refused.is_error and "Volumes are not available on this server" in refused.content[0].text, refused
             # A preview URL reaches a port inside the nested sandbox, through the deployment's one port.
             app = preview_app_binary()
             await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app", "mode": "755",
@@ -140,8 +152,13 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
         wait_healthy(url, name)
         kept = podman("exec", name, "podman", "image", "exists", SANDBOX_IMAGE, check=False)
         assert kept.returncode == 0, "the sandbox image did not survive the restart on the volume"
-        if mode == "privileged":  # and the snapshot, kept on the volume, did too
+        if mode == "privileged":  # and the snapshot and the sandboxes' volume, kept on the volume, did too
             async with Client(url + "/mcp", auth="deploy-test-token") as client:
+                holder = structured(await client.call_tool("create_container", {
+                    "volumes": [{"name": "kept", "path": "/data"}]}))["container_id"]
+                seen = structured(await client.call_tool("execute_command", {"container_id": holder, "command": "cat /data/k"}))
+                assert seen["stdout"] == "kept\n", seen
+                await client.call_tool("destroy_container", {"container_id": holder})
                 listed = structured(await client.call_tool("list_snapshots", {}))["snapshots"]
                 assert [s["snapshot_id"] for s in listed] == [snapshot_id], listed
                 fork = structured(await client.call_tool("create_container", {"snapshot_id": snapshot_id}))["container_id"]
