@@ -125,6 +125,9 @@ async def intercept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             if request is None:
                 return
             start, headers = request
+            # No "Expect: 100-continue" upstream: its interim answer would come before the body is sent
+            # (clients send the body after a second without it).
+            headers = [(name, text) for name, text in headers if name.lower() != "expect"]
             method = start.split(" ", 1)[0].upper()
             try:
                 headers = inject(headers, rules, value)
@@ -161,7 +164,7 @@ async def intercept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
                 "chunked" not in (_get(answer_headers, "transfer-encoding") or "").lower()
             if "close" in closing or (unframed and method != "HEAD" and code not in ("204", "304")):
                 return
-    except (BadRequest, ValueError) as exc:
+    except (BadRequest, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         writer.write(_answer("502 Bad Gateway", f"the exchange with {host} broke off ({exc})"))
     finally:
         if upstream is not None:

@@ -41,7 +41,7 @@ class SecretStore:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path) if path else None
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[int, ...] | None = None
         self._values: dict[str, str] = {}
         self.why_not = "" if path else "SANDBOX_SECRETS_FILE is not set"
 
@@ -62,7 +62,7 @@ class SecretStore:
             self._values, self._seen = {}, None
             self.why_not = f"SANDBOX_SECRETS_FILE {self.path} cannot be read ({exc.strerror})"
             return
-        seen = (status.st_mtime_ns, status.st_size, status.st_ino)
+        seen = (status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino, status.st_mode)  # chmod too
         if seen == self._seen:
             return
         self._seen = seen
