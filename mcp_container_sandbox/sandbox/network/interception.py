@@ -108,6 +108,36 @@ async def _body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head
     await writer.drain()
 
 
+async def _connect(writer: asyncio.StreamWriter, host: str, address: str, port: int, upstream_tls: ssl.SSLContext
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """TLS to the real host, its certificate checked; None when it failed and the sandbox was told why."""
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(
+            address, port, ssl=upstream_tls, server_hostname=host, limit=HEAD_LIMIT), CONNECT_SECONDS)
+    except ssl.SSLCertVerificationError as exc:
+        writer.write(_answer("502 Bad Gateway", f"{host}'s certificate failed verification ({exc.verify_message}); "
+                                                "the request was not sent"))
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        writer.write(_answer("502 Bad Gateway", f"could not reach {host}:{port} over TLS ({exc or 'timeout'})"))
+    return None
+
+
+async def _answer_ends_connection(up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
+                                  headers: list[tuple[str, str]], answer: tuple[str, list[tuple[str, str]]]) -> bool:
+    """Pass the upstream's answer on, its body too; True when the connection ends with it."""
+    status_line, answer_headers = answer
+    writer.write(_serialize(status_line, answer_headers))
+    code = status_line.split(" ")[1] if len(status_line.split(" ")) > 1 else ""
+    bodiless = method == "HEAD" or code.startswith("1") or code in ("204", "304")
+    if not bodiless:
+        await _body(up_reader, writer, answer_headers, until_end=True)
+    await writer.drain()
+    closing = [(_get(h, "connection") or "").lower() for h in (headers, answer_headers)]
+    unframed = _get(answer_headers, "content-length") is None and \
+        "chunked" not in (_get(answer_headers, "transfer-encoding") or "").lower()
+    return "close" in closing or (unframed and not bodiless)
+
+
 async def intercept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, address: str, port: int,
                     rules: Sequence[SecretRule], value: Callable[[str], str | None], ca: ProxyCA,
                     upstream_tls: ssl.SSLContext) -> None:
@@ -136,16 +166,10 @@ async def intercept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
                                                         "was not sent"))
                 return
             if upstream is None:
-                try:
-                    up_reader, upstream = await asyncio.wait_for(asyncio.open_connection(
-                        address, port, ssl=upstream_tls, server_hostname=host, limit=HEAD_LIMIT), CONNECT_SECONDS)
-                except ssl.SSLCertVerificationError as exc:
-                    writer.write(_answer("502 Bad Gateway", f"{host}'s certificate failed verification "
-                                                            f"({exc.verify_message}); the request was not sent"))
+                opened = await _connect(writer, host, address, port, upstream_tls)
+                if opened is None:
                     return
-                except (OSError, TimeoutError, ssl.SSLError) as exc:
-                    writer.write(_answer("502 Bad Gateway", f"could not reach {host}:{port} over TLS ({exc or 'timeout'})"))
-                    return
+                up_reader, upstream = opened
             assert up_reader is not None
             upstream.write(_serialize(start, headers))
             await _body(reader, upstream, headers, until_end=False)
@@ -153,16 +177,7 @@ async def intercept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             if answer is None:
                 writer.write(_answer("502 Bad Gateway", f"{host} closed the connection without answering"))
                 return
-            status_line, answer_headers = answer
-            writer.write(_serialize(status_line, answer_headers))
-            code = status_line.split(" ")[1] if len(status_line.split(" ")) > 1 else ""
-            if method != "HEAD" and not code.startswith("1") and code not in ("204", "304"):
-                await _body(up_reader, writer, answer_headers, until_end=True)
-            await writer.drain()
-            closing = [(_get(h, "connection") or "").lower() for h in (headers, answer_headers)]
-            unframed = _get(answer_headers, "content-length") is None and \
-                "chunked" not in (_get(answer_headers, "transfer-encoding") or "").lower()
-            if "close" in closing or (unframed and method != "HEAD" and code not in ("204", "304")):
+            if await _answer_ends_connection(up_reader, writer, method, headers, answer):
                 return
     except (BadRequest, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         writer.write(_answer("502 Bad Gateway", f"the exchange with {host} broke off ({exc})"))
