@@ -55,7 +55,8 @@ class AllowLists:
             raise SandboxError(f"A sandbox's network can be turned off while it runs only under SANDBOX_EGRESS=public "
                                f"({self.why_not or 'SANDBOX_EGRESS is ' + self.policy}).")
         self._state.mkdir(parents=True, exist_ok=True)
-        (self._state / f"{container_id}.json").write_text(json.dumps({"address": address, "cut": True}))
+        (self._state / f"{container_id}.json").write_text(json.dumps({  # its secrets too, for when it is let out again
+            "address": address, "cut": True, "secrets": [rule.record() for rule in self._rules.get(container_id, ())]}))
         self._cut[container_id] = address
         await run_nft(self._env, "add", "element", "inet", table_name(self.bridge), "cut_off", f"{{ {address} }}")
         restricted = self._restricted.pop(container_id, None)

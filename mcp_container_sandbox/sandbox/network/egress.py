@@ -297,11 +297,12 @@ class Egress(AllowLists):
             sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
         except SandboxError:
             sandbox.address = str(saved["address"])
+        rules = [SecretRule(**rule) for rule in saved.get("secrets", [])]
         if saved.get("cut"):
+            self._rules[container_id] = tuple(rules)
             await self.cut_off(container_id, sandbox.address)
         else:
-            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]],
-                                [SecretRule(**rule) for rule in saved.get("secrets", [])])
+            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]], rules)
 
     async def release(self, container_id: str) -> None:
         """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set
