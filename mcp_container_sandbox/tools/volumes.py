@@ -11,7 +11,7 @@ from ..sandbox import utc_iso
 from .area import ToolArea, tool
 from .context import tool_errors
 
-VolumeName = Annotated[str, Field(description="The volume's name: lowercase letters, digits, '.', '_' or '-'.",
+VolumeName = Annotated[str, Field(description="The volume's name: lowercase letters, digits, '_' or '-'.",
                                   max_length=63)]
 
 

@@ -74,7 +74,8 @@ async def test_a_volume_is_shared_bounded_private_and_kept(start_server) -> None
         await call(mine, "create_volume", name="second", size_mb=8)
         assert "SANDBOX_MAX_VOLUMES_PER_TENANT" in await refused(mine, "create_volume", name="third", size_mb=8)
         assert "already have a volume named 'shared'" in await refused(mine, "create_volume", name="shared", size_mb=8)
-        assert "name" in await refused(mine, "create_volume", name="Not Valid", size_mb=8)
+        for bad_name in ("Not Valid", "x.img", "-x"):  # a '.' could meet another volume's files
+            assert "name is 1 to 63" in await refused(mine, "create_volume", name=bad_name, size_mb=8)
         for path in ("relative/path", "/proc/x", "/", "/data/../etc", "/var/lib/mcp-sandbox/x"):
             said = await refused(mine, "create_container", volumes=[{"name": "second", "path": path}])
             assert "path" in said or "cannot be mounted at" in said, (path, said)

@@ -40,7 +40,8 @@ from ..paths import DATA_DIR, STATE_DIR
 
 logger = logging.getLogger("mcp_sandbox.volumes")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# No '.': a volume's files are NAME.img and NAME.json beside its mount folder NAME.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_SIZE_MB = 8
 # Where a volume may not be mounted: over the system's folders, or in the kernel's or the server's own.
 SYSTEM_PATHS = ("/", "/etc", "/bin", "/sbin", "/usr", "/lib", "/lib64", "/var", "/run", "/tmp")
@@ -184,7 +185,7 @@ class Volumes:
     async def create(self, tenant: str, name: str, size_mb: int) -> Volume:
         self._require()
         if not isinstance(name, str) or not NAME_RE.match(name):
-            raise VolumeError(f"A volume's name is 1 to 63 lowercase letters, digits, '.', '_' or '-', starting with a "
+            raise VolumeError(f"A volume's name is 1 to 63 lowercase letters, digits, '_' or '-', starting with a "
                               f"letter or digit; got {shown(str(name))}.")
         largest = self.max_bytes // (1024 * 1024)
         if isinstance(size_mb, bool) or not isinstance(size_mb, int) or not MIN_SIZE_MB <= size_mb <= largest:
