@@ -18,6 +18,7 @@ from ..backend.abstract import Backend
 from ..errors import InvalidAllowList
 from ..model import NAME_PREFIX
 from .egress import Egress
+from .secret_rules import SecretRule
 
 POD_NETWORK = "pod-network"  # a sandbox with a network: the cluster's, under the Pod's NetworkPolicy
 PROXIED = "proxied"  # the egress label of a sandbox behind the proxy
@@ -73,7 +74,8 @@ class ClusterEgress(Egress):
     def environment(self, url: str = "") -> bytes:
         return super().environment(url or self._proxy_url())
 
-    async def restrict(self, container_id: str, address: str, domains: Sequence[str]) -> None:
+    async def restrict(self, container_id: str, address: str, domains: Sequence[str],
+                       rules: Sequence[SecretRule] | None = None) -> None:
         """Behind the proxy: its allow-list recorded on its Pod (every server's proxy learns it), then
         the label that lets it reach nothing but the proxy."""
         name = NAME_PREFIX + container_id
