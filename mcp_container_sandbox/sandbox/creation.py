@@ -12,6 +12,7 @@ from typing import Any
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
 from .containers import SandboxContainers, sandbox_labels
+from .egress_changes import sandbox_address
 from .errors import ImageNotAllowed, SandboxError, TakenElsewhere
 from .idempotency import IdempotencyKeys
 from .lifetimes import Lifetime, Lifetimes
@@ -164,12 +165,10 @@ class Creation:
         """Let the sandbox reach only these hosts, through the proxy, which puts its secrets (rules)
         into its requests; it is removed if that fails."""
         try:
-            sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
-            if not sandbox.address:
-                raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
+            address = await sandbox_address(self.backend, sandbox)
             for path, data in self.egress.ca_files() if rules else ():
                 await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, path, data, 0o644))
-            await self.egress.restrict(sandbox.container_id, sandbox.address, domains, rules)
+            await self.egress.restrict(sandbox.container_id, address, domains, rules)
             await self.runtimes.ask(sandbox, lambda runtime: runtime.put(
                 sandbox, ENV_PATH, self.egress.sandbox_environment(sandbox.container_id), 0o644))
         except SandboxError:

@@ -34,21 +34,23 @@ class EgressChanges:
                                "Create a new sandbox for work that needs the network.")
         if allow_domains is not None:
             domains = self.egress.check_allow_domains(list(allow_domains), None)
-            await self.egress.restrict(sandbox.container_id, await self._address(sandbox), domains)
+            await self.egress.restrict(sandbox.container_id, await sandbox_address(self.backend, sandbox), domains)
         elif network is False:
-            await self.egress.cut_off(sandbox.container_id, await self._address(sandbox))
+            await self.egress.cut_off(sandbox.container_id, await sandbox_address(self.backend, sandbox))
         else:
             await self.egress.release(sandbox.container_id)
         await self._write_environment(sandbox)
-
-    async def _address(self, sandbox: Sandbox) -> str:
-        sandbox.address = sandbox.address or await self.backend.address(sandbox.name, sandbox.network)
-        if not sandbox.address:
-            raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
-        return sandbox.address
 
     async def _write_environment(self, sandbox: Sandbox) -> None:
         """The proxy's variables for commands started from now on, or none."""
         behind_proxy = self.egress.of(sandbox.network, sandbox.container_id)["policy"] == "allow_domains"
         data = self.egress.sandbox_environment(sandbox.container_id) if behind_proxy else b""
         await self.runtimes.ask(sandbox, lambda runtime: runtime.put(sandbox, ENV_PATH, data, 0o644))
+
+
+async def sandbox_address(backend: Backend, sandbox: Sandbox) -> str:
+    """The sandbox's address on its network (what the kernel's sets and the proxy know it by), asked once."""
+    sandbox.address = sandbox.address or await backend.address(sandbox.name, sandbox.network)
+    if not sandbox.address:
+        raise SandboxError(f"Sandbox {sandbox.container_id} has no address on {sandbox.network}; try again.")
+    return sandbox.address
