@@ -117,7 +117,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> App:
     routes = Routes(sandboxes)
     side_server = StdioSideServer(settings.server.host, settings.server.port, routes, preview)
     mcp = FastMCP(SERVER_NAME, version=__version__, instructions=INSTRUCTIONS,
-                  lifespan=lifespan_of(sandboxes, preview, side_server), auth=authn.provider)
+                  lifespan=lifespan_of(sandboxes, preview, side_server), auth=authn.provider,
+                  strict_input_validation=True)  # no JSON true taken as 1 second, no 0 as false
     mcp.add_middleware(PortableSchemas())  # schemas Gemini's, OpenAI's and LangChain's converters take whole
     waits = WaitAdvisor()  # how long each session is told to wait for a running command
     mcp.add_middleware(WaitTracking(waits))

@@ -9,16 +9,27 @@ from typing import Annotated, Any, TypeVar
 from fastmcp import FastMCP
 from fastmcp.apps.config import AppConfig
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .context import ToolContext
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("a blank string; give a value, or leave the argument out for its default")
+    return value
+
+
+NotBlank = AfterValidator(_not_blank)
+"""For a name, an id or a path: a string of spaces is refused rather than taken as "omitted"."""
+
 ContainerId = Annotated[
-    str, Field(description="The container_id returned by create_container.", max_length=200)
+    str, Field(description="The container_id returned by create_container.", max_length=200), NotBlank
 ]
-CommandId = Annotated[str, Field(description="The command_id from execute_command.", max_length=200)]
+CommandId = Annotated[str, Field(description="The command_id from execute_command.", max_length=200), NotBlank]
 
 
 def tool(*, title: str, description: str | None = None, app: str | None = None, app_only: bool = False,

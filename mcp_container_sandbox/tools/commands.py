@@ -8,7 +8,7 @@ from fastmcp import Context
 from pydantic import Field
 
 from .app import COMMAND_APP_URI
-from .area import CommandId, ContainerId, ToolArea, tool
+from .area import CommandId, ContainerId, NotBlank, ToolArea, tool
 from .context import progress_reporter, tool_errors
 from .shaping import decoded
 from .waits import current as current_waits
@@ -92,7 +92,7 @@ class CommandTools(ToolArea):
         container_id: ContainerId,
         command_id: CommandId,
         signal: Annotated[str, Field(description="INT (Ctrl-C), TERM, KILL, HUP, QUIT, USR1, USR2, STOP or CONT; "
-                                                 "with or without SIG.", max_length=20)],
+                                                 "with or without SIG.", max_length=20), NotBlank],
     ) -> dict[str, Any]:
         """Send a signal to a running command and its child processes (its process group), then
         return its status: once it ended (up to 3 s), or as it is now."""

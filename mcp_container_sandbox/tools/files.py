@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from ..sandbox import SandboxError, utc_iso
-from .area import ContainerId, ToolArea, tool
+from .area import ContainerId, NotBlank, ToolArea, tool
 from .context import tool_errors
 from .shaping import decoded, utf8_text
 
@@ -18,7 +18,8 @@ class FileTools(ToolArea):
     async def write_file(
         self,
         container_id: ContainerId,
-        path: Annotated[str, Field(description="Absolute path in the sandbox; missing parent folders are created.", max_length=4096)],
+        path: Annotated[str, Field(description="Absolute path in the sandbox; missing parent folders are created.", max_length=4096),
+                        NotBlank],
         content: Annotated[str, Field(description="The file's content: text, or base64 when encoding is 'base64'.")],
         encoding: Annotated[
             str, Field(description="'text' (UTF-8) or 'base64' (for binary content).", pattern="^(text|base64)$")
@@ -38,7 +39,7 @@ class FileTools(ToolArea):
     async def read_file(
         self,
         container_id: ContainerId,
-        path: Annotated[str, Field(description="Absolute path of a file in the sandbox.", max_length=4096)],
+        path: Annotated[str, Field(description="Absolute path of a file in the sandbox.", max_length=4096), NotBlank],
         offset: Annotated[int, Field(description="Byte offset to start at (to page through a large file).", ge=0)] = 0,
         length: Annotated[
             int | None, Field(description="Bytes to read; omit for as much as one call returns (1 MiB by default).", ge=0)
@@ -68,7 +69,8 @@ class FileTools(ToolArea):
     async def list_files(
         self,
         container_id: ContainerId,
-        path: Annotated[str, Field(description="Absolute path of a folder in the sandbox, e.g. /root.", max_length=4096)],
+        path: Annotated[str, Field(description="Absolute path of a folder in the sandbox, e.g. /root.", max_length=4096),
+                        NotBlank],
         depth: Annotated[int, Field(description="1: the folder's own entries; more: that many levels deep.", ge=1, le=10)] = 1,
     ) -> dict[str, Any]:
         """List a folder in a sandbox: each entry's name, path, type (file, dir, symlink, other), size_bytes,
@@ -85,7 +87,8 @@ class FileTools(ToolArea):
     async def get_file_url(
         self,
         container_id: ContainerId,
-        path: Annotated[str, Field(description="Absolute path of a regular file inside the sandbox, e.g. /tmp/report.txt.", max_length=4096)],
+        path: Annotated[str, Field(description="Absolute path of a regular file inside the sandbox, e.g. /tmp/report.txt.",
+                                               max_length=4096), NotBlank],
     ) -> dict[str, Any]:
         """Make a download URL for a file in a sandbox, to give to the user (reports, archives, images, any output file).
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..sandbox import LIMITS, LIMITS_IN_WORDS, SandboxError, utc_iso
 from .app import COMMAND_APP_URI
-from .area import ContainerId, ToolArea, tool
+from .area import ContainerId, NotBlank, ToolArea, tool
 from .context import progress_reporter, tool_errors
 from .create_options import (
     AllowDomains,
@@ -108,6 +108,7 @@ class SandboxTools(ToolArea):
         command_id: Annotated[
             str | None,
             Field(description="A command_id from execute_command; omit to list the sandbox's commands.", max_length=200),
+            NotBlank,
         ] = None,
         wait_seconds: Annotated[
             float,

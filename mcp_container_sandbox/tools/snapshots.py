@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from .area import ContainerId, ToolArea, tool
+from .area import ContainerId, NotBlank, ToolArea, tool
 from .context import tool_errors
 from .shaping import snapshot_fields
 
 SnapshotId = Annotated[
-    str, Field(description="A snapshot_id from snapshot_container or list_snapshots.", max_length=100)
+    str, Field(description="A snapshot_id from snapshot_container or list_snapshots.", max_length=100), NotBlank
 ]
 
 
@@ -21,7 +21,8 @@ class SnapshotTools(ToolArea):
     async def snapshot_container(
         self,
         container_id: ContainerId,
-        name: Annotated[str | None, Field(description="A name of your own for it, to find it in list_snapshots.", max_length=128)] = None,
+        name: Annotated[str | None, Field(description="A name of your own for it, to find it in list_snapshots.", max_length=128),
+                                  NotBlank] = None,
     ) -> dict[str, Any]:
         """Keep a sandbox's files as they are now: everything written, changed or deleted since it was made.
 

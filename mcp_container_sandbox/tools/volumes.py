@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from ..sandbox import utc_iso
-from .area import ToolArea, tool
+from .area import NotBlank, ToolArea, tool
 from .context import tool_errors
 
 VolumeName = Annotated[str, Field(description="The volume's name: lowercase letters, digits, '_' or '-'.",
-                                  max_length=63)]
+                                  max_length=63), NotBlank]
 
 
 class VolumeTools(ToolArea):

@@ -8,6 +8,7 @@ import base64
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,12 +74,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def stand_in(tmp_path: Path) -> AsyncIterator[StandIn]:
+@asynccontextmanager
+async def standing_in(tmp_path: Path) -> AsyncIterator[StandIn]:
+    """The server over the stand-in backend, and FastMCP's client talking to it in memory."""
     backend = StandInBackend([programs])
     app = create_app(settings(tmp_path), backend)
     async with Client(app.mcp) as client:
         yield StandIn(client, backend, app)
+
+
+@pytest.fixture
+async def stand_in(tmp_path: Path) -> AsyncIterator[StandIn]:
+    async with standing_in(tmp_path) as made:
+        yield made
 
 
 def epoch(iso: str) -> float:
