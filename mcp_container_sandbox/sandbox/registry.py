@@ -33,7 +33,9 @@ class SandboxRegistry:
         sandbox = self.live(container_id)
         if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
-        if sandbox.expires_at <= time.time() or sandbox.destroying:
+        if sandbox.expires_at <= time.time():
+            raise SandboxNotFound(container_id, " (its lifetime ended; it is being destroyed)")
+        if sandbox.destroying:
             raise SandboxNotFound(container_id, " (it is being destroyed)")
         return sandbox
 
@@ -42,7 +44,11 @@ class SandboxRegistry:
         return self._sandboxes.get(container_id) if isinstance(container_id, str) else None
 
     def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
-        return sorted((s for s in self._sandboxes.values() if s.tenant == tenant), key=lambda s: s.created_at)
+        """The tenant's usable sandboxes: one whose lifetime ended, or being destroyed, is gone to its
+        tenant (as get() says) while its removal finishes."""
+        now = time.time()
+        return sorted((s for s in self._sandboxes.values() if s.tenant == tenant and not s.destroying
+                       and s.expires_at > now), key=lambda s: s.created_at)
 
     def all(self) -> list[Sandbox]:
         return list(self._sandboxes.values())
