@@ -35,20 +35,23 @@ def bridge_of(network: str) -> str:
     return json.loads(podman("network", "inspect", network).stdout)[0]["network_interface"]
 
 
-def _test_image() -> str:
-    if os.environ.get("SANDBOX_IMAGE"):  # scripts/test.sh sets it: no Podman is asked at import
-        return os.environ["SANDBOX_IMAGE"]
-    if shutil.which("podman") is None:
-        pytest.exit("Podman is not installed: run the tests with scripts/test.sh, which installs it.", returncode=1)
-    if podman("image", "exists", DEFAULT_IMAGE, check=False).returncode == 0:
-        return DEFAULT_IMAGE
-    if podman("image", "exists", OFFLINE_IMAGE, check=False).returncode != 0:
-        subprocess.run(["sh", str(ROOT / "scripts" / "make-offline-image.sh"), OFFLINE_IMAGE], check=True)
-    return OFFLINE_IMAGE
+def sandbox_image() -> str:
+    """The sandbox image of this run, set in the environment of every server the tests start. Podman
+    is asked (and an offline image built) only when the first test that needs a sandbox asks for it,
+    and only when SANDBOX_IMAGE is not set (scripts/test.sh sets it): tests/unit never asks."""
+    if not os.environ.get("SANDBOX_IMAGE"):
+        if shutil.which("podman") is None:
+            pytest.exit("Podman is not installed: run the tests with scripts/test.sh, which installs it.", returncode=1)
+        if podman("image", "exists", DEFAULT_IMAGE, check=False).returncode == 0:
+            os.environ["SANDBOX_IMAGE"] = DEFAULT_IMAGE
+        else:
+            if podman("image", "exists", OFFLINE_IMAGE, check=False).returncode != 0:
+                subprocess.run(["sh", str(ROOT / "scripts" / "make-offline-image.sh"), OFFLINE_IMAGE], check=True)
+            os.environ["SANDBOX_IMAGE"] = OFFLINE_IMAGE
+    return os.environ["SANDBOX_IMAGE"]
 
 
-# The in-memory server, and every server process a test starts, use this run's namespace and image.
-os.environ["SANDBOX_IMAGE"] = _test_image()
+# The in-memory server, and every server process a test starts, use this run's namespace.
 os.environ["SANDBOX_NAMESPACE"] = RUN_ID
 os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
 
@@ -56,10 +59,24 @@ from fastmcp import Client  # noqa: E402
 from support.ports import free_port  # noqa: E402  (the tests import it from here)
 from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 
-from mcp_container_sandbox.app import create_app  # noqa: E402
+from mcp_container_sandbox.app import App, create_app  # noqa: E402
 from mcp_container_sandbox.settings import Settings  # noqa: E402
 
-APP = create_app(Settings.from_env())  # the server the in-memory client talks to (started by its lifespan)
+_APP: list[App] = []
+
+
+def in_memory_app() -> App:
+    """The server the in-memory client talks to (started by its lifespan), made on first use."""
+    if not _APP:
+        sandbox_image()
+        _APP.append(create_app(Settings.from_env()))
+    return _APP[0]
+
+
+def __getattr__(name: str) -> App:  # `from conftest import APP` makes the server then (PEP 562)
+    if name == "APP":
+        return in_memory_app()
+    raise AttributeError(name)
 
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
 
@@ -112,17 +129,42 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
                 time.sleep(5)
         release_disks(namespace)
         # What the servers of this run kept on the host: snapshots, allow-lists.
-        shutil.rmtree(Path(APP.sandboxes.settings.state_dir) / namespace, ignore_errors=True)
+        shutil.rmtree(Path(in_memory_app().sandboxes.settings.state_dir) / namespace, ignore_errors=True)
     remove_image_holders(holders_before)
 
 
 def disk_dir(namespace: str) -> Path:
     """Where a namespace's sandbox disks live (sandbox/disks.py)."""
-    return Path(APP.sandboxes.settings.disk_dir) / namespace
+    return Path(in_memory_app().sandboxes.settings.disk_dir) / namespace
 
 
 def release_disks(namespace: str) -> None:
-    release_namespace(APP.sandboxes.settings.disk_dir, namespace)
+    release_namespace(in_memory_app().sandboxes.settings.disk_dir, namespace)
+
+
+# Skips CI accepts (`.ci/run` sets SANDBOX_TESTS_NO_SKIPS=1): a test id's start -> why it may skip there.
+# Any other skip fails the run, so a check that could not run is never counted as passed.
+EXPECTED_SKIPS: dict[str, str] = {}
+SKIPPED: list[tuple[str, str]] = []
+
+
+def _note_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        SKIPPED.append((report.nodeid, reason))
+
+
+pytest_runtest_logreport = _note_skip
+pytest_collectreport = _note_skip
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    unexpected = [(nodeid, reason) for nodeid, reason in SKIPPED
+                  if not any(nodeid.startswith(prefix) for prefix in EXPECTED_SKIPS)]
+    if os.environ.get("SANDBOX_TESTS_NO_SKIPS") == "1" and unexpected:
+        for nodeid, reason in unexpected:
+            print(f"\nCI: {nodeid} skipped ({reason}); a skip here is a failure (conftest.EXPECTED_SKIPS)", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -133,7 +175,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     """FastMCP's client talking to the server in memory."""
-    async with Client(APP.mcp) as mcp_client:
+    async with Client(in_memory_app().mcp) as mcp_client:
         yield mcp_client
 
 
@@ -152,6 +194,7 @@ class ServerProcess:
     def __init__(
         self, env: dict[str, str], argv: list[str] | None = None, port: int | None = None, cwd: Path | None = None
     ) -> None:
+        sandbox_image()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env}

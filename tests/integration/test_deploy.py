@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import ROOT, free_port, podman, structured
 from fastmcp import Client
-from support.preview_app import preview_app_binary
+from support.preview_app import preview_app_binary, start_and_wait
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -135,8 +135,9 @@ async def test_deployment_runs_nested_podman_and_keeps_images_on_its_volume(serv
             app = preview_app_binary()
             await client.call_tool("write_file", {"container_id": container_id, "path": "/root/preview-app", "mode": "755",
                                                   "content": base64.b64encode(app).decode(), "encoding": "base64"})
-            await client.call_tool("execute_command", {"container_id": container_id,
-                                                       "command": "/root/preview-app 8000 >/dev/null 2>&1 & sleep 0.3"})
+            started = structured(await client.call_tool("execute_command", {"container_id": container_id,
+                                                                            "command": start_and_wait("8000")}))
+            assert started["stdout"] == "up\n", started
             preview = structured(await client.call_tool("expose_port", {"container_id": container_id, "port": 8000}))
             assert preview["url"].startswith(url + "/ports/")
             assert httpx.get(preview["url"] + "hello", timeout=30).text.startswith("hello ")

@@ -28,7 +28,7 @@ from fastmcp import Client
 
 from mcp_container_sandbox.sandbox.lifecycle import SYNC_SECONDS
 from mcp_container_sandbox.sandbox.network.egress import DEFAULT_NETWORK
-from mcp_container_sandbox.sandbox.network.egress_rules import upstream_resolvers
+from mcp_container_sandbox.sandbox.network.egress_rules import host_addresses, upstream_resolvers
 
 pytestmark = pytest.mark.anyio
 
@@ -211,13 +211,20 @@ async def test_public_sandboxes_reach_the_internet_but_nothing_of_the_host_or_ar
     try:
         assert first["egress"] == {"policy": "public"}
         network = APP.sandboxes.egress.network
+        # What must not be probed is read from the rules, first: metadata, private ranges, loopback.
+        rules = rules_of(network)
+        for blocked in ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                        "127.0.0.0/8", "fc00::/7", "fe80::/10"):
+            assert blocked in rules, blocked
         for address in (host_address(), gateway_of(network)):
             assert not await reaches(client, a, address, listener.port), address
         assert not await reaches(client, a, namespace.ip, namespace.port)
-        # Another sandbox on the same bridge is out of reach too.
-        await run(client, b, "nohup nc -l -p 8080 -e echo 'hello from b' >/dev/null 2>&1 &")
+        # Another sandbox on the same bridge is out of reach too; the control: B reaches its own listener.
+        await run(client, b, "(nc -ll -p 8080 -e echo hello from b >/dev/null 2>&1 &)")  # -ll: it goes on listening
         b_ip = (await run(client, b, "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1"))["stdout"].strip()
-        assert ipaddress.ip_address(b_ip)
+        deadline = time.monotonic() + 10
+        while not await reaches(client, b, b_ip, 8080):
+            assert time.monotonic() < deadline, f"B's listener on {b_ip}:8080 never answered B itself"
         assert not await reaches(client, a, b_ip, 8080)
         assert listener.peers == []
         # DNS works, and so does the internet: one small request to this machine's package archive.
@@ -227,17 +234,13 @@ async def test_public_sandboxes_reach_the_internet_but_nothing_of_the_host_or_ar
         resolvers = upstream_resolvers()
         resolv_conf = (await run(client, a, "cat /etc/resolv.conf"))["stdout"]
         nameservers = [line.split()[1] for line in resolv_conf.splitlines() if line.startswith("nameserver")]
-        if resolvers:
-            assert nameservers == [*resolvers, gateway_of(network)], resolv_conf
+        reachable = [server for server in resolvers if server not in host_addresses()]  # not a local dnsmasq
+        gateway = gateway_of(network)
+        assert nameservers == ([*reachable, gateway] if reachable else [gateway]), resolv_conf
         looked_up = await run(client, a, f"nslookup {archive}")
         assert looked_up["exit_code"] == 0, await dns_failure(client, a, archive, nameservers, network, looked_up)
         answer = await run(client, a, http_request("HEAD /", archive, f"{archive} 80"))
         assert answer["stdout"].startswith("HTTP/1."), answer
-        # What must not be probed is read from the rules: metadata, private ranges, loopback.
-        rules = rules_of(network)
-        for blocked in ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-                        "127.0.0.0/8", "fc00::/7", "fe80::/10"):
-            assert blocked in rules, blocked
         status = structured(await client.call_tool("check_container", {"container_id": a}))
         assert status["egress"] == {"policy": "public"}
     finally:

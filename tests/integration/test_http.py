@@ -34,9 +34,11 @@ async def test_root_answers_server_info_naming_the_tools_mcp_lists(http_server: 
 
 def test_root_hands_event_stream_requests_to_mcp(http_server: ServerProcess) -> None:
     response = httpx.get(http_server.url + "/", headers={"Accept": "text/event-stream"})
-    # Without a session the MCP transport refuses the stream; what matters is that MCP answered.
-    assert response.status_code in (400, 404, 405, 406)
-    assert "mcp-container-sandbox" not in response.text
+    # Without a session the MCP transport refuses the stream, exactly as /mcp does: MCP answered.
+    direct = httpx.get(http_server.url + "/mcp", headers={"Accept": "text/event-stream"})
+    assert response.status_code == direct.status_code == 400
+    assert response.json()["error"] == direct.json()["error"] == {"code": -32600,
+                                                                  "message": "Bad Request: Missing session ID"}
 
 
 def test_health_reports_podman(http_server: ServerProcess) -> None:

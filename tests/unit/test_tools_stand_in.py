@@ -179,6 +179,18 @@ async def test_a_destroyed_sandbox_is_gone_and_says_so(stand_in: StandIn) -> Non
     assert not stand_in.backend.containers
 
 
+async def test_a_sandbox_past_its_lifetime_is_gone_before_the_reaper_removes_it(stand_in: StandIn) -> None:
+    """Found by tests/integration/test_model_checked.py: it stayed listed (and in the tenant's quota,
+    which counts what is listed) until the reaper came by."""
+    expiring, staying = await stand_in.sandbox(ttl_seconds=1), await stand_in.sandbox()
+    while time.time() < epoch((await stand_in.call("check_container", container_id=staying))["created_at"]) + 2.1:
+        await anyio.sleep(0.1)  # the reaper looks once a minute here: the record outlives the lifetime
+    assert f"mcp-sandbox-{expiring}" in stand_in.backend.containers
+    listed = (await stand_in.call("list_containers"))["containers"]
+    assert [c["container_id"] for c in listed] == [staying]
+    assert "its lifetime ended" in await stand_in.refused("check_container", container_id=expiring)
+
+
 async def test_an_unknown_sandbox_says_how_to_find_ones(stand_in: StandIn) -> None:
     said = await stand_in.refused("check_container", container_id="0" * 32)
     assert "0" * 32 in said and ("list_containers" in said or "create_container" in said)
