@@ -1,0 +1,160 @@
+"""Faults injected into a real server process: SIGKILL while a tool is at work underneath (a create,
+a destroy, a snapshot, a fork, a write), then a restart on the same namespace. Afterwards nothing
+is leaked or handed out twice: the sandboxes Podman has are exactly the ones list_containers
+shows, each usable; disks, mounts and loop devices belong to those sandboxes (or to the server's
+spare disks) only; no removal stays marked; the snapshots listed are whole and can be forked."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import RUN_ID, disk_dir, in_memory_app, sandbox_names, structured
+from fastmcp import Client
+
+from mcp_container_sandbox.sandbox.backend.disks import SPARE_PREFIX
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def argv_of(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+async def kill_when(server: Any, matches: Callable[[list[str]], bool], seconds: float = 30) -> list[str]:
+    """SIGKILL the server as soon as one of its child processes matches (the operation is under way)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for pid in descendants(server.process.pid):
+            argv = argv_of(pid)
+            if matches(argv):
+                server.process.send_signal(signal.SIGKILL)
+                server.process.wait()
+                return argv
+        await anyio.sleep(0.002)
+    raise AssertionError("the operation never reached the step the test kills at")
+
+
+def podman_step(*words: str) -> Callable[[list[str]], bool]:
+    return lambda argv: bool(argv) and argv[0].endswith("podman") and all(word in argv for word in words)
+
+
+def disks_of(namespace: str) -> set[str]:
+    """The sandbox names that hold a disk (image, mount or loop device) in the namespace's folder."""
+    folder = disk_dir(namespace)
+    held = {path.name.removesuffix(".img") for path in folder.glob("mcp-sandbox-*")} if folder.exists() else set()
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    held |= {Path(m).parent.name for m in mounts if m.startswith(f"{folder}/mcp-sandbox-")}
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    held |= {Path(line.split("(")[-1].rstrip(")")).name.removesuffix(".img") for line in loops.splitlines()
+             if f"{folder}/mcp-sandbox-" in line}
+    return held
+
+
+async def settled(client: Client, namespace: str, seconds: float = 60) -> set[str]:
+    """Once the restarted server has finished what the killed one left: the sandboxes it lists,
+    checked to be exactly Podman's, the holders of disks, and each usable."""
+    deadline = time.monotonic() + seconds
+    while True:
+        listed = {box["container_id"] for box in structured(await client.call_tool("list_containers", {}))["containers"]}
+        names = {f"mcp-sandbox-{container_id}" for container_id in listed}
+        state = Path(in_memory_app().sandboxes.settings.state_dir) / namespace
+        marks = [*(state / "removing").glob("*"), *state.rglob("*.part")]  # removals, half-written files
+        if set(sandbox_names(namespace)) == names and disks_of(namespace) <= names and not marks:
+            break
+        assert time.monotonic() < deadline, (names, sandbox_names(namespace), disks_of(namespace), marks)
+        await anyio.sleep(0.5)
+    for container_id in listed:
+        ran = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo ok"}))
+        assert ran["stdout"] == "ok\n", ran
+    return listed
+
+
+def after(seconds: float) -> Callable[[list[str]], bool]:
+    """For a step that starts no process of its own (a write goes through the open agent channel):
+    the moment ``seconds`` after the first look."""
+    first: list[float] = []
+    return lambda argv: (first.append(time.monotonic()) or True) and time.monotonic() - first[0] >= seconds
+
+
+@pytest.mark.parametrize("step", ["create", "destroy", "write", "snapshot", "fork"])
+async def test_the_server_killed_mid_operation_leaves_nothing_behind(start_server, step: str) -> None:  # type: ignore[no-untyped-def]
+    namespace = f"{RUN_ID}-fault-{step}"
+    env = {"SANDBOX_NAMESPACE": namespace}
+    first = start_server(env)
+    async with Client(first.url + "/mcp") as client:
+        kept = structured(await client.call_tool("create_container", {}))["container_id"]
+        await client.call_tool("write_file", {"container_id": kept, "path": "/root/kept.txt", "content": "kept"})
+        snapshot_id = None
+        if step == "fork":
+            snapshot_id = structured(await client.call_tool("snapshot_container", {"container_id": kept}))["snapshot_id"]
+        victim = kept if step in ("destroy", "write", "snapshot") else None
+        if step == "snapshot":  # enough to pack that the kill lands while tar runs
+            await client.call_tool("execute_command", {"container_id": kept, "command":
+                                                       "head -c 60000000 /dev/urandom > /root/blob"})
+    calls = {
+        "create": ("create_container", {}, podman_step("run")),
+        "fork": ("create_container", {"snapshot_id": snapshot_id}, podman_step("run")),
+        "destroy": ("destroy_container", {"container_id": victim}, podman_step("rm")),
+        "write": ("write_file", {"container_id": victim, "path": "/root/big.bin", "encoding": "base64",
+                                 "content": "A" * 8_000_000}, after(0.05)),
+        "snapshot": ("snapshot_container", {"container_id": victim}, lambda argv: bool(argv) and argv[0] == "tar"),
+    }
+    tool, arguments, at = calls[step]
+    killed_at: list[str] = []
+
+    async def call_and_kill() -> None:
+        async with Client(first.url + "/mcp") as client, anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, tool, arguments)
+            killed_at.extend(await kill_when(first, at))
+            group.cancel_scope.cancel()
+
+    try:
+        await call_and_kill()
+    except Exception as exc:  # the server died under the call: the client's connection breaks
+        if not killed_at:
+            raise AssertionError("the call failed before the server was killed") from exc
+    assert killed_at
+    if step == "snapshot":  # the kill landed mid-pack: a half-written archive is left for the restart
+        assert list((Path(in_memory_app().sandboxes.settings.state_dir) / namespace).rglob("*.part"))
+    second = start_server(env, port=first.port)
+    async with Client(second.url + "/mcp") as client:
+        live = await settled(client, namespace)
+        if step != "destroy":
+            assert kept in live  # what was not being removed is still there, whole
+            read = structured(await client.call_tool("read_file", {"container_id": kept, "path": "/root/kept.txt"}))
+            assert read["content"] == "kept"
+        for snap in structured(await client.call_tool("list_snapshots", {}))["snapshots"]:
+            forked = structured(await client.call_tool("create_container", {"snapshot_id": snap["snapshot_id"]}))
+            read = structured(await client.call_tool("read_file", {"container_id": forked["container_id"],
+                                                                   "path": "/root/kept.txt"}))
+            assert read["content"] == "kept"
+            await client.call_tool("destroy_container", {"container_id": forked["container_id"]})
+            await client.call_tool("delete_snapshot", {"snapshot_id": snap["snapshot_id"]})
+        for container_id in live:
+            await client.call_tool("destroy_container", {"container_id": container_id})
+        assert await settled(client, namespace) == set()
+    second.stop()
+    assert sandbox_names(namespace) == [] and not [name for name in disks_of(namespace) if SPARE_PREFIX not in name]
