@@ -124,6 +124,7 @@ class SandboxSettings:
     write_max_bytes: int = 4 * 1024 * 1024
     namespace: str = "default"
     podman: str = "podman"
+    podman_timeout_seconds: float = 300.0
     runtime: str = ""
     network: str = ""
     egress: str = "public"  # public | none | open (egress.py)
@@ -180,6 +181,7 @@ class SandboxSettings:
             read_max_bytes=_env_int(env, "SANDBOX_READ_MAX_BYTES", 1024 * 1024, minimum=1),
             namespace=namespace,
             podman=env.get("PODMAN", "").strip() or "podman",
+            podman_timeout_seconds=_env_float(env, "SANDBOX_PODMAN_TIMEOUT_SECONDS", 300.0, minimum=1),
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
             egress=_egress_policy(env),
@@ -466,4 +468,5 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("SANDBOX_RUNTIME", "Podman's default", "OCI runtime for Podman (runc, /usr/bin/runsc)"),
     ("SANDBOX_NAMESPACE", "default", "label value that marks this server's sandboxes"),
     ("PODMAN", "podman", "the podman program"),
+    ("SANDBOX_PODMAN_TIMEOUT_SECONDS", "300", "longest any one Podman command may take before its tool fails"),
 )

@@ -84,7 +84,7 @@ class SandboxManager:
     def __init__(self, settings: SandboxSettings, backend: Backend | None = None) -> None:
         """``backend``: where sandboxes live; Podman's unless given (tests/support has a stand-in)."""
         self.settings = settings
-        self.podman = Podman(settings.podman, settings.runtime)
+        self.podman = Podman(settings.podman, settings.runtime, timeout_cap=settings.podman_timeout_seconds)
         self.backend: Backend = backend if backend is not None else chosen_backend(settings, self.podman)
         self.disks = SandboxDisks(settings.disk_dir, settings.namespace, settings.disk_limit_bytes, self.backend)
         # Why sandboxes cannot be given their limits here ("" while they can): decided at start

@@ -6,6 +6,7 @@ spare disks) only; no removal stays marked; the snapshots listed are whole and c
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -158,3 +159,45 @@ async def test_the_server_killed_mid_operation_leaves_nothing_behind(start_serve
         assert await settled(client, namespace) == set()
     second.stop()
     assert sandbox_names(namespace) == [] and not [name for name in disks_of(namespace) if SPARE_PREFIX not in name]
+
+
+SHIM = """#!/bin/sh
+# Podman, except that a create ('podman [--runtime R] run ...') hangs while {stall} exists.
+if [ -e {stall} ] && {{ [ "$1" = run ] || [ "$3" = run ]; }}; then exec sleep 3600; fi
+exec {podman} "$@"
+"""
+
+
+async def test_a_hanging_podman_fails_the_tool_in_time_and_the_server_serves_others(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    namespace = f"{RUN_ID}-fault-hang"
+    stall, shim = tmp_path / "stall", tmp_path / "podman"
+    shim.write_text(SHIM.format(stall=stall, podman=shutil.which("podman")))
+    shim.chmod(0o755)
+    server = start_server({"SANDBOX_NAMESPACE": namespace, "PODMAN": str(shim), "SANDBOX_PODMAN_TIMEOUT_SECONDS": "3"})
+    async with Client(server.url + "/mcp") as client:
+        served = structured(await client.call_tool("create_container", {}))["container_id"]
+        stall.touch()
+        answers: list[tuple[float, Any]] = []
+
+        async def create() -> None:
+            started = time.monotonic()
+            answers.append((time.monotonic() - started,
+                            await client.call_tool("create_container", {}, raise_on_error=False)))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(create)
+            while not [pid for pid in descendants(server.process.pid) if argv_of(pid)[:2] == ["sleep", "3600"]]:
+                await anyio.sleep(0.01)
+            # While Podman hangs on the create, the server goes on serving the others.
+            ran = structured(await client.call_tool("execute_command", {"container_id": served, "command": "echo on"}))
+            assert ran["stdout"] == "on\n" and not answers
+        (elapsed, refused), = answers
+        assert refused.is_error and "no answer within 3 s" in refused.content[0].text, refused
+        assert elapsed < 20, elapsed  # 3 s, on a loaded machine
+        stall.unlink()
+        assert not [pid for pid in descendants(server.process.pid) if argv_of(pid)[:2] == ["sleep", "3600"]]
+        again = structured(await client.call_tool("create_container", {}))["container_id"]
+        assert set(sandbox_names(namespace)) == {f"mcp-sandbox-{served}", f"mcp-sandbox-{again}"}
+        for container_id in (served, again):
+            await client.call_tool("destroy_container", {"container_id": container_id})
+        assert await settled(client, namespace) == set()

@@ -71,9 +71,11 @@ class Podman:
     whatever folder the server was started from.
     """
 
-    def __init__(self, program: str = "podman", runtime: str = "", workdir: str | None = None) -> None:
+    def __init__(self, program: str = "podman", runtime: str = "", workdir: str | None = None,
+                 timeout_cap: float | None = None) -> None:
         self.program = program
         self.runtime = runtime
+        self.timeout_cap = timeout_cap  # SANDBOX_PODMAN_TIMEOUT_SECONDS: no one command waits longer
         self.env = system_env()
         self.workdir = workdir
 
@@ -114,6 +116,7 @@ class Podman:
                    check: bool) -> PodmanResult:
         argv = self.argv(*args)
         logger.debug("run %s", shlex.join(argv))
+        timeout = min(timeout, self.timeout_cap or timeout)
         try:
             with anyio.fail_after(timeout):
                 async with await anyio.open_process(
@@ -144,7 +147,8 @@ class Podman:
                 "Install Podman (scripts/setup.sh does) or set PODMAN to its path.",
             ) from None
         except TimeoutError:
-            raise PodmanError(argv, None, f"no answer within {timeout:g} s", "Podman may be overloaded; try again.") from None
+            raise PodmanError(argv, None, f"no answer within {timeout:g} s (SANDBOX_PODMAN_TIMEOUT_SECONDS caps it)",
+                              "Podman may be overloaded; try again.") from None
         stderr = results["err"][0].decode("utf-8", errors="replace")
         result = PodmanResult(argv, exit_code, results["out"][0], stderr)
         if check and exit_code != 0:
