@@ -16,7 +16,6 @@ from .context import ToolContext
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 def _not_blank(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("a blank string; give a value, or leave the argument out for its default")

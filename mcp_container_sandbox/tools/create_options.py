@@ -27,11 +27,14 @@ class SecretSpec(BaseModel):
     """One secret in create_container's secrets."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, NotBlank] = Field(description="The secret's name on the server, like GITHUB_TOKEN; the sandbox gets that variable "
-                                  "with a placeholder, never the value.", max_length=64)
-    host: Annotated[str, NotBlank] = Field(description="The one host whose HTTPS requests get the value, like api.github.com; it must be in "
-                                  "allow_domains.", max_length=253)
-    header: Annotated[str, NotBlank] = Field(default="Authorization", description="The request header the value goes into.", max_length=64)
+    name: Annotated[str, NotBlank] = Field(
+        description="The secret's name on the server, like GITHUB_TOKEN; the sandbox gets that variable with a "
+                    "placeholder, never the value.", max_length=64)
+    host: Annotated[str, NotBlank] = Field(
+        description="The one host whose HTTPS requests get the value, like api.github.com; it must be in "
+                    "allow_domains.", max_length=253)
+    header: Annotated[str, NotBlank] = Field(default="Authorization", description="The request header the value goes into.",
+                                             max_length=64)
     format: str = Field(default="Bearer {value}", description="The header's value, with {value} where the secret goes.",
                         max_length=200)
 
