@@ -184,16 +184,7 @@ class Bench:
                "SANDBOX_NAMESPACE": namespace, "SANDBOX_IMAGE": self.image, "LOG_LEVEL": "warning", **settings}
         if namespace not in self.namespaces:
             self.namespaces.append(namespace)
-        log = open(Path(tempfile.gettempdir()) / f"mcp-bench-{namespace}.log", "ab")  # kept: for a row that failed
-        server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT, stdout=log, stderr=log)
-        log.close()
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                return server
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        return serve(port, env)
 
     def cleanup(self) -> None:
         if self.server is not None:
@@ -367,6 +358,21 @@ class Bench:
             floor.terminate()
             floor.wait(timeout=10)
 
+
+
+def serve(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``python server.py`` with this environment (its PORT ``port``), once it answers /health; its
+    output goes to a log named after its namespace in the temporary folder, kept for a run that failed."""
+    log = open(Path(tempfile.gettempdir()) / f"mcp-bench-{env.get('SANDBOX_NAMESPACE', port)}.log", "ab")
+    server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT, stdout=log, stderr=log)
+    log.close()
+    for _ in range(300):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
 
 
 async def four_at_a_time(count: int, make: Callable[[int], Awaitable[Any]]) -> None:

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import anyio
-import httpx
 from fastmcp import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import free_port, rss_mb  # noqa: E402  (puts tests/ on the path for support.sweep)
+from harness import free_port, rss_mb, serve  # noqa: E402  (puts tests/ on the path for support.sweep)
 from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
@@ -37,15 +36,8 @@ async def soak(calls: int, clients: int) -> int:
     port = free_port()
     env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "LOG_LEVEL": "warning",
            "SANDBOX_MAX_CONTAINERS": str(clients + 4)}
-    server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = serve(port, env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(url + "/health", timeout=2)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
     done = [0]
     errors: list[str] = []
 

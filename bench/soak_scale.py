@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import httpx
 from fastmcp import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import free_port, rss_mb  # noqa: E402  (puts tests/ on the path for support.sweep)
+from harness import four_at_a_time, free_port, rss_mb, serve  # noqa: E402  (puts tests/ on the path for support.sweep)
 from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
@@ -52,15 +51,11 @@ def window(samples: list[tuple[float, float]], start: float, end: float) -> list
 
 async def make_live(client: Client, count: int) -> list[str]:
     ids: list[str] = []
-    limit = anyio.Semaphore(4)
 
-    async def one() -> None:
-        async with limit:
-            ids.append((await client.call_tool("create_container", {"network": False})).structured_content["container_id"])
+    async def one(_: int) -> None:
+        ids.append((await client.call_tool("create_container", {"network": False})).structured_content["container_id"])
 
-    async with anyio.create_task_group() as group:
-        for _ in range(count):
-            group.start_soon(one)
+    await four_at_a_time(count, one)
     return ids
 
 
@@ -87,14 +82,25 @@ async def churn(url: str, n: int, until: float, started: float, record: Record) 
                 record.errors.append(f"client {n}: {type(exc).__name__}: {exc}"[:300])
 
 
+def names_in(namespace: str, *filters: str) -> set[str]:
+    argv = ["podman", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=mcp-sandbox.namespace={namespace}"]
+    for extra in filters:
+        argv += ["--filter", extra]
+    return set(subprocess.run(argv, capture_output=True, text=True).stdout.split())
+
+
 def leftovers(namespace: str, disk_dir: str) -> dict[str, int]:
-    ps = subprocess.run(["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={namespace}"],
-                        capture_output=True, text=True).stdout.split()
+    """What the run's sandboxes left (the warm pool's own sandboxes and spare disks aside)."""
+    pooled = names_in(namespace, "label=mcp-sandbox.pooled=true")
     folder = f"{disk_dir}/{namespace}/"
-    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if folder in line]
+
+    def ours(line: str) -> bool:
+        return folder in line and ".spare-" not in line and not any(f"{folder}{name}" in line for name in pooled)
+
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if ours(line)]
     loops = [line for line in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
-             if folder in line and ".spare-" not in line]
-    return {"containers": len(ps), "mounts": len(mounts), "loop devices": len(loops)}
+             if ours(line)]
+    return {"containers": len(names_in(namespace) - pooled), "mounts": len(mounts), "loop devices": len(loops)}
 
 
 async def soak(live: int, clients: int, minutes: float) -> int:
@@ -103,15 +109,8 @@ async def soak(live: int, clients: int, minutes: float) -> int:
     most = live + 2 * clients + 20
     env = {**os.environ, "PORT": str(port), "SANDBOX_NAMESPACE": namespace, "LOG_LEVEL": "warning",
            "SANDBOX_MAX_CONTAINERS": str(most), "SANDBOX_MAX_PER_TENANT": str(most)}
-    server = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, record, missing = f"http://127.0.0.1:{port}", Record(), set()
-    for _ in range(600):
-        try:
-            httpx.get(url + "/health", timeout=2)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    server = serve(port, env)
+    url, record, missing, left = f"http://127.0.0.1:{port}", Record(), set(), {}
     try:
         async with Client(url + "/mcp", timeout=300) as client:
             made_at = time.monotonic()
@@ -123,7 +122,7 @@ async def soak(live: int, clients: int, minutes: float) -> int:
             async def sample() -> None:
                 while time.monotonic() < until:
                     record.rss.append((time.monotonic() - started, rss_mb(server.pid)))
-                    await anyio.sleep(10)
+                    await anyio.sleep(min(10.0, minutes * 3))  # every 10 s; at least 20 looks in a short run
 
             async with anyio.create_task_group() as group:
                 group.start_soon(sample)
@@ -137,16 +136,16 @@ async def soak(live: int, clients: int, minutes: float) -> int:
                 for container_id in ids:
                     group.start_soon(client.call_tool, "destroy_container", {"container_id": container_id})
             print(f"destroy_container of all {live} answered in {time.monotonic() - destroyed_at:.1f} s", flush=True)
-        gone_by = time.monotonic() + 900
-        while leftovers(namespace, disk_dir)["containers"] and time.monotonic() < gone_by:
+        gone_by = time.monotonic() + 900  # Podman removes 1,000 containers in about 3 minutes
+        while any(leftovers(namespace, disk_dir).values()) and time.monotonic() < gone_by:
             await anyio.sleep(5)
+        left = leftovers(namespace, disk_dir)
     finally:
         server.terminate()
         server.wait(timeout=120)
-    left = leftovers(namespace, disk_dir)
-    subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *subprocess.run(
-        ["podman", "ps", "-aq", "--filter", f"label=mcp-sandbox.namespace={namespace}"],
-        capture_output=True, text=True).stdout.split()], capture_output=True)
+        everything = names_in(namespace)
+        if everything:
+            subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *everything], capture_output=True)
     release_namespace(disk_dir, namespace)
     remove_image_holders(holders_before)
     return report(record, minutes, missing, left)
