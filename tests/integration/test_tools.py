@@ -196,9 +196,11 @@ async def error_text(client: Client, tool: str, arguments: dict) -> str:
     ],
 )
 async def test_unknown_container_is_a_clear_error(client: Client, tool: str, extra: dict) -> None:
-    for container_id in ["0" * 32, "not-an-id", "../../etc", ""]:
+    for container_id in ["0" * 32, "not-an-id", "../../etc"]:
         text = await error_text(client, tool, {"container_id": container_id, **extra})
         assert "No sandbox with container_id" in text and "create_container" in text
+    text = await error_text(client, tool, {"container_id": " ", **extra})  # blank: refused before any lookup
+    assert "container_id" in text and "a blank string" in text, text
 
 
 async def test_destroyed_container_is_a_clear_error_and_server_keeps_serving(client: Client) -> None:
@@ -239,7 +241,7 @@ async def test_bad_timeout_is_rejected(client: Client, sandbox: str) -> None:
     ("setup", "path", "expected"),
     [
         ("true", "tmp/relative.txt", "relative"),
-        ("true", "", "empty"),
+        ("true", "", "a blank string"),  # refused with the field's name before the sandbox is asked
         ("true", "/no/such/file", "does not exist"),
         ("mkdir -p /tmp/adir", "/tmp/adir", "directory"),
         ("true", "/dev/null", "not a regular file"),
