@@ -22,6 +22,7 @@ from conftest import (
 )
 from fastmcp import Client
 from support.sweep import release_namespace
+from test_faults import argv_of, descendants
 
 from mcp_container_sandbox.sandbox.paths import AGENT_PATH
 
@@ -43,22 +44,11 @@ def channels_of(server: ServerProcess) -> set[str]:
     """The sandboxes (container names) the server holds an agent channel to: its `podman exec`
     processes running the agent."""
     held = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"exec" in argv and AGENT_PATH.encode() in argv and int((proc / "stat").read_text().split()[3]) in (
-                    server.process.pid, *children(server.process.pid)):
-                held.update(a.decode() for a in argv if a.startswith(b"mcp-sandbox-"))
-        except (OSError, ValueError, IndexError):
-            continue
+    for pid in descendants(server.process.pid):
+        argv = argv_of(pid)
+        if "exec" in argv and AGENT_PATH in argv:
+            held.update(a for a in argv if a.startswith("mcp-sandbox-"))
     return held
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
 
 
 async def test_the_settings_no_other_test_reaches(start_server, second_image: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
