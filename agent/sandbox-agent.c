@@ -674,6 +674,77 @@ static void signal_group(pid_t pid, const char *dir, int sig) {
     if (recorded > 0 && recorded != pid) kill(-recorded, sig);
 }
 
+/* A sandbox keeps the records and output files of its newest KEEP_RECORDS finished commands:
+ * a record costs ~20 KB of the 64 MB state tmpfs, so ~3,000 of them would fill it and no
+ * command could start. A record of a running command is never removed. The count is the
+ * records folder's link count (tmpfs: 2 + its subfolders), so a start pays one stat; the
+ * folder is read only when PRUNE_SLACK more than the kept number have built up. */
+#define KEEP_RECORDS 1000
+#define PRUNE_SLACK 100
+
+struct aged_record {
+    char id[24];
+    long long started;
+};
+
+static int older_first(const void *a, const void *b) {
+    long long x = ((const struct aged_record *)a)->started, y = ((const struct aged_record *)b)->started;
+    return x < y ? -1 : x > y;
+}
+
+static void remove_record(const char *id) {
+    static const char *const OUTPUTS[] = {"stdout", "stderr", "stdin"};
+    char dir[320], path[700];
+    snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, id);
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+    for (size_t i = 0; i < sizeof OUTPUTS / sizeof *OUTPUTS; i++) {
+        snprintf(path, sizeof path, "%s/%s.%s", OUTPUT_DIR, id, OUTPUTS[i]);
+        unlink(path);
+    }
+}
+
+static void prune_records(void) {
+    struct stat st;
+    if (stat(COMMANDS_DIR, &st) < 0 || st.st_nlink < 2 + KEEP_RECORDS + PRUNE_SLACK) return;
+    DIR *d = opendir(COMMANDS_DIR);
+    if (!d) return;
+    struct aged_record *ended = NULL;
+    size_t n = 0, size = 0, records = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!valid_command_id(e->d_name)) continue;
+        records++;
+        char dir[320], digits[24];
+        snprintf(dir, sizeof dir, "%s/%s", COMMANDS_DIR, e->d_name);
+        if (!file_exists(dir, "exit")) {
+            read_digits(dir, "pid", digits, 9);
+            if (!digits[0] || process_alive(digits)) continue; /* starting or running */
+        }
+        if (n == size) {
+            struct aged_record *more = realloc(ended, (size = size ? 2 * size : 256) * sizeof *ended);
+            if (!more) break;
+            ended = more;
+        }
+        memcpy(ended[n].id, e->d_name, 21); /* a valid id is 20 characters */
+        read_digits(dir, "started", digits, 16);
+        ended[n++].started = atoll(digits);
+    }
+    closedir(d);
+    qsort(ended, n, sizeof *ended, older_first);
+    for (size_t i = 0; i < n && records > KEEP_RECORDS; i++, records--) remove_record(ended[i].id);
+    free(ended);
+}
+
 static void start_command(const char *id, long timeout_s, const char *started_ms, long cap,
                           const char *command, size_t len, long flags) {
     char dir[256], path[300];
@@ -706,14 +777,14 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
     mkdirs(OUTPUT_DIR);
     if ((!placed && mkdirs(dir) < 0) || overwrite_text(dir, "command", command, len) < 0 ||
         overwrite_text(dir, "started", started_line, strlen(started_line)) < 0) {
-        emitf("failed %s state-unwritable\n", id);
+        emitf("failed %s state-unwritable:%s:errno-%d\n", id, COMMANDS_DIR, errno);
         return;
     }
     if (flags & 3) { /* stdin kept open, or a terminal: a FIFO anyone may write (see wrap) */
         char fifo[300];
         snprintf(fifo, sizeof fifo, "%s/stdin", dir);
         if ((mkfifo(fifo, 0600) < 0 && errno != EEXIST) || ((flags & 2) && write_text(dir, "tty", "1\n") < 0)) {
-            emitf("failed %s state-unwritable\n", id);
+            emitf("failed %s state-unwritable:%s:errno-%d\n", id, COMMANDS_DIR, errno);
             return;
         }
     }
@@ -772,6 +843,7 @@ static void start_command(const char *id, long timeout_s, const char *started_ms
     slot->deadline_ms = timeout_s > 0 ? monotonic_ms() + timeout_s * 1000LL : 0;
     watch_output(id);
     emitf("started %s %d\n", id, (int)pid);
+    prune_records(); /* after the answer: the next request waits, not this one */
 }
 
 static void finish_command(struct command *c, int status) {

@@ -60,6 +60,8 @@ class MachineryFailed(SandboxError):
 # The agent's reason when fork() fails with EAGAIN: the sandbox is at its process limit.
 FORK_AT_PROCESS_LIMIT = f"fork-{errno.EAGAIN}"
 FORK_RETRY_SECONDS = 5.0
+# The agent's "<what>-unwritable:<folder>:errno-<n>": what it could not write there.
+UNWRITABLE = {"output-unwritable": "output files", "state-unwritable": "record"}
 
 
 def machinery_failure(reason: str) -> SandboxError:
@@ -71,10 +73,10 @@ def machinery_failure(reason: str) -> SandboxError:
             "started), then run the command again; if nothing helps, destroy the sandbox and create a new one."
         )
     parts = reason.split(":")
-    if parts[0] == "output-unwritable" and len(parts) == 3:
+    if parts[0] in UNWRITABLE and len(parts) == 3:
         errno_text = parts[2].removeprefix("errno-")
         why = os.strerror(int(errno_text)) if errno_text.isdigit() else parts[2]
-        cause = f"could not create the command's output files in {parts[1]} inside the sandbox ({why})"
+        cause = f"could not create the command's {UNWRITABLE[parts[0]]} in {parts[1]} inside the sandbox ({why})"
     else:
         cause = f"could not start the command in the sandbox ({reason[:300] or 'no reason given'})"
     return MachineryFailed(

@@ -21,7 +21,7 @@ ENV_PATH = f"{DATA_DIR}/env"  # NAME=value lines every command gets (the egress 
 CA_PATH = f"{DATA_DIR}/proxy-ca.crt"  # the egress proxy's CA, in a sandbox with secrets
 CA_BUNDLE_PATH = f"{DATA_DIR}/ca-bundle.crt"  # the host's trust store and that CA
 AGENT_PATH = f"{STATE_DIR}/agent"
-LIB_PATH = f"{STATE_DIR}/lib-6.sh"  # a new name whenever the library changes: old sandboxes get it anew
+LIB_PATH = f"{STATE_DIR}/lib-7.sh"  # a new name whenever the library changes: old sandboxes get it anew
 STATE_TMPFS = f"{STATE_DIR}:rw,exec,nosuid,nodev,size=64m,mode=0755"
 # The main process of a sandbox with a disk: it puts the helpers where commands find them (the
 # tmpfs is empty at every start of the container) and then only waits. Should the copy fail or

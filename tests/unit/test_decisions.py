@@ -69,6 +69,8 @@ def test_the_server_machinery_failing_says_so_and_what_to_do() -> None:
     message = str(machinery_failure("output-unwritable:/var/lib/mcp-sandbox/output:errno-13"))
     assert "/var/lib/mcp-sandbox/output" in message and "Permission denied" in message
     assert "did not run" in message and "destroy_container" in message
+    record = str(machinery_failure("state-unwritable:/run/mcp-sandbox/commands:errno-28"))
+    assert "record in /run/mcp-sandbox/commands" in record and "No space left on device" in record
     assert "too-many-commands" in str(machinery_failure("too-many-commands"))
     # A fork that fails at the sandbox's process limit is the sandbox being full, not the machinery.
     full = str(machinery_failure("fork-11"))

@@ -10,7 +10,7 @@ import pytest
 import mcp_container_sandbox.tools.shaping as results
 from mcp_container_sandbox.sandbox import paths as layout
 from mcp_container_sandbox.sandbox.errors import InvalidPath, write_refusal
-from mcp_container_sandbox.sandbox.runtime.command_records import parse_report
+from mcp_container_sandbox.sandbox.runtime.command_records import KEEP_RECORDS, parse_report
 from mcp_container_sandbox.sandbox.runtime.helpers import SANDBOX_LIB
 from mcp_container_sandbox.sandbox.storage.downloads import (
     check_absolute_path,
@@ -67,3 +67,6 @@ def test_the_agent_and_the_shell_library_use_the_layouts_paths() -> None:
         assert f'#define {name} "{getattr(layout, name)}"' in agent
     for path in (layout.COMMANDS_DIR, layout.OUTPUT_DIR, layout.LINKS_DIR, layout.ENV_PATH):
         assert path in SANDBOX_LIB
+    # and keep as many commands' records as the server says they do
+    assert f"#define KEEP_RECORDS {KEEP_RECORDS}\n" in agent
+    assert f"head -n $(($# - {KEEP_RECORDS}))" in SANDBOX_LIB

@@ -12,7 +12,7 @@ import anyio
 
 from ..errors import CommandNotFound, SandboxError
 from ..model import Sandbox
-from .command_records import COMMAND_ID_RE, CommandState, parse_report
+from .command_records import COMMAND_ID_RE, KEEP_RECORDS, CommandState, parse_report
 from .runtimes import Runtimes
 
 # A command that waits for input is answered once its output stops growing: after a quiet spell as
@@ -130,6 +130,6 @@ def check_command_id(command_id: str) -> None:
 
 def not_found(sandbox: Sandbox, command_id: str) -> NoReturn:
     raise CommandNotFound(
-        f"Sandbox {sandbox.container_id} has no command {command_id}. Call check_container without "
-        "command_id to list its commands."
+        f"Sandbox {sandbox.container_id} has no command {command_id} (a sandbox keeps the results of its "
+        f"newest {KEEP_RECORDS:,} finished commands). Call check_container without command_id to list its commands."
     )

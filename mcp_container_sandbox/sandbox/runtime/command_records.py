@@ -29,6 +29,9 @@ SIGNAL_NAMES = {number: name for name, number in SIGNALS.items()}
 _ENDING_SIGNALS = {number for name, number in SIGNALS.items() if name not in ("CONT", "STOP")}
 
 MAX_LISTED_COMMANDS = 100
+# A sandbox keeps the records and output files of its newest 1,000 finished commands (the agent
+# and the shell library remove older ones: records live on a 64 MB tmpfs).
+KEEP_RECORDS = 1000
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,17 @@ now_ms() {  # wall-clock milliseconds: date's %N, else when a file of ours ($1) 
   case "$1$f" in ''|*[!0-9]*) echo "$(date +%s)000";; *) echo "$1$f";; esac
 }
 
+prune_records() {  # the newest 1,000 records of finished commands stay (as prune_records in the agent)
+  set -- /run/mcp-sandbox/commands/cmd_*
+  [ $# -gt 1100 ] || return 0
+  for d in "$@"; do
+    [ -e "$d/exit" ] || continue
+    s=0; read -r s < "$d/started"; echo "$s $d"
+  done | sort -n | head -n $(($# - 1000)) | while read -r s d; do  # the oldest start first
+    o=/var/lib/mcp-sandbox/output/${d##*/}; echo "$d $o.stdout $o.stderr $o.stdin"
+  done | xargs rm -rf
+}
+
 run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's start), $5 flags
   # (1 stdin kept open, 2 a terminal, 4 stdin from $o.stdin); stdin: the command
   d=/run/mcp-sandbox/commands/$1; o=/var/lib/mcp-sandbox/output/$1; tmo=$2; sf=${5:-0}; a=/run/mcp-sandbox/agent
@@ -109,6 +120,7 @@ run() {  # $1 command id, $2 timeout s, $3 output cap, $4 unused (the server's s
   # The subshell records the result even if this exec session (or the server) goes away.
   wait $!
   report "$d" "$3"
+  prune_records
 }
 
 read_command() {  # $1 command id, $2 output cap, $3 $4 stdout/stderr offsets
