@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from ..settings import SandboxSettings
 from .backend.abstract import Backend, ContainerSpec
 from .backend.disks import SandboxDisks
 from .backend.podman import removal_failed
+from .clock import clock
 from .contract import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
 from .errors import DiskUnavailable, PodmanError, SandboxError, SnapshotFailed
 from .limits import LimitsCheck
@@ -77,7 +77,7 @@ class SandboxContainers:
         behind when it fails. With layer (a snapshot's archive), its files start as the snapshot's;
         mounts: the tenant's volumes it mounts, at the host folders of binds (storage/volumes.py)."""
         container_id = secrets.token_hex(16)
-        created = time.time()
+        created = clock.now()
         sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant,
                           network=network or self.egress.network, volumes=mounts)
         labels = await self._labels(sandbox, pooled)

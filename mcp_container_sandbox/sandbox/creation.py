@@ -5,12 +5,12 @@ its channel opened ahead; and the pool's own makes, claims and discards."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
+from .clock import clock
 from .containers import SandboxContainers, sandbox_labels
 from .egress_changes import sandbox_address
 from .errors import ImageNotAllowed, SandboxError, TakenElsewhere
@@ -78,7 +78,7 @@ class Creation:
         async with self.keys.held(key_hash) as earlier:
             made = self.registry.live(earlier[0]) if earlier is not None else None
             if (made is not None and earlier is not None and made.tenant == tenant and not made.destroying
-                    and made.expires_at > time.time()):
+                    and made.expires_at > clock.now()):
                 if earlier[1] != asked:
                     raise SandboxError(
                         f"idempotency_key was used for sandbox {made.container_id}, created with other arguments. "

@@ -13,6 +13,7 @@ import anyio
 
 from .backend.abstract import Container
 from .backend.podman_cli import is_missing_container
+from .clock import clock
 from .containers import SandboxContainers
 from .errors import DiskUnavailable, PodmanError, SandboxError
 from .idempotency import IdempotencyKeys
@@ -62,6 +63,22 @@ class Lifecycle:
         self.settings, self.backend, self.disks = containers.settings, containers.backend, containers.disks
         self._destroy, self._forget, self.removals, self.lifetimes = destroy, forget, removals, lifetimes
         self.keys: IdempotencyKeys | None = None  # create_container's idempotency keys, set by the manager
+        clock.on_step(self.clock_stepped)
+
+    def clock_stepped(self, step: float) -> None:
+        """The system clock jumped by ``step`` seconds: every sandbox keeps the seconds it had left
+        (clock.py), and a restarted server reads the moved lifetimes from their records."""
+        self.pool.clock_stepped(step)
+        for sandbox in self.registry.all():
+            sandbox.created_at += step
+            sandbox.expires_at += step
+            if self.backend.shared:  # a Pod's deadline is the kubelet's, on elapsed time
+                continue
+            try:
+                self.lifetimes.record(sandbox.container_id,
+                                      Lifetime(sandbox.created_at, sandbox.expires_at, sandbox.tenant))
+            except OSError as exc:
+                logger.warning("could not record the moved lifetime of %s: %s", sandbox.container_id, exc)
 
     def extend(self, sandbox: Sandbox, seconds: int) -> Sandbox:
         """Give the sandbox ``seconds`` more, up to SANDBOX_TTL_SECONDS from now (the longest lifetime a
@@ -69,7 +86,7 @@ class Lifecycle:
         if self.backend.shared:
             raise SandboxError(f"A sandbox's lifetime cannot be extended on the {self.backend.name} backend: its "
                                "Pod's deadline (activeDeadlineSeconds) is set when it starts and can only be shortened.")
-        expires_at = min(sandbox.expires_at + max(0, seconds), time.time() + self.settings.ttl_seconds)
+        expires_at = min(sandbox.expires_at + max(0, seconds), clock.now() + self.settings.ttl_seconds)
         if expires_at > sandbox.expires_at:
             try:
                 self.lifetimes.record(sandbox.container_id, Lifetime(sandbox.created_at, expires_at, sandbox.tenant))
@@ -86,7 +103,7 @@ class Lifecycle:
         ones started again, pooled ones rejoin the pool or are adopted as handed out."""
         entries = await self.backend.list({LABEL_MANAGED: "true", LABEL_NAMESPACE: self.settings.namespace})
         adopted: list[Sandbox] = []
-        now = time.time()
+        now = clock.now()
         removing = self.removals.marked()
         for entry in entries:
             name, labels = entry.name, entry.labels
@@ -179,7 +196,7 @@ class Lifecycle:
             if known is None and not entry.ours and entry.running and entry.labels.get(LABEL_POOLED) != "true":
                 sandbox = self._from_labels(entry)
                 if CONTAINER_ID_RE.match(container_id) and math.isfinite(sandbox.expires_at) and \
-                        sandbox.expires_at > time.time():
+                        sandbox.expires_at > clock.now():
                     self.registry.add(sandbox)
                     known = sandbox
             if known is not None:
@@ -198,7 +215,7 @@ class Lifecycle:
         if recorded is not None:  # written on the host when handed out: the claim inside is not asked
             sandbox.created_at, sandbox.expires_at, sandbox.tenant = (
                 recorded.created_at, recorded.expires_at, recorded.tenant)
-            if sandbox.expires_at > time.time():
+            if sandbox.expires_at > clock.now():
                 return True
             await self.snapshots.take_at_expiry(sandbox)
             await self.containers.remove(sandbox.name)
@@ -212,7 +229,7 @@ class Lifecycle:
                 pass
             else:
                 sandbox.tenant = fields[2] if len(fields) == 3 and TENANT_RE.match(fields[2]) else LOCAL_TENANT
-                if sandbox.expires_at > time.time():
+                if sandbox.expires_at > clock.now():
                     return True
                 await self.snapshots.take_at_expiry(sandbox)
             # A claim that cannot be read was still a claim: never hand the sandbox out again.
@@ -240,7 +257,7 @@ class Lifecycle:
                 await self.containers.egress.keep()
 
     async def reap_expired(self) -> list[str]:
-        now = time.time()
+        now = clock.now()
         await self.pool.drop_expired(now)
         self.snapshots.reap_expired(now)
         expired = [s for s in self.registry.all() if s.expires_at <= now]
@@ -258,7 +275,7 @@ class Lifecycle:
         asked (a listing of a thousand containers takes seconds) that it did not list, and that it
         then says are gone when asked about each (a listing made while containers come and go may
         leave one out)."""
-        asked_at = time.time()
+        asked_at = clock.now()
         try:
             alive = {entry.name for entry in await self.backend.list({LABEL_NAMESPACE: self.settings.namespace})}
         except SandboxError as exc:

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .clock import clock
+
 LABEL_MANAGED = "mcp-sandbox.managed"
 LABEL_NAMESPACE = "mcp-sandbox.namespace"
 LABEL_CREATED = "mcp-sandbox.created-at"
@@ -69,6 +71,9 @@ class Sandbox:
     @property
     def name(self) -> str:
         return NAME_PREFIX + self.container_id
+
+    def seconds_remaining(self) -> int:
+        return max(0, int(self.expires_at - clock.now()))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from .clock import clock
 from .errors import SandboxError, TakenElsewhere
 from .model import Sandbox
 
@@ -128,7 +129,7 @@ class WarmPool:
         self._wanted.set()
         while self._members:
             sandbox = self._members.pop(0)
-            sandbox.created_at = time.time()
+            sandbox.created_at = clock.now()
             sandbox.expires_at = sandbox.created_at + ttl
             sandbox.tenant = tenant
             claim = f"{sandbox.created_at:.3f} {sandbox.expires_at:.3f} {tenant}\n".encode()
@@ -161,6 +162,11 @@ class WarmPool:
         burst to end (a new sandbox's channel opened ahead) leaves the CPU to the burst meanwhile."""
         with anyio.move_on_after(seconds):
             await self._no_creates.wait()
+
+    def clock_stepped(self, step: float) -> None:
+        for member in self._members:
+            member.created_at += step
+            member.expires_at += step
 
     async def drop_expired(self, now: float) -> None:
         for member in [m for m in self._members if m.expires_at <= now]:

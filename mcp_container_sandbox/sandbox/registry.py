@@ -4,12 +4,12 @@ adoption rebuilds from them."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 
+from .clock import clock
 from .errors import SandboxLimitReached, SandboxNotFound
 from .model import LOCAL_TENANT, Sandbox
 
@@ -33,7 +33,7 @@ class SandboxRegistry:
         sandbox = self.live(container_id)
         if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
-        if sandbox.expires_at <= time.time():
+        if sandbox.expires_at <= clock.now():
             raise SandboxNotFound(container_id, " (its lifetime ended; it is being destroyed)")
         if sandbox.destroying:
             raise SandboxNotFound(container_id, " (it is being destroyed)")
@@ -46,7 +46,7 @@ class SandboxRegistry:
     def list(self, tenant: str = LOCAL_TENANT) -> list[Sandbox]:
         """The tenant's usable sandboxes: one whose lifetime ended, or being destroyed, is gone to its
         tenant (as get() says) while its removal finishes."""
-        now = time.time()
+        now = clock.now()
         return sorted((s for s in self._sandboxes.values() if s.tenant == tenant and not s.destroying
                        and s.expires_at > now), key=lambda s: s.created_at)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,7 +113,7 @@ def sandbox_times(sandbox: Sandbox) -> dict[str, Any]:
     return {
         "created_at": utc_iso(sandbox.created_at),
         "expires_at": utc_iso(sandbox.expires_at),
-        "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+        "seconds_remaining": sandbox.seconds_remaining(),
     }
 
 

@@ -109,7 +109,7 @@ class SandboxesApi:
         row: dict[str, object] = {
             "container_id": container_id, "image": sandbox.image,
             "created_at": utc_iso(sandbox.created_at), "expires_at": utc_iso(sandbox.expires_at),
-            "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+            "seconds_remaining": sandbox.seconds_remaining(),
             "egress": self.sandboxes.egress_of(container_id, tenant).get("policy"),
             "ports": [link.port for link in links],
             "snapshot_on_expiry": self.sandboxes.snapshot_on_expiry(container_id, tenant),
@@ -206,7 +206,7 @@ class SandboxesApi:
         logger.info("console: %s extended sandbox %s until %s", viewer.who, container_id, utc_iso(sandbox.expires_at))
         longest = self.sandboxes.settings.ttl_seconds
         return JSONResponse({"container_id": container_id, "expires_at": utc_iso(sandbox.expires_at),
-                             "seconds_remaining": max(0, int(sandbox.expires_at - time.time())),
+                             "seconds_remaining": sandbox.seconds_remaining(),
                              "most_seconds_remaining": longest})
 
     async def signal(self, request: Request) -> Response:

@@ -13,7 +13,7 @@ from mcp_container_sandbox.sandbox import SandboxManager
 PACKAGE = Path(__file__).resolve().parents[2] / "mcp_container_sandbox"
 DOMAIN = PACKAGE / "sandbox"
 # The domain's bottom: what every part of it may use.
-DOMAIN_BOTTOM = {"errors", "model", "paths", "contract", "background"}
+DOMAIN_BOTTOM = {"errors", "model", "paths", "contract", "background", "clock"}
 # What each subpackage may import of the domain besides itself and DOMAIN_BOTTOM.
 SUBPACKAGE_MAY_IMPORT = {
     "backend": set(),

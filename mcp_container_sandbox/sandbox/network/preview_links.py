@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from anyio.abc import ByteStream
 
 from ..backend.abstract import Backend
+from ..clock import clock
 from ..errors import PortLinkNotFound, SandboxError, SandboxLimitReached
 from ..model import LOCAL_TENANT, Sandbox
 
@@ -103,7 +103,7 @@ class PortLinks:
                 f"This sandbox already has {self.max_per_sandbox} preview links, the most one may have "
                 f"(SANDBOX_MAX_PORTS): {', '.join(str(link.port) for link in self.of(sandbox.container_id))}. "
                 "Serve more on one port (one web server for several apps), or use another sandbox.")
-        link = PortLink(secrets.token_hex(20), sandbox.container_id, port, sandbox.tenant, time.time())
+        link = PortLink(secrets.token_hex(20), sandbox.container_id, port, sandbox.tenant, clock.now())
         if self.backend.shared:  # before it is handed out: any server serves it from now on
             await self.backend.put_records(sandbox.name, {f"port:{link.token}": f"{port} {link.created_at:.3f}"})
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -118,7 +118,7 @@ class PortLinks:
         """The link and its live sandbox; PortLinkNotFound for anything else."""
         link = self._links.get(token) if isinstance(token, str) else None
         sandbox = self._live(link.container_id) if link is not None else None
-        if link is None or sandbox is None or sandbox.destroying or sandbox.expires_at <= time.time():
+        if link is None or sandbox is None or sandbox.destroying or sandbox.expires_at <= clock.now():
             raise PortLinkNotFound(
                 "Unknown preview link. Preview links come from the expose_port tool and stop working when "
                 "their sandbox is destroyed.")
