@@ -10,7 +10,6 @@ from typing import Any
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend
-from .clock import clock
 from .containers import SandboxContainers, sandbox_labels
 from .egress_changes import sandbox_address
 from .errors import ImageNotAllowed, SandboxError, TakenElsewhere
@@ -78,7 +77,7 @@ class Creation:
         async with self.keys.held(key_hash) as earlier:
             made = self.registry.live(earlier[0]) if earlier is not None else None
             if (made is not None and earlier is not None and made.tenant == tenant and not made.destroying
-                    and made.expires_at > clock.now()):
+                    and not made.expired()):
                 if earlier[1] != asked:
                     raise SandboxError(
                         f"idempotency_key was used for sandbox {made.container_id}, created with other arguments. "

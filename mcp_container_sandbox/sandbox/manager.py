@@ -17,7 +17,6 @@ from typing import Any
 import anyio.to_thread
 from anyio.abc import ByteStream
 
-from .clock import clock
 from ..settings import SandboxSettings
 from .backend.abstract import Backend, Usage
 from .backend.terminal import Terminal
@@ -233,7 +232,7 @@ class SandboxManager:
 
     def list_all(self) -> list[Sandbox]:
         """Every tenant's live sandboxes (the console's admin view)."""
-        return [s for s in self.registry.all() if not s.destroying and s.expires_at > clock.now()]
+        return [s for s in self.registry.all() if not s.destroying and not s.expired()]
 
     async def open_terminal(self, container_id: str, tenant: str = LOCAL_TENANT, cols: int = 80, rows: int = 24) -> Terminal:
         """A terminal session of a person's own in the sandbox: a login shell, under its limits."""

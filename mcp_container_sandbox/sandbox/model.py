@@ -75,6 +75,10 @@ class Sandbox:
     def seconds_remaining(self) -> int:
         return max(0, int(self.expires_at - clock.now()))
 
+    def expired(self, now: float | None = None) -> bool:
+        """Past its lifetime (``now`` from clock.now(), for a look at many)."""
+        return self.expires_at <= (clock.now() if now is None else now)
+
 
 @dataclass(frozen=True)
 class FileLink:

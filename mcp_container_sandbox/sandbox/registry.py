@@ -33,7 +33,7 @@ class SandboxRegistry:
         sandbox = self.live(container_id)
         if sandbox is None or sandbox.tenant != tenant:
             raise SandboxNotFound(str(container_id), self._gone_note(str(container_id), tenant))
-        if sandbox.expires_at <= clock.now():
+        if sandbox.expired():
             raise SandboxNotFound(container_id, " (its lifetime ended; it is being destroyed)")
         if sandbox.destroying:
             raise SandboxNotFound(container_id, " (it is being destroyed)")
@@ -48,7 +48,7 @@ class SandboxRegistry:
         tenant (as get() says) while its removal finishes."""
         now = clock.now()
         return sorted((s for s in self._sandboxes.values() if s.tenant == tenant and not s.destroying
-                       and s.expires_at > now), key=lambda s: s.created_at)
+                       and not s.expired(now)), key=lambda s: s.created_at)
 
     def all(self) -> list[Sandbox]:
         return list(self._sandboxes.values())

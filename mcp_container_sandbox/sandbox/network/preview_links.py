@@ -118,7 +118,7 @@ class PortLinks:
         """The link and its live sandbox; PortLinkNotFound for anything else."""
         link = self._links.get(token) if isinstance(token, str) else None
         sandbox = self._live(link.container_id) if link is not None else None
-        if link is None or sandbox is None or sandbox.destroying or sandbox.expires_at <= clock.now():
+        if link is None or sandbox is None or sandbox.destroying or sandbox.expired():
             raise PortLinkNotFound(
                 "Unknown preview link. Preview links come from the expose_port tool and stop working when "
                 "their sandbox is destroyed.")

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..backend.abstract import Backend
-from ..clock import clock
 from ..errors import FileLinkNotFound, FileNotShareable, FileNotWritable, SandboxError
 from ..model import FILE_ID_RE, LOCAL_TENANT, FileLink, Sandbox
 from ..paths import DATA_DIR
@@ -111,7 +110,7 @@ class FileLinks:
         if link is None:
             raise FileLinkNotFound("Unknown file link.")
         sandbox = self._live(link.container_id)
-        if sandbox is None or sandbox.expires_at <= clock.now():
+        if sandbox is None or sandbox.expired():
             raise FileLinkNotFound("The sandbox of this file link no longer exists.")
         argv = ["/bin/sh", "-c", BOOTSTRAP, "mcp-sandbox", "serve_file", link.path]
         if self._backend.host_processes:
