@@ -58,6 +58,28 @@ def _socket_in(netns_fd: int, family: int) -> socket.socket:
     return sock
 
 
+MS_BIND = 0x1000
+
+
+def restore_file(path: str, pid: int) -> bool:
+    """Put back a network namespace's file under /run/netns that something removed (``ip netns
+    delete``) while its container runs: Podman lists no container at all while one's file is
+    missing. The namespace itself lives on in the container's processes; the file is a bind mount
+    of it. False where this server cannot (not root, another host's Podman, the process gone)."""
+    source = f"/proc/{pid}/ns/net"
+    if pid <= 0 or not os.path.exists(source) or os.path.exists(path) or not os.path.isdir(os.path.dirname(path)):
+        return False
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+    except OSError:
+        return False
+    if _libc.mount(source.encode(), path.encode(), None, MS_BIND, None) != 0:
+        logger.warning("could not put back %s: %s", path, os.strerror(ctypes.get_errno()))
+        os.unlink(path)
+        return False
+    return True
+
+
 class Netns:
     """A network namespace held open by a file descriptor (it outlives the process it came from,
     and never turns into another's when a process id is reused)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ logger = logging.getLogger("mcp_sandbox.backend")
 
 LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+NETNS_FILE_GONE_RE = re.compile(r"joining network namespace of container (\w+): retrieving network namespace at "
+                                r"(/[^:\s]+): failed to Statfs")
 FREEZE_SECONDS = 10  # a process in uninterruptible sleep can hold a freeze up
 
 
@@ -175,7 +178,12 @@ class PodmanBackend(PodmanNetworks):
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
         filters = [arg for key, value in labels.items() for arg in ("--filter", f"label={key}={value}")]
-        result = await self.podman.run("ps", "-a", "--format", "json", *filters)
+        for _ in range(8):  # each try may find one container whose namespace file was removed
+            result = await self.podman.run("ps", "-a", "--format", "json", *filters, check=False)
+            if result.exit_code == 0 or not await self._restore_netns_file(result.stderr):
+                break
+        if result.exit_code != 0:
+            raise PodmanError(result.argv, result.exit_code, result.stderr)
         containers = []
         for entry in json.loads(result.stdout or b"[]") or []:
             names = entry.get("Names") or []
@@ -187,6 +195,22 @@ class PodmanBackend(PodmanNetworks):
             containers.append(Container(name, entry.get("Labels") or {}, entry.get("State") == "running",
                                         entry.get("Image", ""), entry.get("State") == "paused"))
         return containers
+
+    async def _restore_netns_file(self, stderr: str) -> bool:
+        """Podman lists nothing while a running container's network namespace file is gone; put
+        the file back (the namespace lives on in the container) so the listing, and its removal,
+        work again."""
+        gone = NETNS_FILE_GONE_RE.search(stderr)
+        if gone is None:
+            return False
+        container, path = gone.groups()
+        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", container,
+                                       check=False, timeout=30)
+        pid = int(result.stdout.strip() or 0) if result.exit_code == 0 else 0
+        restored = netns.restore_file(path, pid)
+        logger.warning("container %s's network namespace file %s was removed behind Podman's back: %s", container[:12],
+                       path, "put back" if restored else "could not put it back, so Podman cannot list containers")
+        return restored
 
     async def put_records(self, name: str, records: Mapping[str, str | None]) -> None:
         return None
