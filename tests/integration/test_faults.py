@@ -201,3 +201,43 @@ async def test_a_hanging_podman_fails_the_tool_in_time_and_the_server_serves_oth
         for container_id in (served, again):
             await client.call_tool("destroy_container", {"container_id": container_id})
         assert await settled(client, namespace) == set()
+
+
+UNSTARTED_SHIM = """#!/bin/sh
+# Podman, except that while {created} exists a create's 'podman run -d' only makes the container
+# (its start lost, as seen once under churn) and answers 0, once; while {nostart} also exists, it
+# does so every time and 'podman start' does nothing either.
+runtime=""
+if [ "$1" = --runtime ]; then runtime="$1 $2"; shift 2; fi
+if [ "$1" = run ] && [ -e {created} ]; then
+  [ -e {nostart} ] || rm -f {created}
+  shift; [ "$1" = -d ] && shift
+  exec {podman} $runtime create "$@"
+fi
+if [ "$1" = start ] && [ -e {nostart} ]; then exit 0; fi
+exec {podman} $runtime "$@"
+"""
+
+
+async def test_a_container_podman_did_not_start_is_never_handed_out(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    namespace = f"{RUN_ID}-fault-unstarted"
+    created, nostart, shim = tmp_path / "created", tmp_path / "nostart", tmp_path / "podman"
+    shim.write_text(UNSTARTED_SHIM.format(created=created, nostart=nostart, podman=shutil.which("podman")))
+    shim.chmod(0o755)
+    server = start_server({"SANDBOX_NAMESPACE": namespace, "PODMAN": str(shim)})
+    async with Client(server.url + "/mcp") as client:
+        created.touch()
+        started = structured(await client.call_tool("create_container", {}))["container_id"]
+        assert not created.exists()  # the shim did leave this one unstarted
+        ran = structured(await client.call_tool("execute_command", {"container_id": started, "command": "echo up"}))
+        assert ran["stdout"] == "up\n", ran
+        assert "starting it again" in server.log_text()
+        created.touch()
+        nostart.touch()
+        refused = await client.call_tool("create_container", {}, raise_on_error=False)
+        assert refused.is_error and "not running" in refused.content[0].text and "Try again" in refused.content[0].text, refused
+        nostart.unlink()
+        created.unlink()
+        assert await settled(client, namespace) == {started}
+        await client.call_tool("destroy_container", {"container_id": started})
+        assert await settled(client, namespace) == set()

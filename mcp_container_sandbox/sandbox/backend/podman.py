@@ -66,6 +66,7 @@ class PodmanBackend(PodmanNetworks):
         if layer is None:
             started = await self.podman.run(*run_args(spec), timeout=300, whole=True)
             self._ids[spec.name] = started.stdout.decode(errors="replace").strip()
+            await self._ensure_running(spec.name)
             return started.stderr
         # Made, filled and then started: an overlay's upper folder is written only while unmounted.
         created = await self.podman.run("create", *run_args(spec)[2:], timeout=300, whole=True)
@@ -76,7 +77,27 @@ class PodmanBackend(PodmanNetworks):
                               "the snapshot; forks need sandbox disks or Podman's overlay storage.")
         await unpack(layer, Path(upper), self.podman.env)
         await self.podman.run("start", spec.name, timeout=300, whole=True)
+        await self._ensure_running(spec.name)
         return created.stderr
+
+    async def _ensure_running(self, name: str) -> None:
+        """Podman said it started the container: make sure, for a sandbox must never be handed out
+        stopped (seen once under heavy churn: a `podman run -d` that answered 0 left its container
+        "created", never started). Its cgroup there says so in microseconds; else Podman is asked,
+        and a container that is not running is started once more."""
+        if Freezer.of(self._ids.get(name, "")) is not None:
+            return
+        for attempt in range(2):
+            result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Status}}", "--",
+                                           name, check=False, timeout=60)
+            state = result.stdout.decode(errors="replace").strip() or "gone"
+            if state == "running":
+                return
+            if attempt == 0:
+                logger.warning("container %s is %s just after Podman started it; starting it again", name, state)
+                await self.podman.run("start", name, timeout=60, whole=True, check=False)
+        raise PodmanError(["podman", "start"], None, f"the container is {state}, not running, though Podman said "
+                          "it had started it", "Try again.")
 
     async def writable_layer(self, name: str) -> tuple[str, str]:
         result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
