@@ -70,3 +70,41 @@ def test_the_agent_and_the_shell_library_use_the_layouts_paths() -> None:
     # and keep as many commands' records as the server says they do
     assert f"#define KEEP_RECORDS {KEEP_RECORDS}\n" in agent
     assert f"head -n $(($# - {KEEP_RECORDS}))" in SANDBOX_LIB
+
+
+@pytest.mark.anyio
+async def test_links_read_back_after_a_restart_survive_failed_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart adopts every sandbox at once; a read of a sandbox's links that fails is tried
+    again, for links dropped at adoption are unknown for good."""
+    from types import SimpleNamespace
+
+    from mcp_container_sandbox.sandbox.errors import SandboxError
+    from mcp_container_sandbox.sandbox.model import Sandbox
+    from mcp_container_sandbox.sandbox.storage import file_links
+
+    monkeypatch.setattr(file_links.anyio, "sleep", lambda seconds: _no_wait())
+    box = Sandbox("a" * 32, "img", 0.0, 1e12)
+    link = "f" * 32
+    failures = [SandboxError("the channel is starting"), SandboxError("again")]
+
+    async def call(sandbox: Sandbox, verb: str, **_: object) -> SimpleNamespace:
+        assert verb == "list_links"
+        if failures:
+            raise failures.pop(0)
+        return SimpleNamespace(stdout=f"{link}\0/root/out.txt\0".encode())
+
+    links = file_links.FileLinks(1, 1, get=None, live=lambda c: box,  # type: ignore[arg-type]
+                                 runtimes=SimpleNamespace(exec_runtime=SimpleNamespace(call=call)),  # type: ignore[arg-type]
+                                 backend=None, spawn_options=dict)  # type: ignore[arg-type]
+    await links.adopt(box)
+    assert not failures and links._links[link].path == "/root/out.txt"
+    failures[:] = [SandboxError("down")] * file_links.ADOPT_TRIES
+    gone = file_links.FileLinks(1, 1, get=None, live=lambda c: box,  # type: ignore[arg-type]
+                                runtimes=SimpleNamespace(exec_runtime=SimpleNamespace(call=call)),  # type: ignore[arg-type]
+                                backend=None, spawn_options=dict)  # type: ignore[arg-type]
+    await gone.adopt(box)  # it gives up in the end, and the server goes on
+    assert not failures and not gone._links
+
+
+async def _no_wait() -> None:
+    return None

@@ -9,6 +9,8 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import anyio
+
 from ..backend.abstract import Backend
 from ..errors import FileLinkNotFound, FileNotShareable, FileNotWritable, SandboxError
 from ..model import FILE_ID_RE, LOCAL_TENANT, FileLink, Sandbox
@@ -18,6 +20,7 @@ from ..runtime.runtimes import Runtimes
 from .downloads import FileDownload, check_absolute_path, content_type
 
 logger = logging.getLogger("mcp_sandbox.links")
+ADOPT_TRIES = 4
 
 
 class FileLinks:
@@ -39,12 +42,18 @@ class FileLinks:
             del self._links[file_id]
 
     async def adopt(self, sandbox: Sandbox) -> None:
-        """Read back the links a sandbox recorded (after a restart of the server)."""
-        try:
-            result = await self.runtimes.exec_runtime.call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
-        except SandboxError as exc:
-            logger.warning("could not read file links of sandbox %s: %s", sandbox.container_id, exc)
-            return
+        """Read back the links a sandbox recorded (after a restart of the server). A read that
+        fails (a restart adopts every sandbox at once) is tried again: links dropped here are gone."""
+        for attempt in range(ADOPT_TRIES):
+            try:
+                result = await self.runtimes.exec_runtime.call(sandbox, "list_links", stdout_limit=16 * 1024 * 1024)
+                break
+            except SandboxError as exc:
+                logger.warning("could not read file links of sandbox %s (attempt %d of %d): %s", sandbox.container_id,
+                               attempt + 1, ADOPT_TRIES, exc)
+                if attempt + 1 == ADOPT_TRIES or self._live(sandbox.container_id) is None:
+                    return
+                await anyio.sleep(0.5 * 2**attempt)
         fields = result.stdout.split(b"\0")
         for file_id_raw, path_raw in zip(fields[0::2], fields[1::2]):
             file_id = file_id_raw.decode("ascii", errors="replace")
