@@ -22,6 +22,7 @@ from .network.secret_rules import SecretRule
 from .paths import CLAIM_PATH, ENV_PATH
 from .pool import WarmPool
 from .registry import SandboxRegistry
+from .removals import Removals
 from .runtime.commands import CommandRunner
 from .runtime.runtimes import AgentChannels, Runtimes
 from .storage.snapshots import Snapshots
@@ -44,6 +45,7 @@ class Creation:
         self.pool: WarmPool  # made by the manager with this object's pool callbacks, then set here
         self.keys: IdempotencyKeys  # create_container's idempotency keys, set by the manager
         self.volumes: Volumes  # the tenants' volumes, set by the manager
+        self.removals: Removals  # the destroyed sandboxes still being removed, set by the manager
         self.discard_created: Callable[[Sandbox], Any]  # destroys a sandbox just made (the manager's destroy)
 
     def room(self) -> int:
@@ -131,6 +133,7 @@ class Creation:
                 if snapshot is not None:
                     image, layer = await self.snapshots.base_image(snapshot), self.snapshots.archive(snapshot)
                 async with self.pool.creating():  # the pool waits for this one to start
+                    await self.removals.caught_up()
                     sandbox = await self.containers.start(
                         image, pooled=False, tenant=tenant, ttl=ttl, network="none" if offline else None, layer=layer,
                         mounts=mounts, binds=binds)
@@ -176,6 +179,7 @@ class Creation:
             raise
 
     async def make_pooled(self) -> Sandbox:
+        await self.removals.caught_up()
         sandbox = await self.containers.start(self.settings.image, pooled=True)
         await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
         if self.egress.bridge is not None and sandbox.network == self.egress.bridge.name:

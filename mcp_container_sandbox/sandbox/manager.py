@@ -158,6 +158,7 @@ class SandboxManager:
         keys = IdempotencyKeys(Path(settings.state_dir) / settings.namespace / "idempotency")
         self.creation.keys = self.endings.keys = self.lifecycle.keys = keys
         self.creation.volumes = self.volumes
+        self.creation.removals = self.removals
         self.creation.discard_created = lambda sandbox: self.destroy(sandbox.container_id, sandbox.tenant)
 
     # ----- the server's own life

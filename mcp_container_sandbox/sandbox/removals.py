@@ -22,6 +22,11 @@ logger = logging.getLogger("mcp_sandbox.removals")
 DRAIN_SECONDS = 30  # how long a stopping server waits for the removals under way
 AT_ONCE = 4  # removals that run at once (more only queue up on Podman's locks)
 START_AFTER_SECONDS = 0.02  # a removal waits this long: the process it starts would hold up the answer
+# Past this many destroyed sandboxes still being removed, a new container waits (up to
+# BACKLOG_WAIT_SECONDS): destroy answers at once, so under churn creates would outrun removals and
+# the host's running containers pile up, slowing every command (seen: 650 behind after 30 minutes).
+BACKLOG = 24
+BACKLOG_WAIT_SECONDS = 30
 
 
 class Removals:
@@ -51,6 +56,16 @@ class Removals:
         if name not in self._running:
             self._running.add(name)
             self._background.start_soon(self._run, name)
+
+    async def caught_up(self) -> None:
+        """Before a new container starts: wait while the removals are BACKLOG behind, at most
+        BACKLOG_WAIT_SECONDS (a removal Podman keeps failing must not stop creates for good)."""
+        if len(self._running) <= BACKLOG:
+            return
+        logger.info("a new sandbox waits for %d removals under way", len(self._running) - BACKLOG)
+        with anyio.move_on_after(BACKLOG_WAIT_SECONDS):
+            while len(self._running) > BACKLOG:
+                await anyio.sleep(0.05)
 
     def retry(self) -> None:
         """The reaper's turn: start every marked removal that is not under way."""

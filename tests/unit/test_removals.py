@@ -57,3 +57,47 @@ async def test_a_new_server_finds_the_marks_of_the_last(tmp_path: Path) -> None:
     await background.stop()
     assert Removals(tmp_path, never, background).marked() == {"mcp-sandbox-c"}
     assert Removals(tmp_path / "missing", never, background).marked() == set()
+
+
+async def test_a_new_container_waits_while_removals_are_far_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Destroy answers at once; under churn a create must not outrun the removals (each stops a
+    running container), so past BACKLOG under way a new container waits, for a bounded time."""
+    from mcp_container_sandbox.sandbox import removals as module
+
+    monkeypatch.setattr(module, "BACKLOG", 2)
+    background = BackgroundTasks()
+    await background.start()
+    gate = anyio.Event()
+
+    async def remove(name: str) -> None:
+        await gate.wait()
+
+    removals = Removals(tmp_path, remove, background)
+    try:
+        await removals.caught_up()  # nothing behind: no wait
+        for index in range(5):
+            removals.mark(f"mcp-sandbox-{index}")
+            removals.start(f"mcp-sandbox-{index}")
+        waited: list[bool] = []
+
+        async def create() -> None:
+            await removals.caught_up()
+            waited.append(True)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(create)
+            await anyio.sleep(0.3)
+            assert not waited  # five under way, more than two: the create waits
+            gate.set()
+        assert waited and removals.marked() == set()
+        monkeypatch.setattr(module, "BACKLOG_WAIT_SECONDS", 0.2)
+        gate = anyio.Event()
+        for index in range(5):
+            removals.mark(f"mcp-sandbox-{index}")
+            removals.start(f"mcp-sandbox-{index}")
+        with anyio.fail_after(5):
+            await removals.caught_up()  # removals that never end hold a create up for a bounded time only
+        gate.set()
+        await removals.drain(5)
+    finally:
+        await background.stop()
