@@ -128,6 +128,9 @@ async def soak(live: int, clients: int, minutes: float) -> int:
                 group.start_soon(sample)
                 for n in range(clients):
                     group.start_soon(churn, url, n, until, started, record)
+            others = len(names_in(namespace)) - live
+            print(f"when the churn stopped, {others} containers besides the live ones (the pool's, and destroyed "
+                  "ones still being removed)", flush=True)
             listed = {c["container_id"] for c in (await client.call_tool("list_containers", {})).structured_content[
                 "containers"]}
             missing = set(ids) - listed
@@ -140,6 +143,7 @@ async def soak(live: int, clients: int, minutes: float) -> int:
         while any(leftovers(namespace, disk_dir).values()) and time.monotonic() < gone_by:
             await anyio.sleep(5)
         left = leftovers(namespace, disk_dir)
+        print(f"all removed {time.monotonic() - destroyed_at:.0f} s after the destroys began", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=120)

@@ -35,6 +35,14 @@ def pooled_names(namespace: str) -> set[str]:
     return set(out.split())
 
 
+def ended(pid: int) -> bool:
+    """The process is gone, or a zombie its parent has yet to reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def channel_processes(container_id: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"exec (-i|--preserve-fds=1) mcp-sandbox-{container_id} /run/mcp-sandbox/agent"],
                          capture_output=True, text=True).stdout
@@ -169,7 +177,7 @@ async def test_a_killed_channel_process_loses_no_command(start_server) -> None:
         pids = channel_processes(container_id)
         assert len(pids) == 1
         subprocess.run(["kill", "-9", str(pids[0])], check=True)
-        await anyio.sleep(0.5)
+        await wait_until(lambda: ended(pids[0]))
         after = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo reopened"}))
         assert after["stdout"] == "reopened\n"
         finished = await wait_for_command(client, container_id, running["command_id"])
@@ -190,7 +198,7 @@ async def test_agent_killed_inside_the_sandbox_is_recovered(start_server) -> Non
         ends = {os.readlink(f"/proc/{agents[0]}/fd/{fd}") for fd in (0, 1)}
         assert len(ends) == 1 and ends.pop().startswith("socket:["), ends
         podman("exec", f"mcp-sandbox-{container_id}", "sh", "-c", "kill -9 $(pidof agent)")
-        await anyio.sleep(0.5)
+        await wait_until(lambda: ended(int(agents[0])))
         result = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "echo back"}))
         assert (result["exit_code"], result["stdout"]) == (0, "back\n")
         await client.call_tool("destroy_container", {"container_id": container_id})

@@ -118,9 +118,13 @@ async def test_timeout_stops_the_command_and_its_children_inside_the_sandbox(cli
     result = await run(client, sandbox, "sleep 300 & sleep 301", timeout_seconds=1)
     assert result["status"] == "timed_out"
     assert result["exit_code"] in (137, 143)
-    await anyio.sleep(2.5)  # the watchdog's grace period before SIGKILL
-    processes = await run(client, sandbox, "ps -o args")
-    assert "sleep 300" not in processes["stdout"] and "sleep 301" not in processes["stdout"]
+    deadline = time.monotonic() + 15  # the watchdog's grace period (2 s) before SIGKILL, on a loaded machine
+    while True:
+        processes = await run(client, sandbox, "ps -o args")
+        if "sleep 300" not in processes["stdout"] and "sleep 301" not in processes["stdout"]:
+            break
+        assert time.monotonic() < deadline, processes["stdout"]
+        await anyio.sleep(0.2)
 
 
 async def test_background_process_does_not_hold_the_call(client: Client, sandbox: str) -> None:
@@ -275,12 +279,16 @@ async def test_destroying_a_sandbox_under_a_running_command_is_reported(client: 
 
     async def run_long() -> None:
         outcome["result"] = await client.call_tool(
-            "execute_command", {"container_id": container_id, "command": "sleep 2; echo done"}, raise_on_error=False
+            "execute_command", {"container_id": container_id, "command": "touch /tmp/began; sleep 5; echo done"},
+            raise_on_error=False,
         )
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_long)
-        await anyio.sleep(0.8)
+        deadline = time.monotonic() + 20
+        while (await run(client, container_id, "test -e /tmp/began"))["exit_code"] != 0:  # the command runs
+            assert time.monotonic() < deadline and "result" not in outcome, outcome
+            await anyio.sleep(0.05)
         await client.call_tool("destroy_container", {"container_id": container_id})
     result = outcome["result"]
     assert not result.is_error, result.content[0].text
