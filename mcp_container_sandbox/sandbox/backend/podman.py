@@ -144,16 +144,20 @@ class PodmanBackend(PodmanNetworks):
         if held is not None:
             held.close()
             del self._netns[name]
-        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", name,
-                                       check=False, timeout=30)
-        pid = int(result.stdout.strip() or 0) if result.exit_code == 0 else 0
+        pid, said = await self._main_pid(name)
         if pid <= 0:
-            raise SandboxStopped(f"The sandbox is not running, so nothing can be served from it ({result.stderr.strip()[-200:]}).")
+            raise SandboxStopped(f"The sandbox is not running, so nothing can be served from it ({said[-200:]}).")
         try:
             self._netns[name] = netns.Netns(pid)
         except OSError as exc:
             raise SandboxStopped(f"The sandbox's network could not be entered: {exc}.") from None
         return self._netns[name]
+
+    async def _main_pid(self, name: str) -> tuple[int, str]:
+        """The host's pid of the container's main process (0 when it is not running), and Podman's stderr."""
+        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", name,
+                                       check=False, timeout=30)
+        return (int(result.stdout.strip() or 0) if result.exit_code == 0 else 0), result.stderr.strip()
 
     async def _relay(self, name: str, port: int) -> ByteStream:
         process = await anyio.open_process(self.exec_argv(name, AGENT_PATH, "relay", str(port), interactive=True),
@@ -225,10 +229,7 @@ class PodmanBackend(PodmanNetworks):
         if gone is None:
             return False
         container, path = gone.groups()
-        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", container,
-                                       check=False, timeout=30)
-        pid = int(result.stdout.strip() or 0) if result.exit_code == 0 else 0
-        restored = netns.restore_file(path, pid)
+        restored = netns.restore_file(path, (await self._main_pid(container))[0])
         logger.warning("container %s's network namespace file %s was removed behind Podman's back: %s", container[:12],
                        path, "put back" if restored else "could not put it back, so Podman cannot list containers")
         return restored
