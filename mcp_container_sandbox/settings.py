@@ -57,6 +57,17 @@ CLUSTER_VARIABLES = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBE
 BACKENDS = ("podman", "kubernetes")
 
 
+def _podman_api(environ: Mapping[str, str]) -> str:
+    value = environ.get("SANDBOX_PODMAN_API", "").strip() or "on"
+    if value.lower() in ("on", "off"):
+        return value.lower()
+    if not value.startswith("unix:///"):
+        raise ValueError(f"SANDBOX_PODMAN_API must be on (a Podman API service of the server's own), off (Podman's "
+                         f"CLI alone) or unix:///path (the socket of a running `podman system service`), "
+                         f"got {value[:80]!r}")
+    return value
+
+
 def _backend(environ: Mapping[str, str]) -> str:
     backend = environ.get("SANDBOX_BACKEND", "").strip().lower() or "podman"
     if backend not in BACKENDS:
@@ -125,6 +136,7 @@ class SandboxSettings:
     namespace: str = "default"
     podman: str = "podman"
     podman_timeout_seconds: float = 300.0
+    podman_api: str = "on"  # on | off | unix:///path of a running `podman system service` (podman_api.py)
     runtime: str = ""
     network: str = ""
     egress: str = "public"  # public | none | open (egress.py)
@@ -182,6 +194,7 @@ class SandboxSettings:
             namespace=namespace,
             podman=env.get("PODMAN", "").strip() or "podman",
             podman_timeout_seconds=_env_float(env, "SANDBOX_PODMAN_TIMEOUT_SECONDS", 300.0, minimum=1),
+            podman_api=_podman_api(env),
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
             egress=_egress_policy(env),
@@ -469,4 +482,5 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("SANDBOX_NAMESPACE", "default", "label value that marks this server's sandboxes"),
     ("PODMAN", "podman", "the podman program"),
     ("SANDBOX_PODMAN_TIMEOUT_SECONDS", "300", "longest any one Podman command may take before its tool fails"),
+    ("SANDBOX_PODMAN_API", "on", "Podman's REST API for creates, removals and listings: on, off, or unix:///socket"),
 )

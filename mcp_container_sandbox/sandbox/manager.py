@@ -64,7 +64,7 @@ def chosen_backend(settings: SandboxSettings, podman: Podman) -> Backend:
         cluster = Cluster.find(dict(settings.kubernetes.cluster_env))
         return KubernetesBackend(settings.kubernetes, cluster, disk_bytes=settings.disk_limit_bytes,
                                  egress_policy=settings.egress)
-    return PodmanBackend(podman)
+    return PodmanBackend.with_api(podman, settings.podman_api)
 
 
 async def reach_cluster(backend: KubernetesBackend, settings: SandboxSettings) -> None:
@@ -167,6 +167,8 @@ class SandboxManager:
         """Adopt this namespace's sandboxes, destroy expired ones, start the reaper."""
         check_event_loop()
         await self._background.start()
+        if isinstance(self.backend, PodmanBackend):
+            await self.backend.open()
         self._agent = await anyio.to_thread.run_sync(find_agent_binary, self.settings.agent_path)
         if self._agent is None:
             logger.warning(
@@ -215,6 +217,8 @@ class SandboxManager:
         await self.egress.stop()
         await self._background.stop()
         await self.disks.release_spares()
+        if isinstance(self.backend, PodmanBackend):
+            await self.backend.aclose()
         self.podman.close()
         if isinstance(self.backend, KubernetesBackend):
             await self.backend.aclose()

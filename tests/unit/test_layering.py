@@ -23,8 +23,9 @@ SUBPACKAGE_MAY_IMPORT = {
 }
 WEB_FRAMEWORKS = ("fastmcp", "mcp", "starlette", "uvicorn", "websockets", "httpx")
 # The Kubernetes backend reaches the cluster's API over HTTP and its exec streams over WebSockets, as the
-# Podman backend reaches Podman through its CLI: a client of those, there only; never a server's parts.
-API_CLIENTS = {"sandbox/backend/kubernetes": ("websockets.asyncio.client", "websockets.exceptions", "httpx")}
+# Podman backend reaches Podman's REST API over its socket: a client of those, there only; never a server's parts.
+API_CLIENTS = {"sandbox/backend/kubernetes": ("websockets.asyncio.client", "websockets.exceptions", "httpx"),
+               "sandbox/backend/podman_api.py": ("httpx",)}
 
 
 def _modules(folder: Path) -> list[Path]:

@@ -1,5 +1,6 @@
-"""The Podman backend: sandboxes as Podman containers, driven through the podman CLI
-(podman_cli.py). It implements ``Backend`` (abstract.py): makes a container from a
+"""The Podman backend: sandboxes as Podman containers, made, inspected, listed and removed
+through Podman's REST API where its service answers and its CLI otherwise (podman_engine.py),
+and entered through the CLI's ``podman exec`` (podman_cli.py). It implements ``Backend`` (abstract.py): makes a container from a
 ContainerSpec with the product's limits, finds and removes it, freezes it for a snapshot, and
 runs processes or opens connections inside it (netns.py).
 """
@@ -24,6 +25,8 @@ from ..paths import AGENT_PATH
 from . import netns
 from .abstract import Container, ContainerSpec, ImageRoot, Usage
 from .layers import unpack
+from .podman_api import PodmanApi, PodmanService
+from .podman_engine import PodmanEngine
 from .podman_networks import PodmanNetworks
 from .terminal import Terminal
 from .podman_cli import (
@@ -54,31 +57,47 @@ class PodmanBackend(PodmanNetworks):
     host_processes = True
     shared = False  # one server's containers: nothing to follow or record for others
 
-    def __init__(self, podman: Podman) -> None:
+    def __init__(self, podman: Podman, api: PodmanApi | None = None) -> None:
         self.podman = podman
+        self.engine = PodmanEngine(podman, api)  # SANDBOX_PODMAN_API=off: api None, the CLI alone
         self._ids: dict[str, str] = {}  # container name -> Podman's full id, as start and list learn them
         self._frozen: dict[str, Freezer | None] = {}  # how each frozen container was frozen (None: podman pause)
         self._paused: set[str] = set()  # containers list() saw paused
         self._netns: dict[str, netns.Netns] = {}  # network namespaces entered for preview connections
         self._enter_netns: bool | None = None  # decided at the first connection
 
+    @classmethod
+    def with_api(cls, podman: Podman, setting: str) -> PodmanBackend:
+        """SANDBOX_PODMAN_API: on (a service of the server's own), off (the CLI alone), or a service's unix:// URL."""
+        if setting == "off":
+            return cls(podman)
+        return cls(podman, PodmanApi(PodmanService(podman, "" if setting == "on" else setting)))
+
+    async def open(self) -> None:
+        """Start Podman's API service now rather than at the first create (the CLI serves if it cannot)."""
+        if self.engine.api is not None:
+            await self.engine.api.service.ready()
+
+    async def aclose(self) -> None:
+        if self.engine.api is not None:
+            await self.engine.api.aclose()
+            await anyio.to_thread.run_sync(self.engine.api.service.stop)
+
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
         if layer is None:
-            started = await self.podman.run(*run_args(spec), timeout=300, whole=True)
-            self._ids[spec.name] = started.stdout.decode(errors="replace").strip()
+            self._ids[spec.name], warnings = await self.engine.run(spec, run_args(spec))
             await self._ensure_running(spec.name)
-            return started.stderr
+            return warnings
         # Made, filled and then started: an overlay's upper folder is written only while unmounted.
-        created = await self.podman.run("create", *run_args(spec)[2:], timeout=300, whole=True)
-        self._ids[spec.name] = created.stdout.decode(errors="replace").strip()
+        self._ids[spec.name], warnings = await self.engine.create(spec, run_args(spec))
         upper, _ = await self.writable_layer(spec.name)
         if not upper:
             raise PodmanError(["podman", "create"], 0, "", "Podman's storage keeps no overlay layer to fill from "
                               "the snapshot; forks need sandbox disks or Podman's overlay storage.")
         await unpack(layer, Path(upper), self.podman.env)
-        await self.podman.run("start", spec.name, timeout=300, whole=True)
+        await self.engine.start(spec.name, timeout=300)
         await self._ensure_running(spec.name)
-        return created.stderr
+        return warnings
 
     async def _ensure_running(self, name: str) -> None:
         """Podman said it started the container: make sure, for a sandbox must never be handed out
@@ -88,20 +107,22 @@ class PodmanBackend(PodmanNetworks):
         if Freezer.of(self._ids.get(name, "")) is not None:
             return
         for attempt in range(2):
-            result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Status}}", "--",
-                                           name, check=False, timeout=60)
-            state = result.stdout.decode(errors="replace").strip() or "gone"
+            state = ((await self.engine.inspect(name) or {}).get("State") or {}).get("Status") or "gone"
             if state == "running":
                 return
             if attempt == 0:
                 logger.warning("container %s is %s just after Podman started it; starting it again", name, state)
-                await self.podman.run("start", name, timeout=60, whole=True, check=False)
+                try:
+                    await self.engine.start(name)
+                except PodmanError:
+                    pass
         raise PodmanError(["podman", "start"], None, f"the container is {state}, not running, though Podman said "
                           "it had started it", "Try again.")
 
     async def writable_layer(self, name: str) -> tuple[str, str]:
-        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
-        entry = (json.loads(result.stdout or b"[{}]") or [{}])[0]
+        entry = await self.engine.inspect(name)
+        if entry is None:
+            raise PodmanError(["podman", "inspect"], None, f"no container with name or id {name!r} found: no such container")
         driver = entry.get("GraphDriver") or {}
         upper = (driver.get("Data") or {}).get("UpperDir") or ""
         return (upper if driver.get("Name") == "overlay" else ""), str(entry.get("Image") or "")
@@ -155,9 +176,13 @@ class PodmanBackend(PodmanNetworks):
 
     async def _main_pid(self, name: str) -> tuple[int, str]:
         """The host's pid of the container's main process (0 when it is not running), and Podman's stderr."""
-        result = await self.podman.run("inspect", "--type", "container", "--format", "{{.State.Pid}}", "--", name,
-                                       check=False, timeout=30)
-        return (int(result.stdout.strip() or 0) if result.exit_code == 0 else 0), result.stderr.strip()
+        try:
+            entry = await self.engine.inspect(name)
+        except PodmanError as exc:
+            return 0, exc.stderr
+        if entry is None:
+            return 0, "no such container"
+        return int((entry.get("State") or {}).get("Pid") or 0), ""
 
     async def _relay(self, name: str, port: int) -> ByteStream:
         process = await anyio.open_process(self.exec_argv(name, AGENT_PATH, "relay", str(port), interactive=True),
@@ -192,19 +217,18 @@ class PodmanBackend(PodmanNetworks):
             await self.podman.run("unpause", "--", name, check=False, timeout=60)
 
     async def restart(self, name: str) -> None:
-        await self.podman.run("start", name, timeout=60, whole=True)
+        await self.engine.start(name)
 
     async def remove(self, name: str) -> PodmanResult:
         held = self._netns.pop(name, None)
         if held is not None:
             held.close()
         self._ids.pop(name, None)
-        return await self.podman.run("rm", "-f", "-v", "-t", "0", "--", name, check=False, timeout=120, whole=True)
+        return await self.engine.remove(name)
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
-        filters = [arg for key, value in labels.items() for arg in ("--filter", f"label={key}={value}")]
         for _ in range(8):  # each try may find one container whose namespace file was removed
-            result = await self.podman.run("ps", "-a", "--format", "json", *filters, check=False)
+            result = await self.engine.list(labels)
             if result.exit_code == 0 or not await self._restore_netns_file(result.stderr):
                 break
         if result.exit_code != 0:
@@ -245,9 +269,15 @@ class PodmanBackend(PodmanNetworks):
         yield  # pragma: no cover  (makes this an async generator)
 
     async def status(self, name: str) -> PodmanResult:
-        return await self.podman.run(
-            "inspect", "--format", "{{.State.Status}}", "--type", "container", name, check=False, timeout=30
-        )
+        """The container's state as ``podman inspect --format {{.State.Status}}`` answers it."""
+        argv = ["podman", "inspect", name]
+        try:
+            entry = await self.engine.inspect(name)
+        except PodmanError as exc:
+            return PodmanResult(argv, exc.exit_code or 125, b"", exc.stderr)
+        if entry is None:
+            return PodmanResult(argv, 125, b"", f"no container with name or id {name!r} found: no such container")
+        return PodmanResult(argv, 0, str((entry.get("State") or {}).get("Status") or "").encode(), "")
 
     async def exec(self, name: str, *argv: str, stdin: bytes | None = None, stdout_limit: int = 1024 * 1024,
                    timeout: float = 60) -> PodmanResult:
