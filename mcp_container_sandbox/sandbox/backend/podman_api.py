@@ -111,6 +111,14 @@ class PodmanService:
         except OSError:
             return "no log"
 
+    def kill(self, why: str) -> None:
+        if self.external or self.process is None or self.process.poll() is not None:
+            return
+        logger.warning("killing Podman's API service (pid %d): %s", self.process.pid, why)
+        self.process.kill()
+        self.process.wait()
+        self._next_try = 0.0
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
@@ -153,6 +161,10 @@ class PodmanApi:
             except httpx.TransportError as exc:
                 raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from None
             except TimeoutError:
+                # What a hung service does later must not land: a create the caller gave up on would
+                # make a sandbox no one knows of. It is killed (and started again at the next request);
+                # the requests it had under way go through the CLI.
+                self.service.kill(f"it did not answer a {method} {path} within {timeout:g} s")
                 raise PodmanError(["podman", operation], None, f"no answer within {timeout:g} s from Podman's API "
                                   "service (SANDBOX_PODMAN_TIMEOUT_SECONDS caps it)",
                                   "Podman may be overloaded; try again.") from None

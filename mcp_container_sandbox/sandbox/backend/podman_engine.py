@@ -31,7 +31,7 @@ class PodmanEngine:
         """Create and start a container (``args``: its ``podman run`` arguments); its id and Podman's warnings."""
         if self.api is not None:
             try:
-                made = await self._api_create(spec)
+                made = await self._api_create(spec, args)
                 await self.start(spec.name, timeout=300)
                 return made
             except ApiUnavailable as exc:
@@ -43,16 +43,16 @@ class PodmanEngine:
         """Create a container, not started; its id and Podman's warnings."""
         if self.api is not None:
             try:
-                return await self._api_create(spec)
+                return await self._api_create(spec, args)
             except ApiUnavailable as exc:
                 await self._after_lost_create(spec.name, exc)
         created = await self.podman.run("create", *args[2:], timeout=300, whole=True)
         return created.stdout.decode(errors="replace").strip(), created.stderr
 
-    async def _api_create(self, spec: ContainerSpec) -> tuple[str, str]:
+    async def _api_create(self, spec: ContainerSpec, args: list[str]) -> tuple[str, str]:
         assert self.api is not None
-        response = await self.api.request("POST", "/containers/create", "run", 300, whole=True,
-                                          json=spec_generator(spec, self.podman.runtime))
+        body = {**spec_generator(spec, self.podman.runtime), "containerCreateCommand": self.podman.argv(*args)}
+        response = await self.api.request("POST", "/containers/create", "run", 300, whole=True, json=body)
         if response.status_code == 404 and "image" in message(response).lower():
             raise ApiUnavailable("the image is not on this host: the CLI pulls it")
         if response.status_code >= 400:
