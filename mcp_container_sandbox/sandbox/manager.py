@@ -144,7 +144,8 @@ class SandboxManager:
                                  self._background.start_soon)
         self.pool = self.creation.pool = WarmPool(
             settings.pool_size, self.creation.make_pooled, self.creation.claim_pooled, self.creation.discard,
-            lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds, self.creation.room)
+            lambda: not self.limits.problem, settings.pool_max, settings.pool_idle_seconds, self.creation.room,
+            Path(settings.state_dir) / settings.namespace / "pool-demand.json")
         self.health_probe = HealthProbe(self.backend, self.limits, self.disks, self.registry, self.egress, self.pool)
         self.channels.pooled = self.pool.holds
         self.endings = Endings(self.registry, self._gone, self.containers, self.disks, self.channels, self.commands,
@@ -180,6 +181,7 @@ class SandboxManager:
         self._helpers_digest = helpers_digest(self._agent)
         self.channels.enabled = self._agent is not None
         self.pool.reset()  # rebuilt from Podman by adopt()
+        self.pool.load_demand()
         if isinstance(self.backend, KubernetesBackend):
             await reach_cluster(self.backend, self.settings)
             self.disks.why_not = (f"on Kubernetes the Pod's ephemeral-storage limit ({self.settings.disk_limit_bytes} "
@@ -216,6 +218,7 @@ class SandboxManager:
         await self.channels.close_all()
         await self.egress.stop()
         await self._background.stop()
+        self.pool.save_demand()
         await self.disks.release_spares()
         if isinstance(self.backend, PodmanBackend):
             await self.backend.aclose()

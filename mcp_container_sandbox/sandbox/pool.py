@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 
@@ -79,8 +80,9 @@ class WarmPool:
     def __init__(
         self, size: int, make: Callable[[], Awaitable[Sandbox]], claim: Callable[[Sandbox, bytes], Awaitable[None]],
         discard: Callable[[Sandbox], Awaitable[None]], can_fill: Callable[[], bool], ceiling: int | None = None,
-        idle_seconds: float = 300.0, room: Callable[[], int] = lambda: 1 << 30,
+        idle_seconds: float = 300.0, room: Callable[[], int] = lambda: 1 << 30, demand_file: Path | None = None,
     ) -> None:
+        self.demand_file = demand_file  # the recent creates, kept across restarts (save_demand, load_demand)
         self.size, self.ceiling, self.idle_seconds = size, max(size, ceiling if ceiling is not None else size), idle_seconds
         self._make, self._claim, self._discard, self._can_fill, self._room = make, claim, discard, can_fill, room
         self._members: list[Sandbox] = []
@@ -111,9 +113,34 @@ class WarmPool:
         self._members = []
         self._wanted = anyio.Event()
 
+    def save_demand(self) -> None:
+        """Keep the creates of the last idle_seconds on the host (as wall-clock times), so that the
+        next server's pool is as big as this one's was and meets the next burst warm."""
+        if self.demand_file is None:
+            return
+        now, wall = time.monotonic(), clock.now()
+        recent = [round(wall - (now - at), 3) for at in self._takes if at > now - self.idle_seconds]
+        try:
+            self.demand_file.parent.mkdir(parents=True, exist_ok=True)
+            self.demand_file.write_text(json.dumps(recent))
+        except OSError as exc:
+            logger.warning("could not keep the pool's recent demand in %s: %s", self.demand_file, exc)
+
+    def load_demand(self) -> None:
+        """The creates a server before this one saw (save_demand), as if this one had seen them."""
+        if self.demand_file is None:
+            return
+        try:
+            kept = json.loads(self.demand_file.read_text())
+        except (OSError, ValueError):
+            return
+        now, wall = time.monotonic(), clock.now()
+        self._takes.extend(sorted(now - (wall - at) for at in kept
+                                  if isinstance(at, (int, float)) and wall - self.idle_seconds < at <= wall))
+
     def adopt(self, sandbox: Sandbox) -> bool:
-        """Take an unclaimed pooled sandbox back after a restart, while there is room."""
-        if len(self._members) >= self.size:
+        """Take an unclaimed pooled sandbox back after a restart, while the pool wants it."""
+        if len(self._members) >= max(self.size, self.target()):
             return False
         self._members.append(sandbox)
         return True

@@ -5,6 +5,7 @@ tested; the real pool against Podman is in tests/test_speed_paths.py)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -192,3 +193,29 @@ async def test_a_hand_out_is_refilled_a_moment_later_while_the_pool_holds_others
         assert time.monotonic() - taken_at >= REFILL_AFTER_SECONDS
         assert await pool.take("t", 60) is not None and await pool.take("t", 60) is not None
         await wait_for(lambda: len(pool) > 0, seconds=REFILL_AFTER_SECONDS * 0.6)  # emptied: refilled at once
+
+
+async def test_a_restarted_servers_pool_is_as_big_as_the_last_ones_was(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The recent creates are kept on the host at stop: the next server's pool sizes itself (and
+    adopts pooled sandboxes) by them, until they are idle_seconds old."""
+    demand = tmp_path / "pool-demand.json"
+    before = StandIn(make_seconds=0.01).pool(2, ceiling=8, idle_seconds=60.0, demand_file=demand)
+    for _ in range(6):  # a burst of 6 on an empty pool
+        assert await before.take("t", 60) is None
+    assert before.target() == 6
+    before.save_demand()
+    after = StandIn(make_seconds=0.01).pool(2, ceiling=8, idle_seconds=60.0, demand_file=demand)
+    assert after.target() == 2  # nothing known yet
+    after.load_demand()
+    assert after.target() == 6
+    assert all(after.adopt(Sandbox(f"{n:032x}", "image", 0, 3600)) for n in range(6))
+    assert not after.adopt(Sandbox(f"{7:032x}", "image", 0, 3600))
+    # Creates older than idle_seconds are not carried over; a file that is not the pool's is ignored.
+    demand.write_text(json.dumps([time.time() - 120 + n * 0.01 for n in range(6)]))  # a burst 2 minutes ago
+    stale = StandIn(make_seconds=0.01).pool(2, ceiling=8, idle_seconds=60.0, demand_file=demand)
+    stale.load_demand()
+    assert stale.target() == 2
+    demand.write_text("not json")
+    broken = StandIn(make_seconds=0.01).pool(2, ceiling=8, idle_seconds=60.0, demand_file=demand)
+    broken.load_demand()
+    assert broken.target() == 2
