@@ -1,8 +1,8 @@
 """The Podman backend: sandboxes as Podman containers, made, inspected, listed and removed
 through Podman's REST API where its service answers and its CLI otherwise (podman_engine.py),
-and entered through the CLI's ``podman exec`` (podman_cli.py). It implements ``Backend`` (abstract.py): makes a container from a
-ContainerSpec with the product's limits, finds and removes it, freezes it for a snapshot, and
-runs processes or opens connections inside it (netns.py).
+and entered through the CLI's ``podman exec`` (podman_cli.py). It implements ``Backend``
+(abstract.py): makes a container from a ContainerSpec with the product's limits, finds and
+removes it, freezes it for a snapshot, and runs processes or opens connections inside it (netns.py).
 """
 
 from __future__ import annotations
