@@ -46,7 +46,8 @@ class HealthProbe:
         disk = self.disks.limit_bytes if self.disks.enabled else f"unbounded: {self.disks.why_not}"
         answer: dict[str, Any] = {"backend": self.backend.name, f"{self.backend.name}_version": version,
                                   "sandboxes": len(self.registry), "egress": self.egress.describe(),
-                                  "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe()}
+                                  "sandbox_disk_bytes": disk, "limits": "enforced", "pool": self.pool.describe(),
+                                  "networks": self.egress.networks()}
         if self.backend.name == "kubernetes":  # what the server can see in force, and what it cannot
             answer["sandbox_disk_bytes"] = f"the Pod's ephemeral-storage limit: {self.disks.limit_bytes} (eviction, no ENOSPC)"
             answer["limits"] = {

@@ -52,6 +52,18 @@ def test_health_reports_podman(http_server: ServerProcess) -> None:
         assert body["sandbox_disk_bytes"].startswith("unbounded: ")
 
 
+async def test_health_shows_the_sandbox_networks_room(http_server: ServerProcess) -> None:
+    async with Client(http_server.url + "/mcp") as client:
+        container_id = structured(await client.call_tool("create_container", {}))["container_id"]
+        try:
+            (network,) = httpx.get(http_server.url + "/health").json()["networks"]
+            assert network["name"] == "mcp-sandbox" and network["ports_max"] == 1023
+            ports = len(list(Path(f"/sys/class/net/{network['bridge']}/brif").iterdir()))
+            assert 1 <= ports and network["ports_free"] <= 1023 - 1  # this sandbox's port, at least, is taken
+        finally:
+            await client.call_tool("destroy_container", {"container_id": container_id})
+
+
 @pytest.mark.parametrize("file_id", ["x" * 32, "short", "..%2F..%2Fetc%2Fpasswd", "A" * 200])
 def test_unknown_or_malformed_file_ids_are_404(http_server: ServerProcess, file_id: str) -> None:
     response = httpx.get(f"{http_server.url}/files/{file_id}")

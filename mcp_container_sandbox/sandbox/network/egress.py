@@ -95,6 +95,15 @@ class Egress(AllowLists):
             described["allow_domains"] = self.proxy_why_not or f"through the proxy at {self.proxy.url}"
         return described
 
+    def networks(self) -> list[dict[str, object]]:
+        """What /health says of the sandbox networks: each one's bridge and the ports it has left
+        (a Linux bridge takes BRIDGE_MAX_PORTS, one a sandbox with a network)."""
+        if self.bridge is None:
+            return []
+        free = self.bridge_ports_free()
+        return [{"name": self.bridge.name, "bridge": self.bridge.interface,
+                 "ports_free": BRIDGE_MAX_PORTS if free is None else free, "ports_max": BRIDGE_MAX_PORTS}]
+
     def of(self, network: str, container_id: str = "") -> dict[str, object]:
         """What create_container and check_container say of a sandbox's egress."""
         if network == "none" or container_id in self._cut:
