@@ -20,7 +20,7 @@ DEFAULT_IMAGE = "docker.io/library/alpine:3"
 # --------------------------------------------------------------------------- settings
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -30,6 +30,8 @@ def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int =
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -139,6 +141,7 @@ class SandboxSettings:
     podman_api: str = "on"  # on | off | unix:///path of a running `podman system service` (podman_api.py)
     runtime: str = ""
     network: str = ""
+    network_sandboxes: int = 1000  # sandboxes one sandbox network takes before the next (sandbox_networks.py)
     egress: str = "public"  # public | none | open (egress.py)
     egress_allow_cidrs: tuple[str, ...] = ()
     proxy_port: int = 3128  # the egress proxy's port on the sandbox bridge's gateway
@@ -197,6 +200,7 @@ class SandboxSettings:
             podman_api=_podman_api(env),
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
+            network_sandboxes=_env_int(env, "SANDBOX_NETWORK_SANDBOXES", 1000, minimum=1, maximum=1000),
             egress=_egress_policy(env),
             egress_allow_cidrs=_cidrs(env, "SANDBOX_EGRESS_ALLOW_CIDRS"),
             proxy_port=_env_int(env, "SANDBOX_PROXY_PORT", 3128, minimum=1),
@@ -478,6 +482,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("SANDBOX_MAX_VOLUMES_PER_TENANT", "10", "most volumes one tenant may keep (0: no volumes)"),
     ("SANDBOX_VOLUME_MAX_BYTES", "4294967296", "bytes one tenant's volumes may hold together"),
     ("SANDBOX_NETWORK", "mcp-sandbox", "Podman bridge network of new sandboxes (none cuts them off)"),
+    ("SANDBOX_NETWORK_SANDBOXES", "1000", "sandboxes one network takes before new ones go to the next (NAME-2, ...)"),
     ("SANDBOX_RUNTIME", "Podman's default", "OCI runtime for Podman (runc, /usr/bin/runsc)"),
     ("SANDBOX_NAMESPACE", "default", "label value that marks this server's sandboxes"),
     ("PODMAN", "podman", "the podman program"),

@@ -79,12 +79,12 @@ class SandboxContainers:
         container_id = secrets.token_hex(16)
         created = clock.now()
         sandbox = Sandbox(container_id, image, created, created + (ttl or self.settings.ttl_seconds), tenant=tenant,
-                          network=network or self.egress.network, volumes=mounts)
+                          network=network or await self.egress.network_for_new(), volumes=mounts)
         labels = await self._labels(sandbox, pooled)
         try:
             # DATA_DIR: on the sandbox's disk, or on an anonymous volume that goes with the container
             # (podman rm -v).
-            spec = sandbox_spec(sandbox, labels, self.egress.dns if sandbox.network == self.egress.network else ())
+            spec = sandbox_spec(sandbox, labels, self.egress.dns_for(sandbox.network))
             helpers_placed = False
             if self.disks.enabled:
                 root = await self.disks.create(sandbox.name, image, layer)
@@ -99,8 +99,7 @@ class SandboxContainers:
                     helpers_placed = True
             spec = replace(spec, volumes=(*spec.volumes, *binds))
             warnings = await self.backend.start(spec, layer)
-            if sandbox.network == self.egress.network:
-                self.egress.hold_bridge_address()
+            self.egress.hold_bridge_address(sandbox.network)
         except SnapshotFailed:
             await self.remove(sandbox.name)
             raise
@@ -178,9 +177,9 @@ def _start_failure(exc: PodmanError, sandbox: Sandbox, image: str) -> PodmanErro
             exc.argv, exc.exit_code, exc.stderr,
             f"The bridge of the sandbox network {sandbox.network!r} is full: Linux puts at most "
             f"{BRIDGE_MAX_PORTS} ports on a bridge, one for each sandbox with a network (the warm pool's "
-            "included; ports other programs left there count too). Destroy sandboxes you no longer need "
-            "or create this one with network=false; an operator can lower SANDBOX_MAX_CONTAINERS, or run "
-            "a second server with SANDBOX_NETWORK naming another network.",
+            "included; ports other programs left there count too). Try again, or create this one with "
+            "network=false; an operator can lower SANDBOX_NETWORK_SANDBOXES, after which new sandboxes go to "
+            "the next network sooner.",
         )
     if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
         return PodmanError(

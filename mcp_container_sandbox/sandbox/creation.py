@@ -49,12 +49,9 @@ class Creation:
         self.discard_created: Callable[[Sandbox], Any]  # destroys a sandbox just made (the manager's destroy)
 
     def room(self) -> int:
-        """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes and, on
-        a bridge, the ports it has left plus those the pool holds (a pool that grew past them would
-        retry its podman run every 10 s against netavark's "Exchange full")."""
-        room = self.settings.max_containers - len(self.registry)
-        free = self.egress.bridge_ports_free()
-        return room if free is None else min(room, len(self.pool) + free)
+        """How big the warm pool may be now: SANDBOX_MAX_CONTAINERS less the live sandboxes (a
+        sandbox network that fills is followed by the next: network/sandbox_networks.py)."""
+        return self.settings.max_containers - len(self.registry)
 
     async def create(
         self, image: str | None = None, tenant: str = LOCAL_TENANT, ttl_seconds: int | None = None,
@@ -182,7 +179,7 @@ class Creation:
         await self.removals.caught_up()
         sandbox = await self.containers.start(self.settings.image, pooled=True)
         await self.channels.get(sandbox)  # a pooled sandbox answers its first command at once
-        if self.egress.bridge is not None and sandbox.network == self.egress.bridge.name:
+        if sandbox.network in self.egress.sandbox_networks.bridges:
             sandbox.address = await self.backend.address(sandbox.name, sandbox.network)  # for allow_domains
         return sandbox
 

@@ -180,8 +180,7 @@ class SandboxManager:
         self._helpers = helpers_tar(self._helper_files)
         self._helpers_digest = helpers_digest(self._agent)
         self.channels.enabled = self._agent is not None
-        self.pool.reset()  # rebuilt from Podman by adopt()
-        self.pool.load_demand()
+        self.pool.reset()  # rebuilt from Podman by adopt(), as big as the last server's was
         if isinstance(self.backend, KubernetesBackend):
             await reach_cluster(self.backend, self.settings)
             self.disks.why_not = (f"on Kubernetes the Pod's ephemeral-storage limit ({self.settings.disk_limit_bytes} "
@@ -220,11 +219,9 @@ class SandboxManager:
         await self._background.stop()
         self.pool.save_demand()
         await self.disks.release_spares()
-        if isinstance(self.backend, PodmanBackend):
+        if isinstance(self.backend, (PodmanBackend, KubernetesBackend)):
             await self.backend.aclose()
         self.podman.close()
-        if isinstance(self.backend, KubernetesBackend):
-            await self.backend.aclose()
 
     # ----- sandboxes
 

@@ -109,9 +109,11 @@ class WarmPool:
                 "size": self.size, "max": self.ceiling}
 
     def reset(self) -> None:
-        """Empty, before adoption rebuilds it from what Podman still has."""
+        """Empty, before adoption rebuilds it from what Podman still has; the demand the last
+        server saw recalled (load_demand)."""
         self._members = []
         self._wanted = anyio.Event()
+        self.load_demand()
 
     def save_demand(self) -> None:
         """Keep the creates of the last idle_seconds on the host (as wall-clock times), so that the
@@ -135,8 +137,9 @@ class WarmPool:
         except (OSError, ValueError):
             return
         now, wall = time.monotonic(), clock.now()
-        self._takes.extend(sorted(now - (wall - at) for at in kept
-                                  if isinstance(at, (int, float)) and wall - self.idle_seconds < at <= wall))
+        self._takes.clear()
+        self._takes.extend(sorted(now - max(0.0, wall - at) for at in kept  # (kept to the ms: a moment ahead)
+                                  if isinstance(at, (int, float)) and wall - self.idle_seconds < at <= wall + 1))
 
     def adopt(self, sandbox: Sandbox) -> bool:
         """Take an unclaimed pooled sandbox back after a restart, while the pool wants it."""

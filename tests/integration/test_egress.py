@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from conftest import APP, bridge_of, podman, structured, wait_until
+from conftest import APP, bridge_of, podman, sandboxes_left, structured, wait_until
 from fastmcp import Client
 
 from mcp_container_sandbox.sandbox.lifecycle import SYNC_SECONDS
@@ -455,3 +456,51 @@ async def test_allow_domains_reach_only_those_hosts_through_the_proxy(start_serv
     assert "cannot be put in force again" in opened.log_text()
     await wait_until(lambda: container_id not in podman("ps", "-a", "--format", "{{.Names}}").stdout)
     assert listener.peers == []
+
+
+async def test_a_full_sandbox_network_is_followed_by_the_next_under_the_same_rules(
+    start_server: Any, listener: Listener
+) -> None:
+    """SANDBOX_NETWORK_SANDBOXES=2: the third sandbox goes to a second network the server makes,
+    with its own rules (nothing of the host), its own resolvers and the proxy at its own gateway;
+    /health lists both; a restarted server finds the second one and keeps its rules."""
+    network = f"mcp-sandbox-next-test-{secrets.token_hex(3)}"
+    later = f"{network}-2"
+    env = {"SANDBOX_NETWORK": network, "SANDBOX_NETWORK_SANDBOXES": "2"}
+    try:
+        first = start_server(env)
+        async with Client(first.url + "/mcp") as client:
+            made = [structured(await client.call_tool("create_container", {})) for _ in range(3)]
+            proxied = structured(await client.call_tool("create_container", {"allow_domains": ["*.example.invalid"]}))
+            on = {box["container_id"]: json.loads(podman("inspect", f"mcp-sandbox-{box['container_id']}").stdout)[0]
+                  ["NetworkSettings"]["Networks"] for box in [*made, proxied]}
+            assert [list(on[box["container_id"]]) for box in [*made, proxied]] == [[network], [network], [later], [later]]
+            health = httpx.get(first.url + "/health").json()["networks"]
+            assert [(n["name"], n["ports_free"]) for n in health] == [(network, 1023 - 2), (later, 1023 - 2)]
+            moved = made[2]["container_id"]
+            assert made[2]["egress"] == {"policy": "public"}
+            assert not await reaches(client, moved, host_address(), listener.port)  # the second network's rules
+            resolv = (await run(client, moved, "cat /etc/resolv.conf"))["stdout"]
+            assert f"nameserver {gateway_of(later)}" in resolv and gateway_of(network) not in resolv
+            assert proxied["egress"]["proxy"].startswith(f"http://{gateway_of(later)}:")
+            ask = via_proxy_variable("HEAD http://a.example.invalid/", "a.example.invalid")
+            assert (await run(client, proxied["container_id"], ask))["stdout"].startswith("HTTP/1.1 502")
+        first.stop()
+        subprocess.run(["nft", "delete", "table", "inet", f"mcp_sandbox_{bridge_of(later)}"], check=True)
+        again = start_server({**env, "SANDBOX_NAMESPACE": first.env["SANDBOX_NAMESPACE"],
+                              "SANDBOX_PROXY_PORT": first.env["SANDBOX_PROXY_PORT"]})
+        assert rules_of(later)  # put back at start: sandboxes live there
+        async with Client(again.url + "/mcp") as client:
+            assert not await reaches(client, moved, host_address(), listener.port)
+            assert (await run(client, proxied["container_id"], ask))["stdout"].startswith("HTTP/1.1 502")
+            for box in [*made, proxied]:
+                await client.call_tool("destroy_container", {"container_id": box["container_id"]})
+        assert sandboxes_left(again.env["SANDBOX_NAMESPACE"]) == []
+        assert listener.peers == []
+    finally:
+        for name in (later, network):
+            interface = json.loads(podman("network", "inspect", name, check=False).stdout or "[{}]")[0].get(
+                "network_interface")
+            podman("network", "rm", "-f", name, check=False)
+            if interface:
+                subprocess.run(["nft", "delete", "table", "inet", f"mcp_sandbox_{interface}"], capture_output=True)

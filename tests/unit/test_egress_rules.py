@@ -11,7 +11,6 @@ import pytest
 
 from mcp_container_sandbox.sandbox.backend.abstract import BridgeNetwork
 from mcp_container_sandbox.sandbox.errors import InvalidAllowList
-from mcp_container_sandbox.sandbox.network.egress import Egress
 from mcp_container_sandbox.sandbox.network.egress_rules import (
     BLOCKED_V4,
     BLOCKED_V6,
@@ -22,6 +21,7 @@ from mcp_container_sandbox.sandbox.network.egress_rules import (
     table_name,
     upstream_resolvers,
 )
+from mcp_container_sandbox.sandbox.network.sandbox_networks import SandboxNetworks
 from mcp_container_sandbox.sandbox.network.proxy import (
     address_blocked,
     check_allow_domains,
@@ -183,14 +183,53 @@ def test_the_proxy_refuses_blocked_addresses_unless_an_operator_opened_them() ->
     assert not address_blocked("10.1.2.3", blocked, ("10.1.2.0/24",))
 
 
-def test_the_ports_a_bridge_has_left_are_read_from_the_kernels_list_of_them(tmp_path: Path) -> None:
-    """What bounds the warm pool on a bridge (creation.room): every port counts, whoever made it."""
-    egress = Egress(SandboxSettings.from_env({}), backend=None, env={})  # type: ignore[arg-type]
-    assert egress.bridge_ports_free(str(tmp_path)) is None  # no bridge network
-    egress.bridge = BRIDGE
-    assert egress.bridge_ports_free(str(tmp_path)) is None  # netavark makes the bridge with its first port
-    ports = tmp_path / BRIDGE.interface / "brif"
-    ports.mkdir(parents=True)
-    for index in range(5):
-        (ports / f"veth{index}").mkdir()
-    assert egress.bridge_ports_free(str(tmp_path)) == BRIDGE_MAX_PORTS - 5
+class NetworksStandIn:
+    """What SandboxNetworks asks of a backend: networks made on demand, each with a /16 of its own."""
+
+    def __init__(self, existing: list[str]) -> None:
+        self.names = list(existing)
+
+    async def bridge_network(self, name: str, labels: dict[str, str]) -> BridgeNetwork:
+        if name not in self.names:
+            self.names.append(name)
+        n = self.names.index(name)
+        return BridgeNetwork(name, f"podman{n + 1}", (f"10.{90 + n}.0.0/16",), (f"10.{90 + n}.0.1",))
+
+    async def network_names(self) -> list[str]:
+        return self.names
+
+
+@pytest.mark.anyio
+async def test_sandboxes_fill_one_network_then_the_next_counting_every_port_of_its_bridge(tmp_path: Path) -> None:
+    """Whoever made a bridge's ports, they count (another server's sandboxes on the network too); the
+    later networks a server before this one made are found at start, in their order."""
+    backend = NetworksStandIn(["mcp-sandbox", "mcp-sandbox-10", "mcp-sandbox-2", "other", "mcp-sandbox-x"])
+    networks = SandboxNetworks(backend, per_network=3, sys_class_net=str(tmp_path))  # type: ignore[arg-type]
+    opened = await networks.open("mcp-sandbox")
+    assert [b.name for b in opened] == ["mcp-sandbox", "mcp-sandbox-2", "mcp-sandbox-10"]
+    assert networks.ports_free(opened[0]) == BRIDGE_MAX_PORTS  # netavark makes a bridge with its first port
+    made: list[str] = []
+
+    async def put_rules_on(bridge: BridgeNetwork) -> None:
+        made.append(bridge.name)
+
+    def ports(bridge: BridgeNetwork, count: int) -> None:
+        folder = tmp_path / bridge.interface / "brif"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            (folder / f"veth{index}").mkdir(exist_ok=True)
+
+    assert await networks.choose(put_rules_on) == "mcp-sandbox"
+    ports(opened[0], 3)
+    assert networks.ports_free(opened[0]) == BRIDGE_MAX_PORTS - 3
+    assert await networks.choose(put_rules_on) == "mcp-sandbox-2"
+    ports(opened[1], 3)
+    ports(opened[2], 5)
+    assert await networks.choose(put_rules_on) == "mcp-sandbox-3"  # every one full: a new one, its rules first
+    assert made == ["mcp-sandbox-3"] and "mcp-sandbox-3" in networks.bridges
+    assert networks.of_address("10.95.7.9") == networks.bridges["mcp-sandbox-3"]
+    assert networks.of_address("10.92.0.5") == networks.bridges["mcp-sandbox-2"]
+    assert networks.of_address("192.0.2.1") is None and networks.of_address("not an address") is None
+    assert [(n["name"], n["ports_free"]) for n in networks.describe()] == [
+        ("mcp-sandbox", BRIDGE_MAX_PORTS - 3), ("mcp-sandbox-2", BRIDGE_MAX_PORTS - 3),
+        ("mcp-sandbox-10", BRIDGE_MAX_PORTS - 5), ("mcp-sandbox-3", BRIDGE_MAX_PORTS)]

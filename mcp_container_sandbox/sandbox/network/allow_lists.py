@@ -10,11 +10,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..backend.abstract import BridgeNetwork
+from ..backend.abstract import Backend, BridgeNetwork
 from ..errors import InvalidAllowList, SandboxError
+from ..model import Sandbox
 from .egress_rules import run_nft, table_name
 from ..paths import CA_BUNDLE_PATH, CA_PATH
 from .proxy import EgressProxy, check_allow_domains
+from .sandbox_networks import SandboxNetworks
 from .secret_rules import SecretRule
 from .secrets import SecretStore, check_secrets, host_bundle, secret_environment
 
@@ -25,7 +27,9 @@ class AllowLists:
     policy: str
     why_not: str
     proxy_why_not: str
+    backend: Backend
     bridge: BridgeNetwork | None
+    sandbox_networks: SandboxNetworks
     proxy: EgressProxy
     _max_domains: int
     _state: Path
@@ -41,7 +45,18 @@ class AllowLists:
 
     def sandbox_environment(self, container_id: str) -> bytes:
         """The environment file of a sandbox behind the proxy: the proxy, and its secrets' placeholders."""
-        return self.environment() + secret_environment(self._rules.get(container_id, ()), CA_BUNDLE_PATH, CA_PATH)
+        return (self.environment(self.proxy_url_for(container_id))
+                + secret_environment(self._rules.get(container_id, ()), CA_BUNDLE_PATH, CA_PATH))
+
+    def proxy_url_for(self, container_id: str) -> str:
+        """The proxy's URL as the sandbox reaches it ("": the proxy's own)."""
+        return ""
+
+    def _table_of(self, address: str) -> str:
+        """The nftables table of the sandbox network that holds the address."""
+        bridge = self.sandbox_networks.of_address(address) or self.bridge
+        assert bridge is not None
+        return table_name(bridge)
 
     def ca_files(self) -> list[tuple[str, bytes]]:
         """What a sandbox with secrets gets to trust the proxy: its CA, and the host's trust store with it."""
@@ -58,7 +73,7 @@ class AllowLists:
         (self._state / f"{container_id}.json").write_text(json.dumps({  # its secrets too, for when it is let out again
             "address": address, "cut": True, "secrets": [rule.record() for rule in self._rules.get(container_id, ())]}))
         self._cut[container_id] = address
-        await run_nft(self._env, "add", "element", "inet", table_name(self.bridge), "cut_off", f"{{ {address} }}")
+        await run_nft(self._env, "add", "element", "inet", self._table_of(address), "cut_off", f"{{ {address} }}")
         restricted = self._restricted.pop(container_id, None)
         if restricted is not None:
             await self._drop_element("proxied", restricted[0])
@@ -71,9 +86,33 @@ class AllowLists:
         if name == "proxied":
             self.proxy.forget(address)
         try:
-            await run_nft(self._env, "delete", "element", "inet", table_name(self.bridge), name, f"{{ {address} }}")
+            await run_nft(self._env, "delete", "element", "inet", self._table_of(address), name, f"{{ {address} }}")
         except SandboxError as exc:
             logger.warning("could not take %s out of the %s set: %s", address, name, exc)
+
+    async def readopt(self, sandbox: Sandbox) -> None:
+        """After a restart of the server: a sandbox behind the proxy stays behind it (the allow-list
+        is kept on the host, where the sandbox cannot change it), at the address it has now (a
+        sandbox started again after a reboot of the host may have another)."""
+        container_id = sandbox.container_id
+        path = self._state / f"{container_id}.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        why = self._why_no_allow_lists() if not saved.get("cut") else self._cannot_install()
+        if why:
+            raise SandboxError(why)
+        try:
+            sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
+        except SandboxError:
+            sandbox.address = str(saved["address"])
+        rules = [SecretRule(**rule) for rule in saved.get("secrets", [])]
+        if saved.get("cut"):
+            self._rules[container_id] = tuple(rules)
+            await self.cut_off(container_id, sandbox.address)
+        else:
+            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]], rules)
 
     def check_allow_domains(self, domains: object, network: bool | None) -> tuple[str, ...]:
         """create_container's allow_domains, checked; InvalidAllowList says what is wrong and what to do."""

@@ -68,6 +68,9 @@ class ClusterEgress(Egress):
     def _why_no_allow_lists(self) -> str:
         return self.proxy_why_not
 
+    def proxy_url_for(self, container_id: str) -> str:
+        return self._proxy_url()
+
     def _proxy_url(self) -> str:
         return f"http://{self._sandboxes_reach}"
 

@@ -33,14 +33,10 @@ from pathlib import Path
 from ...settings import SandboxSettings
 from ..backend.abstract import Backend, BridgeNetwork
 from ..errors import SandboxError
-from ..model import LABEL_MANAGED, Sandbox
 from .egress_rules import (
     BLOCKED_V4,
     BLOCKED_V6,
-    BRIDGE_MAX_PORTS,
-    bridge_ports_free,
     cannot_run_nft,
-    hold_address,
     host_addresses,
     listening_ports,
     remake_table,
@@ -53,6 +49,7 @@ from .egress_rules import (
 from .allow_lists import AllowLists
 from .certificates import ProxyCA
 from .proxy import EgressProxy
+from .sandbox_networks import SandboxNetworks
 from .secret_rules import SecretRule
 from .secrets import SecretStore
 
@@ -67,22 +64,22 @@ class Egress(AllowLists):
     def __init__(self, settings: SandboxSettings, backend: Backend, env: dict[str, str]) -> None:
         self.policy, self.allow_cidrs = settings.egress, settings.egress_allow_cidrs
         self._wanted_network, self.backend, self._env = settings.network, backend, env
-        self.network = "none"  # until start decides
-        self.bridge: BridgeNetwork | None = None
+        self.network = "none"  # until start decides: the first sandbox network under the public policy
+        self.bridge: BridgeNetwork | None = None  # the first network's, under the public policy
+        self.sandbox_networks = SandboxNetworks(backend, settings.network_sandboxes)  # it and the later ones
         self.why_not = ""  # why the public policy could not be put in force ("" while it is)
-        self.dns: tuple[str, ...] = ()  # the resolvers sandboxes on the public network ask (--dns)
+        self.dns: tuple[str, ...] = ()  # the resolvers sandboxes on the first network ask (--dns)
+        self._dns: dict[str, tuple[str, ...]] = {}  # by sandbox network: each asks its own gateway last
         self.proxy = EgressProxy((*BLOCKED_V4, *BLOCKED_V6), self.allow_cidrs, host_addresses)
         self.proxy_why_not = "the proxy runs only under SANDBOX_EGRESS=public"
         self._proxy_port, self._max_domains = settings.proxy_port, settings.max_allow_domains
-        self._needed = settings.max_containers + (max(settings.pool_size, settings.pool_max) if settings.pool_size else 0)
         self._state = Path(settings.state_dir) / settings.namespace / "egress"
         self._restricted: dict[str, tuple[str, tuple[str, ...]]] = {}  # container id -> (address, domains)
         self._cut: dict[str, str] = {}  # container id -> address, of sandboxes set_egress cut off
         self._rules: dict[str, tuple[SecretRule, ...]] = {}  # container id -> its secrets (secrets.py)
         self.secrets = SecretStore(settings.secrets_file)
         self.proxy.secret_value, self.proxy.ca = self.secrets.value, ProxyCA(self._state.parent / "ca", settings.namespace)
-        self._stale: dict[str, set[str]] = {}  # by set: addresses no container held at the last look
-        self._hold_failed = False  # said once: the bridge's address could not be held
+        self._stale: dict[str, set[str]] = {}  # by table and set: addresses no container held at the last look
 
     def describe(self) -> dict[str, object]:
         """What /health says of the policy."""
@@ -98,11 +95,17 @@ class Egress(AllowLists):
     def networks(self) -> list[dict[str, object]]:
         """What /health says of the sandbox networks: each one's bridge and the ports it has left
         (a Linux bridge takes BRIDGE_MAX_PORTS, one a sandbox with a network)."""
+        return self.sandbox_networks.describe()
+
+    async def network_for_new(self) -> str:
+        """The network a new sandbox joins: under the public policy the first sandbox network with
+        room, or a new one, its rules in place before the sandbox is there (sandbox_networks.py)."""
         if self.bridge is None:
-            return []
-        free = self.bridge_ports_free()
-        return [{"name": self.bridge.name, "bridge": self.bridge.interface,
-                 "ports_free": BRIDGE_MAX_PORTS if free is None else free, "ports_max": BRIDGE_MAX_PORTS}]
+            return self.network
+        return await self.sandbox_networks.choose(self._put_on)
+
+    def dns_for(self, network: str) -> tuple[str, ...]:
+        return self._dns.get(network, ())
 
     def of(self, network: str, container_id: str = "") -> dict[str, object]:
         """What create_container and check_container say of a sandbox's egress."""
@@ -111,15 +114,23 @@ class Egress(AllowLists):
         restricted = self._restricted.get(container_id)
         if restricted is not None:
             secrets = [{"name": r.name, "host": r.host, "header": r.header} for r in self._rules.get(container_id, ())]
-            return {"policy": "allow_domains", "allow_domains": list(restricted[1]), "proxy": self.proxy.url,
-                    **({"secrets": secrets} if secrets else {})}
-        if network == (self.bridge.name if self.bridge else DEFAULT_NETWORK):
+            return {"policy": "allow_domains", "allow_domains": list(restricted[1]),
+                    "proxy": self.proxy_url_for(container_id), **({"secrets": secrets} if secrets else {})}
+        if network in self.sandbox_networks.bridges or (self.bridge is None and network == DEFAULT_NETWORK):
             # The rules stay while any sandbox is on the server's network, whatever the policy now.
             return {"policy": "public", "allow_cidrs": list(self.allow_cidrs)} if self.allow_cidrs else {"policy": "public"}
         return {"policy": "open", "network": network or "podman"}
 
+    def proxy_url_for(self, container_id: str) -> str:
+        """The proxy as a sandbox behind it reaches it: at its own network's gateway."""
+        restricted = self._restricted.get(container_id)
+        bridge = self.sandbox_networks.of_address(restricted[0]) if restricted is not None else None
+        gateway = self.sandbox_networks.gateway(bridge) if bridge is not None else ""
+        return f"http://{gateway}:{self.proxy.port}" if gateway and self.proxy.port else self.proxy.url
+
     async def start(self) -> None:
-        self.why_not, self.bridge, self.dns = "", None, ()
+        self.why_not, self.bridge, self.dns, self._dns = "", None, (), {}
+        self.sandbox_networks.clear()
         if self.policy == "none" or self._wanted_network == "none":
             self.network = "none"
         elif self.policy == "open":
@@ -130,14 +141,15 @@ class Egress(AllowLists):
             self.why_not = self._cannot_install()
             if not self.why_not:
                 try:
-                    self.bridge = await self.backend.bridge_network(self._wanted_network or DEFAULT_NETWORK,
-                                                                    {LABEL_MANAGED: "true"})
-                    self.dns = sandbox_resolvers(upstream_resolvers(), host_addresses(), self.bridge.gateways)
-                    await self._start_proxy()
-                    await self._install()
-                    self.hold_bridge_address()
+                    bridges = await self.sandbox_networks.open(self._wanted_network or DEFAULT_NETWORK)
+                    self.bridge = bridges[0]
+                    for bridge in bridges:
+                        await self._put_on(bridge)
+                    self.dns = self._dns[self.bridge.name]
+                    self.sandbox_networks.hold_addresses()
                 except SandboxError as exc:
                     self.why_not, self.bridge = str(exc), None
+                    self.sandbox_networks.clear()
             if self.why_not:
                 logger.warning("SANDBOX_EGRESS=public cannot be enforced (%s): sandboxes get NO network. Run the "
                                "server as root with nft, or choose SANDBOX_EGRESS=none or open.", self.why_not)
@@ -147,86 +159,82 @@ class Egress(AllowLists):
             self.network = self.bridge.name
             room = sum(ipaddress.ip_network(subnet).num_addresses - 3 for subnet in self.bridge.subnets
                        if ipaddress.ip_network(subnet).version == 4)
-            if min(room, BRIDGE_MAX_PORTS) < self._needed:
-                logger.warning("network %s has room for %d sandboxes, fewer than SANDBOX_MAX_CONTAINERS plus the "
-                               "pool (%d): %s", self.bridge.name, min(room, BRIDGE_MAX_PORTS), self._needed,
-                               "give it a larger subnet" if room < BRIDGE_MAX_PORTS else
-                               f"a Linux bridge takes at most {BRIDGE_MAX_PORTS} ports; lower SANDBOX_MAX_CONTAINERS "
-                               "or run a second server on another network (SANDBOX_NETWORK)")
-            logger.info("egress policy public on network %s (bridge %s), nftables table inet %s; allow_domains: %s",
-                        self.bridge.name, self.bridge.interface, table_name(self.bridge),
-                        self.proxy_why_not or f"proxy at {self.proxy.url}")
+            if room < self.sandbox_networks.per_network:
+                logger.warning("network %s has addresses for %d sandboxes, fewer than SANDBOX_NETWORK_SANDBOXES (%d): "
+                               "give it a larger subnet", self.bridge.name, room, self.sandbox_networks.per_network)
+            logger.info("egress policy public on networks %s (bridges %s), nftables tables inet %s; allow_domains: %s",
+                        ", ".join(self.sandbox_networks.bridges),
+                        ", ".join(b.interface for b in self.sandbox_networks.bridges.values()),
+                        ", ".join(table_name(b) for b in self.sandbox_networks.bridges.values()),
+                        self.proxy_why_not or f"proxy on port {self.proxy.port} of each network's gateway")
+
+    async def _put_on(self, bridge: BridgeNetwork) -> None:
+        """The policy on one sandbox network: its resolvers, the proxy's listener at its gateway, its rules."""
+        self._dns[bridge.name] = sandbox_resolvers(upstream_resolvers(), host_addresses(), bridge.gateways)
+        await self._start_proxy(bridge)
+        await self._install(bridge)
 
     async def stop(self) -> None:
         await self.proxy.stop()
 
-    def bridge_ports_free(self, sys_class_net: str = "/sys/class/net") -> int | None:
-        """Ports the sandbox bridge can still take (BRIDGE_MAX_PORTS less those it has, whoever
-        made them: other servers' sandboxes on the same network count too); None without a bridge
-        or before netavark made it (no sandbox on it yet)."""
-        return None if self.bridge is None else bridge_ports_free(self.bridge.interface, sys_class_net)
+    def hold_bridge_address(self, network: str = "") -> None:
+        """Keep the gateways' MAC addresses from changing as sandboxes come and go (sandbox_networks.py)."""
+        self.sandbox_networks.hold_addresses(network)
 
-    def hold_bridge_address(self) -> None:
-        """Keep the gateway's MAC address from changing as sandboxes come and go (see hold_address);
-        called at start, after each container start on the bridge (netavark makes the bridge anew
-        when a network's first container starts) and by the reaper. A few file reads when held."""
-        if self.bridge is None:
+    async def _start_proxy(self, bridge: BridgeNetwork) -> None:
+        """The proxy's listener at the network's gateway: the first network's decides the port (and
+        whether allow_domains are available at all); later networks' listen on the same port."""
+        gateway = self.sandbox_networks.gateway(bridge)
+        if bridge is not self.bridge:
+            if self.proxy.port and not self.proxy_why_not:
+                try:
+                    await self.proxy.listen(gateway or "")
+                except OSError as exc:
+                    raise SandboxError(f"the egress proxy could not listen on {gateway}:{self.proxy.port} of the new "
+                                       f"sandbox network {bridge.name} ({exc}); try again") from None
+            return
+        if not gateway:
+            self.proxy_why_not = f"the network {bridge.name} has no IPv4 gateway for the proxy"
             return
         try:
-            if hold_address(self.bridge.interface):
-                logger.info("holding the MAC address of bridge %s", self.bridge.interface)
-        except OSError as exc:
-            if not self._hold_failed:
-                self._hold_failed = True
-                logger.warning("could not hold the MAC address of bridge %s (%s): sandboxes may lose the gateway "
-                               "for seconds whenever others start or go", self.bridge.interface, exc)
-
-    async def _start_proxy(self) -> None:
-        assert self.bridge is not None
-        gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
-        if not gateways:
-            self.proxy_why_not = f"the network {self.bridge.name} has no IPv4 gateway for the proxy"
-            return
-        try:
-            await self.proxy.start(gateways[0], self._proxy_port)
+            await self.proxy.start(gateway, self._proxy_port)
             self.proxy_why_not = ""
         except OSError as exc:
-            self.proxy_why_not = f"the proxy could not listen on {gateways[0]}:{self._proxy_port} ({exc}); " \
+            self.proxy_why_not = f"the proxy could not listen on {gateway}:{self._proxy_port} ({exc}); " \
                                  "choose another SANDBOX_PROXY_PORT"
             logger.warning("allow_domains are unavailable: %s", self.proxy_why_not)
 
-    async def _install(self) -> None:
-        assert self.bridge is not None
-        upstream = [r for r in self.dns if r not in self.bridge.gateways]
-        await self._nft("-f", "-", script=ruleset(self.bridge, self.allow_cidrs,
+    async def _install(self, bridge: BridgeNetwork) -> None:
+        upstream = [r for r in self._dns.get(bridge.name, ()) if r not in bridge.gateways]
+        await self._nft("-f", "-", script=ruleset(bridge, self.allow_cidrs,
                                                   0 if self.proxy_why_not else self.proxy.port, upstream))
-        await self._add_elements("proxied", (address for address, _ in self._restricted.values()))
-        await self._add_elements("cut_off", self._cut.values())
+        await self._add_elements("proxied", (address for address, _ in self._restricted.values()), bridge)
+        await self._add_elements("cut_off", self._cut.values(), bridge)
         try:
-            await self._prune()
+            await self._prune(bridge)
         except (SandboxError, ValueError, KeyError) as exc:  # tidying only: the rules are in place
             logger.warning("could not tidy the shared sets of the egress rules: %s", exc)
 
-    async def _prune(self) -> None:
+    async def _prune(self, bridge: BridgeNetwork) -> None:
         """Take out what servers that ended without cleaning up left in the shared sets: addresses
         no container on the network holds (Podman hands them out again, and a public sandbox given
         one would be cut off from everything, DNS included), and proxy ports nothing listens on at
         the gateway (a sandbox behind the proxy could reach whatever listens there later)."""
-        assert self.bridge is not None
-        table = table_name(self.bridge)
+        table = table_name(bridge)
         for name, ours in (("proxied", {address for address, _ in self._restricted.values()}),
                            ("cut_off", set(self._cut.values()))):
-            listed = {str(e) for e in await self._elements(name)} - ours
-            held = await self.backend.network_addresses(self.bridge.name) if listed else set()
+            listed = {str(e) for e in await self._elements(bridge, name)} - ours
+            held = await self.backend.network_addresses(bridge.name) if listed else set()
             if listed and held is not None:
                 # Seen stale twice in a row: an address is taken out only when no container held it at
                 # either look (never one of a sandbox another server is putting behind its proxy now).
-                stale, self._stale[name] = (listed - held) & self._stale.get(name, set()), listed - held
+                seen = f"{table} {name}"
+                stale, self._stale[seen] = (listed - held) & self._stale.get(seen, set()), listed - held
                 if stale:
                     logger.info("taking %d addresses of sandboxes that are gone out of the %s set", len(stale), name)
                     await self._nft("delete", "element", "inet", table, name, f"{{ {', '.join(sorted(stale))} }}")
-        gateways = [g for g in self.bridge.gateways if ipaddress.ip_address(g).version == 4]
-        ports = {int(e) for e in await self._elements("proxy_ports")} - {self.proxy.port}
+        gateways = [g for g in bridge.gateways if ipaddress.ip_address(g).version == 4]
+        ports = {int(e) for e in await self._elements(bridge, "proxy_ports")} - {self.proxy.port}
         idle = ports - listening_ports(gateways)
         if idle:
             await self._nft("delete", "element", "inet", table, "proxy_ports",
@@ -238,38 +246,40 @@ class Egress(AllowLists):
                 await self._nft("add", "element", "inet", table, "proxy_ports",
                                 f"{{ {', '.join(str(p) for p in sorted(back))} }}")
 
-    async def _elements(self, name: str) -> list[object]:
-        assert self.bridge is not None
-        listed = json.loads(await self._nft("-j", "list", "set", "inet", table_name(self.bridge), name))
+    async def _elements(self, bridge: BridgeNetwork, name: str) -> list[object]:
+        listed = json.loads(await self._nft("-j", "list", "set", "inet", table_name(bridge), name))
         return next((item["set"].get("elem", []) for item in listed.get("nftables", []) if "set" in item), [])
 
-    async def _add_elements(self, name: str, addresses: Iterable[str]) -> None:
-        assert self.bridge is not None
-        listed = sorted(set(addresses))
-        if listed:
-            await self._nft("add", "element", "inet", table_name(self.bridge), name, f"{{ {', '.join(listed)} }}")
+    async def _add_elements(self, name: str, addresses: Iterable[str], only: BridgeNetwork | None = None) -> None:
+        """Addresses into the set ``name`` of the table of each one's network (``only``: of that network)."""
+        by_table: dict[str, set[str]] = {}
+        for address in addresses:
+            bridge = self.sandbox_networks.of_address(address) or self.bridge
+            if bridge is not None and (only is None or bridge.name == only.name):
+                by_table.setdefault(table_name(bridge), set()).add(address)
+        for table, listed in by_table.items():
+            await self._nft("add", "element", "inet", table, name, f"{{ {', '.join(sorted(listed))} }}")
 
     async def keep(self) -> None:
         """Put the rules back if something removed them (a firewall reload, ``nft flush ruleset``);
         the reaper calls this now and then."""
-        if self.bridge is None:
-            return
         self.hold_bridge_address()
-        try:
-            if not await self.listing():
-                logger.warning("the egress rules of network %s were removed outside this server; installing them "
-                               "again", self.bridge.name)
-                await self._install()
-            else:
+        for bridge in list(self.sandbox_networks.bridges.values()):
+            try:
+                if not await self.listing(bridge):
+                    logger.warning("the egress rules of network %s were removed outside this server; installing "
+                                   "them again", bridge.name)
+                    await self._install(bridge)
+                    continue
                 # Another server on the network may have made the table anew.
-                await self._add_elements("proxied", (address for address, _ in self._restricted.values()))
-                await self._add_elements("cut_off", self._cut.values())
+                await self._add_elements("proxied", (address for address, _ in self._restricted.values()), bridge)
+                await self._add_elements("cut_off", self._cut.values(), bridge)
                 if self.proxy.port and not self.proxy_why_not:  # or taken this port out (see _prune)
-                    await self._nft("add", "element", "inet", table_name(self.bridge), "proxy_ports",
+                    await self._nft("add", "element", "inet", table_name(bridge), "proxy_ports",
                                     f"{{ {self.proxy.port} }}")
-                await self._prune()
-        except (SandboxError, ValueError, KeyError) as exc:
-            logger.error("could not install the egress rules again: %s", exc)
+                await self._prune(bridge)
+            except (SandboxError, ValueError, KeyError) as exc:
+                logger.error("could not install the egress rules of network %s again: %s", bridge.name, exc)
 
     # ----- allow-lists
 
@@ -289,30 +299,6 @@ class Egress(AllowLists):
         if cut is not None:
             await self._drop_element("cut_off", cut)
 
-    async def readopt(self, sandbox: Sandbox) -> None:
-        """After a restart of the server: a sandbox behind the proxy stays behind it (the allow-list
-        is kept on the host, where the sandbox cannot change it), at the address it has now (a
-        sandbox started again after a reboot of the host may have another)."""
-        container_id = sandbox.container_id
-        path = self._state / f"{container_id}.json"
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        why = self._why_no_allow_lists() if not saved.get("cut") else self._cannot_install()
-        if why:
-            raise SandboxError(why)
-        try:
-            sandbox.address = await self.backend.address(sandbox.name, sandbox.network) or str(saved["address"])
-        except SandboxError:
-            sandbox.address = str(saved["address"])
-        rules = [SecretRule(**rule) for rule in saved.get("secrets", [])]
-        if saved.get("cut"):
-            self._rules[container_id] = tuple(rules)
-            await self.cut_off(container_id, sandbox.address)
-        else:
-            await self.restrict(container_id, sandbox.address, [str(d) for d in saved["domains"]], rules)
-
     async def release(self, container_id: str) -> None:
         """The sandbox is gone: its address may go to another sandbox, so it leaves the proxied set
         (unless a newer sandbox with that address holds it already)."""
@@ -324,12 +310,13 @@ class Egress(AllowLists):
         if cut is not None:
             await self._drop_element("cut_off", cut)
 
-    async def listing(self) -> str:
-        """The server's table as the kernel holds it ("" when there is none)."""
-        if self.bridge is None:
+    async def listing(self, bridge: BridgeNetwork | None = None) -> str:
+        """A sandbox network's table as the kernel holds it (the first network's by default; "" when there is none)."""
+        bridge = bridge or self.bridge
+        if bridge is None:
             return ""
         try:
-            return await self._nft("list", "table", "inet", table_name(self.bridge))
+            return await self._nft("list", "table", "inet", table_name(bridge))
         except SandboxError:
             return ""
 

@@ -84,7 +84,7 @@ def _response(status: str, text: str) -> bytes:
 
 
 class EgressProxy:
-    """One listener on a bridge's gateway; the allow-lists of the sandboxes on that bridge."""
+    """A listener on each sandbox network's gateway (one port); the allow-lists of the sandboxes on them."""
 
     def __init__(self, blocked: Sequence[str], allowed_cidrs: Sequence[str], host_addresses: Callable[[], set[str]]) -> None:
         self.blocked, self.allowed_cidrs = tuple(blocked), tuple(allowed_cidrs)
@@ -97,6 +97,7 @@ class EgressProxy:
         # The connections open through the proxy, by sandbox address: (host, the sandbox's end).
         self._open_now: dict[str, set[tuple[str, asyncio.StreamWriter]]] = {}
         self._server: asyncio.base_events.Server | None = None
+        self._more: list[asyncio.base_events.Server] = []  # on the gateways of later sandbox networks
         self.address, self.port = "", 0
 
     @property
@@ -104,6 +105,14 @@ class EgressProxy:
         return f"http://{self.address}:{self.port}"
 
     async def start(self, address: str, port: int) -> None:
+        self._server = await self._listen(address, port)
+        self.address, self.port = address, self._server.sockets[0].getsockname()[1]
+
+    async def listen(self, address: str) -> None:
+        """Listen on another address too (a later sandbox network's gateway), on the same port."""
+        self._more.append(await self._listen(address, self.port))
+
+    async def _listen(self, address: str, port: int) -> asyncio.base_events.Server:
         # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each accepted connection (it checks the
         # socket's proto, which a socket made with 0 keeps): an answer written in parts (a head, then a
         # body) would otherwise wait for the client's delayed ACK, 40 ms each.
@@ -112,13 +121,13 @@ class EgressProxy:
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.bind((address, port))
         sock.setblocking(False)
-        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD_BYTES)
-        self.address, self.port = address, sock.getsockname()[1]
+        return await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD_BYTES)
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        servers, self._server, self._more = [self._server, *self._more], None, []
+        for server in servers:
+            if server is not None:
+                server.close()
 
     def allow(self, address: str, container_id: str, patterns: Sequence[str], rules: Sequence[SecretRule] = ()) -> None:
         """The sandbox's allow-list (and secrets) from now on: its open connections to hosts no longer
