@@ -26,7 +26,8 @@ p50 and p99, ours/raw, the peer's p50, ours/peer (for calls/s, higher is better 
              and destroy_container next to that tool at the create row's pace (one call every 0.5 s)
   live300    exec p50 with 300 live sandboxes / with 1; server RSS with 300 live
   scale      10, 100, 300 ... --live sandboxes alive: at each, exec p50, create p50, list_containers p50,
-             how long an expired sandbox takes to go (reap), the server's CPU while idle, its RSS
+             how long an expired sandbox takes to go (reap), the server's CPU while idle, its RSS, and the
+             host's memory in use (MemTotal less MemAvailable, as free counts it) per live sandbox
   output     a command printing 300 MB: server RSS growth
   download   a 100 MB file by its URL, with curl          vs  podman exec NAME cat FILE > /dev/null
   proxy      from inside a sandbox, to an HTTP server in a network namespace the bench makes:

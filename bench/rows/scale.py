@@ -11,6 +11,12 @@ from fastmcp import Client
 from harness import Bench, cpu_seconds, rss_mb, structured
 
 
+def host_used_mb() -> float:
+    """The host's memory in use, as `free` counts it (MemTotal less MemAvailable)."""
+    fields = {line.split(":")[0]: int(line.split()[1]) for line in open("/proc/meminfo")}
+    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
+
+
 async def scale(bench: Bench, client: Client, most: int) -> None:
     """What grows with the number of live sandboxes, measured at 10, 100, 300, 1000 ... most."""
     assert bench.server is not None
@@ -30,8 +36,10 @@ async def scale(bench: Bench, client: Client, most: int) -> None:
         return {c["container_id"] for c in structured(await client.call_tool("list_containers", {}))["containers"]}
 
     raw_name = await bench.raw_create()  # podman exec in it at each count: how the host itself slows
+    await bench.pool_settled(bench.url)
+    used_before = host_used_mb()  # the host's memory in use before the live sandboxes (the pool's floor made)
     header = (f"{'live':>6} {'made in s':>9} {'exec p50':>9} {'raw exec':>9} {'create p50':>10} {'list p50':>9} "
-              f"{'reap s':>7} {'idle CPU %':>10} {'RSS MB':>7}")
+              f"{'reap s':>7} {'idle CPU %':>10} {'RSS MB':>7} {'host MB/sandbox':>15}")
     bench.lines.append(header)
     print(header, flush=True)
     first_exec = 0.0
@@ -69,7 +77,8 @@ async def scale(bench: Bench, client: Client, most: int) -> None:
         idle_cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - idle_started) * 100
         line = (f"{count:>6} {made_in:>9.0f} {statistics.median(execs):>9.1f} {statistics.median(raw_execs):>9.1f} "
                 f"{statistics.median(creates):>10.1f} "
-                f"{statistics.median(lists):>9.1f} {reap:>7.1f} {idle_cpu:>10.1f} {rss_mb(pid):>7.0f}")
+                f"{statistics.median(lists):>9.1f} {reap:>7.1f} {idle_cpu:>10.1f} {rss_mb(pid):>7.0f} "
+                f"{(host_used_mb() - used_before) / count:>15.2f}")
         bench.lines.append(line)
         print(line, flush=True)
     bench.row(f"exec echo with {most} live / with {checkpoints[0]}", statistics.median(execs), first_exec,
