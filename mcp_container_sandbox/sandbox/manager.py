@@ -346,6 +346,10 @@ class SandboxManager:
     async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
         return await self.commands.running_commands(container_id, tenant)
 
+    def known_running_commands(self, container_id: str) -> list[str] | None:
+        """What running_commands answers without asking the sandbox; None when it would ask."""
+        return self.commands.known_running(container_id)
+
     def gone_command(
         self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
     ) -> CommandState | None:

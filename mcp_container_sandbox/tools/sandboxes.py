@@ -90,8 +90,12 @@ class SandboxTools(ToolArea):
                         running[container_id] = None
 
             async with anyio.create_task_group() as group:
-                for sandbox in mine:
-                    group.start_soon(look, sandbox.container_id)
+                for sandbox in mine:  # only those whose commands the server does not know are asked
+                    known = self.sandboxes.known_running_commands(sandbox.container_id)
+                    if known is None:
+                        group.start_soon(look, sandbox.container_id)
+                    else:
+                        running[sandbox.container_id] = known
             listed = [{
                 "container_id": sandbox.container_id,
                 "image": sandbox.image,

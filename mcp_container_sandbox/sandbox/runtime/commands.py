@@ -350,12 +350,18 @@ class CommandRunner:
         of running has none, and is not asked; any other is asked, through its agent when its
         channel is open, else by podman exec."""
         sandbox = self._get(container_id, tenant)
-        if container_id in self._known and not self._gone.running_ids(container_id):
-            return []
+        known = self.known_running(container_id)
+        if known is not None:
+            return known
         listed = parse_command_list(await self.runtimes.ask(
             sandbox, lambda runtime: runtime.list_commands(sandbox), open_channel=False))
         self._listed(container_id, listed)
         return [c.command_id for c in listed if c.status == "running"]
+
+    def known_running(self, container_id: str) -> list[str] | None:
+        """[] when the server knows the sandbox runs no command (running_commands asks it nothing);
+        None when only the sandbox can tell."""
+        return [] if container_id in self._known and not self._gone.running_ids(container_id) else None
 
     def _listed(self, container_id: str, listed: list[CommandSummary]) -> None:
         if self._live(container_id) is not None:
