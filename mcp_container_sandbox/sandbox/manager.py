@@ -93,8 +93,7 @@ class SandboxManager:
         self.snapshots = Snapshots(
             Path(settings.state_dir) / settings.namespace / "snapshots", settings.snapshot_ttl_seconds,
             settings.max_snapshots_per_tenant, settings.snapshot_max_bytes, self.backend, self.disks,
-            settings.runtime, system_env(),
-        )
+            settings.runtime, system_env())
         # A tenant asking after a sandbox that expired hears where its files went.
         self.registry = SandboxRegistry(settings.max_containers, settings.max_per_tenant,
                                         lambda container_id, tenant: self.endings.gone_note(container_id, tenant))
@@ -172,10 +171,8 @@ class SandboxManager:
             await self.backend.open()
         self._agent = await anyio.to_thread.run_sync(find_agent_binary, self.settings.agent_path)
         if self._agent is None:
-            logger.warning(
-                "no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
-                "every command will cost a podman exec"
-            )
+            logger.warning("no sandbox agent binary (build it with scripts/setup.sh or set SANDBOX_AGENT); "
+                           "every command will cost a podman exec")
         self._helper_files = helpers_files(self._agent)
         self._helpers = helpers_tar(self._helper_files)
         self._helpers_digest = helpers_digest(self._agent)
@@ -346,8 +343,7 @@ class SandboxManager:
     async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
         return await self.commands.running_commands(container_id, tenant)
 
-    def known_running_commands(self, container_id: str) -> list[str] | None:
-        """What running_commands answers without asking the sandbox; None when it would ask."""
+    def known_running_commands(self, container_id: str) -> list[str] | None:  # None: only the sandbox can tell
         return self.commands.known_running(container_id)
 
     def gone_command(
