@@ -114,6 +114,23 @@ if ! out=$(probe); then
 fi
 say "Podman $(podman version --format '{{.Client.Version}}') starts sandboxes from $IMAGE"
 
+# ---- room for thousands of sandboxes: Podman takes a lock for each container from a fixed number
+# (num_locks, 2,048 by default: past about 2,000 containers it refuses new ones). 16,384 of them;
+# the locks' shared memory is made anew by `podman system renumber`, which must run while no other
+# Podman process does.
+LOCKS_CONF=/etc/containers/containers.conf.d/50-mcp-sandbox-locks.conf
+if [ ! -f "$LOCKS_CONF" ]; then
+  if pgrep -x podman >/dev/null 2>&1; then
+    say "NOTE: Podman is busy, so its lock count (num_locks) stays as it is: about 2,000 containers at most; run setup again while nothing uses Podman"
+  else
+    say "letting Podman keep up to 16384 containers (num_locks in $LOCKS_CONF)"
+    as_root mkdir -p /etc/containers/containers.conf.d
+    printf '[engine]\nnum_locks = 16384\n' | as_root tee "$LOCKS_CONF" >/dev/null
+    as_root rm -f /dev/shm/libpod_lock
+    as_root podman system renumber >&2
+  fi
+fi
+
 # ---- Python environment
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   say "creating $ROOT/.venv"

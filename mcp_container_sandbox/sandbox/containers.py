@@ -181,6 +181,13 @@ def _start_failure(exc: PodmanError, sandbox: Sandbox, image: str) -> PodmanErro
             "network=false; an operator can lower SANDBOX_NETWORK_SANDBOXES, after which new sandboxes go to "
             "the next network sooner.",
         )
+    if "num_locks" in exc.stderr:  # libpod's lock per container, from a fixed number
+        return PodmanError(
+            exc.argv, exc.exit_code, exc.stderr,
+            "Podman has no lock left for another container: it keeps at most num_locks of them (2,048 unless "
+            "containers.conf raises it). Destroy sandboxes you no longer need; an operator can run "
+            "scripts/setup.sh while nothing uses Podman, which raises it to 16,384.",
+        )
     if "image not known" in exc.stderr or "pull" in exc.stderr.lower() or "manifest" in exc.stderr.lower():
         return PodmanError(
             exc.argv, exc.exit_code, exc.stderr,
