@@ -187,8 +187,10 @@ class Egress(AllowLists):
         gateway = self.sandbox_networks.gateway(bridge)
         if bridge is not self.bridge:
             if self.proxy.port and not self.proxy_why_not:
+                if not gateway:  # never "": that would listen on every address of the host
+                    raise SandboxError(f"the new sandbox network {bridge.name} has no IPv4 gateway for the egress proxy")
                 try:
-                    await self.proxy.listen(gateway or "")
+                    await self.proxy.listen(gateway)
                 except OSError as exc:
                     raise SandboxError(f"the egress proxy could not listen on {gateway}:{self.proxy.port} of the new "
                                        f"sandbox network {bridge.name} ({exc}); try again") from None
