@@ -117,11 +117,12 @@ say "Podman $(podman version --format '{{.Client.Version}}') starts sandboxes fr
 # ---- room for thousands of sandboxes: Podman takes a lock for each container from a fixed number
 # (num_locks, 2,048 by default: past about 2,000 containers it refuses new ones). 16,384 of them;
 # the locks' shared memory is made anew by `podman system renumber`, which must run while no other
-# Podman process does.
+# Podman process does. The setting is the whole host's: a user's rootless Podman that has made its
+# locks already would need its own renumber, so then it is left as it is.
 LOCKS_CONF=/etc/containers/containers.conf.d/50-mcp-sandbox-locks.conf
 if [ ! -f "$LOCKS_CONF" ]; then
-  if pgrep -x podman >/dev/null 2>&1; then
-    say "NOTE: Podman is busy, so its lock count (num_locks) stays as it is: about 2,000 containers at most; run setup again while nothing uses Podman"
+  if pgrep -x podman >/dev/null 2>&1 || compgen -G '/dev/shm/libpod_rootless_lock_*' >/dev/null; then
+    say "NOTE: Podman is busy or used rootless here, so its lock count (num_locks) stays as it is: about 2,000 containers at most (docs/deployment.md says how to raise it)"
   else
     say "letting Podman keep up to 16384 containers (num_locks in $LOCKS_CONF)"
     as_root mkdir -p /etc/containers/containers.conf.d

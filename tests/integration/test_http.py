@@ -56,7 +56,8 @@ async def test_health_shows_the_sandbox_networks_room(http_server: ServerProcess
     async with Client(http_server.url + "/mcp") as client:
         container_id = structured(await client.call_tool("create_container", {}))["container_id"]
         try:
-            (network,) = httpx.get(http_server.url + "/health").json()["networks"]
+            listed = httpx.get(http_server.url + "/health").json()["networks"]
+            network = listed[0]  # the first sandbox network; later ones follow as each fills
             assert network["name"] == "mcp-sandbox" and network["ports_max"] == 1023
             ports = len(list(Path(f"/sys/class/net/{network['bridge']}/brif").iterdir()))
             assert 1 <= ports and network["ports_free"] <= 1023 - 1  # this sandbox's port, at least, is taken

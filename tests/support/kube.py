@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,27 @@ KUBE_NETWORK = "podman-default-kube-network"  # where podman kube play puts Pods
 
 # This machine's Podman cannot raise rlimits (ENVIRONMENT.md): the pod's infra container gets the
 # bounded ones the server's own containers are started with.
-CONTAINERS_CONF = '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]\n'
+def containers_conf() -> str:
+    """A containers.conf for podman kube play: the host's (CONTAINERS_CONF replaces it whole, and its
+    engine's num_locks must stay the host's, whose locks are shared), with the ulimits this machine needs."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in [Path("/etc/containers/containers.conf"), *sorted(Path("/etc/containers/containers.conf.d").glob("*.conf"))]:
+        if path.is_file():
+            for section, values in tomllib.loads(path.read_text()).items():
+                merged.setdefault(section, {}).update(values)
+    merged.setdefault("containers", {})["default_ulimits"] = ["nofile=1024:1024", "nproc=32768:32768"]
+    return "".join(_toml_table(section, values) for section, values in merged.items())
+
+
+def _toml_table(name: str, values: dict[str, Any]) -> str:
+    """A TOML table of strings, numbers, booleans and lists of them (JSON writes those as TOML does),
+    its sub-tables after it."""
+    plain = "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items() if not isinstance(value, dict))
+    return f"[{name}]\n{plain}" + "".join(_toml_table(f"{name}.{key}", value)
+                                          for key, value in values.items() if isinstance(value, dict))
+
+
+CONTAINERS_CONF = containers_conf()
 
 
 def printed_pod(namespace: str) -> dict[str, Any]:

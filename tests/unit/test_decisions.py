@@ -1,6 +1,6 @@
 """Pure decisions, without Podman: what the host's Podman can enforce, what changed since a pooled
 sandbox was made, the PATH of the server's subprocesses, how a command's end is read, and the
-error for the server's own machinery failing."""
+error for the server's own machinery failing, and what a failed start tells."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import json
 import pytest
 
 from mcp_container_sandbox.sandbox.backend.podman_cli import system_env
-from mcp_container_sandbox.sandbox.errors import machinery_failure
+from mcp_container_sandbox.sandbox.containers import _start_failure
+from mcp_container_sandbox.sandbox.errors import PodmanError, machinery_failure
 from mcp_container_sandbox.sandbox.limits import why_limits_fail
+from mcp_container_sandbox.sandbox.model import Sandbox
 from mcp_container_sandbox.sandbox.pool import changed_settings
 from mcp_container_sandbox.sandbox.runtime.command_records import parse_report
 
@@ -75,3 +77,17 @@ def test_the_server_machinery_failing_says_so_and_what_to_do() -> None:
     # A fork that fails at the sandbox's process limit is the sandbox being full, not the machinery.
     full = str(machinery_failure("fork-11"))
     assert "limit of 100 processes" in full and "machinery" not in full
+
+
+@pytest.mark.parametrize(("stderr", "says"), [
+    ('netavark: unable to add interface to bridge: Exchange full (os error 54)',
+     ["bridge of the sandbox network 'mcp-sandbox' is full", "network=false", "SANDBOX_NETWORK_SANDBOXES"]),
+    ("allocating lock for new container: allocation failed; exceeded num_locks (2048)",
+     ["no lock left", "num_locks", "scripts/setup.sh"]),
+    ("localhost/nothing: image not known", ["is not available on this host"]),
+])
+def test_a_failed_start_says_what_the_operator_or_client_can_do(stderr: str, says: list[str]) -> None:
+    sandbox = Sandbox("0" * 32, "localhost/nothing", 0, 1, network="mcp-sandbox")
+    failure = _start_failure(PodmanError(["podman", "run"], None, stderr), sandbox, "localhost/nothing")
+    assert all(part in str(failure) for part in says), str(failure)
+    assert stderr in str(failure)  # and what Podman said
