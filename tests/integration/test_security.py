@@ -353,6 +353,8 @@ async def test_gvisor_runtime_runs_sandboxes_under_its_own_kernel(start_server) 
         # handful before the wrapper widened the host pids limit by gVisor's own threads).
         busy = structured(await client.call_tool("execute_command", {"container_id": container_id, "command":
             "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; sleep 1; ps -o args | grep -c '^sleep 30$'"}))
+        if busy["status"] == "running":  # past the sync wait: followed to its end
+            busy = await wait_for_command(client, container_id, busy["command_id"])
         assert busy["stdout"].strip() == "40", busy
         for _ in range(5):
             again = structured(await client.call_tool("execute_command", {"container_id": container_id, "command": "cat /tmp/g.txt"}))
