@@ -13,10 +13,12 @@ from pathlib import Path
 from ..errors import PodmanError
 from .abstract import BridgeNetwork
 from .podman_cli import Podman
+from .podman_engine import PodmanEngine
 
 
 class PodmanNetworks:
     podman: Podman
+    engine: PodmanEngine
 
     async def bridge_network(self, name: str, labels: Mapping[str, str]) -> BridgeNetwork:
         inspected = await self.podman.run("network", "inspect", "--", name, check=False, timeout=60)
@@ -72,8 +74,10 @@ class PodmanNetworks:
         return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
 
     async def address(self, name: str, network: str) -> str:
-        result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", name, timeout=60)
-        networks = ((json.loads(result.stdout or b"[{}]") or [{}])[0].get("NetworkSettings") or {}).get("Networks") or {}
+        entry = await self.engine.inspect(name)  # the API's, where it answers: every pooled sandbox asks this
+        if entry is None:
+            raise PodmanError(["podman", "inspect"], None, f"no container with name or id {name!r} found: no such container")
+        networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
         return str((networks.get(network) or {}).get("IPAddress") or "")
 
     async def network_addresses(self, network: str) -> set[str] | None:
