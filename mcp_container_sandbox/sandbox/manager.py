@@ -1,5 +1,6 @@
 """The sandbox manager: the facade the server talks to. It wires the parts together and keeps
-what joins them: create (creation.py), destroy (endings.py), and a sandbox's life (lifecycle.py).
+what joins them: create (creation.py), destroy (endings.py), and a sandbox's life (lifecycle.py);
+its commands and files are handed on by manager_inside.py.
 
 Every sandbox is a container started with the exact limits of the product contract and
 labelled so that a restarted server can find it again. What a restart must find lives
@@ -19,12 +20,12 @@ from anyio.abc import ByteStream
 
 from ..settings import SandboxSettings
 from .backend.abstract import Backend, Usage
-from .backend.terminal import Terminal
 from .backend.disks import SandboxDisks
 from .backend.kubernetes.api import Cluster
 from .backend.kubernetes.backend import KubernetesBackend
 from .backend.podman import PodmanBackend
 from .backend.podman_cli import Podman, check_event_loop, system_env
+from .backend.terminal import Terminal
 from .background import BackgroundTasks
 from .containers import SandboxContainers
 from .creation import Creation
@@ -36,7 +37,8 @@ from .idempotency import IdempotencyKeys
 from .lifecycle import Lifecycle
 from .lifetimes import Lifetimes
 from .limits import LimitsCheck
-from .model import LOCAL_TENANT, FileLink, Sandbox, VolumeMount
+from .manager_inside import InsideSandboxes
+from .model import LOCAL_TENANT, Sandbox, VolumeMount
 from .network.cluster_egress import ClusterEgress
 from .network.egress import Egress
 from .network.preview_links import PortLink, PortLinks
@@ -44,14 +46,12 @@ from .pool import WarmPool
 from .registry import SandboxRegistry
 from .removals import DRAIN_SECONDS, Removals
 from .runtime.channel import find_agent_binary
-from .runtime.command_records import CommandState, CommandSummary
-from .runtime.commands import CommandRunner, ProgressCallback
+from .runtime.commands import CommandRunner
 from .runtime.gone_commands import GONE_DESTROYED, GONE_REMOVED, GoneCommands
 from .runtime.helpers import helpers_digest, helpers_files, helpers_tar
 from .runtime.runtimes import AgentChannels, ExecRuntime, Runtimes
-from .storage.downloads import FileDownload
 from .storage.file_links import FileLinks
-from .storage.file_reading import Entry, FileReader, FileSlice
+from .storage.file_reading import FileReader
 from .storage.snapshots import Snapshot, Snapshots
 from .storage.volumes import Volume, Volumes
 
@@ -77,7 +77,7 @@ async def reach_cluster(backend: KubernetesBackend, settings: SandboxSettings) -
     logger.info("sandboxes are Pods in namespace %s of Kubernetes %s", settings.kubernetes.namespace, version)
 
 
-class SandboxManager:
+class SandboxManager(InsideSandboxes):
     """Creates, tracks, reaps and destroys sandboxes; runs commands; serves files."""
 
     def __init__(self, settings: SandboxSettings, backend: Backend | None = None) -> None:
@@ -307,70 +307,6 @@ class SandboxManager:
     def find_port_link(self, token: str) -> PortLink:
         """The live link of a preview token (PortLinkNotFound when there is none)."""
         return self.ports.find(token)[0]
-
-    # ----- commands (commands.py)
-
-    async def execute(
-        self, container_id: str, command: str, timeout_seconds: int, tenant: str = LOCAL_TENANT,
-        on_progress: ProgressCallback | None = None, stdin: bytes | None = None, keep_stdin_open: bool = False,
-        tty: bool = False,
-    ) -> CommandState:
-        return await self.commands.execute(container_id, command, timeout_seconds, tenant, on_progress, stdin,
-                                           keep_stdin_open, tty)
-
-    async def write_stdin(
-        self, container_id: str, command_id: str, data: bytes, close: bool, tenant: str = LOCAL_TENANT
-    ) -> tuple[CommandState, int]:
-        return await self.commands.write_stdin(container_id, command_id, data, close, tenant)
-
-    async def send_signal(self, container_id: str, command_id: str, signal: str, tenant: str = LOCAL_TENANT
-                          ) -> tuple[CommandState, str]:
-        return await self.commands.send_signal(container_id, command_id, signal, tenant)
-
-    async def wait_for_command(self, container_id: str, command_id: str, wait_seconds: float,
-                               tenant: str = LOCAL_TENANT, on_progress: ProgressCallback | None = None,
-                               stdout_offset: int | None = None, stderr_offset: int | None = None) -> CommandState:
-        return await self.commands.wait_for_command(container_id, command_id, wait_seconds, tenant, on_progress,
-                                                    stdout_offset, stderr_offset)
-
-    async def read_command(self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT,
-                           stdout_offset: int | None = None, stderr_offset: int | None = None) -> CommandState:
-        return await self.commands.read_command(container_id, command_id, tenant, stdout_offset, stderr_offset)
-
-    async def list_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[CommandSummary]:
-        return await self.commands.list_commands(container_id, tenant)
-
-    async def running_commands(self, container_id: str, tenant: str = LOCAL_TENANT) -> list[str]:
-        return await self.commands.running_commands(container_id, tenant)
-
-    def known_running_commands(self, container_id: str) -> list[str] | None:  # None: only the sandbox can tell
-        return self.commands.known_running(container_id)
-
-    def gone_command(
-        self, container_id: str, command_id: str, tenant: str = LOCAL_TENANT, stopped: bool = False
-    ) -> CommandState | None:
-        return self.commands.gone_command(container_id, command_id, tenant, stopped)
-
-    # ----- files (storage/file_links.py)
-
-    async def write_file(
-        self, container_id: str, path: str, data: bytes, mode: int | None = None, tenant: str = LOCAL_TENANT
-    ) -> int:
-        return await self.links.write_file(container_id, path, data, mode, tenant)
-
-    async def create_file_link(self, container_id: str, path: str, tenant: str = LOCAL_TENANT) -> FileLink:
-        return await self.links.create_file_link(container_id, path, tenant)
-
-    async def open_file(self, file_id: str) -> FileDownload:
-        return await self.links.open_file(file_id)
-
-    async def read_file(self, container_id: str, path: str, offset: int = 0, length: int | None = None,
-                        tenant: str = LOCAL_TENANT) -> FileSlice:
-        return await self.reader.read(container_id, path, offset, length, tenant)
-
-    async def list_files(self, container_id: str, path: str, depth: int = 1, tenant: str = LOCAL_TENANT
-                         ) -> tuple[list[Entry], bool]:
-        return await self.reader.list(container_id, path, depth, tenant)
 
     # ----- health
 
