@@ -463,7 +463,8 @@ async def test_a_full_sandbox_network_is_followed_by_the_next_under_the_same_rul
 ) -> None:
     """SANDBOX_NETWORK_SANDBOXES=2: the third sandbox goes to a second network the server makes,
     with its own rules (nothing of the host), its own resolvers and the proxy at its own gateway;
-    /health lists both; a restarted server finds the second one and keeps its rules."""
+    /health lists both; a restarted server finds the second one and keeps its rules; a server
+    under the open policy removes both networks' rules once they are empty."""
     network = f"mcp-sandbox-next-test-{secrets.token_hex(3)}"
     later = f"{network}-2"
     env = {"SANDBOX_NETWORK": network, "SANDBOX_NETWORK_SANDBOXES": "2"}
@@ -496,6 +497,10 @@ async def test_a_full_sandbox_network_is_followed_by_the_next_under_the_same_rul
             for box in [*made, proxied]:
                 await client.call_tool("destroy_container", {"container_id": box["container_id"]})
         assert sandboxes_left(again.env["SANDBOX_NAMESPACE"]) == []
+        again.stop()
+        # Under the open policy, with no sandbox left on them, both networks' rules go.
+        start_server({**env, "SANDBOX_EGRESS": "open", "SANDBOX_POOL_SIZE": "0"}).stop()
+        assert (rules_of(network), rules_of(later)) == ("", "")
         assert listener.peers == []
     finally:
         for name in (later, network):

@@ -49,7 +49,7 @@ from .egress_rules import (
 from .allow_lists import AllowLists
 from .certificates import ProxyCA
 from .proxy import EgressProxy
-from .sandbox_networks import SandboxNetworks
+from .sandbox_networks import SandboxNetworks, later_networks
 from .secret_rules import SecretRule
 from .secrets import SecretStore
 
@@ -135,8 +135,10 @@ class Egress(AllowLists):
             self.network = "none"
         elif self.policy == "open":
             self.network = self._wanted_network  # "" is Podman's default bridge, as before
-            if self._wanted_network:
-                await self._drop_rules(self._wanted_network)
+            if self._wanted_network:  # and the networks that followed it under the public policy
+                for name in (self._wanted_network, *later_networks(self._wanted_network,
+                                                                   await self.backend.network_names())):
+                    await self._drop_rules(name)
         else:
             self.why_not = self._cannot_install()
             if not self.why_not:

@@ -42,9 +42,7 @@ class SandboxNetworks:
         (sandboxes a server before this one put there live on them)."""
         self.base = base
         self.bridges = {base: await self.backend.bridge_network(base, {LABEL_MANAGED: "true"})}
-        later = re.compile(re.escape(base) + r"-([2-9]|[1-9][0-9]+)")
-        for name in sorted((n for n in await self.backend.network_names() if later.fullmatch(n)),
-                           key=lambda n: int(n.rsplit("-", 1)[1])):
+        for name in later_networks(base, await self.backend.network_names()):
             self.bridges[name] = await self.backend.bridge_network(name, {LABEL_MANAGED: "true"})
         return list(self.bridges.values())
 
@@ -110,3 +108,9 @@ class SandboxNetworks:
         return [{"name": name, "bridge": bridge.interface, "ports_free": self.ports_free(bridge),
                  "ports_max": BRIDGE_MAX_PORTS, "sandboxes_max": self.per_network}
                 for name, bridge in self.bridges.items()]
+
+
+def later_networks(base: str, names: list[str]) -> list[str]:
+    """The networks among ``names`` that follow ``base`` (``<base>-2``, ``<base>-3``, ...), in order."""
+    later = re.compile(re.escape(base) + r"-([2-9]|[1-9][0-9]+)")
+    return sorted((n for n in names if later.fullmatch(n)), key=lambda n: int(n.rsplit("-", 1)[1]))
