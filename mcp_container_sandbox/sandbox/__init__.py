@@ -22,6 +22,7 @@ from .errors import (
     SandboxError,
     SandboxNotFound,
 )
+from .clock import clock as lifetime_clock  # (the submodule keeps the name clock)
 from .manager import SandboxManager
 from .model import FILE_ID_RE, LOCAL_TENANT, TENANT_RE, FileLink, Sandbox, VolumeMount, utc_iso
 from .network.preview_links import PortLink
@@ -33,5 +34,5 @@ __all__ = [
     "FILE_ID_RE", "LIMITS", "LIMITS_IN_WORDS", "LIMIT_FLAGS", "LOCAL_TENANT", "MEMORY_MB", "TENANT_RE", "ULIMIT_FLAGS",
     "Backend", "BackgroundTasks", "CommandState", "CommandSummary", "Entry", "FileLink", "FileLinkNotFound", "FileSlice",
     "PortClosed", "PortLink", "PortLinkNotFound", "Sandbox", "SandboxError", "SandboxManager", "SandboxNotFound", "SandboxSettings",
-    "Snapshot", "Terminal", "Usage", "VolumeMount", "killed_by", "utc_iso",
+    "Snapshot", "Terminal", "Usage", "VolumeMount", "killed_by", "lifetime_clock", "utc_iso",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 
 
+@functools.lru_cache(maxsize=16384)  # list_containers formats every sandbox's two times at each call
 def utc_iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -72,8 +75,9 @@ class Sandbox:
     def name(self) -> str:
         return NAME_PREFIX + self.container_id
 
-    def seconds_remaining(self) -> int:
-        return max(0, int(self.expires_at - clock.now()))
+    def seconds_remaining(self, now: float | None = None) -> int:
+        """Seconds left of its lifetime (``now`` from clock.now(), for a look at many)."""
+        return max(0, int(self.expires_at - (clock.now() if now is None else now)))
 
     def expired(self, now: float | None = None) -> bool:
         """Past its lifetime (``now`` from clock.now(), for a look at many)."""

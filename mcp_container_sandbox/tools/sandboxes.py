@@ -8,7 +8,7 @@ import anyio
 from fastmcp import Context
 from pydantic import Field
 
-from ..sandbox import LIMITS, LIMITS_IN_WORDS, SandboxError, utc_iso
+from ..sandbox import LIMITS, LIMITS_IN_WORDS, SandboxError, lifetime_clock, utc_iso
 from .app import COMMAND_APP_URI
 from .area import ContainerId, NotBlank, ToolArea, tool
 from .context import progress_reporter, tool_errors
@@ -96,11 +96,12 @@ class SandboxTools(ToolArea):
                         group.start_soon(look, sandbox.container_id)
                     else:
                         running[sandbox.container_id] = known
+            now = lifetime_clock.now()
             listed = [{
                 "container_id": sandbox.container_id,
                 "image": sandbox.image,
                 "status": "unavailable" if running.get(sandbox.container_id) is None else "running",
-                **sandbox_times(sandbox),
+                **sandbox_times(sandbox, now),
                 "running_commands": running.get(sandbox.container_id) or [],
             } for sandbox in mine]
         return {"containers": listed}

@@ -109,11 +109,11 @@ def _output_notes(result: dict[str, Any], state: CommandState, output_limit_byte
     return notes
 
 
-def sandbox_times(sandbox: Sandbox) -> dict[str, Any]:
+def sandbox_times(sandbox: Sandbox, now: float | None = None) -> dict[str, Any]:
     return {
         "created_at": utc_iso(sandbox.created_at),
         "expires_at": utc_iso(sandbox.expires_at),
-        "seconds_remaining": sandbox.seconds_remaining(),
+        "seconds_remaining": sandbox.seconds_remaining(now),
     }
 
 
