@@ -12,6 +12,7 @@ library's ``close``, a stop without a timeout, would wait Podman's 10 s for ever
 ``skip_environment_setup`` (the busybox image has no Python to set up).
 
   {"op": "create"}                       -> {"id", "ms"}       session.open()
+  {"op": "bare"}                         -> {"ms"}             podman-py's create + start of the same container
   {"op": "exec", "id", "command"}        -> {"ms", "stdout"}   session.execute_command()
   {"op": "destroy", "id"}                -> {"ms"}             session.close()
   {"op": "life"}                         -> {"ms"}             open + execute_command("echo hi") + close
@@ -68,6 +69,20 @@ class Peer:
         key = str(self.count)
         self.sessions[key] = session
         return {"id": key, "ms": ms}
+
+    def bare(self) -> dict[str, Any]:
+        """The peer's container made as its session makes it (podman-py's create, then start), without the
+        session around it: what Podman's API alone takes for it."""
+        session = self.session()
+        configs = session._normalize_runtime_configs_for_podman(dict(session.config.runtime_configs))
+        image = self.client.images.get(self.image)  # the session looks it up before its create too
+        started = time.perf_counter()
+        container = self.client.containers.create(image=image, detach=True, tty=True, user="root",
+                                                  environment={"PYTHONUNBUFFERED": "1"}, **configs)
+        container.start()
+        ms = ms_since(started)
+        self.made.append(container.id)
+        return {"ms": ms}
 
     def exec(self, id: str, command: str) -> dict[str, Any]:
         started = time.perf_counter()
