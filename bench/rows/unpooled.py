@@ -46,15 +46,6 @@ async def unpooled(bench: Bench, count: int) -> None:
                                                      lambda: bench.raw_create_into(names), count,
                                                      lambda: bench.peer_create_into(peer_ids))
             bench.row("create_container, no pool / podman run -d", ours, raw, peer=peer)
-            if bench.peer is not None:  # the floor under both: Podman's API alone, for each one's container
-                api, peer_api = [], []
-                for _ in range(count):
-                    api.append(await api_alone(bench, bench.peer.socket, names))
-                    await anyio.sleep(0.5)
-                    peer_api.append(await bench.peer.ms(op="bare"))
-                    await anyio.sleep(0.5)
-                bench.row("Podman API alone: create + start", api, None, peer=peer_api,
-                          note="our container / the peer's (podman-py)")
             first, raw_first, peer_first = [], [], []
             for index, (container_id, name) in enumerate(zip(ids, names)):
                 raw_first.append(await bench.timed(lambda name=name: anyio.run_process(["podman", "exec", name, "echo", "hi"])))
@@ -63,6 +54,17 @@ async def unpooled(bench: Bench, count: int) -> None:
                 if bench.peer is not None:
                     peer_first.append(await bench.peer.ms(op="exec", id=peer_ids[index], command="echo hi"))
             bench.row("first command in a new sandbox, no pool / exec", first, raw_first, peer=peer_first or None)
+            if bench.peer is not None:  # the floor under both: Podman's API alone, for each one's container
+                api, peer_api = [], []
+                for _ in range(count):  # in turns with a podman run -d, as the row above
+                    await bench.raw_create_into(names)
+                    await anyio.sleep(0.5)
+                    api.append(await api_alone(bench, bench.peer.socket, names))
+                    await anyio.sleep(0.5)
+                    peer_api.append(await bench.peer.ms(op="bare"))
+                    await anyio.sleep(0.5)
+                bench.row("Podman API alone: create + start", api, None, peer=peer_api,
+                          note="our container / the peer's (podman-py)")
             for container_id in ids:
                 await client.call_tool("destroy_container", {"container_id": container_id})
             for peer_id in peer_ids:
