@@ -42,14 +42,16 @@ def differences(cli: Any, api: Any, path: str = "") -> list[str]:
 
 
 def alike(inspected: dict[str, Any]) -> dict[str, Any]:
-    """The inspection with its anonymous volumes' random names said alike, and its environment in
-    order (Podman keeps it in a map: its order changes from one container to the next)."""
+    """The inspection with its anonymous volumes' random names said alike, and its environment and
+    mounts in order (Podman keeps each in a map: their order changes from one container to the next)."""
     text = json.dumps(inspected)
     for mount in inspected.get("Mounts") or []:
         if mount.get("Type") == "volume":
             text = text.replace(mount["Name"], "<anonymous volume>")
     said = json.loads(text)
     said["Config"]["Env"] = sorted(said["Config"]["Env"])
+    said["HostConfig"]["Binds"] = sorted(said["HostConfig"].get("Binds") or [])
+    said["Mounts"] = sorted(said.get("Mounts") or [], key=lambda mount: mount["Destination"])
     return said
 
 
