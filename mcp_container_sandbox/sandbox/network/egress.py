@@ -136,9 +136,9 @@ class Egress(AllowLists):
         elif self.policy == "open":
             self.network = self._wanted_network  # "" is Podman's default bridge, as before
             if self._wanted_network:  # and the networks that followed it under the public policy
-                for name in (self._wanted_network, *later_networks(self._wanted_network,
-                                                                   await self.backend.network_names())):
-                    await self._drop_rules(name)
+                names = await self.backend.network_names()
+                for name in (self._wanted_network, *later_networks(self._wanted_network, names)):
+                    await self._drop_rules(name, names)
         else:
             self.why_not = self._cannot_install()
             if not self.why_not:
@@ -324,11 +324,11 @@ class Egress(AllowLists):
         except SandboxError:
             return ""
 
-    async def _drop_rules(self, name: str) -> None:
+    async def _drop_rules(self, name: str, names: list[str]) -> None:
         """Under the open policy on a network that once had the public one: its rules go once no
         sandbox is left on it (they would guard some sandboxes there and not others). Networks
         this server does not use are not its business: another server may rely on them."""
-        if self._cannot_install() or name not in await self.backend.network_names():
+        if self._cannot_install() or name not in names:
             return
         if await self.backend.network_users(name):
             logger.warning("network %s still has sandboxes made under the public policy: its egress rules stay", name)
