@@ -29,7 +29,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from support.sweep import image_holders, release_namespace, release_network_namespaces, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 
@@ -103,6 +103,7 @@ def main() -> None:
         release_namespace(settings.disk_dir, namespace)
         shutil.rmtree(Path(settings.state_dir) / namespace, ignore_errors=True)  # removal marks, allow-lists
         remove_image_holders(holders_before)
+        release_network_namespaces()
 
 
 if __name__ == "__main__":

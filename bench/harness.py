@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
 
 from peer_driver import PeerDriver  # noqa: E402
 from support.ports import free_port  # noqa: E402  (the rows import it from here)
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from support.sweep import image_holders, release_namespace, release_network_namespaces, remove_image_holders  # noqa: E402
 from target import Target  # noqa: E402
 
 from mcp_container_sandbox.sandbox import LIMIT_FLAGS, ULIMIT_FLAGS, SandboxSettings  # noqa: E402
@@ -199,6 +199,7 @@ class Bench:
             release_namespace(settings.disk_dir, namespace)
             shutil.rmtree(Path(settings.state_dir) / namespace, ignore_errors=True)  # snapshots, allow-lists
         remove_image_holders(self.holders_before)
+        release_network_namespaces()
 
     async def raw_create(self, verb: tuple[str, ...] = ("run", "-d")) -> str:
         """``podman run -d`` (or ``podman create``) of the image with the server's flags; its name."""

@@ -29,7 +29,7 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # support/: the sweep and the test apps
 
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from support.sweep import image_holders, release_namespace, release_network_namespaces, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.sandbox import (  # noqa: E402
     LIMIT_FLAGS,
@@ -130,6 +130,7 @@ async def main(count: int, at_once: int) -> None:
         release_namespace(settings.disk_dir, namespace)
         shutil.rmtree(Path(settings.state_dir) / namespace, ignore_errors=True)
         remove_image_holders(holders)
+        release_network_namespaces()
     print(f"image {settings.image}; {count} creates; medians (p90) in ms")
     for label, samples in STAGES.items():
         ordered = sorted(samples)

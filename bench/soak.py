@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import free_port, rss_mb, serve  # noqa: E402  (puts tests/ on the path for support.sweep)
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from support.sweep import image_holders, release_namespace, release_network_namespaces, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 
@@ -93,6 +93,7 @@ async def soak(calls: int, clients: int) -> int:
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *everything], capture_output=True)
         release_namespace(SandboxSettings.from_env().disk_dir, namespace)
         remove_image_holders(holders_before)
+        release_network_namespaces()
     print(f"{done[0]} calls from {clients} clients in {elapsed:.1f} s ({done[0] / elapsed:.0f} calls/s): "
           f"{len(errors)} errors; server RSS {rss:.0f} MB; {len(left)} non-pool sandboxes left behind")
     for line in errors[:20]:

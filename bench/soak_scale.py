@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import four_at_a_time, free_port, rss_mb, serve  # noqa: E402  (puts tests/ on the path for support.sweep)
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from support.sweep import image_holders, release_namespace, release_network_namespaces, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.settings import SandboxSettings  # noqa: E402
 
@@ -152,6 +152,7 @@ async def soak(live: int, clients: int, minutes: float) -> int:
             subprocess.run(["podman", "rm", "-f", "-v", "-t", "0", *everything], capture_output=True)
     release_namespace(disk_dir, namespace)
     remove_image_holders(holders_before)
+    release_network_namespaces()
     return report(record, minutes, missing, left)
 
 

@@ -139,6 +139,7 @@ class SandboxSettings:
     podman: str = "podman"
     podman_timeout_seconds: float = 300.0
     podman_api: str = "on"  # on | off | unix:///path of a running `podman system service` (podman_api.py)
+    netns: str = "server"  # server | podman: who makes sandboxes' network namespaces (backend/own_netns.py)
     runtime: str = ""
     network: str = ""
     network_sandboxes: int = 1000  # sandboxes one sandbox network takes before the next (sandbox_networks.py)
@@ -198,10 +199,11 @@ class SandboxSettings:
             podman=env.get("PODMAN", "").strip() or "podman",
             podman_timeout_seconds=_env_float(env, "SANDBOX_PODMAN_TIMEOUT_SECONDS", 300.0, minimum=1),
             podman_api=_podman_api(env),
+            netns=_one_of(env, "SANDBOX_NETNS", NETNS_MAKERS),
             runtime=env.get("SANDBOX_RUNTIME", "").strip(),
             network=env.get("SANDBOX_NETWORK", "").strip(),
             network_sandboxes=_env_int(env, "SANDBOX_NETWORK_SANDBOXES", 1000, minimum=1, maximum=1000),
-            egress=_egress_policy(env),
+            egress=_one_of(env, "SANDBOX_EGRESS", EGRESS_POLICIES),
             egress_allow_cidrs=_cidrs(env, "SANDBOX_EGRESS_ALLOW_CIDRS"),
             proxy_port=_env_int(env, "SANDBOX_PROXY_PORT", 3128, minimum=1),
             max_allow_domains=_env_int(env, "SANDBOX_MAX_ALLOW_DOMAINS", 64, minimum=1),
@@ -231,18 +233,19 @@ class SandboxSettings:
         return (self.image, *(i for i in self.allowed_images if i != self.image))
 
 
-EGRESS_POLICIES = ("public", "none", "open")
+EGRESS_POLICIES = {"public": "the internet only, nothing of the host or its networks", "none": "no network",
+                   "open": "everything; unsafe beyond a single-user laptop"}
+NETNS_MAKERS = {"server": "the server makes sandboxes' network namespaces where it can: faster creates",
+                "podman": "Podman's netavark makes them"}
 
 
-def _egress_policy(environ: Mapping[str, str]) -> str:
-    policy = environ.get("SANDBOX_EGRESS", "").strip().lower() or "public"
-    if policy not in EGRESS_POLICIES:
-        raise ValueError(
-            f"SANDBOX_EGRESS must be one of {', '.join(EGRESS_POLICIES)}, got {policy[:40]!r}: public (the internet "
-            "only, nothing of the host or its networks), none (no network), open (everything; unsafe beyond a "
-            "single-user laptop)"
-        )
-    return policy
+def _one_of(environ: Mapping[str, str], name: str, choices: Mapping[str, str]) -> str:
+    """One of ``choices`` (the first by default), each with what it means for the error that lists them."""
+    value = environ.get(name, "").strip().lower() or next(iter(choices))
+    if value not in choices:
+        meanings = ", ".join(f"{choice} ({meaning})" for choice, meaning in choices.items())
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value[:40]!r}: {meanings}")
+    return value
 
 
 def _cidrs(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -488,4 +491,5 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("PODMAN", "podman", "the podman program"),
     ("SANDBOX_PODMAN_TIMEOUT_SECONDS", "300", "longest any one Podman command may take before its tool fails"),
     ("SANDBOX_PODMAN_API", "on", "Podman's REST API for creates, removals and listings: on, off, or unix:///socket"),
+    ("SANDBOX_NETNS", "server", "who makes sandboxes' network namespaces: server (where it can; faster), podman"),
 )

@@ -57,7 +57,7 @@ os.environ.setdefault("SANDBOX_SYNC_WAIT_SECONDS", "3")
 
 from fastmcp import Client  # noqa: E402
 from support.ports import free_port  # noqa: E402  (the tests import it from here)
-from support.sweep import image_holders, release_namespace, remove_image_holders  # noqa: E402
+from support.sweep import image_holders, release_namespace, release_network_namespaces, remove_image_holders  # noqa: E402
 
 from mcp_container_sandbox.app import App, create_app  # noqa: E402
 from mcp_container_sandbox.settings import Settings  # noqa: E402
@@ -131,6 +131,7 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
         # What the servers of this run kept on the host: snapshots, allow-lists.
         shutil.rmtree(Path(in_memory_app().sandboxes.settings.state_dir) / namespace, ignore_errors=True)
     remove_image_holders(holders_before)
+    release_network_namespaces()
 
 
 def disk_dir(namespace: str) -> Path:

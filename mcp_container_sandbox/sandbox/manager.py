@@ -64,7 +64,7 @@ def chosen_backend(settings: SandboxSettings, podman: Podman) -> Backend:
         cluster = Cluster.find(dict(settings.kubernetes.cluster_env))
         return KubernetesBackend(settings.kubernetes, cluster, disk_bytes=settings.disk_limit_bytes,
                                  egress_policy=settings.egress)
-    return PodmanBackend.with_api(podman, settings.podman_api)
+    return PodmanBackend.with_api(podman, settings.podman_api, settings.netns)
 
 
 async def reach_cluster(backend: KubernetesBackend, settings: SandboxSettings) -> None:

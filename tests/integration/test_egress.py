@@ -473,11 +473,12 @@ async def test_a_full_sandbox_network_is_followed_by_the_next_under_the_same_rul
         async with Client(first.url + "/mcp") as client:
             made = [structured(await client.call_tool("create_container", {})) for _ in range(3)]
             proxied = structured(await client.call_tool("create_container", {"allow_domains": ["*.example.invalid"]}))
-            on = {box["container_id"]: json.loads(podman("inspect", f"mcp-sandbox-{box['container_id']}").stdout)[0]
-                  ["NetworkSettings"]["Networks"] for box in [*made, proxied]}
-            assert [list(on[box["container_id"]]) for box in [*made, proxied]] == [[network], [network], [later], [later]]
+            on = [json.loads(podman("inspect", f"mcp-sandbox-{box['container_id']}").stdout)[0]["Config"]["Labels"]
+                  ["mcp-sandbox.network"] for box in [*made, proxied]]
+            assert on == [network, network, later, later]
             health = httpx.get(first.url + "/health").json()["networks"]
-            assert [(n["name"], n["ports_free"]) for n in health] == [(network, 1023 - 2), (later, 1023 - 2)]
+            # Two sandboxes on each, and each network's anchor (backend/own_netns.py), which does not count.
+            assert [(n["name"], n["ports_free"]) for n in health] == [(network, 1023 - 3), (later, 1023 - 3)]
             moved = made[2]["container_id"]
             assert made[2]["egress"] == {"policy": "public"}
             assert not await reaches(client, moved, host_address(), listener.port)  # the second network's rules
@@ -504,7 +505,7 @@ async def test_a_full_sandbox_network_is_followed_by_the_next_under_the_same_rul
         assert listener.peers == []
     finally:
         for name in (later, network):
-            interface = json.loads(podman("network", "inspect", name, check=False).stdout or "[{}]")[0].get(
+            interface = (json.loads(podman("network", "inspect", name, check=False).stdout or "[]") or [{}])[0].get(
                 "network_interface")
             podman("network", "rm", "-f", name, check=False)
             if interface:

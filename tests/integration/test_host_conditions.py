@@ -342,7 +342,7 @@ async def test_a_full_bridge_sends_new_sandboxes_to_the_next_network(start_serve
     # network, and sandboxes on the full one go on.
     server = start_server()
     later = f"{DEFAULT_NETWORK}-2"
-    podman("network", "rm", later, check=False)  # what an earlier run left, unused
+    podman("network", "rm", "-f", later, check=False)  # what an earlier run left, with its anchor at most
     try:
         async with Client(server.url + "/mcp") as client:
             first = structured(await client.call_tool("create_container", {}))["container_id"]  # the bridge exists
@@ -356,12 +356,12 @@ async def test_a_full_bridge_sends_new_sandboxes_to_the_next_network(start_serve
                     for name in names))
                 assert len(list(ports.iterdir())) == BRIDGE_MAX_PORTS
                 moved = structured(await client.call_tool("create_container", {}))["container_id"]
-                networks = json.loads(podman("inspect", f"mcp-sandbox-{moved}").stdout)[0]["NetworkSettings"]["Networks"]
-                assert list(networks) == [later]
+                labels = json.loads(podman("inspect", f"mcp-sandbox-{moved}").stdout)[0]["Config"]["Labels"]
+                assert labels["mcp-sandbox.network"] == later
                 assert (await run(client, moved, "echo hi"))["stdout"] == "hi\n"
                 assert (await run(client, first, "echo hi"))["stdout"] == "hi\n"
                 health = {n["name"]: n["ports_free"] for n in httpx.get(server.url + "/health").json()["networks"]}
-                assert health[DEFAULT_NETWORK] == 0 and health[later] == BRIDGE_MAX_PORTS - 1
+                assert health[DEFAULT_NETWORK] == 0 and health[later] == BRIDGE_MAX_PORTS - 2  # the sandbox, the anchor
             finally:
                 subprocess.run(["ip", "-batch", "-"], check=False, text=True,
                                input="".join(f"link del {name}\n" for name in names))

@@ -62,8 +62,11 @@ def service_of(server: Any) -> list[int]:
 async def test_the_api_makes_the_very_container_the_cli_makes(tmp_path: Path) -> None:
     """Every field of `podman inspect` but the container's identity is the same for a sandbox's
     container made by `podman create` with run_args and by the API with spec_generator: its
-    limits, hardening, mounts, network, DNS, labels, command."""
+    limits, hardening, mounts, network (netavark's, none, a namespace of the server's), DNS, labels,
+    command."""
     (tmp_path / "root" / "w").mkdir(parents=True)
+    netns = f"{RUN_ID}-api"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
     (tmp_path / "bind").mkdir()
     specs = [
         ContainerSpec("from-image", {f"{RUN_ID}.api": "image"}, ("sleep", "99"), image=sandbox_image(),
@@ -72,6 +75,8 @@ async def test_the_api_makes_the_very_container_the_cli_makes(tmp_path: Path) ->
         ContainerSpec("from-root", {f"{RUN_ID}.api": "root"}, ("/bin/sh", "-c", "sleep 9"), rootfs=str(tmp_path / "root"),
                       network="none", env=("A=1", "B=x=y"), workdir="/w",
                       volumes=(f"{tmp_path / 'bind'}:/data", f"{tmp_path / 'bind'}:/ro:ro")),
+        ContainerSpec("in-netns", {f"{RUN_ID}.api": "netns"}, ("sleep", "99"), image=sandbox_image(),
+                      network=f"ns:/run/netns/{netns}", dns=("10.88.0.1",)),
     ]
     podman_cli = Podman()
     service = PodmanService(podman_cli)
@@ -89,10 +94,12 @@ async def test_the_api_makes_the_very_container_the_cli_makes(tmp_path: Path) ->
                 assert inspected[label]["Id"] == container_id
             assert inspected["api"]["HostConfig"]["Memory"] == 256 * 1024 * 1024  # the comparison saw the limits
             assert differences(inspected["cli"], inspected["api"]) == []
+        assert inspected["api"]["HostConfig"]["NetworkMode"] == f"ns:/run/netns/{netns}"  # the last pair's
         assert service.running()  # the API, not the CLI, made the second container of each pair
     finally:
         service.stop()
         podman_cli.close()
+        subprocess.run(["ip", "netns", "delete", netns])
 
 
 async def test_a_killed_service_costs_no_create_and_comes_back(start_server) -> None:  # type: ignore[no-untyped-def]

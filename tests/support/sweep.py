@@ -7,9 +7,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
-from mcp_container_sandbox.sandbox.backend.podman import LABEL_HOLDS_IMAGE
+from mcp_container_sandbox.sandbox.backend.own_netns import (
+    LABEL_NETNS_ADDRESS,
+    NETNS_PREFIX,
+    ORPHAN_SECONDS,
+    delete_namespace,
+    orphans,
+)
+from mcp_container_sandbox.sandbox.backend.podman_images import LABEL_HOLDS_IMAGE
 
 
 def release_namespace(base: str, namespace: str) -> None:
@@ -39,6 +47,18 @@ def remove_image_holders(keep: set[str]) -> None:
     made = image_holders() - keep
     if made:
         subprocess.run(["podman", "rm", "-f", *made], capture_output=True)
+
+
+def release_network_namespaces() -> None:
+    """Delete the sandbox network namespaces (backend/own_netns.py) no container holds any more: for the
+    sweeps of tests and benchmarks, which remove sandboxes with ``podman rm`` behind the server's back."""
+    listed = subprocess.run(["podman", "ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
+                             "--filter", f"label={LABEL_NETNS_ADDRESS}"], capture_output=True, text=True)
+    if listed.returncode == 0:
+        # Any older than 10 s: a pool refilling meanwhile may have made one for a container not made yet.
+        in_use = (NETNS_PREFIX + address for address in listed.stdout.split())
+        for name in orphans(in_use, now=time.time() + ORPHAN_SECONDS - 10):
+            delete_namespace(name)
 
 
 def build_static(source: Path, dest: Path) -> bytes:

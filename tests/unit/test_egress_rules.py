@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,8 @@ async def test_sandboxes_fill_one_network_then_the_next_counting_every_port_of_i
     assert [(n["name"], n["ports_free"]) for n in networks.describe()] == [
         ("mcp-sandbox", BRIDGE_MAX_PORTS - 3), ("mcp-sandbox-2", BRIDGE_MAX_PORTS - 3),
         ("mcp-sandbox-10", BRIDGE_MAX_PORTS - 5), ("mcp-sandbox-3", BRIDGE_MAX_PORTS)]
+    anchored = replace(networks.bridges["mcp-sandbox-3"], other_ports=1)  # a port that is no sandbox: the anchor
+    ports(anchored, 3)
+    assert networks.has_room(anchored) and not networks.has_room(replace(anchored, other_ports=0))
+    ports(anchored, 4)
+    assert not networks.has_room(anchored)

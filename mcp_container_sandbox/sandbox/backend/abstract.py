@@ -52,12 +52,14 @@ class ContainerSpec:
 
 @dataclass(frozen=True)
 class BridgeNetwork:
-    """A bridge network of the backend's: its name, the host's interface for it, its gateways."""
+    """A bridge network of the backend's: its name, the host's interface for it, its gateways, and
+    the ports of its bridge that are not sandboxes (the Podman backend's anchor, own_netns.py)."""
 
     name: str
     interface: str
     subnets: tuple[str, ...]
     gateways: tuple[str, ...]
+    other_ports: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,16 @@ import anyio
 from anyio.abc import ByteStream, Process
 
 from ..contract import HARDENING_FLAGS, LIMIT_FLAGS, ULIMIT_FLAGS
-from ..errors import DiskUnavailable, PodmanError, PortClosed, SandboxStopped
+from ..errors import PodmanError, PortClosed, SandboxStopped
 from ..paths import AGENT_PATH
 from . import netns
-from .abstract import Container, ContainerSpec, ImageRoot, Usage
+from .abstract import Container, ContainerSpec, Usage
+from .cgroups import Freezer, cgroup_usage
 from .layers import unpack
+from .own_netns import OwnNetns, Plug
 from .podman_api import PodmanApi, PodmanService
 from .podman_engine import PodmanEngine
+from .podman_images import PodmanImages
 from .podman_networks import PodmanNetworks
 from .terminal import Terminal
 from .podman_cli import (
@@ -38,28 +41,23 @@ from .podman_cli import (
     kill_process,
 )
 
-# A container run from a rootfs does not count as a user of its image, so `podman image prune -a`
-# would delete the layers under running sandboxes. A stopped container per image (never
-# started) keeps Podman from removing it: mcp-sandbox-holds-<image id>.
 logger = logging.getLogger("mcp_sandbox.backend")
 
-LABEL_HOLDS_IMAGE = "mcp-sandbox.holds-image"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 NETNS_FILE_GONE_RE = re.compile(r"joining network namespace of container (\w+): retrieving network namespace at "
                                 r"(/[^:\s]+): failed to Statfs")
-FREEZE_SECONDS = 10  # a process in uninterruptible sleep can hold a freeze up
 
 
-class PodmanBackend(PodmanNetworks):
-    """Sandboxes as containers of the local Podman (its networks: podman_networks.py)."""
+class PodmanBackend(PodmanNetworks, PodmanImages):
+    """Sandboxes as containers of the local Podman (its networks: podman_networks.py; its images: podman_images.py)."""
 
     name = "podman"
     host_processes = True
     shared = False  # one server's containers: nothing to follow or record for others
 
-    def __init__(self, podman: Podman, api: PodmanApi | None = None) -> None:
+    def __init__(self, podman: Podman, api: PodmanApi | None = None, own_netns: bool = True) -> None:
         self.podman = podman
         self.engine = PodmanEngine(podman, api)  # SANDBOX_PODMAN_API=off: api None, the CLI alone
+        self.own_netns = OwnNetns(podman, own_netns)  # SANDBOX_NETNS=podman: False, netavark's alone
         self._ids: dict[str, str] = {}  # container name -> Podman's full id, as start and list learn them
         self._frozen: dict[str, Freezer | None] = {}  # how each frozen container was frozen (None: podman pause)
         self._paused: set[str] = set()  # containers list() saw paused
@@ -67,16 +65,19 @@ class PodmanBackend(PodmanNetworks):
         self._enter_netns: bool | None = None  # decided at the first connection
 
     @classmethod
-    def with_api(cls, podman: Podman, setting: str) -> PodmanBackend:
-        """SANDBOX_PODMAN_API: on (a service of the server's own), off (the CLI alone), or a service's unix:// URL."""
+    def with_api(cls, podman: Podman, setting: str, netns: str = "server") -> PodmanBackend:
+        """SANDBOX_PODMAN_API: on (a service of the server's own), off (the CLI alone), or a service's unix:// URL;
+        SANDBOX_NETNS: server (sandboxes' network namespaces of the server's own, where it can) or podman."""
         if setting == "off":
-            return cls(podman)
-        return cls(podman, PodmanApi(PodmanService(podman, "" if setting == "on" else setting)))
+            return cls(podman, own_netns=netns == "server")
+        return cls(podman, PodmanApi(PodmanService(podman, "" if setting == "on" else setting)), netns == "server")
 
     async def open(self) -> None:
-        """Start Podman's API service now rather than at the first create (the CLI serves if it cannot)."""
+        """Start Podman's API service now rather than at the first create (the CLI serves if it cannot), and
+        delete the sandbox namespaces no container holds (a server before this one ended without removing them)."""
         if self.engine.api is not None:
             await self.engine.api.service.ready()
+        await self.own_netns.sweep()
 
     async def aclose(self) -> None:
         if self.engine.api is not None:
@@ -84,6 +85,17 @@ class PodmanBackend(PodmanNetworks):
             await anyio.to_thread.run_sync(self.engine.api.service.stop)
 
     async def start(self, spec: ContainerSpec, layer: Path | None = None) -> str:
+        if self.own_netns.serves(spec.network):
+            plug = await self.own_netns.plug(spec.name, spec.network)
+            spec = replace(spec, network=f"ns:{plug.path}", labels={**spec.labels, **plug.labels()})
+            try:
+                return await self._start(spec, layer)
+            except BaseException:
+                self.own_netns.unplug(spec.name)
+                raise
+        return await self._start(spec, layer)
+
+    async def _start(self, spec: ContainerSpec, layer: Path | None) -> str:
         if layer is None:
             self._ids[spec.name], warnings = await self.engine.run(spec, run_args(spec))
             await self._ensure_running(spec.name)
@@ -217,6 +229,7 @@ class PodmanBackend(PodmanNetworks):
             await self.podman.run("unpause", "--", name, check=False, timeout=60)
 
     async def restart(self, name: str) -> None:
+        await self.own_netns.restore(name)
         await self.engine.start(name)
 
     async def remove(self, name: str) -> PodmanResult:
@@ -224,7 +237,10 @@ class PodmanBackend(PodmanNetworks):
         if held is not None:
             held.close()
         self._ids.pop(name, None)
-        return await self.engine.remove(name)
+        result = await self.engine.remove(name)
+        if removal_failed(result) is None:
+            self.own_netns.unplug(name)
+        return result
 
     async def list(self, labels: Mapping[str, str]) -> list[Container]:
         for _ in range(8):  # each try may find one container whose namespace file was removed
@@ -241,6 +257,9 @@ class PodmanBackend(PodmanNetworks):
                 self._ids[name] = entry["Id"]
             if entry.get("State") == "paused":
                 self._paused.add(name)
+            plug = Plug.of(entry.get("Labels") or {})
+            if plug is not None:
+                self.own_netns.plugs[name] = plug
             containers.append(Container(name, entry.get("Labels") or {}, entry.get("State") == "running",
                                         entry.get("Image", ""), entry.get("State") == "paused"))
         return containers
@@ -302,10 +321,6 @@ class PodmanBackend(PodmanNetworks):
         argv = self.podman.argv("exec", "-it", "-e", "TERM=xterm-256color", name)
         return await Terminal.open(argv, self.podman.spawn_options, cols, rows)
 
-    async def image_id(self, image: str) -> str:
-        inspected = await self.podman.run("image", "inspect", "--format", "{{.Id}}", "--", image, check=False, timeout=60)
-        return inspected.stdout.decode(errors="replace").strip() if inspected.exit_code == 0 else ""
-
     async def host_info(self) -> dict[str, Any]:
         result = await self.podman.run("info", "--format", "json", check=False, timeout=60)
         try:
@@ -316,115 +331,6 @@ class PodmanBackend(PodmanNetworks):
     async def version(self) -> str:
         result = await self.podman.run("version", "--format", "{{.Client.Version}}", timeout=10)
         return result.stdout.decode(errors="replace").strip()
-
-    async def image_root(self, image: str) -> ImageRoot:
-        result = await self.podman.run("image", "inspect", "--format", "json", "--", image, check=False, timeout=60)
-        if result.exit_code != 0:  # not on this host yet: pull it, as podman run would
-            await self.podman.run("pull", "--quiet", "--", image, timeout=600)
-            result = await self.podman.run("image", "inspect", "--format", "json", "--", image, timeout=60)
-        entry = (json.loads(result.stdout or b"[]") or [{}])[0]
-        driver = entry.get("GraphDriver") or {}
-        data = driver.get("Data") or {}
-        if driver.get("Name") == "overlay" and data.get("UpperDir"):
-            lowerdir = ":".join(d for d in (data.get("UpperDir"), data.get("LowerDir")) if d)
-        elif driver.get("Name") == "vfs":
-            # VFS keeps each layer as a whole tree, and Podman 4 does not show its path in the
-            # image's data: `podman image mount` names it (for VFS it mounts nothing).
-            mounted = await self.podman.run("image", "mount", "--", entry.get("Id") or image, timeout=60)
-            lowerdir = mounted.stdout.decode(errors="replace").strip()
-        else:
-            raise DiskUnavailable(f"Podman's storage driver {driver.get('Name')!r} is not one a sandbox disk can sit on")
-        config = entry.get("Config") or {}
-        return ImageRoot(entry.get("Id", ""), lowerdir, tuple(config.get("Env") or ()), config.get("WorkingDir") or "")
-
-    async def keep_image(self, image: str, image_id: str) -> None:
-        holder = f"mcp-sandbox-holds-{image_id[:12]}"
-        result = await self.podman.run(
-            "create", "--name", holder, "--label", f"{LABEL_HOLDS_IMAGE}={image}", "--network", "none",
-            "--entrypoint", "true", "--", image_id or image, check=False, timeout=60,
-        )
-        if result.exit_code != 0 and "already in use" not in result.stderr:
-            raise DiskUnavailable(f"could not create {holder}, which keeps the image from removal: {result.stderr.strip()[-300:]}")
-
-
-# Per container id, its cgroup's CPU and memory files and whether they are cgroup v2's: found once (a
-# console's list reads every sandbox's twice a second).
-_USAGE_FILES: dict[str, tuple[str, str, bool]] = {}
-_USAGE_FILES_MAX = 8192
-
-
-def _usage_files(container_id: str) -> tuple[str, str, bool] | None:
-    for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
-        if (CGROUP_ROOT / folder / "memory.current").exists():
-            return str(CGROUP_ROOT / folder / "cpu.stat"), str(CGROUP_ROOT / folder / "memory.current"), True
-        memory = CGROUP_ROOT / "memory" / folder / "memory.usage_in_bytes"
-        if memory.exists():
-            return str(CGROUP_ROOT / "cpuacct" / folder / "cpuacct.usage"), str(memory), False
-    return None
-
-
-def cgroup_usage(container_id: str) -> Usage | None:
-    """CPU time and memory of a container's cgroup, where Podman's cgroupfs and systemd managers put it
-    (cgroup v2, then v1's cpuacct and memory controllers); None elsewhere."""
-    if not container_id:
-        return None
-    files = _USAGE_FILES.get(container_id)
-    if files is None:
-        files = _usage_files(container_id)
-        if files is None:
-            return None
-        if len(_USAGE_FILES) >= _USAGE_FILES_MAX:
-            _USAGE_FILES.clear()
-        _USAGE_FILES[container_id] = files
-    cpu_file, memory_file, v2 = files
-    try:
-        with open(cpu_file) as cpu, open(memory_file) as memory:
-            cpu_text, memory_bytes = cpu.read(), int(memory.read())
-        if not v2:
-            return Usage(int(cpu_text) / 1e9, memory_bytes)
-        usec = next(line.split()[1] for line in cpu_text.splitlines() if line.startswith("usage_usec "))
-        return Usage(int(usec) / 1e6, memory_bytes)
-    except (OSError, ValueError, StopIteration, IndexError):  # gone meanwhile, or a layout not known here
-        _USAGE_FILES.pop(container_id, None)
-        return None
-
-
-@dataclass(frozen=True)
-class Freezer:
-    """A container's cgroup freezer: cgroup v1's freezer.state, or v2's cgroup.freeze."""
-
-    control: Path
-    v2: bool
-
-    @classmethod
-    def of(cls, container_id: str) -> Freezer | None:
-        """Where Podman's cgroupfs and systemd managers put the container's cgroup (None elsewhere)."""
-        if not container_id:
-            return None
-        for root, v2 in ((CGROUP_ROOT / "freezer", False), (CGROUP_ROOT, True)):
-            for folder in (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope"):
-                control = root / folder / ("cgroup.freeze" if v2 else "freezer.state")
-                if control.exists():
-                    return cls(control, v2)
-        return None
-
-    def frozen(self) -> bool:
-        if self.v2:
-            return "frozen 1" in (self.control.parent / "cgroup.events").read_text()
-        return self.control.read_text().strip() == "FROZEN"
-
-    async def freeze(self) -> None:
-        """Freeze, and wait until every process is (the kernel does it in the background)."""
-        self.control.write_text("1" if self.v2 else "FROZEN")
-        with anyio.move_on_after(FREEZE_SECONDS):
-            while not self.frozen():
-                await anyio.sleep(0.001)
-            return
-        self.thaw()
-        raise OSError(f"the sandbox's processes did not freeze within {FREEZE_SECONDS} s")
-
-    def thaw(self) -> None:
-        self.control.write_text("0" if self.v2 else "THAWED")
 
 
 class RelayStream(ByteStream):

@@ -1,5 +1,6 @@
-"""The Podman backend's networks: the sandbox bridge (made with a /16 of its own where none exists),
-who is on it, and each sandbox's address there: what the egress policy's rules are written for."""
+"""The Podman backend's networks: the sandbox bridge (made with a /16 of its own where none exists,
+Podman handing out its lower half and the server the upper, own_netns.py), who is on it, and each
+sandbox's address there: what the egress policy's rules are written for."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import json
 import socket
 import struct
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import PodmanError
 from .abstract import BridgeNetwork
+from .own_netns import ANCHOR_PREFIX, LABEL_NETNS_ADDRESS, LABEL_NETNS_NETWORK, OwnNetns
 from .podman_cli import Podman
 from .podman_engine import PodmanEngine
 
@@ -19,13 +22,15 @@ from .podman_engine import PodmanEngine
 class PodmanNetworks:
     podman: Podman
     engine: PodmanEngine
+    own_netns: OwnNetns
 
     async def bridge_network(self, name: str, labels: Mapping[str, str]) -> BridgeNetwork:
         inspected = await self.podman.run("network", "inspect", "--", name, check=False, timeout=60)
         if inspected.exit_code != 0:
+            subnet = ipaddress.ip_network(await self._free_subnet())
             made = await self.podman.run(
                 "network", "create", *[arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")],
-                "--subnet", await self._free_subnet(), "--", name, check=False, timeout=60,
+                "--subnet", str(subnet), "--ip-range", str(next(subnet.subnets())), "--", name, check=False, timeout=60,
             )
             if made.exit_code != 0 and "already exists" not in made.stderr:  # another server made it meanwhile
                 raise PodmanError(made.argv, made.exit_code, made.stderr)
@@ -35,8 +40,9 @@ class PodmanNetworks:
             raise PodmanError(inspected.argv, 0, "", f"The network {name!r} is not a bridge network; sandboxes "
                               "need one for the egress policy. Unset SANDBOX_NETWORK to get one of the server's own.")
         subnets = entry.get("subnets") or []
-        return BridgeNetwork(name, entry["network_interface"], tuple(s.get("subnet", "") for s in subnets),
-                             tuple(s["gateway"] for s in subnets if s.get("gateway")))
+        bridge = BridgeNetwork(name, entry["network_interface"], tuple(s.get("subnet", "") for s in subnets),
+                               tuple(s["gateway"] for s in subnets if s.get("gateway")))
+        return replace(bridge, other_ports=1) if self.own_netns.learn(bridge) else bridge  # its anchor
 
     async def _free_subnet(self) -> str:
         """A /16 for a new sandbox network (Podman's own choice, a /24, holds only 253 sandboxes)
@@ -69,25 +75,38 @@ class PodmanNetworks:
                           "yourself (podman network create --subnet ...) and name it in SANDBOX_NETWORK.")
 
     async def network_users(self, name: str) -> list[str]:
-        result = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={name}",
-                                       check=False, timeout=60)
-        return result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
+        """The containers on the network but its anchor: netavark's and those in namespaces of the server's."""
+        users = []
+        for selector in (f"network={name}", f"label={LABEL_NETNS_NETWORK}={name}"):
+            result = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", selector,
+                                           check=False, timeout=60)
+            users += result.stdout.decode(errors="replace").split() if result.exit_code == 0 else []
+        return [user for user in users if not user.startswith(ANCHOR_PREFIX)]
 
     async def address(self, name: str, network: str) -> str:
+        plug = self.own_netns.plugs.get(name)
+        if plug is not None:
+            return plug.address
         entry = await self.engine.inspect(name)  # the API's, where it answers: every pooled sandbox asks this
         if entry is None:
             raise PodmanError(["podman", "inspect"], None, f"no container with name or id {name!r} found: no such container")
+        labels = (entry.get("Config") or {}).get("Labels") or {}
         networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
-        return str((networks.get(network) or {}).get("IPAddress") or "")
+        return str(labels.get(LABEL_NETNS_ADDRESS) or (networks.get(network) or {}).get("IPAddress") or "")
 
     async def network_addresses(self, network: str) -> set[str] | None:
+        ours = await self.podman.run("ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
+                                     "--filter", f"label={LABEL_NETNS_NETWORK}={network}", check=False, timeout=60)
+        if ours.exit_code != 0:
+            return None
+        held = set(ours.stdout.decode(errors="replace").split())
         listed = await self.podman.run("ps", "-a", "--format", "{{.Names}}", "--filter", f"network={network}",
                                        check=False, timeout=60)
         if listed.exit_code != 0:
             return None
         names = listed.stdout.decode(errors="replace").split()
         if not names:
-            return set()
+            return held
         result = await self.podman.run("inspect", "--type", "container", "--format", "json", "--", *names,
                                        check=False, timeout=60)
         if result.exit_code != 0:  # one went away meanwhile, or worse: ask again next time
@@ -96,7 +115,7 @@ class PodmanNetworks:
         for entry in json.loads(result.stdout or b"[]") or []:
             networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
             found.add(str((networks.get(network) or {}).get("IPAddress") or ""))
-        return found - {""}
+        return (found | held) - {""}
 
     async def network_names(self) -> list[str]:
         result = await self.podman.run("network", "ls", "--format", "{{.Name}}", check=False, timeout=60)

@@ -66,6 +66,8 @@ def spec_generator(spec: ContainerSpec, runtime: str = "") -> dict[str, Any]:
         body["volumes"] = anonymous
     if spec.network == "none":
         body["netns"], body["Networks"] = {"nsmode": "none"}, {}
+    elif spec.network.startswith("ns:"):  # a namespace of the server's (own_netns.py)
+        body["netns"] = {"nsmode": "path", "value": spec.network[3:]}
     elif spec.network:
         body["netns"], body["Networks"] = {"nsmode": "bridge"}, {spec.network: {}}
     if spec.dns:

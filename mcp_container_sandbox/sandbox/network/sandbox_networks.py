@@ -52,7 +52,8 @@ class SandboxNetworks:
         return BRIDGE_MAX_PORTS if free is None else free
 
     def has_room(self, bridge: BridgeNetwork) -> bool:
-        return BRIDGE_MAX_PORTS - self.ports_free(bridge) < self.per_network
+        sandboxes = BRIDGE_MAX_PORTS - self.ports_free(bridge) - bridge.other_ports
+        return sandboxes < self.per_network and self.ports_free(bridge) > 0
 
     async def choose(self, made: Callable[[BridgeNetwork], Awaitable[None]]) -> str:
         """The network a new sandbox joins: the first with room, else a new one (``made`` is then
