@@ -153,9 +153,11 @@ async def test_a_full_disk_folder_fails_creates_clearly_and_leaves_no_disk(start
 async def test_a_sandbox_whose_network_namespace_file_is_gone_answers_and_goes_whole(start_server) -> None:  # type: ignore[no-untyped-def]
     """While one running container's file under /run/netns is missing, Podman lists no container
     at all (`podman ps` fails naming it). The server's next comparison with Podman (every 30 s)
-    puts the file back: a bind mount of the namespace the container's processes still hold."""
+    puts the file back: a bind mount of the namespace the container's processes still hold.
+    (A namespace netavark made: one the server made, SANDBOX_NETNS=server, Podman never looks at
+    again once the container runs.)"""
     namespace = f"{RUN_ID}-fault-netns"
-    server = start_server({"SANDBOX_NAMESPACE": namespace})
+    server = start_server({"SANDBOX_NAMESPACE": namespace, "SANDBOX_NETNS": "podman"})
     async with Client(server.url + "/mcp") as client:
         victim, other = [structured(await client.call_tool("create_container", {}))["container_id"] for _ in range(2)]
         path = podman("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", f"mcp-sandbox-{victim}").stdout.strip()
