@@ -236,7 +236,7 @@ class OwnNetns:
     async def restore(self, name: str) -> None:
         """Before a stopped container starts again: its namespace, made anew where the host restarted (/run is new)."""
         plug = self.plugs.get(name)
-        if plug is not None and not os.path.exists(plug.path):
+        if plug is not None and not os.path.exists(plug.path) and self.serves(plug.network):
             await self.plug(name, plug.network, plug.address)
 
     async def sweep(self) -> None:
