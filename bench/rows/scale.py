@@ -67,6 +67,10 @@ async def scale(bench: Bench, client: Client, most: int) -> None:
             creates.append((time.perf_counter() - started) * 1000)
             await client.call_tool("destroy_container", {"container_id": made})
             await anyio.sleep(0.5)
+        # As for the execs: once the pool has replaced those five (each start is a few hundred ms of CPU
+        # on a 2-core host, which the lists would otherwise share).
+        await bench.pool_settled(bench.url)
+        await anyio.sleep(2)
         lists = [await bench.timed(lambda: client.call_tool("list_containers", {})) for _ in range(10)]
         # Reap: three sandboxes with a lifetime of one second; how long until all three are gone.
         short = [await create_one({"ttl_seconds": 1}) for _ in range(3)]
