@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from mcp_container_sandbox.sandbox.backend.abstract import BridgeNetwork
-from mcp_container_sandbox.sandbox.backend.own_netns import NETNS_PREFIX, ORPHAN_SECONDS, OwnNetns, Plug, orphans
+from mcp_container_sandbox.sandbox.backend.own_netns import (
+    NETNS_PREFIX,
+    ORPHAN_SECONDS,
+    NetnsFailed,
+    OwnNetns,
+    Plug,
+    orphans,
+)
 from mcp_container_sandbox.sandbox.backend.podman_cli import Podman
 from mcp_container_sandbox.settings import SandboxSettings
 
@@ -79,3 +86,18 @@ def test_a_disabled_maker_serves_no_network() -> None:
     made = OwnNetns(Podman("/nonexistent/podman"), enabled=False)
     made.learn(BridgeNetwork("wide", "podman1", ("10.90.0.0/16",), ("10.90.0.1",)))
     assert not made.serves("wide") and made.why_not == "SANDBOX_NETNS=podman"
+
+
+def test_an_address_whose_namespace_exists_is_passed_over() -> None:
+    made = own(BridgeNetwork("n", "podman1", ("10.91.0.0/20",), ("10.91.0.1",)))
+    subnet = ipaddress.ip_network("10.91.0.0/20")
+    taken = {NETNS_PREFIX + f"10.91.8.{n}" for n in range(1, 200)}  # other servers' sandboxes
+    assert made._next_address("n", subnet, taken) == "10.91.8.200"
+    assert made._next_address("n", subnet, taken) == "10.91.8.201"
+
+
+def test_a_failed_ip_says_what_failed_and_what_to_do() -> None:
+    said = str(NetnsFailed(["ip", "-batch", "-"], 1, "RTNETLINK answers: Exchange full\nCommand failed -:3\n"))
+    assert "The sandbox's network could not be made (ip -batch -: RTNETLINK answers: Exchange full)" in said
+    assert "Command failed" not in said and "SANDBOX_NETNS=podman" in said
+    assert "no free address on n after 64 tries" in str(NetnsFailed(["ip"], 1, "", "no free address on n after 64 tries"))

@@ -24,9 +24,10 @@ import ctypes
 import ipaddress
 import logging
 import os
+import shlex
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -49,6 +50,17 @@ CATATONIT = ("/usr/libexec/podman/catatonit", "/usr/libexec/catatonit/catatonit"
 ORPHAN_SECONDS = 60  # a namespace file no container names is left alone this long (its create may be under way)
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsFailed(PodmanError):
+    """``ip`` could not make a sandbox's network: its start failed, as Podman's would have."""
+
+    def __init__(self, argv: list[str], exit_code: int | None, stderr: str, why: str = "") -> None:
+        super().__init__(argv, exit_code, stderr, "Try again.")
+        said = "; ".join(line for line in self.stderr.splitlines() if not line.startswith("Command failed"))
+        self.args = (f"The sandbox's network could not be made ({why or shlex.join(argv)}: "
+                     f"{said[:300] or 'no error output'}). Try again; if it persists, an operator can set "
+                     "SANDBOX_NETNS=podman to have Podman's netavark make sandboxes' networks.",)
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,13 @@ def delete_namespace(name: str) -> None:
         pass
 
 
+def _namespace_names() -> set[str]:
+    try:
+        return set(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return set()
+
+
 def orphans(in_use: Iterable[str], now: float | None = None, folder: str = NETNS_DIR) -> list[str]:
     """The server's namespace files (by name) that no container names and that are older than ORPHAN_SECONDS."""
     now = time.time() if now is None else now
@@ -164,6 +183,7 @@ class OwnNetns:
         self._next: dict[str, int] = {}  # by network: the next address to try, as an offset in the subnet
         self._anchored: set[str] = set()
         self._lock = anyio.Lock()
+        self._swept = -float("inf")
 
     def learn(self, bridge: BridgeNetwork) -> bool:
         """A sandbox bridge: whether its sandboxes get namespaces of the server's (its subnet an IPv4 /20 or wider)."""
@@ -185,8 +205,9 @@ class OwnNetns:
         """A new namespace on the network for the container ``name`` (at ``address``, else the next free one)."""
         await self._anchor(network)
         bridge, subnet = self.bridges[network]
+        taken = set() if address else _namespace_names()  # other servers' sandboxes too
         for _ in range(1 if address else 64):
-            plug = Plug(network, address or self._next_address(network, subnet))
+            plug = Plug(network, address or self._next_address(network, subnet, taken))
             made = await _ip(f"netns add {plug.name}\nlink add {plug.veth} type veth peer name eth0 netns {plug.name}\n"
                              f"link set {plug.veth} master {bridge.interface} up\n")
             if made.exit_code == 0:
@@ -195,27 +216,29 @@ class OwnNetns:
                 self._unplug_quietly(plug, made.stderr)
             if "File exists" not in made.stderr:  # not an address held already: the bridge is gone, say
                 self._anchored.discard(network)  # the next create looks at the anchor again, which remakes it
-                raise PodmanError(made.argv, made.exit_code, made.stderr, "Try again.")
+                raise NetnsFailed(made.argv, made.exit_code, made.stderr)
         else:
-            raise PodmanError(["ip", "netns", "add"], None, f"no free address on {network}: {made.stderr.strip()}",
-                              "Try again.")
+            raise NetnsFailed(made.argv, made.exit_code, made.stderr, f"no free address on {network} after 64 tries")
         gateway = next(g for g in bridge.gateways if ipaddress.ip_address(g).version == 4)
         inside = await _ip(f"link set lo up\naddr add {plug.address}/{subnet.prefixlen} dev eth0\nlink set eth0 up\n"
                            f"route add default via {gateway}\n", netns=plug.name)
         if inside.exit_code != 0:
             self._unplug_quietly(plug, inside.stderr)
-            raise PodmanError(inside.argv, inside.exit_code, inside.stderr, "Try again.")
+            raise NetnsFailed(inside.argv, inside.exit_code, inside.stderr)
         self.plugs[name] = plug
         return plug
 
-    def _next_address(self, network: str, subnet: ipaddress.IPv4Network) -> str:
-        """The next address of the subnet's upper half (its last, the broadcast address, left out), round and round."""
+    def _next_address(self, network: str, subnet: ipaddress.IPv4Network, taken: Collection[str] = ()) -> str:
+        """The next address of the subnet's upper half (its last, the broadcast address, left out), round and
+        round, whose namespace is not among ``taken`` (unless every one is)."""
         half = subnet.num_addresses // 2
-        while True:  # x.x.x.0 and x.x.x.255 are left out too: some programs take them for a network's ends
+        for _ in range(half):  # x.x.x.0 and x.x.x.255 are left out too: some programs take them for a network's ends
             offset = self._next.get(network, half)
             self._next[network] = half + (offset + 1 - half) % (half - 1)
-            if (offset & 0xFF) not in (0, 0xFF):
-                return str(subnet.network_address + offset)
+            address = str(subnet.network_address + offset)
+            if (offset & 0xFF) not in (0, 0xFF) and NETNS_PREFIX + address not in taken:
+                return address
+        return address
 
     def _unplug_quietly(self, plug: Plug, why: str) -> None:
         logger.info("namespace %s not made: %s", plug.name, why.strip())
@@ -239,8 +262,14 @@ class OwnNetns:
         if plug is not None and not os.path.exists(plug.path) and self.serves(plug.network):
             await self.plug(name, plug.network, plug.address)
 
-    async def sweep(self) -> None:
-        """Delete the namespaces no container holds (a server before this one ended without removing them)."""
+    async def sweep(self, every: float = 0) -> None:
+        """Delete the namespaces no container holds (a server before this one ended without removing them,
+        or a container was removed behind the server's back); with ``every``, at most once that often."""
+        if time.monotonic() - self._swept < every:
+            return
+        self._swept = time.monotonic()
+        if not any(name.startswith(NETNS_PREFIX) for name in _namespace_names()):
+            return
         try:
             held = await self.podman.run("ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
                                          "--filter", f"label={LABEL_NETNS_ADDRESS}", check=False, timeout=60)

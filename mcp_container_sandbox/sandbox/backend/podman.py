@@ -43,6 +43,7 @@ from .podman_cli import (
 
 logger = logging.getLogger("mcp_sandbox.backend")
 
+NETNS_SWEEP_SECONDS = 300  # how often namespaces no container holds are looked for (own_netns.py)
 NETNS_FILE_GONE_RE = re.compile(r"joining network namespace of container (\w+): retrieving network namespace at "
                                 r"(/[^:\s]+): failed to Statfs")
 
@@ -262,6 +263,7 @@ class PodmanBackend(PodmanNetworks, PodmanImages):
                 self.own_netns.plugs[name] = plug
             containers.append(Container(name, entry.get("Labels") or {}, entry.get("State") == "running",
                                         entry.get("Image", ""), entry.get("State") == "paused"))
+        await self.own_netns.sweep(every=NETNS_SWEEP_SECONDS)  # the reaper lists every 30 s
         return containers
 
     async def _restore_netns_file(self, stderr: str) -> bool:
