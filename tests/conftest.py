@@ -3,6 +3,7 @@ sandbox the tests made (each test run has its own namespace label)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -116,6 +117,9 @@ def sweep_sandboxes(request: pytest.FixtureRequest) -> Iterator[None]:
     if shutil.which("podman") is None:
         pytest.exit("Podman is not installed: run the tests with scripts/test.sh, which installs it.", returncode=1)
     holders_before = image_holders()
+    # Once this process (and the server in memory, whose pool refills while the sweep below removes
+    # its sandboxes) has ended: the namespaces of the containers removed last.
+    atexit.register(release_network_namespaces, 0)
     yield
     for namespace in sorted(NAMESPACES):
         # A removal a stopped server left under way (a fork-bombed gVisor sandbox takes a while to

@@ -49,15 +49,16 @@ def remove_image_holders(keep: set[str]) -> None:
         subprocess.run(["podman", "rm", "-f", *made], capture_output=True)
 
 
-def release_network_namespaces() -> None:
-    """Delete the sandbox network namespaces (backend/own_netns.py) no container holds any more: for the
-    sweeps of tests and benchmarks, which remove sandboxes with ``podman rm`` behind the server's back."""
+def release_network_namespaces(min_age: float = 10) -> None:
+    """Delete the sandbox network namespaces (backend/own_netns.py) no container holds any more and older
+    than ``min_age`` seconds: for the sweeps of tests and benchmarks, which remove sandboxes with
+    ``podman rm`` behind the server's back (by default any older than 10 s: a server's pool refilling
+    meanwhile may have made one for a container not made yet)."""
     listed = subprocess.run(["podman", "ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
                              "--filter", f"label={LABEL_NETNS_ADDRESS}"], capture_output=True, text=True)
     if listed.returncode == 0:
-        # Any older than 10 s: a pool refilling meanwhile may have made one for a container not made yet.
         in_use = (NETNS_PREFIX + address for address in listed.stdout.split())
-        for name in orphans(in_use, now=time.time() + ORPHAN_SECONDS - 10):
+        for name in orphans(in_use, now=time.time() + ORPHAN_SECONDS - min_age):
             delete_namespace(name)
 
 
