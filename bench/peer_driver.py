@@ -76,6 +76,10 @@ class PeerDriver:
         self.service.terminate()
         self.service.wait(timeout=30)
         shutil.rmtree(self.folder, ignore_errors=True)
+        # What the peer made and did not remove itself (the unpooled row's bare containers), before
+        # their conmons go: a container whose conmon is killed stays "stopping" for good.
+        if made:
+            subprocess.run(["podman", "rm", "-f", "--ignore", "-t", "0", *made], capture_output=True)
         # Podman 4.3's REST API leaves a conmon pair behind for many exec sessions, alive after their
         # container is removed (~370 after one run, 2.6 MB each): the peer's are swept here.
         left = kill_conmons_of(set(made))
