@@ -10,13 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from mcp_container_sandbox.sandbox.backend.own_netns import (
-    LABEL_NETNS_ADDRESS,
-    NETNS_PREFIX,
-    ORPHAN_SECONDS,
-    delete_namespace,
-    orphans,
-)
+from mcp_container_sandbox.sandbox.backend.netns import delete_namespace
+from mcp_container_sandbox.sandbox.backend.own_netns import NETNS_PREFIX, ORPHAN_SECONDS, held_addresses_args, orphans
 from mcp_container_sandbox.sandbox.backend.podman_images import LABEL_HOLDS_IMAGE
 
 
@@ -54,8 +49,7 @@ def release_network_namespaces(min_age: float = 10) -> None:
     than ``min_age`` seconds: for the sweeps of tests and benchmarks, which remove sandboxes with
     ``podman rm`` behind the server's back (by default any older than 10 s: a server's pool refilling
     meanwhile may have made one for a container not made yet)."""
-    listed = subprocess.run(["podman", "ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
-                             "--filter", f"label={LABEL_NETNS_ADDRESS}"], capture_output=True, text=True)
+    listed = subprocess.run(["podman", *held_addresses_args()], capture_output=True, text=True)
     if listed.returncode == 0:
         in_use = (NETNS_PREFIX + address for address in listed.stdout.split())
         for name in orphans(in_use, now=time.time() + ORPHAN_SECONDS - min_age):

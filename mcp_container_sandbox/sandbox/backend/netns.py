@@ -7,12 +7,16 @@ must never run anything else) enters the sandbox's namespace, creates the socket
 to the server's; the event loop then connects it to 127.0.0.1:<port>, inside the sandbox.
 It needs CAP_SYS_ADMIN (root, or a nested deployment's SYS_ADMIN) and a runtime whose network
 namespace is the kernel's (runc, crun; not gVisor, whose network stack is its own).
+
+Also the files under /run/netns that hold namespaces: one put back (restore_file) or deleted
+(delete_namespace, for the namespaces own_netns.py makes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import socket
@@ -59,6 +63,7 @@ def _socket_in(netns_fd: int, family: int) -> socket.socket:
 
 
 MS_BIND = 0x1000
+MNT_DETACH = 2
 
 
 def restore_file(path: str, pid: int) -> bool:
@@ -78,6 +83,18 @@ def restore_file(path: str, pid: int) -> bool:
         os.unlink(path)
         return False
     return True
+
+
+def delete_namespace(name: str, folder: str = "/run/netns") -> None:
+    """``ip netns delete``, in the process: unmount the file that holds the namespace, remove it."""
+    path = f"{folder}/{name}"
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        error = ctypes.get_errno()  # EINVAL: not mounted; ENOENT: no such file
+        raise OSError(error, os.strerror(error), path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class Netns:

@@ -20,7 +20,6 @@ whose IPv4 subnet is smaller than a /20; those sandboxes' networks are netavark'
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
 import os
@@ -35,7 +34,8 @@ import anyio
 from ..contract import ULIMIT_FLAGS
 from ..errors import PodmanError, SandboxError
 from .abstract import BridgeNetwork
-from .podman_cli import Podman
+from .netns import delete_namespace
+from .podman_cli import Podman, PodmanResult
 
 logger = logging.getLogger("mcp_sandbox.netns")
 
@@ -48,8 +48,6 @@ ANCHOR_PREFIX = "mcp-sandbox-anchor-"
 ANCHOR_ROOT = "/run/mcp-sandbox-anchor"  # the anchors' root folder: catatonit alone
 CATATONIT = ("/usr/libexec/podman/catatonit", "/usr/libexec/catatonit/catatonit", "/usr/bin/catatonit")
 ORPHAN_SECONDS = 60  # a namespace file no container names is left alone this long (its create may be under way)
-MNT_DETACH = 2
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NetnsFailed(PodmanError):
@@ -63,19 +61,12 @@ class NetnsFailed(PodmanError):
                      "SANDBOX_NETNS=podman to have Podman's netavark make sandboxes' networks.",)
 
 
-@dataclass(frozen=True)
-class IpResult:
-    argv: list[str]
-    exit_code: int
-    stderr: str
-
-
-async def _ip(script: str, netns: str = "") -> IpResult:
+async def _ip(script: str, netns: str = "") -> PodmanResult:
     """``ip -batch``: the script's commands in one process (in the namespace ``netns``)."""
     argv = ["ip", *(["-n", netns] if netns else []), "-batch", "-"]
     with anyio.CancelScope(shield=True), anyio.fail_after(60):
         done = await anyio.run_process(argv, input=script.encode(), check=False)
-    return IpResult(argv, done.returncode, done.stderr.decode(errors="replace"))
+    return PodmanResult(argv, done.returncode, b"", done.stderr.decode(errors="replace"))
 
 
 @dataclass(frozen=True)
@@ -107,6 +98,13 @@ class Plug:
         return cls(network, address) if network and address else None
 
 
+def held_addresses_args(network: str = "") -> list[str]:
+    """``podman ps`` arguments that list the addresses containers hold in namespaces of the server's
+    (on ``network``, or on every network), one per line."""
+    label = f"label={LABEL_NETNS_NETWORK}={network}" if network else f"label={LABEL_NETNS_ADDRESS}"
+    return ["ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}', "--filter", label]
+
+
 def usable(runtime: str) -> str:
     """Why the server cannot make sandboxes' namespaces here ("" when it can)."""
     if os.geteuid() != 0:
@@ -132,18 +130,6 @@ def _anchor_root() -> None:
         assert program is not None  # usable() said so
         shutil.copy2(program, f"{ANCHOR_ROOT}/.catatonit-{os.getpid()}")
         os.replace(f"{ANCHOR_ROOT}/.catatonit-{os.getpid()}", f"{ANCHOR_ROOT}/catatonit")
-
-
-def delete_namespace(name: str) -> None:
-    """``ip netns delete``, in the process: unmount the file that holds the namespace, remove it."""
-    path = f"{NETNS_DIR}/{name}"
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (22, 2):  # EINVAL: not mounted
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error), path)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _namespace_names() -> set[str]:
@@ -271,8 +257,7 @@ class OwnNetns:
         if not any(name.startswith(NETNS_PREFIX) for name in _namespace_names()):
             return
         try:
-            held = await self.podman.run("ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
-                                         "--filter", f"label={LABEL_NETNS_ADDRESS}", check=False, timeout=60)
+            held = await self.podman.run(*held_addresses_args(), check=False, timeout=60)
         except SandboxError:  # no Podman: /health says so
             return
         if held.exit_code != 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import PodmanError
 from .abstract import BridgeNetwork
-from .own_netns import ANCHOR_PREFIX, LABEL_NETNS_ADDRESS, LABEL_NETNS_NETWORK, OwnNetns
+from .own_netns import ANCHOR_PREFIX, LABEL_NETNS_ADDRESS, LABEL_NETNS_NETWORK, OwnNetns, held_addresses_args
 from .podman_cli import Podman
 from .podman_engine import PodmanEngine
 
@@ -95,8 +95,7 @@ class PodmanNetworks:
         return str(labels.get(LABEL_NETNS_ADDRESS) or (networks.get(network) or {}).get("IPAddress") or "")
 
     async def network_addresses(self, network: str) -> set[str] | None:
-        ours = await self.podman.run("ps", "-a", "--format", f'{{{{index .Labels "{LABEL_NETNS_ADDRESS}"}}}}',
-                                     "--filter", f"label={LABEL_NETNS_NETWORK}={network}", check=False, timeout=60)
+        ours = await self.podman.run(*held_addresses_args(network), check=False, timeout=60)
         if ours.exit_code != 0:
             return None
         held = set(ours.stdout.decode(errors="replace").split())
